@@ -1,0 +1,50 @@
+# nbd-cow: `make serve` serves a base image (BASE=path, or a generated demo image),
+# `make test` runs every test. Both install what they need first.
+
+SHELL := /bin/bash
+DEB_TEST_PACKAGES := qemu-utils libnbd-bin python3-libnbd fio
+BASE ?=
+SERVE_ARGS ?=
+COVERAGE_FLOOR ?= 80
+
+.PHONY: all build serve test test-only deps-test typecheck clean
+
+all: build
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+dist/.built: node_modules/.installed tsconfig.json $(shell find lib bin -name '*.ts')
+	npx tsc -p tsconfig.json
+	touch $@
+
+build: dist/.built
+
+serve: build
+	bin/nbd-cow serve $(BASE) $(SERVE_ARGS)
+
+# Debian packages the end-to-end tests drive (real NBD clients). Installed only when missing.
+deps-test:
+	@missing=""; for p in $(DEB_TEST_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+typecheck: node_modules/.installed
+	npx tsc -p tsconfig.test.json
+
+test: build deps-test typecheck
+	npx c8 --check-coverage --lines $(COVERAGE_FLOOR) --reporter=text-summary --reporter=text \
+	  --exclude 'test/**' --exclude 'dist/test/**' --exclude 'node_modules/**' \
+	  tap
+
+test-only: build
+	npx tap $(TESTS)
+
+clean:
+	rm -rf dist coverage .tap

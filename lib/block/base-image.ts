@@ -1,0 +1,157 @@
+// The read-only base image: opened O_RDONLY, never written, shared by every connection. It is
+// also a BlockDevice on its own (writable = false), which is what `--read-only` serves.
+//
+// Identity: an overlay records the base's size and a fingerprint, a hex sha256 over the size
+// and sampled content (the first, the last and 16 evenly spaced 64 KiB windows; the whole file
+// when it is no larger than those 18 windows). It reads at most 1.125 MiB whatever the size, so
+// it is cheap on a 10 GiB image, and it is deterministic. It catches a different or rebuilt
+// image, not a change confined to unsampled bytes. doc/overlay-format.md gives the exact input.
+
+import { createHash } from 'node:crypto';
+import type { BlockDevice, Extent } from './device.js';
+import { closeFile, openFile, readAt, statFile, O_RDONLY, type Fd } from './file.js';
+
+export interface BaseIdentity {
+  readonly size: number;
+  /** 64 lowercase hex digits. */
+  readonly fingerprint: string;
+}
+
+export interface BaseImage extends BlockDevice {
+  readonly path: string;
+  readonly identity: BaseIdentity;
+}
+
+export const FINGERPRINT_WINDOW = 64 * 1024;
+export const FINGERPRINT_INNER_WINDOWS = 16;
+const FINGERPRINT_TAG = 'nbd-cow base fingerprint v1\n';
+/** Chunk size for cache(): bounded memory whatever the request length. */
+const CACHE_CHUNK = 1024 * 1024;
+
+function codedError(code: string, message: string): Error {
+  return Object.assign(new Error(message), { code });
+}
+
+/** Start offsets of the fingerprint windows for a file of `size` bytes. */
+export function fingerprintWindows(size: number): number[] {
+  const windows = FINGERPRINT_INNER_WINDOWS + 2;
+  if (size <= windows * FINGERPRINT_WINDOW) return size === 0 ? [] : [0];
+  const last = size - FINGERPRINT_WINDOW;
+  const starts = [0];
+  for (let i = 1; i <= FINGERPRINT_INNER_WINDOWS; i++) {
+    starts.push(Math.floor((last * i) / (FINGERPRINT_INNER_WINDOWS + 1)));
+  }
+  starts.push(last);
+  return starts;
+}
+
+/** sha256 over the tag, the size and each sampled window (its offset, then its bytes). */
+export async function fingerprintFile(fd: Fd, size: number): Promise<string> {
+  const hash = createHash('sha256');
+  const u64 = Buffer.alloc(8);
+  hash.update(FINGERPRINT_TAG, 'latin1');
+  u64.writeBigUInt64BE(BigInt(size));
+  hash.update(u64);
+  const whole = size <= (FINGERPRINT_INNER_WINDOWS + 2) * FINGERPRINT_WINDOW;
+  const buf = Buffer.allocUnsafe(whole ? size : FINGERPRINT_WINDOW);
+  for (const start of fingerprintWindows(size)) {
+    await readAt(fd, buf, start);
+    u64.writeBigUInt64BE(BigInt(start));
+    hash.update(u64);
+    hash.update(buf);
+  }
+  return hash.digest('hex');
+}
+
+function describe(err: unknown): { code: string; cause: string } {
+  const e = err as NodeJS.ErrnoException;
+  const code = typeof e.code === 'string' ? e.code : 'EIO';
+  const causes: Record<string, string> = {
+    ENOENT: 'no such file',
+    EACCES: 'permission denied',
+    EISDIR: 'is a directory',
+    ENOTDIR: 'a parent is not a directory',
+    ELOOP: 'too many symbolic links',
+  };
+  // System errors read "ENOENT: no such file or directory, open '/x'": keep the middle part.
+  const plain = (e.message || code).replace(/^[A-Z0-9_]+: /, '').replace(/, \w+ '.*'$/, '');
+  return { code, cause: causes[code] ?? plain };
+}
+
+/** Open the base image read-only; errors are one line naming the path and the cause. */
+export async function openBase(path: string): Promise<BaseImage> {
+  let fd: Fd | undefined;
+  try {
+    fd = await openFile(path, O_RDONLY);
+    const stats = await statFile(fd);
+    if (stats.isDirectory()) throw codedError('EISDIR', 'is a directory');
+    if (!stats.isFile() && !stats.isBlockDevice()) throw codedError('EINVAL', 'not a regular file');
+    // A block device reports size 0 in stat; serving one is for a later issue.
+    if (stats.isBlockDevice()) throw codedError('EINVAL', 'block devices are not supported yet');
+    const fingerprint = await fingerprintFile(fd, stats.size);
+    return new BaseFile(path, fd, { size: stats.size, fingerprint });
+  } catch (err) {
+    if (fd !== undefined) await closeFile(fd).catch(() => undefined);
+    const { code, cause } = describe(err);
+    throw codedError(code, `cannot open base image ${path}: ${cause} (${code})`);
+  }
+}
+
+class BaseFile implements BaseImage {
+  readonly path: string;
+  readonly identity: BaseIdentity;
+  readonly writable = false;
+  #fd: Fd;
+  #closed = false;
+
+  constructor(path: string, fd: Fd, identity: BaseIdentity) {
+    this.path = path;
+    this.#fd = fd;
+    this.identity = identity;
+  }
+
+  get size(): number {
+    return this.identity.size;
+  }
+
+  async read(offset: number, dest: Buffer): Promise<void> {
+    if (this.#closed) throw codedError('ESHUTDOWN', `base image ${this.path} is closed`);
+    await readAt(this.#fd, dest, offset);
+  }
+
+  write(): Promise<void> {
+    return this.#readOnly();
+  }
+
+  zero(): Promise<void> {
+    return this.#readOnly();
+  }
+
+  trim(): Promise<void> {
+    return this.#readOnly();
+  }
+
+  async flush(): Promise<void> {}
+
+  async cache(offset: number, length: number): Promise<void> {
+    const end = Math.min(offset + length, this.size);
+    const buf = Buffer.allocUnsafe(Math.min(CACHE_CHUNK, Math.max(0, end - offset)));
+    for (let pos = offset; pos < end; pos += buf.length) {
+      await this.read(pos, buf.subarray(0, Math.min(buf.length, end - pos)));
+    }
+  }
+
+  async extents(offset: number, length: number): Promise<Extent[]> {
+    return [{ length: Math.max(0, Math.min(length, this.size - offset)), state: 'base' }];
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await closeFile(this.#fd);
+  }
+
+  async #readOnly(): Promise<void> {
+    throw codedError('EPERM', `base image ${this.path} is read-only`);
+  }
+}

@@ -1,0 +1,246 @@
+// Copy-on-write device: a shared read-only BaseImage plus a private overlay file (overlay-file.ts)
+// created lazily by the first write-type call, so a read-only session costs no disk and no map.
+// close() deletes the overlay: these per-connection overlays are ephemeral. The base is shared
+// and stays open; its owner closes it.
+//
+// Reads go by runs of equal block state (one pread per run; base -> base file, data -> overlay,
+// zero -> fill) straight into subarrays of the caller's buffer. Write-type calls hold the range
+// lock over every block they touch and split the range into head/body/tail (ranges.ts):
+//   - the body of whole blocks is one pwrite (a block's place in the overlay is fixed, so
+//     consecutive blocks are contiguous), then the map says "data";
+//   - a partial block in state "data" is written in place; one in state "base" or "zero" is
+//     read-modify-written (the rest of the block from the base, or zeros), then set to "data".
+// Data always reaches the overlay before the map changes. trim and zero turn whole blocks into
+// "zero" without writing data and zero-fill partial blocks by RMW; zero with noHole writes real
+// zeros in bounded chunks. FUA is a full flush after the write.
+
+import type { BaseImage } from './base-image.js';
+import { BLOCK_BASE, BLOCK_DATA, BLOCK_ZERO, type Bitmap } from './bitmap.js';
+import type { BlockDevice, Extent, ExtentState, WriteOptions, ZeroOptions } from './device.js';
+import { OverlayFile, overlayGeometry } from './overlay-file.js';
+import { RangeLock } from './range-lock.js';
+import { blockOf, blockSpan, roundDown, splitRange, type PartialBlock } from './ranges.js';
+
+// The server names and sweeps overlays next to where it creates devices.
+export { ephemeralOverlayName, ephemeralOverlayPid, sweepEphemeralOverlays } from './ephemeral.js';
+
+export interface CowDeviceOptions {
+  /** The shared base; not closed by the device. */
+  readonly base: BaseImage;
+  /** Overlay block size: a power of two from 512 B to 16 MiB. */
+  readonly blockSize: number;
+  /** Where to create the overlay file at the first write-type call; must not exist. */
+  readonly overlayPath: string;
+}
+
+/** Upper bound on the buffers a single zero (noHole) or cache call allocates. */
+const CHUNK = 1024 * 1024;
+
+const STATE_NAMES: readonly ExtentState[] = ['base', 'data', 'zero'];
+
+function codedError(code: string, message: string): Error {
+  return Object.assign(new Error(message), { code });
+}
+
+export class CowDevice implements BlockDevice {
+  readonly writable = true;
+  readonly #base: BaseImage;
+  readonly #blockSize: number;
+  readonly #path: string;
+  readonly #lock = new RangeLock();
+  #overlay: OverlayFile | undefined;
+  #creating: Promise<OverlayFile> | undefined;
+  #closing: Promise<void> | undefined;
+
+  constructor(options: CowDeviceOptions) {
+    overlayGeometry(options.blockSize, options.base.size); // validates the block size now
+    this.#base = options.base;
+    this.#blockSize = options.blockSize;
+    this.#path = options.overlayPath;
+  }
+
+  get size(): number {
+    return this.#base.size;
+  }
+
+  get overlayPath(): string {
+    return this.#path;
+  }
+
+  /** Whether the overlay file exists yet (it is created by the first write-type call). */
+  get hasOverlay(): boolean {
+    return this.#overlay !== undefined;
+  }
+
+  async read(offset: number, dest: Buffer): Promise<void> {
+    this.#checkOpen();
+    const overlay = this.#overlay;
+    if (overlay === undefined) return this.#base.read(offset, dest);
+    const end = offset + dest.length;
+    const reads: Promise<void>[] = [];
+    this.#forEachRun(overlay.map, offset, end, Infinity, (state, start, runEnd) => {
+      const piece = dest.subarray(start - offset, runEnd - offset);
+      if (state === BLOCK_BASE) reads.push(this.#base.read(start, piece));
+      else if (state === BLOCK_DATA) reads.push(overlay.readData(start, piece));
+      else piece.fill(0);
+    });
+    await Promise.all(reads);
+  }
+
+  async write(offset: number, data: Buffer, options: WriteOptions): Promise<void> {
+    await this.#locked(offset, data.length, (overlay) => this.#writeRange(overlay, offset, data));
+    if (options.fua) await this.flush();
+  }
+
+  async zero(offset: number, length: number, options: ZeroOptions): Promise<void> {
+    await this.#locked(offset, length, (overlay) =>
+      options.noHole ? this.#writeZeros(overlay, offset, length) : this.#punch(overlay, offset, length),
+    );
+    if (options.fua) await this.flush();
+  }
+
+  async trim(offset: number, length: number, options: WriteOptions): Promise<void> {
+    await this.#locked(offset, length, (overlay) => this.#punch(overlay, offset, length));
+    if (options.fua) await this.flush();
+  }
+
+  async flush(): Promise<void> {
+    this.#checkOpen();
+    // No overlay (or a failed creation): no write ever completed, nothing to make durable.
+    const overlay = this.#overlay ?? (await this.#creating?.catch(() => undefined));
+    await overlay?.flush();
+  }
+
+  async cache(offset: number, length: number): Promise<void> {
+    const end = Math.min(offset + length, this.size);
+    const buf = Buffer.allocUnsafe(Math.min(CHUNK, Math.max(0, end - offset)));
+    for (let pos = offset; pos < end; pos += buf.length) {
+      await this.read(pos, buf.subarray(0, Math.min(buf.length, end - pos)));
+    }
+  }
+
+  async extents(offset: number, length: number, maxExtents: number): Promise<Extent[]> {
+    this.#checkOpen();
+    const end = Math.min(offset + length, this.size);
+    if (this.#overlay === undefined) return [{ length: Math.max(0, end - offset), state: 'base' }];
+    const out: Extent[] = [];
+    this.#forEachRun(this.#overlay.map, offset, end, Math.max(1, maxExtents), (state, start, runEnd) => {
+      out.push({ length: runEnd - start, state: STATE_NAMES[state] ?? 'base' });
+    });
+    return out;
+  }
+
+  /** Close and delete the overlay. Idempotent; the server drains requests before calling it. */
+  close(): Promise<void> {
+    this.#closing ??= this.#closeOnce();
+    return this.#closing;
+  }
+
+  async #closeOnce(): Promise<void> {
+    const creating = this.#creating;
+    if (creating === undefined) return;
+    const overlay = await creating.catch(() => undefined);
+    await overlay?.delete();
+  }
+
+  /** Call `fn(state, start, end)` for each run of equal state in [offset, end), at most `max`. */
+  #forEachRun(map: Bitmap, offset: number, end: number, max: number, fn: (state: number, start: number, end: number) => void): void {
+    const bs = this.#blockSize;
+    const lastBlock = blockOf(end - 1, bs);
+    let pos = offset;
+    for (let n = 0; pos < end && n < max; n++) {
+      const block = blockOf(pos, bs);
+      const run = map.runOf(block, lastBlock - block + 1);
+      const runEnd = Math.min((block + run) * bs, end);
+      fn(map.get(block), pos, runEnd);
+      pos = runEnd;
+    }
+  }
+
+  /** Create the overlay if needed, then run `fn` holding the lock over the range's blocks. */
+  async #locked(offset: number, length: number, fn: (overlay: OverlayFile) => Promise<void>): Promise<void> {
+    this.#checkOpen();
+    if (length === 0) return;
+    const overlay = await this.#ensureOverlay();
+    const [first, last] = blockSpan(offset, length, this.#blockSize);
+    await this.#lock.run(first, last, () => fn(overlay));
+  }
+
+  #ensureOverlay(): Promise<OverlayFile> {
+    if (this.#creating === undefined) {
+      const creating = OverlayFile.create(this.#path, {
+        blockSize: this.#blockSize,
+        size: this.size,
+        baseIdentity: this.#base.identity,
+      });
+      this.#creating = creating;
+      creating.then(
+        (overlay) => {
+          this.#overlay = overlay;
+        },
+        () => {
+          // Let the next write-type call try again (ENOSPC may pass).
+          if (this.#creating === creating) this.#creating = undefined;
+        },
+      );
+    }
+    return this.#creating;
+  }
+
+  async #writeRange(overlay: OverlayFile, offset: number, data: Buffer): Promise<void> {
+    const { head, body, tail } = splitRange(offset, data.length, this.#blockSize, this.size);
+    const at = (start: number, end: number): Buffer => data.subarray(start - offset, end - offset);
+    const jobs: Promise<void>[] = [];
+    if (head) jobs.push(this.#writePartial(overlay, head, at(head.start, head.end)));
+    if (body) {
+      jobs.push(
+        overlay.writeData(body.start, at(body.start, body.end)).then(() => overlay.map.setRange(body.first, body.count, BLOCK_DATA)),
+      );
+    }
+    if (tail) jobs.push(this.#writePartial(overlay, tail, at(tail.start, tail.end)));
+    await Promise.all(jobs);
+  }
+
+  /** Write part of one block: in place if it holds data, else read-modify-write. */
+  async #writePartial(overlay: OverlayFile, piece: PartialBlock, bytes: Buffer): Promise<void> {
+    const state = overlay.map.get(piece.block);
+    if (state === BLOCK_DATA) return overlay.writeData(piece.start, bytes);
+    const blockStart = piece.block * this.#blockSize;
+    const block = Buffer.allocUnsafe(Math.min(blockStart + this.#blockSize, this.size) - blockStart);
+    if (state === BLOCK_BASE) await this.#base.read(blockStart, block);
+    else block.fill(0);
+    bytes.copy(block, piece.start - blockStart);
+    await overlay.writeData(blockStart, block);
+    overlay.map.set(piece.block, BLOCK_DATA);
+  }
+
+  /** trim and zero without noHole: whole blocks become "zero", partial blocks are zero-filled. */
+  async #punch(overlay: OverlayFile, offset: number, length: number): Promise<void> {
+    const { head, body, tail } = splitRange(offset, length, this.#blockSize, this.size);
+    if (body) overlay.map.setRange(body.first, body.count, BLOCK_ZERO);
+    const jobs: Promise<void>[] = [];
+    for (const piece of [head, tail]) {
+      if (piece && overlay.map.get(piece.block) !== BLOCK_ZERO) {
+        jobs.push(this.#writePartial(overlay, piece, Buffer.alloc(piece.end - piece.start)));
+      }
+    }
+    await Promise.all(jobs);
+  }
+
+  /** zero with noHole: real zero bytes (state "data"), at most CHUNK bytes allocated. */
+  async #writeZeros(overlay: OverlayFile, offset: number, length: number): Promise<void> {
+    const chunk = Math.max(this.#blockSize, roundDown(CHUNK, this.#blockSize));
+    const zeros = Buffer.alloc(Math.min(chunk, length));
+    const end = offset + length;
+    // Chunk boundaries fall on multiples of `chunk`, hence on block boundaries.
+    for (let pos = offset; pos < end; ) {
+      const next = Math.min(roundDown(pos, chunk) + chunk, end);
+      await this.#writeRange(overlay, pos, zeros.subarray(0, next - pos));
+      pos = next;
+    }
+  }
+
+  #checkOpen(): void {
+    if (this.#closing !== undefined) throw codedError('ESHUTDOWN', `device for ${this.#path} is closed`);
+  }
+}

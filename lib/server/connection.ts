@@ -1,0 +1,367 @@
+// One client connection: a state machine over received bytes
+//   client-flags → option-header ⇄ option-data → request-header ⇄ write-payload | discard-payload
+// ending in closing (DISC or shutdown: finish in-flight requests, then end) or closed.
+// Requests run concurrently; each reply is written as soon as it is ready (matched by cookie),
+// and every reply finished in one event-loop turn leaves under a single cork (one writev).
+// Back-pressure: at the in-flight cap, or when too many bytes wait in the socket's write
+// buffer, the socket is paused and parsing stops until there is room again.
+
+import type { Socket } from 'node:net';
+import type { Logger } from '../log.js';
+import {
+  MAX_PAYLOAD,
+  NBD_CMD_DISC,
+  NBD_CMD_READ,
+  NBD_CMD_WRITE,
+  NBD_FLAG_C_FIXED_NEWSTYLE,
+  NBD_FLAG_C_NO_ZEROES,
+  NBD_FLAG_FIXED_NEWSTYLE,
+  NBD_FLAG_NO_ZEROES,
+  optionName,
+} from '../protocol/constants.js';
+import { ProtocolError } from '../protocol/errors.js';
+import {
+  CLIENT_FLAGS_SIZE,
+  OPTION_HEADER_SIZE,
+  decodeClientFlags,
+  decodeOptionHeader,
+  encodeGreeting,
+  type OptionHeader,
+} from '../protocol/handshake.js';
+import { REQUEST_SIZE, decodeRequest, type Request } from '../protocol/transmission.js';
+import { ByteQueue } from './byte-queue.js';
+import type { ExportRegistry } from './exports.js';
+import { handleOption, type NegotiationState } from './negotiation.js';
+import { serveRequest, validateRequest, errorReply, type Session } from './requests.js';
+
+type State =
+  | 'client-flags'
+  | 'option-header'
+  | 'option-data'
+  | 'request-header'
+  | 'write-payload'
+  | 'discard-payload'
+  | 'closing'
+  | 'closed';
+
+export interface ConnectionLimits {
+  /** Requests in flight before the socket is paused (the Linux client sends up to 128). */
+  readonly maxInFlight: number;
+  /** Payload bytes held by in-flight requests before the socket is paused. */
+  readonly maxInFlightBytes: number;
+  /** Reply bytes queued in the socket before parsing pauses until 'drain'. */
+  readonly maxQueuedReplyBytes: number;
+  /** Largest option payload accepted; a bigger one is treated as an attack and closes. */
+  readonly maxOptionLength: number;
+  /** Options allowed before an export is chosen. */
+  readonly maxOptions: number;
+}
+
+export const DEFAULT_LIMITS: ConnectionLimits = {
+  maxInFlight: 128,
+  maxInFlightBytes: 64 * 1024 * 1024,
+  maxQueuedReplyBytes: 16 * 1024 * 1024,
+  maxOptionLength: 64 * 1024,
+  maxOptions: 256,
+};
+
+export interface ConnectionOptions {
+  readonly registry: ExportRegistry;
+  readonly log: Logger;
+  readonly limits: ConnectionLimits;
+  /** A short label for log lines, e.g. the peer address. */
+  readonly label: string;
+}
+
+export class Connection {
+  readonly label: string;
+  /** Resolves once the socket is gone and the device (and its overlay) is closed. */
+  readonly closed: Promise<void>;
+  #socket: Socket;
+  #options: ConnectionOptions;
+  #log: Logger;
+  #queue = new ByteQueue();
+  #state: State = 'client-flags';
+  #option: OptionHeader = { option: 0, length: 0 };
+  #optionCount = 0;
+  #negotiation: NegotiationState = { structuredReplies: false, metaContexts: null, noZeroes: false };
+  #session: Session | null = null;
+  #pendingWrite: Request | null = null;
+  #discardRemaining = 0;
+  #inFlight = 0;
+  #inFlightBytes = 0;
+  #waitingDrain = false;
+  #paused = false;
+  #corked = false;
+  #shuttingDown = false;
+  #resolveClosed: () => void = () => undefined;
+  #onIdle: (() => void) | null = null;
+
+  constructor(socket: Socket, options: ConnectionOptions) {
+    this.#socket = socket;
+    this.#options = options;
+    this.#log = options.log;
+    this.label = options.label;
+    this.closed = new Promise((resolve) => {
+      this.#resolveClosed = resolve;
+    });
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => {
+      this.#queue.push(chunk);
+      this.#process();
+    });
+    socket.on('drain', () => {
+      this.#waitingDrain = false;
+      this.#process();
+    });
+    socket.on('end', () => this.#close('client closed the connection'));
+    socket.on('error', (err) => this.#close(`socket error: ${err.message}`));
+    socket.on('close', () => this.#close('socket closed'));
+    socket.write(encodeGreeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES));
+  }
+
+  /** Whether the connection reached transmission (an export was chosen). */
+  get inTransmission(): boolean {
+    return this.#session !== null;
+  }
+
+  /**
+   * Server shutdown: a negotiating client is dropped; a transmitting one gets replies to the
+   * requests already in flight, then the connection ends.
+   */
+  shutdown(): Promise<void> {
+    this.#shuttingDown = true;
+    if (this.#session === null) this.#close('server shutting down');
+    else this.#beginClosing('server shutting down');
+    return this.closed;
+  }
+
+  /** Parse everything parseable in the queue, one state step at a time. */
+  #process(): void {
+    try {
+      while (this.#step()) {
+        /* keep stepping */
+      }
+    } catch (err) {
+      const reason = err instanceof ProtocolError ? `protocol error: ${err.message}` : `internal error: ${String(err)}`;
+      if (!(err instanceof ProtocolError)) this.#log.error(`${this.label}: ${reason}`);
+      this.#close(reason);
+    }
+    this.#updateFlow();
+  }
+
+  /** Take one step; false when more bytes (or room) are needed. */
+  #step(): boolean {
+    const queue = this.#queue;
+    switch (this.#state) {
+      case 'client-flags':
+        if (queue.length < CLIENT_FLAGS_SIZE) return false;
+        return this.#onClientFlags(decodeClientFlags(queue.take(CLIENT_FLAGS_SIZE)));
+      case 'option-header':
+        if (queue.length < OPTION_HEADER_SIZE) return false;
+        return this.#onOptionHeader(decodeOptionHeader(queue.take(OPTION_HEADER_SIZE)));
+      case 'option-data':
+        if (queue.length < this.#option.length) return false;
+        return this.#onOption(queue.take(this.#option.length));
+      case 'request-header':
+        if (this.#mustWait() || queue.length < REQUEST_SIZE) return false;
+        return this.#onRequest(decodeRequest(queue.take(REQUEST_SIZE)));
+      case 'write-payload': {
+        const req = this.#pendingWrite as Request; // set whenever the state is write-payload
+        if (queue.length < req.length) return false;
+        this.#pendingWrite = null;
+        this.#state = 'request-header';
+        this.#dispatch(req, queue.take(req.length));
+        return true;
+      }
+      case 'discard-payload':
+        this.#discardRemaining -= queue.skip(this.#discardRemaining);
+        if (this.#discardRemaining > 0) return false;
+        this.#state = 'request-header';
+        return true;
+      case 'closing':
+      case 'closed':
+        return false;
+    }
+  }
+
+  #onClientFlags(flags: number): boolean {
+    // proto.md: the server MUST drop the connection on a client flag it does not know.
+    if ((flags & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) !== 0) {
+      throw new ProtocolError(`unknown client flags 0x${flags.toString(16)}`);
+    }
+    this.#negotiation = { ...this.#negotiation, noZeroes: (flags & NBD_FLAG_C_NO_ZEROES) !== 0 };
+    this.#state = 'option-header';
+    return true;
+  }
+
+  #onOptionHeader(header: OptionHeader): boolean {
+    const limits = this.#options.limits;
+    if (header.length > limits.maxOptionLength) {
+      throw new ProtocolError(`${optionName(header.option)} with ${header.length} bytes of data`);
+    }
+    if (++this.#optionCount > limits.maxOptions) {
+      throw new ProtocolError(`more than ${limits.maxOptions} options without choosing an export`);
+    }
+    this.#option = header;
+    this.#state = 'option-data';
+    return true;
+  }
+
+  #onOption(payload: Buffer): boolean {
+    const option = this.#option.option;
+    this.#log.debug(`${this.label}: ${optionName(option)} (${payload.length} bytes)`);
+    const outcome = handleOption(option, payload, {
+      registry: this.#options.registry,
+      state: this.#negotiation,
+      shuttingDown: this.#shuttingDown,
+    });
+    this.#writeAll(outcome.replies);
+    switch (outcome.kind) {
+      case 'continue':
+        this.#state = 'option-header';
+        return true;
+      case 'close':
+        this.#log.debug(`${this.label}: ${outcome.reason}`);
+        this.#beginClosing(outcome.reason);
+        return false;
+      case 'transmission':
+        this.#session = {
+          device: outcome.exp.openDevice(),
+          structuredReplies: this.#negotiation.structuredReplies,
+          contexts: outcome.contexts,
+          log: this.#log,
+        };
+        this.#log.debug(`${this.label}: serving export "${outcome.exp.name}" flags 0x${outcome.flags.toString(16)}`);
+        this.#state = 'request-header';
+        return true;
+    }
+  }
+
+  #onRequest(req: Request): boolean {
+    const session = this.#session as Session; // request-header is only reached with a session
+    if (req.type === NBD_CMD_DISC) {
+      this.#beginClosing('client sent NBD_CMD_DISC');
+      return false;
+    }
+    if (req.type !== NBD_CMD_WRITE || req.length === 0) {
+      this.#dispatch(req, undefined);
+      return true;
+    }
+    if (req.length <= MAX_PAYLOAD) {
+      // Even a write that will be refused has its payload read, so framing survives.
+      this.#pendingWrite = req;
+      this.#state = 'write-payload';
+      return true;
+    }
+    // Too big to buffer: answer now and stream the payload away without keeping it.
+    const invalid = validateRequest(req, session);
+    if (invalid !== null) this.#writeAll(errorReply(req, invalid, session));
+    this.#discardRemaining = req.length;
+    this.#state = 'discard-payload';
+    return true;
+  }
+
+  #dispatch(req: Request, payload: Buffer | undefined): void {
+    const session = this.#session as Session; // requests are only dispatched with a session
+    const cost = req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE ? req.length : 0;
+    this.#inFlight++;
+    this.#inFlightBytes += cost;
+    serveRequest(req, payload, session).then(
+      (reply) => this.#finish(cost, reply),
+      (err: unknown) => {
+        this.#log.error(`${this.label}: request failed unexpectedly: ${String(err)}`);
+        this.#finish(cost, null);
+        this.#close('internal error');
+      },
+    );
+  }
+
+  #finish(cost: number, reply: Buffer[] | null): void {
+    this.#inFlight--;
+    this.#inFlightBytes -= cost;
+    if (reply !== null) this.#writeAll(reply);
+    if (this.#inFlight === 0 && this.#onIdle !== null) {
+      const onIdle = this.#onIdle;
+      this.#onIdle = null;
+      onIdle();
+    }
+    if (this.#state === 'request-header' || this.#state === 'write-payload') this.#process();
+  }
+
+  #mustWait(): boolean {
+    const limits = this.#options.limits;
+    return this.#inFlight >= limits.maxInFlight || this.#inFlightBytes >= limits.maxInFlightBytes || this.#waitingDrain;
+  }
+
+  /** Pause the socket while parsing must wait; resume when it may go on. */
+  #updateFlow(): void {
+    if (this.#state === 'closed') return;
+    const wait = this.#state === 'closing' || (this.#state === 'request-header' && this.#mustWait());
+    if (wait && !this.#paused) {
+      this.#paused = true;
+      this.#socket.pause();
+    } else if (!wait && this.#paused) {
+      this.#paused = false;
+      this.#socket.resume();
+    }
+  }
+
+  /** Write each message whole; replies finished in one loop turn share one cork. */
+  #writeAll(messages: readonly Buffer[]): void {
+    if (this.#state === 'closed' || messages.length === 0) return;
+    const socket = this.#socket;
+    if (!this.#corked) {
+      this.#corked = true;
+      socket.cork();
+      setImmediate(() => this.#uncork());
+    }
+    for (const message of messages) socket.write(message);
+    if (socket.writableLength > this.#options.limits.maxQueuedReplyBytes) this.#waitingDrain = true;
+  }
+
+  #uncork(): void {
+    if (!this.#corked) return;
+    this.#corked = false;
+    this.#socket.uncork();
+  }
+
+  /** Stop reading; once every in-flight request has replied, end the socket. */
+  #beginClosing(reason: string): void {
+    if (this.#state === 'closing' || this.#state === 'closed') return;
+    this.#state = 'closing';
+    this.#updateFlow();
+    this.#whenIdle().then(() => {
+      if (this.#state !== 'closing') return;
+      this.#uncork();
+      this.#socket.end();
+      this.#close(reason);
+    }, () => undefined);
+  }
+
+  #whenIdle(): Promise<void> {
+    if (this.#inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const previous = this.#onIdle;
+      this.#onIdle = () => {
+        previous?.();
+        resolve();
+      };
+    });
+  }
+
+  /** The one place a connection ends. Idempotent. The device closes after in-flight I/O. */
+  #close(reason: string): void {
+    if (this.#state === 'closed') return;
+    const graceful = this.#state === 'closing';
+    this.#state = 'closed';
+    this.#queue.clear();
+    this.#log.debug(`${this.label}: closed (${reason})`);
+    if (!graceful) this.#socket.destroy();
+    else this.#socket.destroySoon();
+    void this.#whenIdle()
+      .then(() => this.#session?.device.close())
+      .catch((err: unknown) => this.#log.warn(`${this.label}: closing device: ${String(err)}`))
+      .finally(() => this.#resolveClosed());
+  }
+}

@@ -1,0 +1,209 @@
+// Option haggling (proto.md "Option types"): one small handler per NBD_OPT_*, each taking the
+// option's data and the negotiation state and returning the replies to send plus what happens
+// next. No sockets here; connection.ts writes the replies.
+
+import {
+  NBD_INFO_BLOCK_SIZE,
+  NBD_INFO_DESCRIPTION,
+  NBD_INFO_NAME,
+  MAX_PAYLOAD,
+  NBD_OPT_ABORT,
+  NBD_OPT_EXPORT_NAME,
+  NBD_OPT_GO,
+  NBD_OPT_INFO,
+  NBD_OPT_LIST,
+  NBD_OPT_LIST_META_CONTEXT,
+  NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STARTTLS,
+  NBD_OPT_STRUCTURED_REPLY,
+  NBD_REP_ACK,
+  NBD_REP_ERR_INVALID,
+  NBD_REP_ERR_POLICY,
+  NBD_REP_ERR_SHUTDOWN,
+  NBD_REP_ERR_UNKNOWN,
+  NBD_REP_ERR_UNSUP,
+  NBD_REP_INFO,
+  NBD_REP_META_CONTEXT,
+  NBD_REP_SERVER,
+  optionName,
+} from '../protocol/constants.js';
+import { OptionError } from '../protocol/errors.js';
+import {
+  decodeInfoRequest,
+  decodeMetaContextRequest,
+  encodeExportNameReply,
+  encodeInfoBlockSize,
+  encodeInfoExport,
+  encodeInfoText,
+  encodeMetaContextPayload,
+  encodeOptionReply,
+  encodeServerReplyPayload,
+} from '../protocol/handshake.js';
+import { transmissionFlags, type Export, type ExportRegistry } from './exports.js';
+import { isWellFormedQuery, listContexts, selectContexts, type MetaContext } from './meta-contexts.js';
+
+export interface NegotiationState {
+  structuredReplies: boolean;
+  /** Contexts chosen by the last SET_META_CONTEXT, valid only for the export it named. */
+  metaContexts: { readonly exp: Export; readonly contexts: readonly MetaContext[] } | null;
+  /** The client set NBD_FLAG_C_NO_ZEROES. */
+  readonly noZeroes: boolean;
+}
+
+export type OptionOutcome =
+  | { readonly kind: 'continue'; readonly replies: Buffer[] }
+  /** Send the replies (if any), then close: ABORT, or an EXPORT_NAME that cannot be served. */
+  | { readonly kind: 'close'; readonly replies: Buffer[]; readonly reason: string }
+  /** Send the replies, then enter transmission on `exp`. */
+  | {
+      readonly kind: 'transmission';
+      readonly replies: Buffer[];
+      readonly exp: Export;
+      readonly flags: number;
+      readonly contexts: readonly MetaContext[];
+    };
+
+export interface OptionContext {
+  readonly registry: ExportRegistry;
+  readonly state: NegotiationState;
+  readonly shuttingDown: boolean;
+}
+
+type Handler = (payload: Buffer, option: number, ctx: OptionContext) => OptionOutcome;
+
+const ack = (option: number): Buffer => encodeOptionReply(option, NBD_REP_ACK);
+
+/** Export names in messages: printable, truncated, as qemu does. */
+function quoteName(name: string): string {
+  const clean = name.replace(/[^\x20-\x7e]/g, '?');
+  return JSON.stringify(clean.length > 64 ? `${clean.slice(0, 64)}...` : clean);
+}
+
+function requireExport(ctx: OptionContext, name: string): Export {
+  const exp = ctx.registry.lookup(name);
+  if (exp === undefined) throw new OptionError(NBD_REP_ERR_UNKNOWN, `unknown export ${quoteName(name)}`);
+  return exp;
+}
+
+function requireEmpty(payload: Buffer, option: number): void {
+  if (payload.length !== 0) throw new OptionError(NBD_REP_ERR_INVALID, `${optionName(option)} takes no data`);
+}
+
+const handleExportName: Handler = (payload, _option, ctx) => {
+  const name = payload.toString('utf8');
+  const exp = ctx.registry.lookup(name);
+  // proto.md: EXPORT_NAME cannot carry an error; the server MUST drop the connection.
+  if (exp === undefined || ctx.shuttingDown || payload.includes(0)) {
+    return { kind: 'close', replies: [], reason: `NBD_OPT_EXPORT_NAME for unknown export ${quoteName(name)}` };
+  }
+  const flags = transmissionFlags(exp, ctx.state.structuredReplies);
+  const contexts = ctx.state.metaContexts?.exp === exp ? ctx.state.metaContexts.contexts : [];
+  return {
+    kind: 'transmission',
+    replies: [encodeExportNameReply(exp.size, flags, ctx.state.noZeroes)],
+    exp,
+    flags,
+    contexts,
+  };
+};
+
+const handleAbort: Handler = (_payload, option) => ({
+  kind: 'close',
+  replies: [ack(option)],
+  reason: 'client sent NBD_OPT_ABORT',
+});
+
+const handleList: Handler = (payload, option, ctx) => {
+  requireEmpty(payload, option);
+  const replies = ctx.registry
+    .list()
+    .map((exp) => encodeOptionReply(option, NBD_REP_SERVER, encodeServerReplyPayload(exp.name, exp.description)));
+  replies.push(ack(option));
+  return { kind: 'continue', replies };
+};
+
+const handleStartTls: Handler = () => {
+  throw new OptionError(NBD_REP_ERR_POLICY, 'TLS is not available on this server');
+};
+
+const handleInfoOrGo: Handler = (payload, option, ctx) => {
+  const request = decodeInfoRequest(payload);
+  const exp = requireExport(ctx, request.exportName);
+  const flags = transmissionFlags(exp, ctx.state.structuredReplies);
+  // proto.md: NBD_INFO_EXPORT MUST be sent, requested or not; unknown requests are ignored.
+  const replies = [encodeOptionReply(option, NBD_REP_INFO, encodeInfoExport(exp.size, flags))];
+  const wanted = new Set(request.infoTypes);
+  if (wanted.has(NBD_INFO_NAME)) {
+    replies.push(encodeOptionReply(option, NBD_REP_INFO, encodeInfoText(NBD_INFO_NAME, exp.name)));
+  }
+  if (wanted.has(NBD_INFO_DESCRIPTION)) {
+    replies.push(encodeOptionReply(option, NBD_REP_INFO, encodeInfoText(NBD_INFO_DESCRIPTION, exp.description)));
+  }
+  if (wanted.has(NBD_INFO_BLOCK_SIZE)) {
+    const info = encodeInfoBlockSize(1, Math.max(512, exp.preferredBlockSize), MAX_PAYLOAD);
+    replies.push(encodeOptionReply(option, NBD_REP_INFO, info));
+  }
+  replies.push(ack(option));
+  if (option === NBD_OPT_INFO) return { kind: 'continue', replies };
+  const contexts = ctx.state.metaContexts?.exp === exp ? ctx.state.metaContexts.contexts : [];
+  return { kind: 'transmission', replies, exp, flags, contexts };
+};
+
+const handleStructuredReply: Handler = (payload, option, ctx) => {
+  requireEmpty(payload, option);
+  if (ctx.state.structuredReplies) {
+    throw new OptionError(NBD_REP_ERR_INVALID, 'structured replies are already negotiated');
+  }
+  ctx.state.structuredReplies = true;
+  return { kind: 'continue', replies: [ack(option)] };
+};
+
+const handleMetaContext: Handler = (payload, option, ctx) => {
+  const isSet = option === NBD_OPT_SET_META_CONTEXT;
+  // SET replaces the previous selection even when it fails.
+  if (isSet) ctx.state.metaContexts = null;
+  if (!ctx.state.structuredReplies) {
+    throw new OptionError(NBD_REP_ERR_INVALID, `${optionName(option)} needs structured replies first`);
+  }
+  const request = decodeMetaContextRequest(payload);
+  const bad = request.queries.find((q) => !isWellFormedQuery(q));
+  if (bad !== undefined) throw new OptionError(NBD_REP_ERR_INVALID, `malformed context query ${quoteName(bad)}`);
+  const exp = requireExport(ctx, request.exportName);
+  const contexts = isSet ? selectContexts(request.queries) : listContexts(request.queries);
+  if (isSet) ctx.state.metaContexts = { exp, contexts };
+  const replies = contexts.map((c) =>
+    encodeOptionReply(option, NBD_REP_META_CONTEXT, encodeMetaContextPayload(isSet ? c.id : 0, c.name)),
+  );
+  replies.push(ack(option));
+  return { kind: 'continue', replies };
+};
+
+const HANDLERS: Readonly<Record<number, Handler>> = {
+  [NBD_OPT_EXPORT_NAME]: handleExportName,
+  [NBD_OPT_ABORT]: handleAbort,
+  [NBD_OPT_LIST]: handleList,
+  [NBD_OPT_STARTTLS]: handleStartTls,
+  [NBD_OPT_INFO]: handleInfoOrGo,
+  [NBD_OPT_GO]: handleInfoOrGo,
+  [NBD_OPT_STRUCTURED_REPLY]: handleStructuredReply,
+  [NBD_OPT_LIST_META_CONTEXT]: handleMetaContext,
+  [NBD_OPT_SET_META_CONTEXT]: handleMetaContext,
+};
+
+/** Handle one option; refusals become NBD_REP_ERR_* replies and negotiation goes on. */
+export function handleOption(option: number, payload: Buffer, ctx: OptionContext): OptionOutcome {
+  const handler = HANDLERS[option];
+  try {
+    if (ctx.shuttingDown && option !== NBD_OPT_ABORT && option !== NBD_OPT_EXPORT_NAME) {
+      throw new OptionError(NBD_REP_ERR_SHUTDOWN, 'server is shutting down');
+    }
+    if (handler === undefined) {
+      throw new OptionError(NBD_REP_ERR_UNSUP, `${optionName(option)} is not supported`);
+    }
+    return handler(payload, option, ctx);
+  } catch (err) {
+    if (!(err instanceof OptionError)) throw err;
+    const message = Buffer.from(err.message, 'utf8');
+    return { kind: 'continue', replies: [encodeOptionReply(option, err.replyType, message)] };
+  }
+}

@@ -1,0 +1,106 @@
+// The listener: a net.Server on TCP or a unix socket that hands each accepted socket to a
+// Connection, keeps track of them, and shuts down gracefully (stop accepting, let in-flight
+// requests finish, close every device so ephemeral overlays are deleted).
+
+import { createServer, type Server, type Socket } from 'node:net';
+import { unlink } from 'node:fs/promises';
+import type { Logger } from '../log.js';
+import { Connection, type ConnectionLimits } from './connection.js';
+import type { ExportRegistry } from './exports.js';
+
+export type ListenAddress =
+  | { readonly kind: 'tcp'; readonly host: string; readonly port: number }
+  | { readonly kind: 'unix'; readonly path: string };
+
+export interface NbdListenerOptions {
+  readonly registry: ExportRegistry;
+  readonly log: Logger;
+  readonly limits: ConnectionLimits;
+}
+
+export class NbdListener {
+  #server: Server;
+  #connections = new Set<Connection>();
+  #options: NbdListenerOptions;
+  #nextId = 1;
+  #address: ListenAddress | null = null;
+  #stopping: Promise<void> | null = null;
+
+  constructor(options: NbdListenerOptions) {
+    this.#options = options;
+    this.#server = createServer({ noDelay: true, pauseOnConnect: false }, (socket) => this.#accept(socket));
+  }
+
+  /** The bound address (with the real port when 0 was asked for). */
+  get address(): ListenAddress {
+    if (this.#address === null) throw new Error('listener is not listening');
+    return this.#address;
+  }
+
+  get connectionCount(): number {
+    return this.#connections.size;
+  }
+
+  listen(address: ListenAddress): Promise<ListenAddress> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException): void => reject(describeListenError(err, address));
+      this.#server.once('error', onError);
+      const onListening = (): void => {
+        this.#server.off('error', onError);
+        this.#server.on('error', (err) => this.#options.log.error(`listener: ${err.message}`));
+        const bound = this.#server.address();
+        this.#address =
+          address.kind === 'tcp' && bound !== null && typeof bound === 'object'
+            ? { kind: 'tcp', host: address.host, port: bound.port }
+            : address;
+        resolve(this.#address);
+      };
+      if (address.kind === 'tcp') this.#server.listen({ host: address.host, port: address.port }, onListening);
+      else this.#server.listen({ path: address.path }, onListening);
+    });
+  }
+
+  /** Stop accepting, let every connection finish its in-flight requests, close everything. */
+  stop(): Promise<void> {
+    this.#stopping ??= this.#stop();
+    return this.#stopping;
+  }
+
+  async #stop(): Promise<void> {
+    const closedListener = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    await Promise.all([...this.#connections].map((conn) => conn.shutdown()));
+    await closedListener;
+    if (this.#address?.kind === 'unix') await unlink(this.#address.path).catch(() => undefined);
+  }
+
+  #accept(socket: Socket): void {
+    if (this.#stopping !== null) {
+      socket.destroy();
+      return;
+    }
+    const id = this.#nextId++;
+    const peer = socket.remoteAddress !== undefined ? `${socket.remoteAddress}:${socket.remotePort ?? ''}` : 'unix';
+    const conn = new Connection(socket, {
+      registry: this.#options.registry,
+      log: this.#options.log,
+      limits: this.#options.limits,
+      label: `conn ${id} (${peer})`,
+    });
+    this.#connections.add(conn);
+    this.#options.log.debug(`${conn.label}: accepted`);
+    void conn.closed.then(() => this.#connections.delete(conn));
+  }
+}
+
+function describeListenError(err: NodeJS.ErrnoException, address: ListenAddress): Error {
+  const where = address.kind === 'tcp' ? `${address.host}:${address.port}` : address.path;
+  const cause =
+    err.code === 'EADDRINUSE'
+      ? 'address already in use'
+      : err.code === 'EACCES'
+        ? 'permission denied'
+        : err.code === 'EADDRNOTAVAIL'
+          ? 'address not available on this machine'
+          : err.message;
+  return Object.assign(new Error(`cannot listen on ${where}: ${cause}`), { code: err.code });
+}
