@@ -38,6 +38,9 @@ const CHUNK = 1024 * 1024;
 
 const STATE_NAMES: readonly ExtentState[] = ['base', 'data', 'zero'];
 
+/** Called for each run of equal block state: bytes [start, end) are in `state`. */
+type RunVisitor = (state: number, start: number, end: number) => void;
+
 function codedError(code: string, message: string): Error {
   return Object.assign(new Error(message), { code });
 }
@@ -144,7 +147,7 @@ export class CowDevice implements BlockDevice {
   }
 
   /** Call `fn(state, start, end)` for each run of equal state in [offset, end), at most `max`. */
-  #forEachRun(map: Bitmap, offset: number, end: number, max: number, fn: (state: number, start: number, end: number) => void): void {
+  #forEachRun(map: Bitmap, offset: number, end: number, max: number, fn: RunVisitor): void {
     const bs = this.#blockSize;
     const lastBlock = blockOf(end - 1, bs);
     let pos = offset;
@@ -193,9 +196,8 @@ export class CowDevice implements BlockDevice {
     const jobs: Promise<void>[] = [];
     if (head) jobs.push(this.#writePartial(overlay, head, at(head.start, head.end)));
     if (body) {
-      jobs.push(
-        overlay.writeData(body.start, at(body.start, body.end)).then(() => overlay.map.setRange(body.first, body.count, BLOCK_DATA)),
-      );
+      const written = overlay.writeData(body.start, at(body.start, body.end));
+      jobs.push(written.then(() => overlay.map.setRange(body.first, body.count, BLOCK_DATA)));
     }
     if (tail) jobs.push(this.#writePartial(overlay, tail, at(tail.start, tail.end)));
     await Promise.all(jobs);

@@ -26,7 +26,12 @@ import {
   O_RDWR,
   type Fd,
 } from './file.js';
-import { decodeOverlayHeader, encodeOverlayHeader, OVERLAY_HEADER_LENGTH, type OverlayHeader } from './overlay-header.js';
+import {
+  decodeOverlayHeader,
+  encodeOverlayHeader,
+  OVERLAY_HEADER_LENGTH,
+  type OverlayHeader,
+} from './overlay-header.js';
 import { blockCount, roundUp } from './ranges.js';
 
 export const MAP_OFFSET = 4096;
@@ -55,8 +60,10 @@ function codedError(code: string, message: string): Error {
 
 /** Layout for an image of `size` bytes in blocks of `blockSize` (a power of two, 512 B-16 MiB). */
 export function overlayGeometry(blockSize: number, size: number): OverlayGeometry {
-  if (!Number.isInteger(blockSize) || blockSize < MIN_BLOCK_SIZE || blockSize > MAX_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0) {
-    throw codedError('EINVAL', `block size ${blockSize} must be a power of two from ${MIN_BLOCK_SIZE} to ${MAX_BLOCK_SIZE}`);
+  const inRange = Number.isInteger(blockSize) && blockSize >= MIN_BLOCK_SIZE && blockSize <= MAX_BLOCK_SIZE;
+  if (!inRange || (blockSize & (blockSize - 1)) !== 0) {
+    const limits = `from ${MIN_BLOCK_SIZE} to ${MAX_BLOCK_SIZE}`;
+    throw codedError('EINVAL', `block size ${blockSize} must be a power of two ${limits}`);
   }
   if (!Number.isSafeInteger(size) || size < 0) throw codedError('EINVAL', `bad image size ${size}`);
   const blocks = blockCount(size, blockSize);
@@ -80,10 +87,17 @@ export class OverlayFile {
   /** Tail of the flush chain: flushes run one after another. */
   #flushing: Promise<void> = Promise.resolve();
 
-  /** For an opened overlay: the dirty flag found on disk (it was not closed cleanly). */
+  /** The dirty flag when this object was made: for open(), set means not closed cleanly. */
   readonly wasDirty: boolean;
 
-  private constructor(path: string, fd: Fd, geometry: OverlayGeometry, map: Bitmap, base: BaseIdentity, dirty: boolean) {
+  private constructor(
+    path: string,
+    fd: Fd,
+    geometry: OverlayGeometry,
+    map: Bitmap,
+    base: BaseIdentity,
+    dirty: boolean,
+  ) {
     this.path = path;
     this.wasDirty = dirty;
     this.#fd = fd;
@@ -97,7 +111,8 @@ export class OverlayFile {
   static async create(path: string, options: CreateOverlayOptions): Promise<OverlayFile> {
     const geometry = overlayGeometry(options.blockSize, options.size);
     const fd = await openFile(path, O_CREAT_EXCL_RDWR, 0o600);
-    const overlay = new OverlayFile(path, fd, geometry, new Bitmap(geometry.blocks, Buffer.alloc(geometry.mapLength)), options.baseIdentity, true);
+    const map = new Bitmap(geometry.blocks, Buffer.alloc(geometry.mapLength));
+    const overlay = new OverlayFile(path, fd, geometry, map, options.baseIdentity, true);
     try {
       await writeAt(fd, overlay.#header(true), 0);
       // The map and data region are a hole: zeros, that is every block in state "base".
@@ -128,12 +143,17 @@ export class OverlayFile {
       if (header.baseSize !== base.size || header.baseFingerprint !== base.fingerprint) {
         throw codedError(
           'EINVAL',
-          `overlay ${path} belongs to another base image: made for (${describeBase(header.baseSize, header.baseFingerprint)}), ` +
+          `overlay ${path} belongs to another base image: ` +
+            `made for (${describeBase(header.baseSize, header.baseFingerprint)}), ` +
             `the base is (${describeBase(base.size, base.fingerprint)})`,
         );
       }
       const geometry = overlayGeometry(header.blockSize, header.virtualSize);
-      if (header.mapOffset !== geometry.mapOffset || header.mapLength !== geometry.mapLength || header.dataOffset !== geometry.dataOffset) {
+      const sameLayout =
+        header.mapOffset === geometry.mapOffset &&
+        header.mapLength === geometry.mapLength &&
+        header.dataOffset === geometry.dataOffset;
+      if (!sameLayout) {
         throw codedError('EINVAL', `overlay ${path}: layout does not match its block size and size`);
       }
       const mapBuf = Buffer.alloc(geometry.mapLength);
@@ -196,9 +216,12 @@ export class OverlayFile {
   async delete(): Promise<void> {
     const first = !this.#closed;
     await this.close();
-    if (first) await unlinkFile(this.path).catch((err: NodeJS.ErrnoException) => {
-      if (err.code !== 'ENOENT') throw err;
-    });
+    if (!first) return;
+    try {
+      await unlinkFile(this.path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
   }
 
   async #flushOnce(): Promise<void> {
@@ -208,7 +231,9 @@ export class OverlayFile {
     try {
       await syncData(this.#fd);
       if (pages.length === 0) return;
-      await Promise.all(pages.map((p, i) => writeAt(this.#fd, copies[i] as Buffer, this.geometry.mapOffset + p * MAP_PAGE_SIZE)));
+      const { mapOffset } = this.geometry;
+      // copies[i] exists: copies was mapped from pages.
+      await Promise.all(pages.map((p, i) => writeAt(this.#fd, copies[i] as Buffer, mapOffset + p * MAP_PAGE_SIZE)));
       await syncData(this.#fd);
     } catch (err) {
       this.map.markPagesDirty(pages);

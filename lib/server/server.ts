@@ -2,8 +2,8 @@
 // Connection, keeps track of them, and shuts down gracefully (stop accepting, let in-flight
 // requests finish, close every device so ephemeral overlays are deleted).
 
-import { createServer, type Server, type Socket } from 'node:net';
-import { unlink } from 'node:fs/promises';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { lstat, unlink } from 'node:fs/promises';
 import type { Logger } from '../log.js';
 import { Connection, type ConnectionLimits } from './connection.js';
 import type { ExportRegistry } from './exports.js';
@@ -41,7 +41,20 @@ export class NbdListener {
     return this.#connections.size;
   }
 
-  listen(address: ListenAddress): Promise<ListenAddress> {
+  async listen(address: ListenAddress): Promise<ListenAddress> {
+    try {
+      return await this.#listenOnce(address);
+    } catch (err) {
+      // A unix socket file left by a server that died: nobody answers on it, so replace it.
+      if (address.kind !== 'unix' || (err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
+      const stats = await lstat(address.path).catch(() => null);
+      if (stats === null || !stats.isSocket() || (await isSocketAlive(address.path))) throw err;
+      await unlink(address.path).catch(() => undefined);
+      return this.#listenOnce(address);
+    }
+  }
+
+  #listenOnce(address: ListenAddress): Promise<ListenAddress> {
     return new Promise((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException): void => reject(describeListenError(err, address));
       this.#server.once('error', onError);
@@ -103,4 +116,16 @@ function describeListenError(err: NodeJS.ErrnoException, address: ListenAddress)
           ? 'address not available on this machine'
           : err.message;
   return Object.assign(new Error(`cannot listen on ${where}: ${cause}`), { code: err.code });
+}
+
+/** Whether something accepts connections on the unix socket at `path`. */
+function isSocketAlive(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = connect({ path });
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', (err: NodeJS.ErrnoException) => resolve(err.code !== 'ECONNREFUSED' && err.code !== 'ENOENT'));
+  });
 }

@@ -1,0 +1,313 @@
+import t, { type Test } from 'tap';
+import { existsSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { openBase, type BaseImage } from '../../lib/block/base-image.js';
+import { CowDevice } from '../../lib/block/cow-device.js';
+import type { Extent } from '../../lib/block/device.js';
+import { decodeOverlayHeader } from '../../lib/block/overlay-header.js';
+import { makeBase, patternBytes, randomInt, seededRandom, sha256File } from './helpers.js';
+
+const W = { fua: false };
+const Z = { fua: false, noHole: false };
+
+interface Setup {
+  base: BaseImage;
+  basePath: string;
+  model: Buffer;
+  dev: CowDevice;
+  overlayPath: string;
+}
+
+/** A base of `size` pattern bytes, a device over it, and a model of the expected contents. */
+async function setup(t: Test, size: number, blockSize: number): Promise<Setup> {
+  const dir = t.testdir();
+  const { path, bytes } = makeBase(dir, size);
+  const base = await openBase(path);
+  const overlayPath = join(dir, 'overlay.cow');
+  const dev = new CowDevice({ base, blockSize, overlayPath });
+  t.teardown(async () => {
+    await dev.close();
+    await base.close();
+  });
+  return { base, basePath: path, model: Buffer.from(bytes), dev, overlayPath };
+}
+
+async function readAll(dev: CowDevice): Promise<Buffer> {
+  const buf = Buffer.alloc(dev.size, 0xee);
+  await dev.read(0, buf);
+  return buf;
+}
+
+/** Check the whole device equals the model, reporting the first differing byte. */
+async function checkModel(t: Test, dev: CowDevice, model: Buffer, what: string): Promise<void> {
+  const got = await readAll(dev);
+  if (got.equals(model)) return void t.pass(what);
+  let i = 0;
+  while (got[i] === model[i]) i++;
+  t.fail(`${what}: first difference at byte ${i} (got ${got[i]}, want ${model[i]})`);
+}
+
+function states(extents: Extent[]): string {
+  return extents.map((e) => `${e.state}:${e.length}`).join(' ');
+}
+
+t.test('no overlay until the first write; deleted at close', async (t) => {
+  const s = await setup(t, 64 * 1024, 4096);
+  const buf = Buffer.alloc(5000);
+  await s.dev.read(100, buf);
+  t.ok(buf.equals(s.model.subarray(100, 5100)));
+  t.same(await s.dev.extents(10, 100_000, 8), [{ length: 64 * 1024 - 10, state: 'base' }]);
+  await s.dev.flush();
+  await s.dev.cache(0, 64 * 1024);
+  t.notOk(existsSync(s.overlayPath), 'reads, extents, flush and cache create nothing');
+  t.equal(s.dev.hasOverlay, false);
+  await s.dev.write(4096, Buffer.alloc(4096, 1), W);
+  t.ok(existsSync(s.overlayPath), 'the first write creates the overlay');
+  await s.dev.close();
+  t.notOk(existsSync(s.overlayPath), 'close deletes it');
+  await s.dev.close();
+  await t.rejects(s.dev.read(0, Buffer.alloc(1)), { code: 'ESHUTDOWN' });
+  await t.rejects(s.dev.write(0, Buffer.alloc(1), W), { code: 'ESHUTDOWN' });
+});
+
+t.test('a read-only session closes without an overlay', async (t) => {
+  const s = await setup(t, 8192, 4096);
+  await s.dev.read(0, Buffer.alloc(8192));
+  await s.dev.close();
+  t.notOk(existsSync(s.overlayPath));
+});
+
+t.test('aligned and unaligned writes read back; base unchanged', async (t) => {
+  const s = await setup(t, 64 * 1024, 4096);
+  const before = sha256File(s.basePath);
+  const writes: [number, number][] = [
+    [0, 4096], // one whole block
+    [8192, 3 * 4096], // aligned body of three blocks
+    [5000, 100], // inside one base block: RMW
+    [4096 * 6 - 10, 30], // across a block boundary, both partial
+    [4096 * 9 + 1, 4096 * 3], // head, body, tail
+    [100, 50], // partial write to a block already holding data
+  ];
+  let seed = 10;
+  for (const [offset, length] of writes) {
+    const data = patternBytes(length, seed++);
+    await s.dev.write(offset, data, W);
+    data.copy(s.model, offset);
+  }
+  await checkModel(t, s.dev, s.model, 'contents match the model');
+  t.equal(sha256File(s.basePath), before, 'base sha256 unchanged');
+  const ext = await s.dev.extents(0, 64 * 1024, 100);
+  // Blocks: 0 data, 1 data (RMW at 5000), 2-4 data, 5 data (boundary write), 6 data, 7-8 base,
+  // 9-12 data, 13-15 base.
+  t.same(ext, [
+    { length: 7 * 4096, state: 'data' },
+    { length: 2 * 4096, state: 'base' },
+    { length: 4 * 4096, state: 'data' },
+    { length: 3 * 4096, state: 'base' },
+  ]);
+});
+
+t.test('reads spanning data, zero and base runs, at unaligned offsets', async (t) => {
+  const s = await setup(t, 32 * 1024, 1024);
+  await s.dev.write(2048, Buffer.alloc(2048, 0xaa), W); // blocks 2-3 data
+  Buffer.alloc(2048, 0xaa).copy(s.model, 2048);
+  await s.dev.trim(4096, 3072, W); // blocks 4-6 zero
+  s.model.fill(0, 4096, 7168);
+  await s.dev.zero(9000, 3000, Z); // 9000..12000: partial 8, whole 9-10, partial 11
+  s.model.fill(0, 9000, 12000);
+  for (let offset = 0; offset < 14000; offset += 333) {
+    for (const length of [1, 700, 1024, 5000]) {
+      const buf = Buffer.alloc(length, 0xee);
+      await s.dev.read(offset, buf);
+      if (!buf.equals(s.model.subarray(offset, offset + length))) t.fail(`read(${offset}, ${length})`);
+    }
+  }
+  t.pass('all reads match');
+  t.same(await s.dev.extents(1500, 20000, 100), [
+    { length: 548, state: 'base' },
+    { length: 2048, state: 'data' },
+    { length: 3072, state: 'zero' },
+    { length: 1024, state: 'base' },
+    { length: 1024, state: 'data' }, // block 8: zero-filled by RMW
+    { length: 2048, state: 'zero' },
+    { length: 1024, state: 'data' }, // block 11
+    { length: 20000 - 548 - 2048 - 3072 - 1024 - 1024 - 2048 - 1024, state: 'base' },
+  ]);
+  t.same(await s.dev.extents(2100, 4000, 2), [
+    { length: 1996, state: 'data' },
+    { length: 2004, state: 'zero' },
+  ], 'extents start at the offset and stop at its end');
+  t.same(await s.dev.extents(2100, 20000, 2), [
+    { length: 1996, state: 'data' },
+    { length: 3072, state: 'zero' },
+  ], 'maxExtents stops early');
+  t.same(await s.dev.extents(2100, 10, 5), [{ length: 10, state: 'data' }], 'clamped to the request');
+});
+
+t.test('trim and zero read as zeros, never as the base', async (t) => {
+  const s = await setup(t, 16 * 1024, 4096);
+  await s.dev.trim(0, 4096, W); // whole block, fresh
+  await s.dev.trim(5000, 100, W); // partial, base block
+  await s.dev.write(8192, Buffer.alloc(4096, 7), W);
+  await s.dev.zero(8192 + 10, 10, Z); // partial, data block
+  await s.dev.zero(12288, 4096, Z); // whole block
+  s.model.fill(0, 0, 4096);
+  s.model.fill(0, 5000, 5100);
+  s.model.fill(7, 8192, 12288);
+  s.model.fill(0, 8202, 8212);
+  s.model.fill(0, 12288, 16384);
+  await checkModel(t, s.dev, s.model, 'zeros where trimmed or zeroed');
+  t.same(states(await s.dev.extents(0, 16384, 10)), 'zero:4096 data:8192 zero:4096');
+  // Trimming a partial block already in state zero changes nothing.
+  await s.dev.trim(100, 10, W);
+  t.same(states(await s.dev.extents(0, 4096, 10)), 'zero:4096');
+  // A write into a zeroed block RMWs with zeros, not the base.
+  await s.dev.write(12288 + 100, Buffer.from('hi'), W);
+  s.model.write('hi', 12288 + 100);
+  await checkModel(t, s.dev, s.model, 'RMW of a zero block copies zeros');
+});
+
+t.test('zero with noHole stores real zeros (state data), in bounded chunks', async (t) => {
+  const size = 5 * 1024 * 1024 + 3000;
+  const s = await setup(t, size, 4096);
+  await s.dev.zero(100, size - 200, { fua: false, noHole: true });
+  s.model.fill(0, 100, size - 100);
+  await checkModel(t, s.dev, s.model, 'zeros');
+  t.same(states(await s.dev.extents(0, size, 10)), `data:${size}`);
+  await s.dev.zero(0, 8192, { fua: false, noHole: false });
+  t.same(states(await s.dev.extents(0, 12288, 10)), 'zero:8192 data:4096');
+});
+
+t.test('an image whose size is not a multiple of the block size', async (t) => {
+  const size = 10_000; // blocks 0, 1 whole; block 2 holds 1808 bytes
+  const s = await setup(t, size, 4096);
+  await s.dev.write(size - 5, Buffer.from('ABCDE'), W); // partial: RMW of the last block
+  s.model.write('ABCDE', size - 5);
+  await checkModel(t, s.dev, s.model, 'tail write');
+  t.same(await s.dev.extents(0, size, 10), [
+    { length: 8192, state: 'base' },
+    { length: 1808, state: 'data' },
+  ]);
+  await s.dev.write(8192, Buffer.alloc(1808, 3), W); // the whole last block
+  s.model.fill(3, 8192);
+  await s.dev.write(4096, Buffer.alloc(size - 4096, 4), W); // body reaching the end
+  s.model.fill(4, 4096);
+  await checkModel(t, s.dev, s.model, 'whole-last-block writes');
+  await s.dev.trim(8192, 1808, W); // the whole last block becomes zero
+  s.model.fill(0, 8192);
+  await checkModel(t, s.dev, s.model, 'trimmed last block');
+  t.same(states(await s.dev.extents(9000, 5000, 10)), 'zero:1000');
+  await s.dev.zero(9990, 10, { fua: true, noHole: true });
+  await checkModel(t, s.dev, s.model, 'noHole at the end');
+  const header = decodeOverlayHeader(readFileSync(s.overlayPath));
+  t.ok(statSync(s.overlayPath).size <= header.dataOffset + size, 'nothing stored past the image end');
+});
+
+t.test('two concurrent writes to the halves of one fresh block both survive', async (t) => {
+  const s = await setup(t, 64 * 1024, 4096);
+  await s.dev.trim(8 * 4096, 8 * 4096, W); // blocks 8-15 zero: RMW copies zeros there
+  const jobs: Promise<void>[] = [];
+  for (let b = 0; b < 16; b++) {
+    const lo = Buffer.alloc(2048, 0x10 + b);
+    const hi = Buffer.alloc(2048, 0x80 + b);
+    jobs.push(s.dev.write(b * 4096, lo, W), s.dev.write(b * 4096 + 2048, hi, W));
+    lo.copy(s.model, b * 4096);
+    hi.copy(s.model, b * 4096 + 2048);
+  }
+  await Promise.all(jobs);
+  await checkModel(t, s.dev, s.model, 'both halves of every block');
+});
+
+t.test('a full-block write racing an RMW never yields a mix', async (t) => {
+  const s = await setup(t, 64 * 1024, 4096);
+  for (let b = 0; b < 16; b++) {
+    const full = Buffer.alloc(4096, 0x40);
+    const part = Buffer.alloc(100, 0x41);
+    const order = b % 2 === 0;
+    await Promise.all(
+      order
+        ? [s.dev.write(b * 4096 + 1000, part, W), s.dev.write(b * 4096, full, W)]
+        : [s.dev.write(b * 4096, full, W), s.dev.write(b * 4096 + 1000, part, W)],
+    );
+    const got = Buffer.alloc(4096);
+    await s.dev.read(b * 4096, got);
+    const withPart = Buffer.from(full);
+    part.copy(withPart, 1000);
+    t.ok(got.equals(full) || got.equals(withPart), `block ${b} is one of the two orders`);
+  }
+});
+
+t.test('many random concurrent operations agree with an in-memory model', async (t) => {
+  const size = 256 * 1024 + 1234;
+  const s = await setup(t, size, 4096);
+  const rand = seededRandom(20240601);
+  for (let round = 0; round < 40; round++) {
+    // A batch of operations on disjoint byte ranges that may share blocks, run concurrently.
+    const taken: [number, number][] = [];
+    const jobs: Promise<void>[] = [];
+    for (let i = 0; i < 12; i++) {
+      const length = 1 + randomInt(rand, rand() < 0.3 ? 20_000 : 3000);
+      const offset = randomInt(rand, size - length + 1);
+      if (taken.some(([a, b]) => offset < b && a < offset + length)) continue;
+      taken.push([offset, offset + length]);
+      const kind = randomInt(rand, 4);
+      const fua = rand() < 0.1;
+      if (kind <= 1) {
+        const data = patternBytes(length, round * 100 + i);
+        jobs.push(s.dev.write(offset, data, { fua }));
+        data.copy(s.model, offset);
+      } else {
+        if (kind === 2) jobs.push(s.dev.trim(offset, length, { fua }));
+        else jobs.push(s.dev.zero(offset, length, { fua, noHole: rand() < 0.5 }));
+        s.model.fill(0, offset, offset + length);
+      }
+    }
+    await Promise.all(jobs);
+    if (round % 10 === 9) await s.dev.flush();
+  }
+  await checkModel(t, s.dev, s.model, 'device matches the model');
+  // Extents agree with the model: zero extents read as zeros, and they tile the device.
+  const ext = await s.dev.extents(0, size, 10_000);
+  t.equal(ext.reduce((n, e) => n + e.length, 0), size, 'extents cover the device');
+  let pos = 0;
+  for (const e of ext) {
+    if (e.state === 'zero' && !s.model.subarray(pos, pos + e.length).equals(Buffer.alloc(e.length))) t.fail(`zero extent at ${pos}`);
+    pos += e.length;
+  }
+});
+
+t.test('flush and fua persist the map after the data', async (t) => {
+  const s = await setup(t, 64 * 1024, 4096);
+  await s.dev.write(0, Buffer.alloc(4096, 9), W);
+  const header = decodeOverlayHeader(readFileSync(s.overlayPath));
+  t.equal(header.dirty, true, 'an overlay in use is flagged dirty');
+  t.equal(readFileSync(s.overlayPath)[header.mapOffset], 0, 'map not yet on disk');
+  await s.dev.flush();
+  let disk = readFileSync(s.overlayPath);
+  t.equal(disk[header.mapOffset], 0b01, 'block 0 is data on disk after flush');
+  t.equal(disk[header.dataOffset], 9);
+  await s.dev.trim(4096, 4096, { fua: true });
+  disk = readFileSync(s.overlayPath);
+  t.equal(disk[header.mapOffset], 0b1001, 'fua trim persisted block 1 as zero');
+});
+
+t.test('an overlay path that already exists fails the write; a retry can succeed', async (t) => {
+  const s = await setup(t, 8192, 4096);
+  writeFileSync(s.overlayPath, 'someone else');
+  await t.rejects(s.dev.write(0, Buffer.alloc(10), W), { code: 'EEXIST' });
+  t.equal(readFileSync(s.overlayPath, 'utf8'), 'someone else', 'not clobbered');
+  unlinkSync(s.overlayPath);
+  await s.dev.write(0, Buffer.alloc(10, 1), W);
+  const buf = Buffer.alloc(10);
+  await s.dev.read(0, buf);
+  t.same(buf, Buffer.alloc(10, 1));
+});
+
+t.test('cache leaves contents alone; a bad block size is refused', async (t) => {
+  const s = await setup(t, 3 * 1024 * 1024, 4096);
+  await s.dev.write(1000, Buffer.alloc(5000, 5), W);
+  s.model.fill(5, 1000, 6000);
+  await s.dev.cache(0, 3 * 1024 * 1024);
+  await checkModel(t, s.dev, s.model, 'unchanged');
+  t.throws(() => new CowDevice({ base: s.base, blockSize: 3000, overlayPath: s.overlayPath + '2' }), { code: 'EINVAL' });
+});
