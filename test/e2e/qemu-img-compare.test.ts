@@ -2,7 +2,7 @@
 // and a file differing in one byte is reported as different at that offset.
 
 import t from 'tap';
-import { copyFileSync, openSync, writeSync, closeSync } from 'node:fs';
+import { closeSync, copyFileSync, openSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeRun, guardBase, makePatternBase, makeRandomBase, requireClients, run, startServe } from '../helpers/cli.js';
 
@@ -11,7 +11,7 @@ if (requireClients(t, ['qemu-img'])) {
     const dir = t.testdir();
     const size = 16 * 1024 * 1024 + 1536;
     const base = await makePatternBase(dir, size);
-    await guardBase(t, base);
+    const guard = await guardBase(t, base);
     const server = await startServe(t, base, ['--overlay-dir', join(dir, 'overlays')]);
 
     const r = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', base, server.uri]);
@@ -26,19 +26,26 @@ if (requireClients(t, ['qemu-img'])) {
     const changed = join(dir, 'changed.img');
     copyFileSync(base, changed);
     const fd = openSync(changed, 'r+');
-    writeSync(fd, Buffer.from([0xff ^ 0x00]), 0, 1, size - 10);
+    const byte = Buffer.alloc(1);
+    readSync(fd, byte, 0, 1, size - 10);
+    byte[0] = (byte[0] ?? 0) ^ 0xff;
+    writeSync(fd, byte, 0, 1, size - 10);
     closeSync(fd);
     const diff = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', changed, server.uri]);
     t.equal(diff.code, 1, describeRun(diff));
     t.match(diff.stdout, /Content mismatch at offset/);
+    t.equal((await server.stop()).code, 0);
+    await guard.check();
   });
 
   t.test('random base compares identical', async (t) => {
     const dir = t.testdir();
     const base = await makeRandomBase(dir, 8 * 1024 * 1024);
-    await guardBase(t, base);
+    const guard = await guardBase(t, base);
     const server = await startServe(t, base, ['--overlay-dir', join(dir, 'overlays')]);
     const r = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', base, server.uri]);
     t.equal(r.code, 0, describeRun(r));
+    t.equal((await server.stop()).code, 0);
+    await guard.check();
   });
 }

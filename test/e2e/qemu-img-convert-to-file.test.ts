@@ -13,14 +13,16 @@ if (requireClients(t, ['qemu-img'])) {
     t.test(`convert the export to a raw file (${name})`, async (t) => {
       const dir = t.testdir();
       const base = await make(dir, size);
-      const baseSha = await guardBase(t, base);
+      const guard = await guardBase(t, base);
       const server = await startServe(t, base, ['--overlay-dir', join(dir, 'overlays')]);
 
       const out = join(dir, 'copy.raw');
       const r = await run('qemu-img', ['convert', '-p', '-f', 'raw', '-O', 'raw', server.uri, out]);
       t.equal(r.code, 0, describeRun(r));
       t.equal(statSync(out).size, size, 'copy has the base size');
-      t.equal(await sha256File(out), baseSha, 'copy has the base bytes');
+      t.equal(await sha256File(out), guard.sha256, 'copy has the base bytes');
+      t.equal((await server.stop()).code, 0);
+      await guard.check();
     });
   }
 }

@@ -10,17 +10,14 @@ import { accessSync, constants as fsConstants, createReadStream, existsSync, rea
 import { delimiter, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import type { Test } from 'tap';
 import { writePatternImage } from '../../lib/demo-image.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const CLI = join(ROOT, 'bin', 'nbd-cow');
 export const HELPERS = fileURLToPath(new URL('./', import.meta.url));
 
-/** The bits of a tap Test these helpers use (keeps them independent of tap's types). */
-export interface TestLike {
-  teardown(fn: () => unknown): void;
-  testdir(fixture?: Record<string, unknown>): string;
-}
+export type TestLike = Test;
 
 /** Default limit for one client command. */
 export const CLIENT_TIMEOUT_MS = 60_000;
@@ -76,7 +73,7 @@ export function pythonWithNbd(): string | undefined {
  * python3-libnbd too when `python` is set. Returns true when the test can go on.
  */
 export function requireClients(
-  t: { plan(n: number, reason?: string): void },
+  t: Test,
   names: string[],
   python = false,
 ): boolean {
@@ -146,20 +143,22 @@ export function sha256(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex');
 }
 
-/**
- * Record the base's sha256 now and check, in a teardown, that it is unchanged at the end of
- * the test (after the servers have stopped: teardowns run in reverse order of registration,
- * so call this before starting any server).
- */
-export async function guardBase(
-  t: TestLike & { equal(a: unknown, b: unknown, msg?: string): void },
-  path: string,
-): Promise<string> {
+export interface BaseGuard {
+  /** The base's sha256 when the guard was made. */
+  readonly sha256: string;
+  /** Assert that the base still has that sha256 (call at the end, after stopping servers). */
+  check(): Promise<void>;
+}
+
+/** Record the base's sha256 now, to check at the end of a test that writes that it never changed. */
+export async function guardBase(t: Test, path: string): Promise<BaseGuard> {
   const before = await sha256File(path);
-  t.teardown(async () => {
-    t.equal(await sha256File(path), before, `base image ${path} is unchanged`);
-  });
-  return before;
+  return {
+    sha256: before,
+    check: async () => {
+      t.equal(await sha256File(path), before, 'the base image is unchanged (sha256)');
+    },
+  };
 }
 
 /** Files in `dir` (sorted); [] when it does not exist. */
