@@ -138,8 +138,7 @@ addServeOptions(
     .command('run')
     .description('serve BASE on a private socket, run COMMAND with $NBD_URI ({uri} in its arguments), then stop')
     .argument('<base>', 'base image (raw)')
-    .argument('<command...>', 'command and arguments, after --')
-    .passThroughOptions(),
+    .argument('<command...>', 'command and arguments, after --'),
 ).action((base: string, command: string[], opts: CliOptions) => run(base, command, opts).catch(fail));
 
 program.parseAsync(process.argv).catch(fail);

@@ -69,5 +69,5 @@ export function toNbdErrno(err: unknown, context: ErrnoContext = {}): number {
   if (code === 'ENOTSUP' || code === 'EOPNOTSUPP') {
     return context.fastZero === true ? NBD_ENOTSUP : NBD_EINVAL;
   }
-  return SYSTEM_TO_NBD[code] ?? NBD_EINVAL;
+  return Object.hasOwn(SYSTEM_TO_NBD, code) ? (SYSTEM_TO_NBD[code] as number) : NBD_EINVAL;
 }

@@ -114,10 +114,22 @@ export class Connection {
       this.#waitingDrain = false;
       this.#process();
     });
-    socket.on('end', () => this.#close('client closed the connection'));
+    // The server socket allows half-open connections: a client may send DISC and then FIN,
+    // and still gets the replies to its in-flight requests (proto.md: the server MUST handle
+    // all outstanding requests).
+    socket.on('end', () => {
+      if (this.#session !== null && this.#inFlight > 0) this.#beginClosing('client closed its side');
+      else this.#close('client closed the connection');
+    });
     socket.on('error', (err) => this.#close(`socket error: ${err.message}`));
     socket.on('close', () => this.#close('socket closed'));
     socket.write(encodeGreeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES));
+  }
+
+  /** Drop the socket at once, whatever is still queued for it (end of a shutdown grace period). */
+  destroy(): void {
+    this.#socket.destroy();
+    this.#close('destroyed');
   }
 
   /** Whether the connection reached transmission (an export was chosen). */
@@ -358,7 +370,8 @@ export class Connection {
     this.#queue.clear();
     this.#log.debug(`${this.label}: closed (${reason})`);
     if (!graceful) this.#socket.destroy();
-    else this.#socket.destroySoon();
+    else if (this.#socket.writableEnded) this.#socket.destroySoon();
+    else this.#socket.end(() => this.#socket.destroy());
     void this.#whenIdle()
       .then(() => this.#session?.device.close())
       .catch((err: unknown) => this.#log.warn(`${this.label}: closing device: ${String(err)}`))

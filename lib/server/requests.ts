@@ -116,6 +116,7 @@ function clipExtents(extents: readonly Extent[], length: number): Extent[] {
   let covered = 0;
   for (const extent of extents) {
     if (covered >= length) break;
+    if (extent.length <= 0) break;
     const take = Math.min(extent.length, length - covered);
     out.push({ length: take, state: extent.state });
     covered += take;

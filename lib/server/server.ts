@@ -8,6 +8,12 @@ import type { Logger } from '../log.js';
 import { Connection, type ConnectionLimits } from './connection.js';
 import type { ExportRegistry } from './exports.js';
 
+/** How long stop() lets queued replies drain before it drops the sockets. */
+const SHUTDOWN_GRACE_MS = 2000;
+
+/** sun_path holds 108 bytes including the terminating NUL; Node would silently cut longer paths. */
+const MAX_UNIX_PATH_BYTES = 107;
+
 export type ListenAddress =
   | { readonly kind: 'tcp'; readonly host: string; readonly port: number }
   | { readonly kind: 'unix'; readonly path: string };
@@ -28,7 +34,7 @@ export class NbdListener {
 
   constructor(options: NbdListenerOptions) {
     this.#options = options;
-    this.#server = createServer({ noDelay: true, pauseOnConnect: false }, (socket) => this.#accept(socket));
+    this.#server = createServer({ noDelay: true, allowHalfOpen: true }, (socket) => this.#accept(socket));
   }
 
   /** The bound address (with the real port when 0 was asked for). */
@@ -42,6 +48,12 @@ export class NbdListener {
   }
 
   async listen(address: ListenAddress): Promise<ListenAddress> {
+    if (address.kind === 'unix' && Buffer.byteLength(address.path) > MAX_UNIX_PATH_BYTES) {
+      throw Object.assign(
+        new Error(`cannot listen on ${address.path}: socket path too long (over ${MAX_UNIX_PATH_BYTES} bytes)`),
+        { code: 'ENAMETOOLONG' },
+      );
+    }
     try {
       return await this.#listenOnce(address);
     } catch (err) {
@@ -81,7 +93,17 @@ export class NbdListener {
 
   async #stop(): Promise<void> {
     const closedListener = new Promise<void>((resolve) => this.#server.close(() => resolve()));
-    await Promise.all([...this.#connections].map((conn) => conn.shutdown()));
+    const connections = [...this.#connections];
+    await Promise.all(connections.map((conn) => conn.shutdown()));
+    // A client that stopped reading would hold its socket open for ever: after a grace
+    // period for the last replies to drain, drop whatever is left.
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, SHUTDOWN_GRACE_MS);
+    });
+    await Promise.race([closedListener, grace]);
+    clearTimeout(timer);
+    for (const conn of connections) conn.destroy();
     await closedListener;
     if (this.#address?.kind === 'unix') await unlink(this.#address.path).catch(() => undefined);
   }

@@ -14,7 +14,8 @@ import type { Test } from 'tap';
 import { writePatternImage } from '../../lib/demo-image.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-export const CLI = join(ROOT, 'bin', 'nbd-cow');
+/** The CLI under test; NBD_COW_CLI overrides it (e.g. an installed nbd-cow). */
+export const CLI = process.env.NBD_COW_CLI ?? join(ROOT, 'bin', 'nbd-cow');
 export const HELPERS = fileURLToPath(new URL('./', import.meta.url));
 
 export type TestLike = Test;
@@ -164,6 +165,25 @@ export async function guardBase(t: Test, path: string): Promise<BaseGuard> {
 /** Files in `dir` (sorted); [] when it does not exist. */
 export function listDir(dir: string): string[] {
   return existsSync(dir) ? readdirSync(dir).sort() : [];
+}
+
+/**
+ * The listing of `dir` once `accept(listing)` holds, polling every 20 ms for up to
+ * `timeoutMs` (the server deletes an overlay just after the client disconnects); the last
+ * listing if it never does, for the assertion to show.
+ */
+export async function waitForDir(dir: string, accept: (names: string[]) => boolean, timeoutMs = 10_000): Promise<string[]> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const names = listDir(dir);
+    if (accept(names) || Date.now() > deadline) return names;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/** The listing of `dir` once it is empty (or after the timeout). */
+export function waitForEmptyDir(dir: string, timeoutMs = 10_000): Promise<string[]> {
+  return waitForDir(dir, (names) => names.length === 0, timeoutMs);
 }
 
 /** A pid that is certainly not running: a child that has exited and been reaped. */

@@ -388,6 +388,8 @@ export interface FakeCall {
   readonly options?: WriteOptions | ZeroOptions;
 }
 
+const STATE_CODES: readonly ExtentState[] = ['base', 'data', 'zero'];
+
 /**
  * A BlockDevice over a Buffer. `hold()` makes every later call wait until `release()`;
  * `failNext(op, code)` makes the next call of that kind throw an Error with that `code`.
@@ -397,8 +399,8 @@ export class FakeDevice implements BlockDevice {
   readonly writable: boolean;
   readonly data: Buffer;
   readonly calls: FakeCall[] = [];
-  /** Per-byte extent states, for extents(). */
-  readonly states: ExtentState[];
+  /** Per-byte extent states for extents(): 0 base, 1 data, 2 zero (see setState). */
+  readonly states: Uint8Array;
   closed = false;
   #gate: Promise<void> | null = null;
   #open: () => void = () => undefined;
@@ -409,7 +411,12 @@ export class FakeDevice implements BlockDevice {
     this.size = size;
     this.writable = options.writable ?? true;
     this.data = options.data ?? Buffer.alloc(size);
-    this.states = new Array<ExtentState>(size).fill('base');
+    this.states = new Uint8Array(size);
+  }
+
+  /** Mark [start, end) as base, data or zero for extents(). */
+  setState(state: ExtentState, start: number, end: number): void {
+    this.states.fill(STATE_CODES.indexOf(state), start, end);
   }
 
   /** Calls waiting at the gate. */
@@ -455,19 +462,19 @@ export class FakeDevice implements BlockDevice {
   async write(offset: number, data: Buffer, options: WriteOptions): Promise<void> {
     await this.#enter({ op: 'write', offset, length: data.length, options });
     data.copy(this.data, offset);
-    this.states.fill('data', offset, offset + data.length);
+    this.setState('data', offset, offset + data.length);
   }
 
   async zero(offset: number, length: number, options: ZeroOptions): Promise<void> {
     await this.#enter({ op: 'zero', offset, length, options });
     this.data.fill(0, offset, offset + length);
-    this.states.fill(options.noHole ? 'data' : 'zero', offset, offset + length);
+    this.setState(options.noHole ? 'data' : 'zero', offset, offset + length);
   }
 
   async trim(offset: number, length: number, options: WriteOptions): Promise<void> {
     await this.#enter({ op: 'trim', offset, length, options });
     this.data.fill(0, offset, offset + length);
-    this.states.fill('zero', offset, offset + length);
+    this.setState('zero', offset, offset + length);
   }
 
   async flush(): Promise<void> {
@@ -484,10 +491,10 @@ export class FakeDevice implements BlockDevice {
     const end = Math.min(this.size, offset + length);
     let at = offset;
     while (at < end && out.length < maxExtents) {
-      const state = this.states[at] as ExtentState; // at < end <= size
+      const code = this.states[at];
       let stop = at + 1;
-      while (stop < end && this.states[stop] === state) stop++;
-      out.push({ length: stop - at, state });
+      while (stop < end && this.states[stop] === code) stop++;
+      out.push({ length: stop - at, state: STATE_CODES[code ?? 0] ?? 'base' });
       at = stop;
     }
     return out;

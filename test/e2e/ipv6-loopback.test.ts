@@ -1,0 +1,37 @@
+// -b ::1: the server listens on the IPv6 loopback and prints nbd://[::1]:PORT/NAME.
+// Skipped when this machine cannot bind ::1.
+
+import t from 'tap';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { describeRun, makePatternBase, missing, run, startServe } from '../helpers/cli.js';
+
+async function canBindIpv6Loopback(): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.once('error', () => resolve(false));
+    s.listen({ host: '::1', port: 0 }, () => s.close(() => resolve(true)));
+  });
+}
+
+const absent = missing('nbdinfo', 'qemu-img');
+if (absent.length > 0) {
+  t.plan(0, `not installed: ${absent.join(', ')}`);
+} else if (!(await canBindIpv6Loopback())) {
+  t.plan(0, 'IPv6 loopback (::1) is not available here');
+} else {
+  t.test('serve on ::1', async (t) => {
+    const dir = t.testdir();
+    const base = await makePatternBase(dir, 8 * 1024 * 1024);
+    const server = await startServe(t, base, ['-b', '::1', '-p', '0', '--overlay-dir', join(dir, 'overlays')]);
+    t.match(server.uri, /^nbd:\/\/\[::1\]:\d+\/base$/);
+
+    const info = await run('nbdinfo', ['--size', server.uri]);
+    t.equal(info.code, 0, describeRun(info));
+    t.equal(info.stdout.trim(), String(8 * 1024 * 1024));
+
+    const cmp = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', base, server.uri]);
+    t.equal(cmp.code, 0, describeRun(cmp));
+    t.equal((await server.stop()).code, 0);
+  });
+}

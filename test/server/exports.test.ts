@@ -1,0 +1,64 @@
+import t from 'tap';
+import { FakeDevice } from '../helpers/nbd-raw.js';
+import { singleExportRegistry, transmissionFlags, type Export } from '../../lib/server/exports.js';
+
+const HAS_FLAGS = 0x0001;
+const READ_ONLY = 0x0002;
+const SEND_FLUSH = 0x0004;
+const SEND_FUA = 0x0008;
+const SEND_TRIM = 0x0020;
+const SEND_WRITE_ZEROES = 0x0040;
+const SEND_DF = 0x0080;
+const CAN_MULTI_CONN = 0x0100;
+const SEND_RESIZE = 0x0200;
+const SEND_CACHE = 0x0400;
+const SEND_FAST_ZERO = 0x0800;
+
+function makeExport(readOnly: boolean, name = 'golden'): Export {
+  return {
+    name,
+    description: '',
+    size: 4096,
+    readOnly,
+    preferredBlockSize: 4096,
+    openDevice: () => new FakeDevice(4096, { writable: !readOnly }),
+  };
+}
+
+t.test('transmission flags, writable and read-only, with and without structured replies', async (t) => {
+  const writableBase = HAS_FLAGS | SEND_FLUSH | SEND_FUA | SEND_CACHE | SEND_TRIM | SEND_WRITE_ZEROES | SEND_FAST_ZERO;
+  const readOnlyBase = HAS_FLAGS | SEND_FLUSH | SEND_FUA | SEND_CACHE | READ_ONLY | CAN_MULTI_CONN;
+  t.equal(transmissionFlags(makeExport(false), false), writableBase, 'writable');
+  t.equal(transmissionFlags(makeExport(false), true), writableBase | SEND_DF, 'writable + SR');
+  t.equal(transmissionFlags(makeExport(true), false), readOnlyBase, 'read-only');
+  t.equal(transmissionFlags(makeExport(true), true), readOnlyBase | SEND_DF, 'read-only + SR');
+});
+
+t.test('flag invariants from proto.md', async (t) => {
+  for (const readOnly of [false, true]) {
+    for (const sr of [false, true]) {
+      const flags = transmissionFlags(makeExport(readOnly), sr);
+      const what = `${readOnly ? 'read-only' : 'writable'}${sr ? ' + SR' : ''}`;
+      t.equal(flags & HAS_FLAGS, HAS_FLAGS, `${what}: HAS_FLAGS always`);
+      if (!readOnly) t.equal(flags & CAN_MULTI_CONN, 0, `${what}: never CAN_MULTI_CONN on a private overlay`);
+      t.equal((flags & SEND_DF) !== 0, sr, `${what}: DF only with structured replies`);
+      if ((flags & SEND_FAST_ZERO) !== 0) t.ok(flags & SEND_WRITE_ZEROES, `${what}: FAST_ZERO needs WRITE_ZEROES`);
+      if ((flags & SEND_FUA) !== 0) t.ok(flags & SEND_FLUSH, `${what}: FUA comes with FLUSH (Linux)`);
+      t.equal(flags & SEND_RESIZE, 0, `${what}: no RESIZE`);
+      t.equal(flags & ~0x0fff, 0, `${what}: no bits beyond the ones defined`);
+      t.ok(flags <= 0xffff, `${what}: fits 16 bits`);
+      if (readOnly) t.equal(flags & (SEND_TRIM | SEND_WRITE_ZEROES | SEND_FAST_ZERO), 0, `${what}: no write-type commands`);
+    }
+  }
+});
+
+t.test('singleExportRegistry reaches the export by its name and by ""', async (t) => {
+  const exp = makeExport(false);
+  const registry = singleExportRegistry(exp);
+  t.strictSame(registry.list(), [exp]);
+  t.equal(registry.lookup(''), exp);
+  t.equal(registry.lookup('golden'), exp);
+  t.equal(registry.lookup('Golden'), undefined, 'case-sensitive');
+  t.equal(registry.lookup('golden '), undefined);
+  t.equal(registry.lookup('other'), undefined);
+});

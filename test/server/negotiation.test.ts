@@ -1,0 +1,387 @@
+import t from 'tap';
+import { hex } from '../helpers/hex.js';
+import { FakeDevice, infoRequestData, metaContextData } from '../helpers/nbd-raw.js';
+import { decodeOptionReply } from '../../lib/protocol/handshake.js';
+import { handleOption, type NegotiationState, type OptionContext, type OptionOutcome } from '../../lib/server/negotiation.js';
+import { singleExportRegistry, type Export, type ExportRegistry } from '../../lib/server/exports.js';
+
+const ACK = 1;
+const REP_SERVER = 2;
+const REP_INFO = 3;
+const REP_META_CONTEXT = 4;
+const ERR_UNSUP = 0x80000001;
+const ERR_POLICY = 0x80000002;
+const ERR_INVALID = 0x80000003;
+const ERR_UNKNOWN = 0x80000006;
+const ERR_SHUTDOWN = 0x80000007;
+
+const OPT = {
+  EXPORT_NAME: 1,
+  ABORT: 2,
+  LIST: 3,
+  PEEK_EXPORT: 4,
+  STARTTLS: 5,
+  INFO: 6,
+  GO: 7,
+  STRUCTURED_REPLY: 8,
+  LIST_META_CONTEXT: 9,
+  SET_META_CONTEXT: 10,
+  EXTENDED_HEADERS: 11,
+} as const;
+
+const SIZE = 1 << 20;
+
+function makeExport(name = 'golden', options: { readOnly?: boolean; blockSize?: number } = {}): Export {
+  return {
+    name,
+    description: `${name} disk`,
+    size: SIZE,
+    readOnly: options.readOnly ?? false,
+    preferredBlockSize: options.blockSize ?? 4096,
+    openDevice: () => new FakeDevice(SIZE),
+  };
+}
+
+function context(
+  registry: ExportRegistry = singleExportRegistry(makeExport()),
+  state: Partial<NegotiationState> = {},
+  shuttingDown = false,
+): OptionContext & { state: NegotiationState } {
+  return {
+    registry,
+    state: { structuredReplies: false, metaContexts: null, noZeroes: false, ...state },
+    shuttingDown,
+  };
+}
+
+interface Reply {
+  option: number;
+  replyType: number;
+  payload: Buffer;
+}
+
+function replies(outcome: OptionOutcome): Reply[] {
+  return outcome.replies.map((r) => {
+    const d = decodeOptionReply(r);
+    t.equal(r.length, 20 + d.payload.length, 'each reply is exactly one message');
+    return { option: d.option, replyType: d.replyType, payload: Buffer.from(d.payload) };
+  });
+}
+
+function types(outcome: OptionOutcome): number[] {
+  return replies(outcome).map((r) => r.replyType);
+}
+
+/** The info type of each NBD_REP_INFO reply. */
+function infoTypes(outcome: OptionOutcome): number[] {
+  return replies(outcome)
+    .filter((r) => r.replyType === REP_INFO)
+    .map((r) => r.payload.readUInt16BE(0));
+}
+
+function metaContexts(outcome: OptionOutcome): [number, string][] {
+  return replies(outcome)
+    .filter((r) => r.replyType === REP_META_CONTEXT)
+    .map((r) => [r.payload.readUInt32BE(0), r.payload.subarray(4).toString('utf8')]);
+}
+
+t.test('every reply echoes the option it answers', async (t) => {
+  for (const option of [OPT.LIST, OPT.INFO, OPT.STRUCTURED_REPLY, 99, OPT.STARTTLS]) {
+    const data = option === OPT.INFO ? infoRequestData('') : Buffer.alloc(0);
+    for (const r of replies(handleOption(option, data, context()))) t.equal(r.option, option, `option ${option}`);
+  }
+});
+
+t.test('unknown options get ERR_UNSUP and negotiation continues', async (t) => {
+  for (const option of [0, OPT.PEEK_EXPORT, OPT.EXTENDED_HEADERS, 12, 99, 0xffffffff]) {
+    const outcome = handleOption(option, hex`0102`, context());
+    t.equal(outcome.kind, 'continue', `option ${option}`);
+    const [reply] = replies(outcome);
+    t.equal(reply?.replyType, ERR_UNSUP, `option ${option}: ERR_UNSUP`);
+    t.equal(outcome.replies.length, 1);
+  }
+  const [reply] = replies(handleOption(OPT.EXTENDED_HEADERS, Buffer.alloc(0), context()));
+  t.match(reply?.payload.toString(), /NBD_OPT_EXTENDED_HEADERS is not supported/, 'a readable message');
+});
+
+t.test('STARTTLS is refused by policy (NOTLS mode)', async (t) => {
+  const outcome = handleOption(OPT.STARTTLS, Buffer.alloc(0), context());
+  t.equal(outcome.kind, 'continue');
+  t.strictSame(types(outcome), [ERR_POLICY]);
+});
+
+t.test('ABORT is acknowledged, then the connection closes', async (t) => {
+  for (const data of [Buffer.alloc(0), hex`ff`]) {
+    const outcome = handleOption(OPT.ABORT, data, context());
+    t.equal(outcome.kind, 'close');
+    t.strictSame(outcome.replies, [hex`0003e889045565a9 00000002 00000001 00000000`], 'exact ACK bytes');
+  }
+});
+
+t.test('LIST sends one NBD_REP_SERVER per export then ACK', async (t) => {
+  const outcome = handleOption(OPT.LIST, Buffer.alloc(0), context());
+  t.equal(outcome.kind, 'continue');
+  t.strictSame(outcome.replies, [
+    hex`0003e889045565a9 00000003 00000002 00000015 # LIST, REP_SERVER, length 21
+        00000006 676f6c64656e                      # "golden"
+        676f6c64656e206469736b                     # "golden disk"`,
+    hex`0003e889045565a9 00000003 00000001 00000000`,
+  ]);
+  const bad = handleOption(OPT.LIST, hex`00`, context());
+  t.equal(bad.kind, 'continue');
+  t.strictSame(types(bad), [ERR_INVALID], 'LIST with data is ERR_INVALID');
+  t.equal(types(handleOption(OPT.LIST, Buffer.alloc(0), context())).filter((x) => x === REP_SERVER).length, 1);
+});
+
+t.test('INFO: NBD_INFO_EXPORT always first, then what was asked, then ACK', async (t) => {
+  const plain = handleOption(OPT.INFO, infoRequestData(''), context());
+  t.equal(plain.kind, 'continue', 'INFO does not start transmission');
+  t.strictSame(types(plain), [REP_INFO, ACK]);
+  t.strictSame(infoTypes(plain), [0]);
+  const [exportInfo] = replies(plain);
+  t.equal(exportInfo?.payload.length, 12);
+  t.equal(Number(exportInfo?.payload.readBigUInt64BE(2)), SIZE, 'size');
+
+  const all = handleOption(OPT.INFO, infoRequestData('golden', [3, 2, 1, 0, 0xffff]), context());
+  t.strictSame(infoTypes(all), [0, 1, 2, 3], 'EXPORT first; unknown types ignored; each once');
+  t.strictSame(types(all).at(-1), ACK);
+  const r = replies(all);
+  t.equal(r[1]?.payload.subarray(2).toString(), 'golden', 'NBD_INFO_NAME is the canonical name');
+  t.equal(r[2]?.payload.subarray(2).toString(), 'golden disk', 'NBD_INFO_DESCRIPTION');
+  t.strictSame(r[3]?.payload, hex`0003 00000001 00001000 02000000`, 'BLOCK_SIZE: min 1, preferred 4096, max 32 MiB');
+});
+
+t.test('INFO: NBD_INFO_BLOCK_SIZE only when asked; preferred is at least 512', async (t) => {
+  t.notOk(infoTypes(handleOption(OPT.INFO, infoRequestData('', [1, 2]), context())).includes(3));
+  t.notOk(infoTypes(handleOption(OPT.GO, infoRequestData(''), context())).includes(3), 'not for GO either');
+  const small = context(singleExportRegistry(makeExport('golden', { blockSize: 256 })));
+  const [, block] = replies(handleOption(OPT.INFO, infoRequestData('', [3]), small));
+  t.equal(block?.payload.readUInt32BE(6), 512);
+  const big = context(singleExportRegistry(makeExport('golden', { blockSize: 65536 })));
+  const [, block2] = replies(handleOption(OPT.INFO, infoRequestData('', [3]), big));
+  t.equal(block2?.payload.readUInt32BE(6), 65536);
+});
+
+t.test('GO starts transmission with the same info INFO gave', async (t) => {
+  const ctx = context();
+  const info = handleOption(OPT.INFO, infoRequestData('golden', [1]), ctx);
+  const go = handleOption(OPT.GO, infoRequestData('golden', [1]), ctx);
+  t.equal(go.kind, 'transmission');
+  t.strictSame(
+    replies(go).map((r) => [r.replyType, r.payload]),
+    replies(info).map((r) => [r.replyType, r.payload]),
+  );
+  if (go.kind !== 'transmission') return;
+  t.equal(go.exp.name, 'golden');
+  t.equal(go.flags, replies(go)[0]?.payload.readUInt16BE(10), 'flags match NBD_INFO_EXPORT');
+  t.strictSame(go.contexts, [], 'no contexts without SET_META_CONTEXT');
+  const byDefault = handleOption(OPT.GO, infoRequestData(''), context());
+  t.equal(byDefault.kind, 'transmission', 'the empty name reaches the default export');
+});
+
+t.test('GO/INFO with an unknown export: ERR_UNKNOWN and no INFO', async (t) => {
+  for (const option of [OPT.GO, OPT.INFO]) {
+    const outcome = handleOption(option, infoRequestData('nope'), context());
+    t.equal(outcome.kind, 'continue');
+    const r = replies(outcome);
+    t.strictSame(r.map((x) => x.replyType), [ERR_UNKNOWN]);
+    t.match(r[0]?.payload.toString(), /unknown export "nope"/);
+  }
+});
+
+t.test('export names in messages are sanitized and truncated', async (t) => {
+  const name = `\u0001evil\n${'x'.repeat(100)}`;
+  const [r] = replies(handleOption(OPT.GO, infoRequestData(name), context()));
+  const message = r?.payload.toString() ?? '';
+  t.notMatch(message, /[\x00-\x1f]/, 'no control characters');
+  t.match(message, /"\?evil\?x+\.\.\."/);
+  t.ok(message.length < 120, 'truncated');
+});
+
+t.test('GO/INFO with malformed data: ERR_INVALID', async (t) => {
+  for (const data of [hex``, hex`00000005 61`, hex`00000000 0000 00`, hex`00000001 00 0000`]) {
+    const outcome = handleOption(OPT.GO, data, context());
+    t.equal(outcome.kind, 'continue');
+    t.strictSame(types(outcome), [ERR_INVALID], data.toString('hex'));
+  }
+});
+
+t.test('EXPORT_NAME: reply of 134 bytes, or 10 with NO_ZEROES', async (t) => {
+  const outcome = handleOption(OPT.EXPORT_NAME, Buffer.from('golden'), context());
+  t.equal(outcome.kind, 'transmission');
+  t.equal(outcome.replies.length, 1);
+  t.equal(outcome.replies[0]?.length, 134);
+  if (outcome.kind !== 'transmission') return;
+  const expected = Buffer.alloc(134);
+  expected.writeBigUInt64BE(BigInt(SIZE), 0);
+  expected.writeUInt16BE(outcome.flags, 8);
+  t.strictSame(outcome.replies[0], expected);
+
+  const short = handleOption(OPT.EXPORT_NAME, Buffer.alloc(0), context(undefined, { noZeroes: true }));
+  t.equal(short.kind, 'transmission', 'the empty name is the default export');
+  t.strictSame(short.replies[0], expected.subarray(0, 10));
+});
+
+t.test('EXPORT_NAME that cannot be served closes without a reply', async (t) => {
+  for (const [what, data, ctx] of [
+    ['unknown name', Buffer.from('nope'), context()],
+    ['NUL in the name', Buffer.from('golden\0'), context()],
+    ['shutting down', Buffer.from('golden'), context(undefined, {}, true)],
+  ] as const) {
+    const outcome = handleOption(OPT.EXPORT_NAME, data, ctx);
+    t.equal(outcome.kind, 'close', what);
+    t.strictSame(outcome.replies, [], `${what}: no bytes (proto.md: it cannot carry an error)`);
+  }
+});
+
+t.test('STRUCTURED_REPLY: ACK once; again or with data is ERR_INVALID', async (t) => {
+  const ctx = context();
+  t.strictSame(types(handleOption(OPT.STRUCTURED_REPLY, hex`00`, ctx)), [ERR_INVALID], 'with data');
+  t.equal(ctx.state.structuredReplies, false, 'refusal changes nothing');
+  t.strictSame(handleOption(OPT.STRUCTURED_REPLY, Buffer.alloc(0), ctx).replies, [
+    hex`0003e889045565a9 00000008 00000001 00000000`,
+  ]);
+  t.equal(ctx.state.structuredReplies, true);
+  t.strictSame(types(handleOption(OPT.STRUCTURED_REPLY, Buffer.alloc(0), ctx)), [ERR_INVALID], 'twice');
+  t.equal(ctx.state.structuredReplies, true);
+});
+
+t.test('DF appears in the flags only once structured replies are on', async (t) => {
+  const ctx = context();
+  const before = handleOption(OPT.GO, infoRequestData(''), ctx);
+  handleOption(OPT.STRUCTURED_REPLY, Buffer.alloc(0), ctx);
+  const after = handleOption(OPT.GO, infoRequestData(''), ctx);
+  if (before.kind !== 'transmission' || after.kind !== 'transmission') return t.fail('GO failed');
+  t.equal(before.flags & 0x80, 0);
+  t.equal(after.flags & 0x80, 0x80);
+  const exportName = handleOption(OPT.EXPORT_NAME, Buffer.alloc(0), ctx);
+  if (exportName.kind !== 'transmission') return t.fail('EXPORT_NAME failed');
+  t.equal(exportName.flags & 0x80, 0x80, 'EXPORT_NAME too');
+  t.equal(exportName.replies[0]?.readUInt16BE(8), exportName.flags);
+});
+
+t.test('META_CONTEXT before STRUCTURED_REPLY: ERR_INVALID', async (t) => {
+  for (const option of [OPT.LIST_META_CONTEXT, OPT.SET_META_CONTEXT]) {
+    const outcome = handleOption(option, metaContextData('', ['base:allocation']), context());
+    t.equal(outcome.kind, 'continue');
+    t.strictSame(types(outcome), [ERR_INVALID], `option ${option}`);
+  }
+});
+
+t.test('LIST_META_CONTEXT', async (t) => {
+  const sr = { structuredReplies: true };
+  const list = (queries: string[]): OptionOutcome =>
+    handleOption(OPT.LIST_META_CONTEXT, metaContextData('', queries), context(undefined, sr));
+  t.strictSame(metaContexts(list([])), [
+    [0, 'base:allocation'],
+    [0, 'qemu:allocation-depth'],
+  ], 'zero queries list every context, with id 0');
+  t.strictSame(types(list([])).at(-1), ACK);
+  t.strictSame(metaContexts(list(['base:'])), [[0, 'base:allocation']], '"base:" lists the base namespace');
+  t.strictSame(metaContexts(list(['qemu:'])), [[0, 'qemu:allocation-depth']]);
+  t.strictSame(metaContexts(list(['qemu:allocation-depth'])), [[0, 'qemu:allocation-depth']]);
+  t.strictSame(types(list(['x-unknown:thing', 'base:nothing'])), [ACK], 'unknown queries are ignored');
+  t.strictSame(types(list(['nocolon'])), [ERR_INVALID], 'a query without a namespace is malformed');
+  const ctx = context(undefined, sr);
+  handleOption(OPT.LIST_META_CONTEXT, metaContextData('', []), ctx);
+  t.equal(ctx.state.metaContexts, null, 'LIST does not select');
+  const unknown = handleOption(OPT.LIST_META_CONTEXT, metaContextData('nope', []), ctx);
+  t.strictSame(types(unknown), [ERR_UNKNOWN]);
+  const malformed = handleOption(OPT.LIST_META_CONTEXT, hex`00000000 00000001`, ctx);
+  t.strictSame(types(malformed), [ERR_INVALID]);
+});
+
+t.test('SET_META_CONTEXT selects with unique non-zero ids', async (t) => {
+  const ctx = context(undefined, { structuredReplies: true });
+  const both = handleOption(OPT.SET_META_CONTEXT, metaContextData('', ['qemu:allocation-depth', 'base:allocation']), ctx);
+  const chosen = metaContexts(both);
+  t.strictSame(chosen.map(([, name]) => name).sort(), ['base:allocation', 'qemu:allocation-depth']);
+  const ids = chosen.map(([id]) => id);
+  t.ok(ids.every((id) => id !== 0), 'non-zero ids');
+  t.equal(new Set(ids).size, 2, 'unique ids');
+  t.strictSame(ctx.state.metaContexts?.contexts.map((c) => c.name).sort(), ['base:allocation', 'qemu:allocation-depth']);
+
+  const go = handleOption(OPT.GO, infoRequestData('golden'), ctx);
+  if (go.kind !== 'transmission') return t.fail('GO failed');
+  t.strictSame(
+    go.contexts.map((c) => [c.id, c.name]).sort(),
+    chosen.slice().sort(),
+    'GO on the same export carries the selection',
+  );
+});
+
+t.test('SET_META_CONTEXT replaces the selection, even when it fails', async (t) => {
+  const ctx = context(undefined, { structuredReplies: true });
+  handleOption(OPT.SET_META_CONTEXT, metaContextData('', ['base:allocation']), ctx);
+  t.equal(ctx.state.metaContexts?.contexts.length, 1);
+  handleOption(OPT.SET_META_CONTEXT, metaContextData('', ['qemu:allocation-depth']), ctx);
+  t.strictSame(ctx.state.metaContexts?.contexts.map((c) => c.name), ['qemu:allocation-depth'], 'replaced');
+
+  const failed = handleOption(OPT.SET_META_CONTEXT, metaContextData('nope', ['base:allocation']), ctx);
+  t.strictSame(types(failed), [ERR_UNKNOWN]);
+  t.equal(ctx.state.metaContexts, null, 'a failed SET clears the selection');
+
+  handleOption(OPT.SET_META_CONTEXT, metaContextData('', ['base:allocation']), ctx);
+  handleOption(OPT.SET_META_CONTEXT, hex`00000000`, ctx);
+  t.equal(ctx.state.metaContexts, null, 'a malformed SET clears it too');
+
+  handleOption(OPT.SET_META_CONTEXT, metaContextData('', ['base:allocation']), ctx);
+  const none = handleOption(OPT.SET_META_CONTEXT, metaContextData('', []), ctx);
+  t.strictSame(types(none), [ACK], 'zero queries select nothing');
+  t.strictSame(ctx.state.metaContexts?.contexts, []);
+
+  const bare = handleOption(OPT.SET_META_CONTEXT, metaContextData('', ['base:']), ctx);
+  t.strictSame(types(bare), [ACK], '"base:" is ignored in SET');
+  const go = handleOption(OPT.GO, infoRequestData(''), ctx);
+  if (go.kind !== 'transmission') return t.fail('GO failed');
+  t.strictSame(go.contexts, []);
+});
+
+t.test('a selection only holds for the export it named', async (t) => {
+  const a = makeExport('a');
+  const b = makeExport('b');
+  const registry: ExportRegistry = {
+    list: () => [a, b],
+    lookup: (name) => (name === 'a' || name === '' ? a : name === 'b' ? b : undefined),
+  };
+  const ctx = context(registry, { structuredReplies: true });
+  handleOption(OPT.SET_META_CONTEXT, metaContextData('a', ['base:allocation']), ctx);
+  const goB = handleOption(OPT.GO, infoRequestData('b'), ctx);
+  if (goB.kind !== 'transmission') return t.fail('GO b failed');
+  t.strictSame(goB.contexts, [], 'GO on another export: no contexts');
+  const goDefault = handleOption(OPT.GO, infoRequestData(''), ctx);
+  if (goDefault.kind !== 'transmission') return t.fail('GO default failed');
+  t.equal(goDefault.contexts.length, 1, 'the default name reaching the same export keeps them');
+  const byName = handleOption(OPT.EXPORT_NAME, Buffer.from('b'), ctx);
+  if (byName.kind !== 'transmission') return t.fail('EXPORT_NAME b failed');
+  t.strictSame(byName.contexts, []);
+  t.equal(types(handleOption(OPT.LIST, Buffer.alloc(0), ctx)).filter((x) => x === REP_SERVER).length, 2);
+});
+
+t.test('while shutting down every option but ABORT gets ERR_SHUTDOWN', async (t) => {
+  const ctx = context(undefined, { structuredReplies: true }, true);
+  for (const [option, data] of [
+    [OPT.LIST, Buffer.alloc(0)],
+    [OPT.INFO, infoRequestData('')],
+    [OPT.GO, infoRequestData('')],
+    [OPT.STRUCTURED_REPLY, Buffer.alloc(0)],
+    [OPT.SET_META_CONTEXT, metaContextData('', ['base:allocation'])],
+    [OPT.STARTTLS, Buffer.alloc(0)],
+    [99, Buffer.alloc(0)],
+  ] as const) {
+    const outcome = handleOption(option, data, ctx);
+    t.equal(outcome.kind, 'continue', `option ${option}`);
+    t.strictSame(types(outcome), [ERR_SHUTDOWN], `option ${option}: ERR_SHUTDOWN`);
+  }
+  t.equal(handleOption(OPT.ABORT, Buffer.alloc(0), ctx).kind, 'close');
+});
+
+t.test('errors other than OptionError are not swallowed', async (t) => {
+  const registry: ExportRegistry = {
+    list: () => {
+      throw new Error('registry broke');
+    },
+    lookup: () => undefined,
+  };
+  t.throws(() => handleOption(OPT.LIST, Buffer.alloc(0), context(registry)), { message: 'registry broke' });
+});
