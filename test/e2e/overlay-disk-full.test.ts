@@ -24,7 +24,7 @@ if (requireClients(t, [], true)) {
     const overlays = mkdtempSync(join(tmpdir(), 'nbd-cow-full-'));
     if (!mountTmpfs(overlays, '2m')) {
       rmSync(overlays, { recursive: true, force: true });
-      t.skip('cannot mount a tmpfs here (needs root)');
+      t.plan(0, 'cannot mount a tmpfs here (needs root)');
       return;
     }
     t.teardown(() => {
