@@ -1,7 +1,7 @@
 // Deterministic base images: the demo image `nbd-cow serve` makes when no base is given, and
 // the pattern the tests check against. Every 4 KiB sector starts with a readable label and is
-// filled with bytes derived from its offset, so any misplaced block is visible; a band of zeros
-// in the middle gives block status something to report.
+// filled with bytes derived from its offset, so any misplaced block is visible; a band of zero
+// sectors in the middle checks that zeros in the base are served as data like any other bytes.
 
 import { open } from 'node:fs/promises';
 

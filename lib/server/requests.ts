@@ -32,6 +32,7 @@ import {
   encodeOffsetDataHeader,
   encodeSimpleReply,
   type Request,
+  type StatusDescriptor,
 } from '../protocol/transmission.js';
 import type { Logger } from '../log.js';
 import type { MetaContext } from './meta-contexts.js';
@@ -130,13 +131,20 @@ async function blockStatus(req: Request, session: Session): Promise<Buffer[]> {
   const extents = clipExtents(await session.device.extents(req.offset, length, reqOne ? 1 : MAX_EXTENTS), length);
   if (extents.length === 0) throw new NbdError(NBD_EINVAL, 'NBD_CMD_BLOCK_STATUS past the end');
   return session.contexts.map((ctx, i) =>
-    encodeBlockStatusChunk(
-      req.cookie,
-      ctx.id,
-      extents.map((e) => ({ length: e.length, flags: ctx.status(e.state) })),
-      i === session.contexts.length - 1,
-    ),
+    encodeBlockStatusChunk(req.cookie, ctx.id, statusDescriptors(extents, ctx), i === session.contexts.length - 1),
   );
+}
+
+/** One context's view of the extents: neighbours with the same status merge into one descriptor. */
+function statusDescriptors(extents: readonly Extent[], ctx: MetaContext): StatusDescriptor[] {
+  const out: { length: number; flags: number }[] = [];
+  for (const extent of extents) {
+    const flags = ctx.status(extent.state);
+    const last = out[out.length - 1];
+    if (last !== undefined && last.flags === flags) last.length += extent.length;
+    else out.push({ length: extent.length, flags });
+  }
+  return out;
 }
 
 async function writeZeroes(req: Request, session: Session): Promise<void> {

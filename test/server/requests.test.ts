@@ -231,7 +231,7 @@ t.test('block-layer errors map through the errno table', async (t) => {
   t.equal(reply[0]?.readUInt32BE(20), EOVERFLOW, 'EOVERFLOW on read with DF');
 });
 
-t.test('BLOCK_STATUS: one chunk per context, DONE only on the last', async (t) => {
+t.test('BLOCK_STATUS: one chunk per context, DONE only on the last, equal neighbours merged', async (t) => {
   const contexts = selectContexts(['base:allocation', 'qemu:allocation-depth']);
   const s = session({ structured: true, contexts, size: 4096 });
   s.device.setState('data', 0, 1024);
@@ -243,11 +243,10 @@ t.test('BLOCK_STATUS: one chunk per context, DONE only on the last', async (t) =
         00000400 00000000                            # data
         00000200 00000003                            # zero: HOLE|ZERO
         00000a00 00000000                            # base`,
-    hex`668e33ef 0001 0005 1122334455667788 0000001c # DONE
+    hex`668e33ef 0001 0005 1122334455667788 00000014 # DONE, length 4 + 2 * 8
         00000002                                     # qemu:allocation-depth
-        00000400 00000001
-        00000200 00000001
-        00000a00 00000002`,
+        00000600 00000001                            # data and zero merge: both in the overlay
+        00000a00 00000002                            # base`,
   ]);
 });
 
