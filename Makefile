@@ -2,12 +2,12 @@
 # `make test` runs every test. Both install what they need first.
 
 SHELL := /bin/bash
-DEB_TEST_PACKAGES := qemu-utils libnbd-bin python3-libnbd fio
+DEB_TEST_PACKAGES := qemu-utils libnbd-bin python3-libnbd fio qemu-system-x86 nbd-client e2fsprogs busybox-static xz-utils
 BASE ?=
 SERVE_ARGS ?=
 COVERAGE_FLOOR ?= 80
 
-.PHONY: all build serve test test-only deps-test typecheck clean
+.PHONY: all build serve test test-only test-guest deps-test typecheck clean
 
 all: build
 
@@ -24,7 +24,8 @@ build: dist/.built
 serve: build
 	bin/nbd-cow serve $(BASE) $(SERVE_ARGS)
 
-# Debian packages the end-to-end tests drive (real NBD clients). Installed only when missing.
+# Debian packages the end-to-end and guest tests drive (real NBD clients, QEMU, a guest's
+# nbd-client and tools to build its disk). Installed only when missing.
 deps-test:
 	@missing=""; for p in $(DEB_TEST_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
@@ -45,6 +46,10 @@ test: build deps-test typecheck
 
 test-only: build
 	npx tap $(TESTS)
+
+# Only the real-guest boots (test/guest/): QEMU's NBD client and the guest kernel's nbd-client.
+test-guest: build deps-test
+	npx tap test/guest/*.test.ts
 
 clean:
 	rm -rf dist coverage .tap

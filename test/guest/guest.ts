@@ -1,0 +1,447 @@
+// Real-guest helpers: the ext4 base image, the nbd-cow server process, and booting the test
+// guest (build.ts) under QEMU against it, with a hard timeout per boot and the console kept.
+//
+// Every process started here is killed by its own pid: at its timeout and in t.teardown.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { closeSync, constants as fsConstants, createReadStream, existsSync, mkdirSync, openSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import type { Test } from 'tap';
+import { cacheRoot, type Guest } from './build.js';
+import { ROOT, findTool, log, tool } from './tools.js';
+
+const CLI = join(ROOT, 'bin', 'nbd-cow');
+
+/** One boot may take this long before QEMU is killed (TCG boots take ~10 s). */
+export const BOOT_TIMEOUT_MS = Number(process.env.NBD_COW_GUEST_BOOT_TIMEOUT_MS ?? 60_000);
+/** The guestfwd address and port the guest's nbd-client connects to. */
+export const GUEST_NBD_ADDR = '10.0.2.100';
+export const GUEST_NBD_PORT = 10809;
+
+export function sha256(data: Buffer | string): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+export function sha256File(path: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const hash = createHash('sha256');
+    createReadStream(path)
+      .on('data', (chunk) => hash.update(chunk))
+      .on('error', reject)
+      .on('end', () => resolve(hash.digest('hex')));
+  });
+}
+
+interface Exited {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+function exitedPromise(child: ChildProcess): Promise<Exited> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve({ code: child.exitCode, signal: child.signalCode });
+    else child.once('exit', (code, signal) => resolve({ code, signal }));
+  });
+}
+
+/** SIGTERM the child's pid, SIGKILL it after `graceMs`; resolves once it has exited. */
+async function terminate(child: ChildProcess, exited: Promise<Exited>, graceMs = 5_000): Promise<Exited> {
+  if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
+    try {
+      process.kill(child.pid, 'SIGTERM');
+    } catch {
+      // already gone
+    }
+    const killer = setTimeout(() => {
+      if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
+        try {
+          process.kill(child.pid, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      }
+    }, graceMs);
+    const status = await exited;
+    clearTimeout(killer);
+    return status;
+  }
+  return exited;
+}
+
+/**
+ * The command line that runs `argv` so that it cannot outlive this process: `setpriv
+ * --pdeathsig SIGTERM` (util-linux) signals it when this process dies, even by SIGKILL (as
+ * when tap's file timeout kills a test), and `timeout` (coreutils) ends it after `limitS`
+ * seconds whatever happens. Both exec, so the pid is setpriv's = timeout's, and timeout passes
+ * SIGTERM on to the command. Either wrapper is left out when it is not installed.
+ */
+export function contained(argv: readonly string[], limitS?: number): [string, string[]] {
+  let cmd = [...argv];
+  const timeoutBin = findTool('timeout');
+  if (limitS !== undefined && timeoutBin !== undefined) cmd = [timeoutBin, '-k', '5', `${Math.ceil(limitS)}s`, ...cmd];
+  const setpriv = findTool('setpriv');
+  if (setpriv !== undefined) cmd = [setpriv, '--pdeathsig', 'SIGTERM', '--', ...cmd];
+  return [cmd[0]!, cmd.slice(1)];
+}
+
+// ---------------------------------------------------------------------------------------------
+// The base image
+
+export interface BaseImage {
+  readonly path: string;
+  readonly size: number;
+  /** sha256 of the image file itself. */
+  readonly sha256: string;
+  /** sha256 of the known files inside it. */
+  readonly helloSha256: string;
+  readonly dataSha256: string;
+}
+
+export const BASE_SIZE = 32 * 1024 * 1024;
+
+/** Deterministic bytes: sha256 in counter mode. */
+function knownBytes(size: number, seed: string): Buffer {
+  const out = Buffer.alloc(size);
+  for (let pos = 0, i = 0; pos < size; pos += 32, i++) sha256Buf(`${seed}:${i}`).copy(out, pos);
+  return out;
+}
+function sha256Buf(s: string): Buffer {
+  return createHash('sha256').update(s).digest();
+}
+
+/** A small ext4 filesystem with known files, made without mounting anything (mkfs.ext4 -d). */
+export async function makeBaseImage(dir: string, name = 'base.img'): Promise<BaseImage> {
+  const src = join(dir, 'base-content');
+  mkdirSync(src, { recursive: true });
+  const hello = Buffer.from('hello from the nbd-cow base image\n');
+  const data = knownBytes(4 * 1024 * 1024 + 123, 'nbd-cow guest data');
+  writeFileSync(join(src, 'hello.txt'), hello);
+  writeFileSync(join(src, 'data.bin'), data);
+  const path = join(dir, name);
+  const r = await runTool(tool('mkfs.ext4'), ['-q', '-F', '-L', 'nbdcow', '-b', '4096', '-d', src, path, `${BASE_SIZE / 1024}k`], 60_000);
+  if (r.code !== 0) throw new Error(`mkfs.ext4 failed (${r.code}): ${r.output}`);
+  return { path, size: BASE_SIZE, sha256: await sha256File(path), helloSha256: sha256(hello), dataSha256: sha256(data) };
+}
+
+function runTool(cmd: string, args: readonly string[], timeoutMs: number): Promise<{ code: number | null; output: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout.setEncoding('utf8').on('data', (s: string) => (output += s));
+    child.stderr.setEncoding('utf8').on('data', (s: string) => (output += s));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, output });
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server
+
+export interface Server {
+  readonly uri: string;
+  /** TCP port (undefined for a unix socket). */
+  readonly port: number | undefined;
+  readonly pid: number;
+  /** Everything it wrote on stderr so far. */
+  log(): string;
+  running(): boolean;
+  stop(): Promise<Exited>;
+}
+
+export interface ServerOptions {
+  /** Listen on this unix socket instead of TCP port 0. */
+  readonly socket?: string;
+  readonly exportName?: string;
+  readonly overlayDir: string;
+}
+
+/** `bin/nbd-cow serve BASE …` (verbose), once it has printed its URI; stopped in t.teardown. */
+export async function startServer(t: Test, base: string, opts: ServerOptions): Promise<Server> {
+  const args = ['serve', base, '-v', '--overlay-dir', opts.overlayDir];
+  if (opts.socket !== undefined) args.push('-k', opts.socket);
+  else args.push('-b', '127.0.0.1', '-p', '0');
+  if (opts.exportName !== undefined) args.push('-x', opts.exportName);
+  // bin/nbd-cow execs node, and setpriv execs it: the pid is the server's own.
+  const [cmd, argv] = contained([CLI, ...args]);
+  const child = spawn(cmd, argv, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+  const exited = exitedPromise(child);
+  // Safety net: no server outlives the suite.
+  const safety = setTimeout(() => void terminate(child, exited), 600_000);
+  void exited.then(() => clearTimeout(safety));
+  const stop = () => terminate(child, exited, 15_000);
+  t.teardown(async () => {
+    await stop();
+  });
+
+  const uri = await new Promise<string>((resolve, reject) => {
+    const lines = createInterface({ input: child.stdout });
+    const timer = setTimeout(() => reject(new Error(`nbd-cow printed no URI in 30 s; stderr: ${stderr}`)), 30_000);
+    lines.once('line', (line) => {
+      clearTimeout(timer);
+      resolve(line.trim());
+    });
+    void exited.then(({ code, signal }) => {
+      clearTimeout(timer);
+      reject(new Error(`nbd-cow exited (${code ?? signal}) before printing its URI; stderr: ${stderr}`));
+    });
+  });
+  const port = uri.match(/^nbd:\/\/127\.0\.0\.1:(\d+)\//)?.[1];
+  return {
+    uri,
+    port: port === undefined ? undefined : Number(port),
+    pid: child.pid!,
+    log: () => stderr,
+    running: () => child.exitCode === null && child.signalCode === null,
+    stop,
+  };
+}
+
+/** A short private directory for unix sockets (sun_path is 108 bytes); removed in teardown. */
+export async function socketDir(t: Test): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'nbdcow-guest-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accelerator
+
+export interface Accel {
+  readonly accel: 'kvm' | 'tcg';
+  /** Extra QEMU arguments for it. */
+  readonly args: readonly string[];
+  readonly why: string;
+}
+
+let accelCache: Promise<Accel> | undefined;
+const TCG: Omit<Accel, 'why'> = { accel: 'tcg', args: ['-accel', 'tcg'] };
+const KVM: Omit<Accel, 'why'> = { accel: 'kvm', args: ['-accel', 'kvm', '-cpu', 'max'] };
+
+/**
+ * KVM only when /dev/kvm opens and the guest really boots with it: a probe boot (init prints
+ * done=ok and powers off at once) within 20 s. On these machines /dev/kvm opens and QEMU even
+ * starts a KVM machine, but guests hang after the BIOS (default CPU) or QEMU aborts setting
+ * MSRs (-cpu max/host), so only a real boot tells. TCG otherwise.
+ * NBD_COW_GUEST_ACCEL=kvm|tcg skips the detection.
+ */
+export function detectAccel(guest: Guest): Promise<Accel> {
+  accelCache ??= (async (): Promise<Accel> => {
+    const forced = process.env.NBD_COW_GUEST_ACCEL;
+    if (forced === 'kvm') return { ...KVM, why: 'NBD_COW_GUEST_ACCEL=kvm' };
+    if (forced === 'tcg') return { ...TCG, why: 'NBD_COW_GUEST_ACCEL=tcg' };
+    try {
+      closeSync(openSync('/dev/kvm', fsConstants.O_RDWR));
+    } catch (e) {
+      return { ...TCG, why: `no KVM (/dev/kvm: ${(e as Error).message})` };
+    }
+    const probe = await runQemu(
+      [...KVM.args, ...guestArgs(guest), '-nic', 'none', '-append', 'console=ttyS0 panic=-1 quiet nbdcow.mode=probe'],
+      20_000,
+    );
+    if (!probe.timedOut && probe.exit.code === 0 && /NBDCOW:done=ok/.test(probe.console)) {
+      return { ...KVM, why: `KVM probe boot passed in ${probe.ms} ms` };
+    }
+    const how = probe.timedOut ? 'hung' : `exit ${probe.exit.code ?? probe.exit.signal}`;
+    const last = plain(probe.console).trim().split('\n').pop() ?? '';
+    return { ...TCG, why: `KVM unusable: probe boot ${how} after ${probe.ms} ms (${last.slice(0, 200)})` };
+  })();
+  return accelCache;
+}
+
+function guestArgs(guest: Guest): string[] {
+  return ['-nographic', '-no-reboot', '-m', '256', '-smp', '1', '-kernel', guest.kernel, '-initrd', guest.initrd];
+}
+
+interface QemuRun {
+  readonly ms: number;
+  readonly timedOut: boolean;
+  readonly exit: Exited;
+  readonly console: string;
+}
+
+/** Run QEMU to its end, killing it (by pid) at the timeout or in t.teardown. */
+async function runQemu(args: readonly string[], timeoutMs: number, t?: Test): Promise<QemuRun> {
+  const started = Date.now();
+  // timeout ends QEMU 15 s after our own timer would have, should this process be stuck.
+  const [cmd, argv] = contained([tool('qemu-system-x86_64'), ...args], timeoutMs / 1000 + 15);
+  const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const exited = exitedPromise(child);
+  t?.teardown(async () => {
+    await terminate(child, exited, 2_000);
+  });
+  let consoleText = '';
+  child.stdout.setEncoding('utf8').on('data', (s: string) => (consoleText += s));
+  child.stderr.setEncoding('utf8').on('data', (s: string) => (consoleText += s));
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    void terminate(child, exited, 2_000);
+  }, timeoutMs);
+  const spawnError = new Promise<never>((_, reject) => child.once('error', reject));
+  const exit = await Promise.race([exited, spawnError]);
+  clearTimeout(timer);
+  // Let the pipes drain.
+  await new Promise<void>((resolve) => {
+    let open = 2;
+    const done = () => (--open === 0 ? resolve() : undefined);
+    if (child.stdout.readableEnded) done();
+    else child.stdout.once('close', done);
+    if (child.stderr.readableEnded) done();
+    else child.stderr.once('close', done);
+    setTimeout(resolve, 2_000);
+  });
+  return { ms: Date.now() - started, timedOut, exit, console: consoleText };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Booting
+
+export type BootTarget =
+  /** QEMU's own NBD client: -drive file=URI (nbd:// or nbd+unix://). */
+  | { readonly mode: 'drive'; readonly uri: string }
+  /** The guest kernel's NBD client via nbd-client, forwarded to 127.0.0.1:port. */
+  | { readonly mode: 'client'; readonly port: number; readonly exportName: string };
+
+export interface Boot {
+  readonly name: string;
+  readonly mode: BootTarget['mode'];
+  readonly tag: string;
+  readonly accel: string;
+  readonly ms: number;
+  readonly timedOut: boolean;
+  readonly exit: Exited;
+  /** The NBDCOW:key=value lines of the console, last one wins. */
+  readonly markers: ReadonlyMap<string, string>;
+  readonly console: string;
+  readonly args: readonly string[];
+}
+
+/** QEMU option values escape a comma by doubling it. */
+const qemuOpt = (s: string) => s.replace(/,/g, ',,');
+
+export async function bootGuest(t: Test, guest: Guest, name: string, target: BootTarget, timeoutMs = BOOT_TIMEOUT_MS): Promise<Boot> {
+  const accel = await detectAccel(guest);
+  const tag = `${name.replace(/[^A-Za-z0-9]+/g, '-')}-${process.pid}-${Date.now() % 1e6}`;
+  const append = ['console=ttyS0', 'panic=-1', 'quiet', `nbdcow.mode=${target.mode}`, `nbdcow.tag=${tag}`];
+  const args = [...accel.args, ...guestArgs(guest)];
+  if (target.mode === 'drive') {
+    args.push('-nic', 'none', '-drive', `file=${qemuOpt(target.uri)},format=raw,if=virtio`);
+  } else {
+    append.push(`nbdcow.export=${target.exportName}`);
+    args.push(
+      '-netdev',
+      `user,id=n0,restrict=on,guestfwd=tcp:${GUEST_NBD_ADDR}:${GUEST_NBD_PORT}-tcp:127.0.0.1:${target.port}`,
+      // romfile= : no iPXE option ROM, which only costs boot time here.
+      '-device', 'virtio-net-pci,netdev=n0,romfile=',
+    );
+  }
+  args.push('-append', append.join(' '));
+
+  const run = await runQemu(args, timeoutMs, t);
+  const markers = new Map<string, string>();
+  for (const raw of run.console.split('\n')) {
+    const m = plain(raw).match(/NBDCOW:([A-Za-z0-9_-]+)=(\S*)\s*$/);
+    if (m?.[1] !== undefined && m[2] !== undefined) markers.set(m[1], m[2]);
+  }
+  const boot: Boot = {
+    name, mode: target.mode, tag, accel: accel.accel, ms: run.ms, timedOut: run.timedOut, exit: run.exit,
+    markers, console: run.console, args,
+  };
+  const status = run.timedOut ? 'TIMED OUT' : `exit ${run.exit.code ?? run.exit.signal}`;
+  const result = markers.get('done') === 'ok' ? 'done=ok' : `fail=${markers.get('fail') ?? '?'}`;
+  const times = [...markers].filter(([k]) => k.startsWith('t-')).map(([k, v]) => `${k.slice(2)} ${v}s`);
+  log(`boot ${name}: ${accel.accel}, ${run.ms} ms, ${status}, ${result}; guest uptime at ${times.join(', ')}`);
+  return boot;
+}
+
+/** Console text without terminal escapes and carriage returns. */
+export function plain(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return text.replace(/\x1b(\[[0-9;?]*[A-Za-z]|c)/g, '').replace(/\r/g, '');
+}
+
+/**
+ * Keep a boot's console: in the test output and in .cache/guest/failed-boots/ (for every boot
+ * when NBD_COW_GUEST_VERBOSE is set, to .cache/guest/boots/).
+ */
+export function reportFailedBoot(t: Test, boot: Boot, server?: Server, failed = true): void {
+  const dir = join(cacheRoot(), failed ? 'failed-boots' : 'boots');
+  mkdirSync(dir, { recursive: true });
+  // Keep the newest 30 logs.
+  const old = readdirSync(dir)
+    .map((name) => ({ name, mtime: statSync(join(dir, name)).mtimeMs }))
+    .sort((a, b) => b.mtime - a.mtime)
+    .slice(29);
+  for (const { name } of old) rmSync(join(dir, name), { force: true });
+  const file = join(dir, `${boot.tag}.log`);
+  const serverLog = server?.log() ?? '';
+  writeFileSync(
+    file,
+    `qemu-system-x86_64 ${boot.args.join(' ')}\n\n===== console =====\n${plain(boot.console)}\n===== nbd-cow stderr =====\n${serverLog}\n`,
+  );
+  const tail = (s: string, n: number) => plain(s).split('\n').slice(-n).join('\n');
+  t.comment(
+    `boot ${boot.name} ${failed ? 'failed' : 'passed'} (${boot.timedOut ? `timed out after ${boot.ms} ms` : `exit ${boot.exit.code ?? boot.exit.signal}`}); full log: ${file}\n` +
+      `----- console (last 80 lines) -----\n${tail(boot.console, 80)}\n` +
+      `----- nbd-cow stderr (last 30 lines) -----\n${tail(serverLog, 30)}`,
+  );
+}
+
+export interface Expectations {
+  readonly base: BaseImage;
+  /** Whether the guest must see a pristine base (nothing written by an earlier boot). */
+  readonly pristine: boolean;
+}
+
+/**
+ * The checks every boot makes: the boot finished (done=ok, no timeout), the known files read
+ * back with the base's hashes, the written file read back the same after a remount with caches
+ * dropped, and (pristine) no earlier boot's write is visible. On failure the console is kept.
+ */
+export function checkBoot(t: Test, boot: Boot, expect: Expectations, server?: Server): boolean {
+  const m = boot.markers;
+  const results: boolean[] = [];
+  results.push(t.notOk(boot.timedOut, `${boot.name}: the boot finished within the timeout (${boot.ms} ms)`));
+  results.push(t.equal(m.get('fail'), undefined, `${boot.name}: no step failed in the guest`));
+  results.push(t.equal(m.get('done'), 'ok', `${boot.name}: the guest script ran to the end`));
+  results.push(t.equal(m.get('dev-sectors'), String(expect.base.size / 512), `${boot.name}: the disk has the base's size`));
+  results.push(t.equal(m.get('hello-sha256'), expect.base.helloSha256, `${boot.name}: hello.txt has the base content`));
+  results.push(t.equal(m.get('data-sha256'), expect.base.dataSha256, `${boot.name}: data.bin (4 MiB) has the base content`));
+  if (expect.pristine) results.push(t.equal(m.get('prior-write'), 'absent', `${boot.name}: nothing written by an earlier boot is visible`));
+  results.push(t.match(m.get('written-sha256') ?? '', /^[0-9a-f]{64}$/, `${boot.name}: the guest wrote a file`));
+  results.push(t.equal(m.get('reread-sha256'), m.get('written-sha256'), `${boot.name}: the written file reads back the same after remount and drop_caches`));
+  results.push(t.equal(m.get('note'), `written-by-${boot.tag}`, `${boot.name}: the note reads back`));
+  results.push(t.equal(m.get('hello-after-sha256'), expect.base.helloSha256, `${boot.name}: hello.txt is intact after the writes`));
+  if (boot.mode === 'client') {
+    results.push(t.equal(m.get('nbd-client'), 'disconnected', `${boot.name}: nbd-client -d disconnected /dev/nbd0`));
+  }
+  results.push(t.equal(boot.exit.code, 0, `${boot.name}: QEMU exited 0 (guest powered off)`));
+  const ok = results.every((r) => r);
+  if (!ok) reportFailedBoot(t, boot, server);
+  else if (process.env.NBD_COW_GUEST_VERBOSE) reportFailedBoot(t, boot, server, false);
+  return ok;
+}
+
+/**
+ * Once a guest has gone (QEMU sent NBD_CMD_DISC and exited), its overlay file is deleted: the
+ * overlay directory empties within a few seconds.
+ */
+export async function checkOverlaysGone(t: Test, overlayDir: string, after: string): Promise<boolean> {
+  const list = () => (existsSync(overlayDir) ? readdirSync(overlayDir).sort() : []);
+  const deadline = Date.now() + 5_000;
+  while (list().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  return t.same(list(), [], `no overlay file is left after ${after}`);
+}

@@ -1,0 +1,37 @@
+// Real guests through the Linux kernel's NBD client: nbd-client in the guest connects to
+// 10.0.2.100:10809, which QEMU user networking (restrict=on, guestfwd) forwards to nbd-cow on
+// the host's loopback; no packet leaves the machine. QEMU opens the forwarded connection when it
+// starts, so the server listens first, and each boot makes exactly one connection.
+
+import t from 'tap';
+import { ensureGuest } from './build.js';
+import { bootGuest, checkBoot, checkOverlaysGone, detectAccel, makeBaseImage, sha256File, startServer } from './guest.js';
+import { requireGuestTools } from './tools.js';
+
+if (requireGuestTools(t)) {
+  t.test('nbd-client in the guest over guestfwd: write, read back, and isolation', async (t) => {
+    const guest = await ensureGuest();
+    const accel = await detectAccel(guest);
+    t.comment(`guest ${guest.kernelPackage} (${guest.built ? `built in ${guest.buildMs} ms` : 'cached'}); accel ${accel.accel} (${accel.why})`);
+    const dir = t.testdir();
+    const overlays = `${dir}/overlays`;
+    const base = await makeBaseImage(dir);
+    const server = await startServer(t, base.path, { overlayDir: overlays });
+    if (server.port === undefined) throw new Error(`no TCP port in ${server.uri}`);
+    const target = { mode: 'client', port: server.port, exportName: 'base' } as const;
+
+    const first = await bootGuest(t, guest, 'nbd-client-1', target);
+    checkBoot(t, first, { base, pristine: true }, server);
+    await checkOverlaysGone(t, overlays, first.name);
+    t.ok(server.running(), 'the server is still running after the first guest');
+
+    const second = await bootGuest(t, guest, 'nbd-client-2', target);
+    checkBoot(t, second, { base, pristine: true }, server);
+    await checkOverlaysGone(t, overlays, second.name);
+    t.not(second.markers.get('written-sha256'), first.markers.get('written-sha256'), 'each boot wrote its own data');
+
+    const stopped = await server.stop();
+    t.equal(stopped.code, 0, 'the server stops cleanly on SIGTERM');
+    t.equal(await sha256File(base.path), base.sha256, 'the base image is unchanged (sha256)');
+  });
+}

@@ -1,0 +1,74 @@
+// Finding the host tools the guest tests need, and what to do when one is missing:
+// fail loudly when CI is set, skip with the reason otherwise.
+
+import { accessSync, constants as fsConstants } from 'node:fs';
+import { delimiter, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Test } from 'tap';
+
+export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+
+/** Debian package of each tool, for the messages. */
+export const TOOL_PACKAGES: Record<string, string> = {
+  'qemu-system-x86_64': 'qemu-system-x86',
+  'nbd-client': 'nbd-client',
+  'mkfs.ext4': 'e2fsprogs',
+  busybox: 'busybox-static',
+  'apt-get': 'apt',
+  'apt-cache': 'apt',
+  'dpkg-deb': 'dpkg',
+  ldd: 'libc-bin',
+};
+
+/** Used when present (util-linux, coreutils: always there on Debian) so no child outlives a test. */
+export const OPTIONAL_TOOLS: Record<string, string> = { setpriv: 'util-linux', timeout: 'coreutils', xz: 'xz-utils' };
+
+/** Every tool the guest suite runs (xz only when the kernel's modules are compressed). */
+export const GUEST_TOOLS = Object.keys(TOOL_PACKAGES);
+
+/** Absolute path of `name` on PATH or in the sbin directories (nbd-client and mkfs live there). */
+export function findTool(name: string): string | undefined {
+  const dirs = [...(process.env.PATH ?? '').split(delimiter), '/usr/local/sbin', '/usr/sbin', '/sbin', '/usr/bin', '/bin'];
+  for (const dir of dirs) {
+    if (dir === '') continue;
+    const path = join(dir, name);
+    try {
+      accessSync(path, fsConstants.X_OK);
+      return path;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+export function tool(name: string): string {
+  const path = findTool(name);
+  if (path === undefined) throw new Error(`${name} is not installed (Debian package ${TOOL_PACKAGES[name] ?? name})`);
+  return path;
+}
+
+/**
+ * True when every guest tool is there. Otherwise: with CI set, a failing assertion naming the
+ * missing tools and packages; without it, the file is skipped (plan 0) with that reason.
+ */
+export function requireGuestTools(t: Test, names: readonly string[] = GUEST_TOOLS): boolean {
+  const absent = names.filter((n) => findTool(n) === undefined);
+  if (process.platform !== 'linux' || process.arch !== 'x64') {
+    absent.push(`a linux x64 host (this is ${process.platform} ${process.arch})`);
+  }
+  if (absent.length === 0) return true;
+  const pkgs = [...new Set(absent.map((n) => TOOL_PACKAGES[n]).filter((p) => p !== undefined))];
+  const reason = `guest tests need ${absent.join(', ')}` + (pkgs.length > 0 ? ` (apt-get install ${pkgs.join(' ')})` : '');
+  if (process.env.CI !== undefined && process.env.CI !== '' && process.env.CI !== 'false' && process.env.CI !== '0') {
+    t.fail(reason);
+  } else {
+    t.plan(0, reason);
+  }
+  return false;
+}
+
+/** Progress lines on stderr (tap shows them), prefixed so they are easy to find. */
+export function log(message: string): void {
+  process.stderr.write(`# [guest] ${message}\n`);
+}
