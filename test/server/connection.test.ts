@@ -512,9 +512,9 @@ t.test('BLOCK_STATUS over the wire after SET_META_CONTEXT', async (t) => {
     [4096, 1],
     [SIZE - 12288, 2],
   ]);
+  // Neighbours with the same status merge: overlay data and base are both "data" (0).
   t.strictSame(descriptors(allocId), [
-    [4096, 0],
-    [4096, 0],
+    [8192, 0],
     [4096, 3],
     [SIZE - 12288, 0],
   ]);
