@@ -5,7 +5,8 @@ SHELL := /bin/bash
 DEB_TEST_PACKAGES := qemu-utils libnbd-bin python3-libnbd fio qemu-system-x86 nbd-client e2fsprogs busybox-static xz-utils
 BASE ?=
 SERVE_ARGS ?=
-COVERAGE_FLOOR ?= 80
+COVERAGE_FLOOR ?= 90
+BRANCH_FLOOR ?= 85
 
 .PHONY: all build serve test test-only test-guest deps-test typecheck clean
 
@@ -40,7 +41,7 @@ typecheck: node_modules/.installed
 	npx tsc -p tsconfig.test.json
 
 test: build deps-test typecheck
-	npx c8 --check-coverage --lines $(COVERAGE_FLOOR) --reporter=text-summary --reporter=text \
+	npx c8 --check-coverage --lines $(COVERAGE_FLOOR) --branches $(BRANCH_FLOOR) --reporter=text-summary --reporter=text \
 	  --exclude 'test/**' --exclude 'dist/test/**' --exclude 'node_modules/**' \
 	  tap
 

@@ -6,7 +6,16 @@ import { mkdir, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writePatternImage } from '../lib/demo-image.js';
-import { DEFAULT_BLOCK_SIZE, DEFAULT_PORT, startServer, validateBlockSize, type ServerOptions } from '../lib/index.js';
+import {
+  checkOverlay,
+  DEFAULT_BLOCK_SIZE,
+  DEFAULT_PORT,
+  OVERLAY_POLICIES,
+  startServer,
+  validateBlockSize,
+  type OverlayPolicy,
+  type ServerOptions,
+} from '../lib/index.js';
 import { runWithServer } from '../lib/run-command.js';
 
 const DEMO_SIZE = 64 * 1024 * 1024;
@@ -23,6 +32,7 @@ interface CliOptions {
   verbose?: boolean;
   quiet?: boolean;
   maxInFlight?: number;
+  overlays: OverlayPolicy;
 }
 
 function parsePort(value: string): number {
@@ -60,6 +70,15 @@ function addServeOptions(cmd: Command): Command {
     .option('--overlay-dir <dir>', 'where overlay files live (default: a directory under the temp dir)')
     .option('--block-size <n>', 'overlay block size, power of two from 512 to 1M', parseSize, DEFAULT_BLOCK_SIZE)
     .option('-r, --read-only', 'serve the base read-only, with no overlay at all')
+    .addOption(
+      new Option(
+        '--overlays <kind>',
+        'overlays clients may use: "throwaway" (EXPORT: private, deleted at disconnect), ' +
+          '"named" (EXPORT@NAME: kept in the overlay dir, shared by its connections, survives restarts), or both',
+      )
+        .choices(OVERLAY_POLICIES)
+        .default('both'),
+    )
     .addOption(new Option('--max-in-flight <n>', 'requests in flight per connection').argParser(parsePositive))
     .option('-v, --verbose', 'log every connection and option')
     .option('-q, --quiet', 'log errors only');
@@ -71,6 +90,7 @@ function toServerOptions(base: string, opts: CliOptions): Omit<ServerOptions, 'l
     listen: opts.socket !== undefined ? { kind: 'unix', path: opts.socket } : { kind: 'tcp', host: opts.bind, port: opts.port },
     blockSize: opts.blockSize,
     readOnly: opts.readOnly === true,
+    overlays: opts.overlays,
     logLevel: opts.verbose === true ? 'debug' : opts.quiet === true ? 'error' : 'info',
     ...(opts.exportName !== undefined ? { exportName: opts.exportName } : {}),
     ...(opts.description !== undefined ? { description: opts.description } : {}),
@@ -123,7 +143,7 @@ function fail(err: unknown): never {
 }
 
 const program = new Command('nbd-cow')
-  .description('NBD server: one read-only base image, a private copy-on-write overlay per client')
+  .description('NBD server: one read-only base image; a private throwaway or a named, kept copy-on-write overlay per client')
   .enablePositionalOptions();
 
 addServeOptions(
@@ -140,5 +160,23 @@ addServeOptions(
     .argument('<base>', 'base image (raw)')
     .argument('<command...>', 'command and arguments, after --'),
 ).action((base: string, command: string[], opts: CliOptions) => run(base, command, opts).catch(fail));
+
+program
+  .command('overlay')
+  .description('inspect overlay files')
+  .command('check')
+  .description(
+    "verify an overlay's header, map and base binding; exit 0 clean, 1 repaired, 2 not closed cleanly, " +
+      '4 corrupt or made for another base, 8 could not check',
+  )
+  .argument('<file>', 'overlay file (e.g. OVERLAY_DIR/named-golden@alice.cow)')
+  .requiredOption('--base <base>', 'the base image the overlay belongs to')
+  .option('--repair', 'make an overlay left by a crash consistent and clean (refuses corruption)')
+  .action((file: string, opts: { base: string; repair?: boolean }) =>
+    checkOverlay(file, { base: opts.base, repair: opts.repair === true }).then((r) => {
+      for (const line of r.lines) process.stdout.write(`${line}\n`);
+      process.exitCode = r.exitCode;
+    }, fail),
+  );
 
 program.parseAsync(process.argv).catch(fail);

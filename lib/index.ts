@@ -3,6 +3,10 @@
 //   const server = await startServer({ base: 'golden.img', listen: { kind: 'tcp', host: '127.0.0.1', port: 0 } });
 //   console.log(server.uri); // nbd://127.0.0.1:40123/golden
 //   await server.stop();     // finishes in-flight requests, deletes every ephemeral overlay
+//
+// Clients reach `golden` (a private throwaway overlay per connection) and `golden@NAME` (the
+// named overlay NAME, kept in the overlay directory and shared by its connections), as the
+// overlay policy allows.
 
 import { mkdir, access, constants as fsConstants } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -10,15 +14,19 @@ import { basename, extname, join, resolve } from 'node:path';
 import { openBase, type BaseImage } from './block/base-image.js';
 import { CowDevice, ephemeralOverlayName, sweepEphemeralOverlays } from './block/cow-device.js';
 import type { BlockDevice } from './block/device.js';
+import { NamedOverlays } from './block/named-overlays.js';
 import { MAX_BLOCK_SIZE, MIN_BLOCK_SIZE } from './block/overlay-file.js';
 import { createLogger, levelFromEnv, type LogLevel, type Logger } from './log.js';
 import { DEFAULT_LIMITS, type ConnectionLimits } from './server/connection.js';
-import { singleExportRegistry, type Export } from './server/exports.js';
+import { overlayExportRegistry, type Export, type OverlayPolicy } from './server/exports.js';
 import { NbdListener, type ListenAddress } from './server/server.js';
 
 export type { ListenAddress } from './server/server.js';
 export type { ConnectionLimits } from './server/connection.js';
 export type { LogLevel } from './log.js';
+export type { OverlayPolicy } from './server/exports.js';
+export { OVERLAY_POLICIES } from './server/exports.js';
+export { checkOverlay, type CheckReport } from './block/overlay-check.js';
 
 /** Overlay block size when none is given: 4 KiB first writes need no copy-up from the base. */
 export const DEFAULT_BLOCK_SIZE = 4096;
@@ -37,6 +45,8 @@ export interface ServerOptions {
   readonly blockSize?: number;
   /** Serve the base read-only, with no overlay at all. */
   readonly readOnly?: boolean;
+  /** Which overlays clients may use: `EXPORT` (throwaway), `EXPORT@NAME` (named), or both (default). */
+  readonly overlays?: OverlayPolicy;
   readonly logLevel?: LogLevel;
   readonly logger?: Logger;
   readonly limits?: Partial<ConnectionLimits>;
@@ -49,7 +59,7 @@ export interface RunningServer {
   readonly exportName: string;
   readonly overlayDir: string;
   readonly connectionCount: number;
-  /** Stop accepting, finish in-flight requests, delete ephemeral overlays, release the base. */
+  /** Stop accepting, finish in-flight requests, delete ephemeral overlays, close (keep) named ones, release the base. */
   stop(): Promise<void>;
 }
 
@@ -123,6 +133,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       if (removed > 0) log.info(`removed ${removed} overlay file(s) left by a server that is gone`);
     }
     let overlaySeq = 0;
+    const named = new NamedOverlays({ base, blockSize, dir: overlayDir, warn: (message) => log.warn(message) });
     const exp: Export = {
       name: exportName,
       description: options.description ?? `${basename(options.base)} with a private copy-on-write overlay`,
@@ -138,8 +149,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
               overlayPath: join(overlayDir, ephemeralOverlayName(process.pid, ++overlaySeq)),
             }),
     };
+    const registry = overlayExportRegistry({
+      plain: exp,
+      policy: options.overlays ?? 'both',
+      ...(readOnly ? {} : { attachNamed: (name: string) => named.attach(exportName, name) }),
+    });
     const listener = new NbdListener({
-      registry: singleExportRegistry(exp),
+      registry,
       log,
       limits: { ...DEFAULT_LIMITS, ...options.limits },
     });
@@ -154,7 +170,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         return listener.connectionCount;
       },
       stop: () => {
-        stopping ??= listener.stop().finally(() => base.close());
+        stopping ??= listener
+          .stop()
+          .then(() => named.closeAll())
+          .finally(() => base.close());
         return stopping;
       },
     };

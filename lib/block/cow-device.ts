@@ -1,7 +1,9 @@
-// Copy-on-write device: a shared read-only BaseImage plus a private overlay file (overlay-file.ts)
-// created lazily by the first write-type call, so a read-only session costs no disk and no map.
-// close() deletes the overlay: these per-connection overlays are ephemeral. The base is shared
-// and stays open; its owner closes it.
+// Copy-on-write device: a shared read-only BaseImage plus an overlay file (overlay-file.ts).
+// Ephemeral (per-connection): the overlay is created lazily by the first write-type call, so a
+// read-only session costs no disk and no map, and close() deletes it. Kept (`keep`, named
+// overlays): the overlay may be passed in already open; the first write-type call sets its
+// dirty flag durably before anything changes, and close() flushes, clears the flag and keeps
+// the file. The base is shared and stays open; its owner closes it.
 //
 // Reads go by runs of equal block state (one pread per run; base -> base file, data -> overlay,
 // zero -> fill) straight into subarrays of the caller's buffer. Write-type calls hold the range
@@ -31,6 +33,10 @@ export interface CowDeviceOptions {
   readonly blockSize: number;
   /** Where to create the overlay file at the first write-type call; must not exist. */
   readonly overlayPath: string;
+  /** An overlay already open (a reopened named overlay); overlayPath is then its path. */
+  readonly overlay?: OverlayFile;
+  /** Keep the overlay at close (flushed, marked clean) instead of deleting it. */
+  readonly keep?: boolean;
 }
 
 /** Upper bound on the buffers a single zero (noHole) or cache call allocates. */
@@ -50,6 +56,7 @@ export class CowDevice implements BlockDevice {
   readonly #base: BaseImage;
   readonly #blockSize: number;
   readonly #path: string;
+  readonly #keep: boolean;
   readonly #lock = new RangeLock();
   #overlay: OverlayFile | undefined;
   #creating: Promise<OverlayFile> | undefined;
@@ -60,6 +67,11 @@ export class CowDevice implements BlockDevice {
     this.#base = options.base;
     this.#blockSize = options.blockSize;
     this.#path = options.overlayPath;
+    this.#keep = options.keep ?? false;
+    this.#overlay = options.overlay;
+    if (options.overlay !== undefined && options.overlay.geometry.blockSize !== options.blockSize) {
+      throw codedError('EINVAL', `overlay ${this.#path} has block size ${options.overlay.geometry.blockSize}`);
+    }
   }
 
   get size(): number {
@@ -133,17 +145,26 @@ export class CowDevice implements BlockDevice {
     return out;
   }
 
-  /** Close and delete the overlay. Idempotent; the server drains requests before calling it. */
+  /**
+   * Close the overlay: delete it, or with `keep` flush it, mark it clean and keep it. Idempotent;
+   * the server drains requests before calling it.
+   */
   close(): Promise<void> {
     this.#closing ??= this.#closeOnce();
     return this.#closing;
   }
 
   async #closeOnce(): Promise<void> {
-    const creating = this.#creating;
-    if (creating === undefined) return;
-    const overlay = await creating.catch(() => undefined);
-    await overlay?.delete();
+    const ready = await this.#creating?.catch(() => undefined);
+    const overlay = this.#overlay ?? ready;
+    if (overlay === undefined) return;
+    if (!this.#keep) return overlay.delete();
+    try {
+      // Clean and never written since it was opened: the file is already as it should be.
+      if (this.#creating !== undefined || overlay.dirty) await overlay.markClean();
+    } finally {
+      await overlay.close();
+    }
   }
 
   /** Call `fn(state, start, end)` for each run of equal state in [offset, end), at most `max`. */
@@ -169,13 +190,19 @@ export class CowDevice implements BlockDevice {
     await this.#lock.run(first, last, () => fn(overlay));
   }
 
+  /** The overlay, ready to change: created, or (if passed in open) flagged dirty first. */
   #ensureOverlay(): Promise<OverlayFile> {
     if (this.#creating === undefined) {
-      const creating = OverlayFile.create(this.#path, {
-        blockSize: this.#blockSize,
-        size: this.size,
-        baseIdentity: this.#base.identity,
-      });
+      const opened = this.#overlay;
+      const creating =
+        opened !== undefined
+          ? opened.markDirty().then(() => opened)
+          : OverlayFile.create(this.#path, {
+              blockSize: this.#blockSize,
+              size: this.size,
+              baseIdentity: this.#base.identity,
+              atomic: this.#keep,
+            });
       this.#creating = creating;
       creating.then(
         (overlay) => {

@@ -10,10 +10,12 @@
 // Ordering: data reaches the file before the map says "data" (cow-device.ts), and flush() makes
 // data durable before the map pages that point at it: snapshot dirty pages, fdatasync, write
 // the snapshot, fdatasync. Flushes are serialized so each one covers all writes before it.
-// The dirty flag is set at create and cleared only by markClean() (crash recovery, issue 4).
+// Header writes (the dirty flag) join the same chain. The dirty flag is set at create and by
+// markDirty() before a reopened overlay changes, and cleared only by markClean() after a flush.
 
+import { dirname } from 'node:path';
 import type { BaseIdentity } from './base-image.js';
-import { Bitmap, mapBytesFor, MAP_PAGE_SIZE } from './bitmap.js';
+import { Bitmap, MAP_PAGE_SIZE } from './bitmap.js';
 import {
   closeFile,
   openFile,
@@ -26,54 +28,25 @@ import {
   O_RDWR,
   type Fd,
 } from './file.js';
+import { encodeOverlayHeader, OVERLAY_HEADER_LENGTH } from './overlay-header.js';
 import {
-  decodeOverlayHeader,
-  encodeOverlayHeader,
-  OVERLAY_HEADER_LENGTH,
-  type OverlayHeader,
-} from './overlay-header.js';
-import { blockCount, roundUp } from './ranges.js';
+  checkBaseBinding,
+  overlayGeometry,
+  parseOverlayHeader,
+  parseOverlayMap,
+  type OverlayGeometry,
+} from './overlay-layout.js';
+import { closeSync, openSync, publishSync, readAtSync, removeSync, syncDirectorySync } from './sync-file.js';
 
-export const MAP_OFFSET = 4096;
-export const MIN_BLOCK_SIZE = 512;
-export const MAX_BLOCK_SIZE = 16 * 1024 * 1024;
-
-export interface OverlayGeometry {
-  readonly blockSize: number;
-  readonly size: number;
-  readonly blocks: number;
-  readonly mapOffset: number;
-  readonly mapLength: number;
-  readonly dataOffset: number;
-}
+export { MAP_OFFSET, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, overlayGeometry, type OverlayGeometry } from './overlay-layout.js';
 
 export interface CreateOverlayOptions {
   readonly blockSize: number;
   /** Virtual size in bytes (today always the base size). */
   readonly size: number;
   readonly baseIdentity: BaseIdentity;
-}
-
-function codedError(code: string, message: string): Error {
-  return Object.assign(new Error(message), { code });
-}
-
-/** Layout for an image of `size` bytes in blocks of `blockSize` (a power of two, 512 B-16 MiB). */
-export function overlayGeometry(blockSize: number, size: number): OverlayGeometry {
-  const inRange = Number.isInteger(blockSize) && blockSize >= MIN_BLOCK_SIZE && blockSize <= MAX_BLOCK_SIZE;
-  if (!inRange || (blockSize & (blockSize - 1)) !== 0) {
-    const limits = `from ${MIN_BLOCK_SIZE} to ${MAX_BLOCK_SIZE}`;
-    throw codedError('EINVAL', `block size ${blockSize} must be a power of two ${limits}`);
-  }
-  if (!Number.isSafeInteger(size) || size < 0) throw codedError('EINVAL', `bad image size ${size}`);
-  const blocks = blockCount(size, blockSize);
-  const mapLength = Math.max(MAP_PAGE_SIZE, roundUp(mapBytesFor(blocks), MAP_PAGE_SIZE));
-  const dataOffset = roundUp(MAP_OFFSET + mapLength, Math.max(blockSize, 4096));
-  return { blockSize, size, blocks, mapOffset: MAP_OFFSET, mapLength, dataOffset };
-}
-
-function describeBase(size: number, fingerprint: string): string {
-  return `size ${size}, fingerprint ${fingerprint.substring(0, 16)}…`;
+  /** Build it under a temporary name and publish it whole (kept overlays). */
+  readonly atomic?: boolean;
 }
 
 export class OverlayFile {
@@ -84,7 +57,7 @@ export class OverlayFile {
   #fd: Fd;
   #dirty: boolean;
   #closed = false;
-  /** Tail of the flush chain: flushes run one after another. */
+  /** Tail of the flush chain: flushes and header writes run one after another. */
   #flushing: Promise<void> = Promise.resolve();
 
   /** The dirty flag when this object was made: for open(), set means not closed cleanly. */
@@ -107,19 +80,31 @@ export class OverlayFile {
     this.#dirty = dirty;
   }
 
-  /** Create a new overlay (O_CREAT|O_EXCL, mode 0600), all blocks "base", flagged dirty. */
+  /**
+   * Create a new overlay (O_CREAT|O_EXCL, mode 0600), all blocks "base", flagged dirty. With
+   * `atomic` (kept overlays) it is built as `<path>.new`, made durable, then linked to `path`,
+   * so a crash never leaves a half-made file under the real name.
+   */
   static async create(path: string, options: CreateOverlayOptions): Promise<OverlayFile> {
     const geometry = overlayGeometry(options.blockSize, options.size);
-    const fd = await openFile(path, O_CREAT_EXCL_RDWR, 0o600);
+    const atomic = options.atomic ?? false;
+    const where = atomic ? `${path}.new` : path;
+    if (atomic) removeSync(where); // left by a crash during an earlier create; the caller holds the lock
+    const fd = await openFile(where, O_CREAT_EXCL_RDWR, 0o600);
     const map = new Bitmap(geometry.blocks, Buffer.alloc(geometry.mapLength));
     const overlay = new OverlayFile(path, fd, geometry, map, options.baseIdentity, true);
     try {
       await writeAt(fd, overlay.#header(true), 0);
       // The map and data region are a hole: zeros, that is every block in state "base".
       await truncateFile(fd, geometry.dataOffset);
+      if (atomic) {
+        await syncData(fd);
+        publishSync(where, path);
+        syncDirectorySync(dirname(path));
+      }
     } catch (err) {
       await closeFile(fd).catch(() => undefined);
-      await unlinkFile(path).catch(() => undefined);
+      await unlinkFile(where).catch(() => undefined);
       throw err;
     }
     return overlay;
@@ -134,36 +119,33 @@ export class OverlayFile {
     try {
       const buf = Buffer.alloc(OVERLAY_HEADER_LENGTH);
       await readAt(fd, buf, 0);
-      let header: OverlayHeader;
-      try {
-        header = decodeOverlayHeader(buf);
-      } catch (err) {
-        throw codedError('EINVAL', `overlay ${path}: ${(err as Error).message}`);
-      }
-      if (header.baseSize !== base.size || header.baseFingerprint !== base.fingerprint) {
-        throw codedError(
-          'EINVAL',
-          `overlay ${path} belongs to another base image: ` +
-            `made for (${describeBase(header.baseSize, header.baseFingerprint)}), ` +
-            `the base is (${describeBase(base.size, base.fingerprint)})`,
-        );
-      }
-      const geometry = overlayGeometry(header.blockSize, header.virtualSize);
-      const sameLayout =
-        header.mapOffset === geometry.mapOffset &&
-        header.mapLength === geometry.mapLength &&
-        header.dataOffset === geometry.dataOffset;
-      if (!sameLayout) {
-        throw codedError('EINVAL', `overlay ${path}: layout does not match its block size and size`);
-      }
+      const { header, geometry } = parseOverlayHeader(path, buf);
+      checkBaseBinding(path, header, base);
       const mapBuf = Buffer.alloc(geometry.mapLength);
       await readAt(fd, mapBuf, geometry.mapOffset);
-      const map = new Bitmap(geometry.blocks, mapBuf);
-      const bad = map.findInvalid();
-      if (bad >= 0) throw codedError('EINVAL', `overlay ${path}: map has an invalid state for block ${bad}`);
-      return new OverlayFile(path, fd, geometry, map, base, header.dirty);
+      return new OverlayFile(path, fd, geometry, parseOverlayMap(path, geometry, mapBuf), base, header.dirty);
     } catch (err) {
       await closeFile(fd).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /**
+   * open(), synchronously: for NBD_OPT_GO, whose handling cannot wait (sync-file.ts). Reads the
+   * header and the map (2 bits per block: 640 KiB for 10 GiB in 4 KiB blocks).
+   */
+  static openSync(path: string, base: BaseIdentity): OverlayFile {
+    const fd = openSync(path, O_RDWR);
+    try {
+      const buf = Buffer.alloc(OVERLAY_HEADER_LENGTH);
+      readAtSync(fd, buf, 0);
+      const { header, geometry } = parseOverlayHeader(path, buf);
+      checkBaseBinding(path, header, base);
+      const mapBuf = Buffer.alloc(geometry.mapLength);
+      readAtSync(fd, mapBuf, geometry.mapOffset);
+      return new OverlayFile(path, fd, geometry, parseOverlayMap(path, geometry, mapBuf), base, header.dirty);
+    } catch (err) {
+      closeSync(fd);
       throw err;
     }
   }
@@ -188,20 +170,22 @@ export class OverlayFile {
 
   /** Make all completed writes durable: data first, then the map pages that describe it. */
   flush(): Promise<void> {
-    const run = this.#flushing.then(() => this.#flushOnce());
-    this.#flushing = run.catch(() => undefined);
-    return run;
+    return this.#serial(() => this.#flushOnce());
   }
 
   /** Flush, then clear the dirty flag durably (orderly shutdown of a kept overlay). */
-  async markClean(): Promise<void> {
-    await this.flush();
-    await this.#writeHeader(false);
+  markClean(): Promise<void> {
+    return this.#serial(async () => {
+      await this.#flushOnce();
+      if (this.#dirty) await this.#writeHeader(false);
+    });
   }
 
   /** Set the dirty flag durably before the overlay is modified again. */
-  async markDirty(): Promise<void> {
-    if (!this.#dirty) await this.#writeHeader(true);
+  markDirty(): Promise<void> {
+    return this.#serial(async () => {
+      if (!this.#dirty) await this.#writeHeader(true);
+    });
   }
 
   /** Close the descriptor; the file stays. Idempotent. */
@@ -222,6 +206,13 @@ export class OverlayFile {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
+  }
+
+  /** Run `fn` after every flush and header write queued before it. */
+  #serial(fn: () => Promise<void>): Promise<void> {
+    const run = this.#flushing.then(fn);
+    this.#flushing = run.catch(() => undefined);
+    return run;
   }
 
   async #flushOnce(): Promise<void> {

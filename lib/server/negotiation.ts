@@ -1,6 +1,11 @@
 // Option haggling (proto.md "Option types"): one small handler per NBD_OPT_*, each taking the
 // option's data and the negotiation state and returning the replies to send plus what happens
 // next. No sockets here; connection.ts writes the replies.
+//
+// GO and EXPORT_NAME open the connection's device here, not in connection.ts: opening a named
+// overlay can be refused (held by another process, made for another base), and that refusal
+// must still become an NBD_REP_ERR_* reply. The outcome's export hands that device over when
+// connection.ts calls openDevice().
 
 import {
   NBD_INFO_BLOCK_SIZE,
@@ -39,7 +44,8 @@ import {
   encodeOptionReply,
   encodeServerReplyPayload,
 } from '../protocol/handshake.js';
-import { transmissionFlags, type Export, type ExportRegistry } from './exports.js';
+import type { BlockDevice } from '../block/device.js';
+import { quoteName, transmissionFlags, type Export, type ExportRegistry } from './exports.js';
 import { isWellFormedQuery, listContexts, selectContexts, type MetaContext } from './meta-contexts.js';
 
 export interface NegotiationState {
@@ -73,12 +79,6 @@ type Handler = (payload: Buffer, option: number, ctx: OptionContext) => OptionOu
 
 const ack = (option: number): Buffer => encodeOptionReply(option, NBD_REP_ACK);
 
-/** Export names in messages: printable, truncated, as qemu does. */
-function quoteName(name: string): string {
-  const clean = name.replace(/[^\x20-\x7e]/g, '?');
-  return JSON.stringify(clean.length > 64 ? `${clean.slice(0, 64)}...` : clean);
-}
-
 function requireExport(ctx: OptionContext, name: string): Export {
   const exp = ctx.registry.lookup(name);
   if (exp === undefined) throw new OptionError(NBD_REP_ERR_UNKNOWN, `unknown export ${quoteName(name)}`);
@@ -89,21 +89,38 @@ function requireEmpty(payload: Buffer, option: number): void {
   if (payload.length !== 0) throw new OptionError(NBD_REP_ERR_INVALID, `${optionName(option)} takes no data`);
 }
 
+/** The contexts chosen by SET_META_CONTEXT if they were for `exp` (by name: lookups may build new objects). */
+function contextsFor(ctx: OptionContext, exp: Export): readonly MetaContext[] {
+  return ctx.state.metaContexts?.exp.name === exp.name ? ctx.state.metaContexts.contexts : [];
+}
+
+/** Open the connection's device now; the returned export hands it to connection.ts. */
+function openNow(exp: Export): Export {
+  const device: BlockDevice = exp.openDevice();
+  return { ...exp, openDevice: () => device };
+}
+
 const handleExportName: Handler = (payload, _option, ctx) => {
   const name = payload.toString('utf8');
-  const exp = ctx.registry.lookup(name);
   // proto.md: EXPORT_NAME cannot carry an error; the server MUST drop the connection.
-  if (exp === undefined || ctx.shuttingDown || payload.includes(0)) {
-    return { kind: 'close', replies: [], reason: `NBD_OPT_EXPORT_NAME for unknown export ${quoteName(name)}` };
+  const refuse = (why: string): OptionOutcome => ({ kind: 'close', replies: [], reason: `NBD_OPT_EXPORT_NAME ${quoteName(name)}: ${why}` });
+  if (ctx.shuttingDown || payload.includes(0)) return refuse('unknown export');
+  let exp: Export;
+  try {
+    const found = ctx.registry.lookup(name);
+    if (found === undefined) return refuse('unknown export');
+    exp = openNow(found);
+  } catch (err) {
+    if (err instanceof OptionError) return refuse(err.message);
+    throw err;
   }
   const flags = transmissionFlags(exp, ctx.state.structuredReplies);
-  const contexts = ctx.state.metaContexts?.exp === exp ? ctx.state.metaContexts.contexts : [];
   return {
     kind: 'transmission',
     replies: [encodeExportNameReply(exp.size, flags, ctx.state.noZeroes)],
     exp,
     flags,
-    contexts,
+    contexts: contextsFor(ctx, exp),
   };
 };
 
@@ -145,8 +162,7 @@ const handleInfoOrGo: Handler = (payload, option, ctx) => {
   }
   replies.push(ack(option));
   if (option === NBD_OPT_INFO) return { kind: 'continue', replies };
-  const contexts = ctx.state.metaContexts?.exp === exp ? ctx.state.metaContexts.contexts : [];
-  return { kind: 'transmission', replies, exp, flags, contexts };
+  return { kind: 'transmission', replies, exp: openNow(exp), flags, contexts: contextsFor(ctx, exp) };
 };
 
 const handleStructuredReply: Handler = (payload, option, ctx) => {

@@ -62,3 +62,60 @@ t.test('singleExportRegistry reaches the export by its name and by ""', async (t
   t.equal(registry.lookup('golden '), undefined);
   t.equal(registry.lookup('other'), undefined);
 });
+
+t.test('overlayExportRegistry: EXPORT, EXPORT@NAME, policies and refusals', async (t) => {
+  const { overlayExportRegistry } = await import('../../lib/server/exports.js');
+  const { OptionError } = await import('../../lib/protocol/errors.js');
+  const plain = makeExport(false);
+  const attached: string[] = [];
+  const attachNamed = (name: string): FakeDevice => {
+    attached.push(name);
+    return new FakeDevice(4096);
+  };
+  const both = overlayExportRegistry({ plain, policy: 'both', attachNamed });
+  t.strictSame(both.list(), [plain], 'LIST shows only the plain export');
+  t.equal(both.lookup(''), plain);
+  t.equal(both.lookup('golden'), plain);
+  t.equal(both.lookup('other@x'), undefined, 'another export prefix is unknown');
+  t.equal(both.lookup('goldenx'), undefined);
+  const named = both.lookup('golden@alice');
+  t.equal(named?.name, 'golden@alice');
+  t.equal(named?.multiConn, true);
+  t.equal(transmissionFlags(named as Export, false) & CAN_MULTI_CONN, CAN_MULTI_CONN, 'a named overlay advertises CAN_MULTI_CONN');
+  t.equal(transmissionFlags(plain, true) & CAN_MULTI_CONN, 0, 'plain never does');
+  t.same(attached, [], 'lookup (INFO) opens nothing');
+  named?.openDevice();
+  t.same(attached, ['alice'], 'openDevice attaches');
+
+  const refusal = (registry: ReturnType<typeof overlayExportRegistry>, name: string, replyType: number, message: RegExp): void => {
+    t.throws(() => registry.lookup(name), new OptionError(replyType, ''), name);
+    try {
+      registry.lookup(name);
+    } catch (err) {
+      t.match((err as Error).message, message, `${name}: ${(err as Error).message}`);
+    }
+  };
+  const ERR_POLICY = 0x80000002;
+  const ERR_INVALID = 0x80000003;
+  const ERR_UNKNOWN = 0x80000006;
+  for (const bad of ['golden@', 'golden@../x', 'golden@.x', 'golden@a b', `golden@${'x'.repeat(65)}`]) {
+    refusal(both, bad, ERR_INVALID, /invalid overlay name/);
+  }
+  refusal(overlayExportRegistry({ plain, policy: 'throwaway', attachNamed }), 'golden@a', ERR_POLICY, /named overlays are disabled/);
+  const namedOnly = overlayExportRegistry({ plain, policy: 'named', attachNamed });
+  refusal(namedOnly, 'golden', ERR_POLICY, /only serves named overlays: connect to golden@NAME/);
+  refusal(namedOnly, '', ERR_POLICY, /only serves named overlays/);
+  t.equal(namedOnly.lookup('golden@a')?.name, 'golden@a');
+  refusal(overlayExportRegistry({ plain: makeExport(true), policy: 'both' }), 'golden@a', ERR_POLICY, /read-only/);
+  refusal(overlayExportRegistry({ plain: makeExport(false, 'my disk'), policy: 'both', attachNamed }), 'my disk@a', ERR_UNKNOWN, /cannot have named overlays/);
+
+  const failing = overlayExportRegistry({
+    plain,
+    policy: 'both',
+    attachNamed: () => {
+      throw Object.assign(new Error('named overlay golden@b is in use by process 1'), { code: 'EBUSY' });
+    },
+  });
+  const b = failing.lookup('golden@b') as Export;
+  t.throws(() => b.openDevice(), new OptionError(ERR_UNKNOWN, 'named overlay golden@b is in use by process 1'), 'open failures become ERR_UNKNOWN with the message');
+});

@@ -385,3 +385,46 @@ t.test('errors other than OptionError are not swallowed', async (t) => {
   };
   t.throws(() => handleOption(OPT.LIST, Buffer.alloc(0), context(registry)), { message: 'registry broke' });
 });
+
+t.test('named overlays: GO opens the device at GO, refusals become replies, contexts follow the name', async (t) => {
+  const { overlayExportRegistry } = await import('../../lib/server/exports.js');
+  let opened = 0;
+  let refuse = false;
+  const registry = overlayExportRegistry({
+    plain: makeExport('golden'),
+    policy: 'both',
+    attachNamed: () => {
+      if (refuse) throw Object.assign(new Error('named overlay golden@x is in use by process 1'), { code: 'EBUSY' });
+      opened++;
+      return new FakeDevice(SIZE);
+    },
+  });
+  const ctx = context(registry, { structuredReplies: true });
+  const info = handleOption(OPT.INFO, infoRequestData('golden@x'), ctx);
+  t.strictSame(types(info), [REP_INFO, ACK]);
+  t.equal(replies(info)[0]?.payload.readUInt16BE(10) ?? 0, 0x0001 | 0x0004 | 0x0008 | 0x0020 | 0x0040 | 0x0100 | 0x0400 | 0x0800 | 0x0080, 'INFO: CAN_MULTI_CONN among the flags');
+  t.equal(opened, 0, 'INFO opens nothing');
+
+  handleOption(OPT.SET_META_CONTEXT, metaContextData('golden@x', ['base:allocation']), ctx);
+  const go = handleOption(OPT.GO, infoRequestData('golden@x'), ctx);
+  if (go.kind !== 'transmission') return t.fail('GO failed');
+  t.equal(opened, 1, 'GO opened the device');
+  t.equal(go.exp.openDevice(), go.exp.openDevice(), 'connection.ts gets that device');
+  t.equal(opened, 1);
+  t.equal(go.contexts.length, 1, 'SET_META_CONTEXT on golden@x holds for GO golden@x');
+  t.equal(go.exp.name, 'golden@x');
+
+  refuse = true;
+  const busy = handleOption(OPT.GO, infoRequestData('golden@x'), ctx);
+  t.equal(busy.kind, 'continue', 'a refused GO lets negotiation go on');
+  t.strictSame(types(busy), [ERR_UNKNOWN]);
+  t.match(replies(busy)[0]?.payload.toString(), /in use by process 1/);
+  const byName = handleOption(OPT.EXPORT_NAME, Buffer.from('golden@x'), ctx);
+  t.equal(byName.kind, 'close', 'EXPORT_NAME cannot carry an error: close');
+  if (byName.kind === 'close') t.match(byName.reason, /in use by process 1/);
+  const bad = handleOption(OPT.EXPORT_NAME, Buffer.from('golden@../x'), ctx);
+  t.equal(bad.kind, 'close');
+  const invalid = handleOption(OPT.GO, infoRequestData('golden@../x'), ctx);
+  t.strictSame(types(invalid), [ERR_INVALID]);
+  t.match(replies(invalid)[0]?.payload.toString(), /invalid overlay name "..\/x"/);
+});

@@ -1,0 +1,79 @@
+// Cross-process lock on a named overlay: a lock file next to it holding the owner's pid,
+// created atomically (written under a temporary name, then link(2), which fails with EEXIST if
+// the lock exists). Two server processes on one overlay directory thus never open the same
+// named overlay at once; inside one process the named-overlay registry shares one device and
+// takes the lock once.
+//
+// A lock is stale when its pid no longer exists (kill(pid, 0) -> ESRCH), when it is our own pid
+// (a previous server with a recycled pid, common in containers: this process never locks one
+// overlay twice), or when it holds no pid. A stale lock is removed and taking it is retried
+// once. Removal re-reads the file first; two processes taking over the same stale lock in the
+// same instant could still race, which needs a crashed server and two new ones starting at once.
+
+import { createWithContentSync, readTextSync, removeSync } from './sync-file.js';
+
+export interface OverlayLock {
+  readonly path: string;
+  /** Remove the lock file. Idempotent. */
+  release(): void;
+}
+
+export interface LockHolder {
+  readonly pid: number | undefined;
+  /** Whether the holder still runs (a live process other than this one). */
+  readonly alive: boolean;
+}
+
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: the process exists but belongs to someone else.
+    return (err as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
+
+function parsePid(text: string): number | undefined {
+  const match = /^(\d+)\s*$/.exec(text);
+  const pid = match ? Number(match[1]) : NaN;
+  return Number.isSafeInteger(pid) && pid > 0 ? pid : undefined;
+}
+
+/** Who holds the lock at `lockPath`, or undefined when there is no lock file. */
+export function lockHolder(lockPath: string): LockHolder | undefined {
+  const text = readTextSync(lockPath);
+  if (text === undefined) return undefined;
+  const pid = parsePid(text);
+  return { pid, alive: pid !== undefined && pid !== process.pid && processExists(pid) };
+}
+
+/**
+ * Take the lock for this process or throw an EBUSY-coded error naming the holder. `what` names
+ * the overlay in the message.
+ */
+export function acquireOverlayLock(lockPath: string, what: string): OverlayLock {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      createWithContentSync(lockPath, `${process.pid}\n`);
+      let held = true;
+      return {
+        path: lockPath,
+        release: () => {
+          if (held) removeSync(lockPath);
+          held = false;
+        },
+      };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    const holder = lockHolder(lockPath);
+    if (holder?.alive === true || attempt > 0) {
+      const who = holder?.pid !== undefined ? `process ${holder.pid}` : 'another process';
+      throw Object.assign(new Error(`${what} is in use by ${who} (lock file ${lockPath})`), { code: 'EBUSY' });
+    }
+    // Stale (or gone since EEXIST): remove it if it is still the one we judged, then retry.
+    const again = readTextSync(lockPath);
+    if (again !== undefined && (holder === undefined || parsePid(again) === holder.pid)) removeSync(lockPath);
+  }
+}

@@ -1,0 +1,39 @@
+import t from 'tap';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { acquireOverlayLock, lockHolder } from '../../lib/block/overlay-lock.js';
+import { deadPid } from '../helpers/cli.js';
+
+t.test('taken, refused while held by a live process, released', async (t) => {
+  const path = join(t.testdir(), 'x.cow.lock');
+  t.equal(lockHolder(path), undefined, 'no lock file: no holder');
+  const lock = acquireOverlayLock(path, 'named overlay g@x');
+  t.equal(readFileSync(path, 'utf8'), `${process.pid}\n`, 'holds our pid');
+  t.same(lockHolder(path), { pid: process.pid, alive: false }, 'our own pid never counts as another live holder');
+  lock.release();
+  lock.release();
+  t.notOk(existsSync(path), 'released (twice is fine)');
+
+  writeFileSync(path, '1\n'); // pid 1 always exists
+  t.throws(() => acquireOverlayLock(path, 'named overlay g@x'), {
+    code: 'EBUSY',
+    message: `named overlay g@x is in use by process 1 (lock file ${path})`,
+  });
+  t.equal(readFileSync(path, 'utf8'), '1\n', 'a live holder\'s lock is left alone');
+});
+
+t.test('stale locks are taken over: dead pid, our own pid (recycled), garbage', async (t) => {
+  const dir = t.testdir();
+  for (const [what, content] of [
+    ['dead pid', `${deadPid()}\n`],
+    ['our pid', `${process.pid}\n`],
+    ['garbage', 'not a pid'],
+    ['empty', ''],
+  ] as const) {
+    const path = join(dir, `${what}.lock`);
+    writeFileSync(path, content);
+    const lock = acquireOverlayLock(path, 'x');
+    t.equal(readFileSync(path, 'utf8'), `${process.pid}\n`, `${what}: taken over`);
+    lock.release();
+  }
+});
