@@ -8,7 +8,7 @@ SERVE_ARGS ?=
 COVERAGE_FLOOR ?= 90
 BRANCH_FLOOR ?= 85
 
-.PHONY: all build serve test test-only test-guest deps-test typecheck clean
+.PHONY: all build serve test test-only test-guest deps-test deps-bench bench typecheck clean
 
 all: build
 
@@ -36,6 +36,16 @@ deps-test:
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
 	fi
+
+# Anchor servers and fio's nbd engine for the benchmark; installed only when missing.
+DEB_BENCH_PACKAGES := nbd-server nbdkit qemu-utils fio
+deps-bench:
+	@$(MAKE) --no-print-directory deps-test DEB_TEST_PACKAGES="$(DEB_BENCH_PACKAGES)"
+
+# nbd-cow beside nbd-server, qemu-nbd and nbdkit (bench/README.md). A benchmark, never a test:
+# it prints a table and writes bench/results/latest.json. `make bench BENCH_QUICK=1` is short.
+bench: build deps-bench
+	bench/run.sh
 
 typecheck: node_modules/.installed
 	npx tsc -p tsconfig.test.json

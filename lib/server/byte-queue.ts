@@ -17,8 +17,11 @@ export class ByteQueue {
     this.#length += chunk.length;
   }
 
-  /** Remove and return the next `n` bytes; the caller checked `length >= n`. */
-  take(n: number): Buffer {
+  /**
+   * Remove and return the next `n` bytes; the caller checked `length >= n`. When they span
+   * chunks they are copied into `allocate(n)` (a pool, say); otherwise no copy is made.
+   */
+  take(n: number, allocate: (n: number) => Buffer = Buffer.allocUnsafe): Buffer {
     if (n > this.#length) throw new RangeError(`take(${n}) with only ${this.#length} bytes queued`);
     const first = this.#chunks[0];
     if (first === undefined || n === 0) return Buffer.alloc(0);
@@ -28,7 +31,7 @@ export class ByteQueue {
       this.#advance(n);
       return out;
     }
-    const out = Buffer.allocUnsafe(n);
+    const out = allocate(n);
     let filled = 0;
     while (filled < n) {
       const chunk = this.#chunks[0] as Buffer; // filled < n <= #length, so a chunk remains

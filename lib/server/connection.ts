@@ -29,6 +29,7 @@ import {
   type OptionHeader,
 } from '../protocol/handshake.js';
 import { REQUEST_SIZE, decodeRequest, type Request } from '../protocol/transmission.js';
+import { POOL_MIN_BYTES, type BufferPool } from './buffer-pool.js';
 import { ByteQueue } from './byte-queue.js';
 import type { ExportRegistry } from './exports.js';
 import { handleOption, type NegotiationState } from './negotiation.js';
@@ -71,6 +72,8 @@ export interface ConnectionOptions {
   readonly limits: ConnectionLimits;
   /** A short label for log lines, e.g. the peer address. */
   readonly label: string;
+  /** Large payload and reply buffers come from here and go back once finished with. */
+  readonly buffers: BufferPool;
 }
 
 export class Connection {
@@ -87,6 +90,7 @@ export class Connection {
   #negotiation: NegotiationState = { structuredReplies: false, metaContexts: null, noZeroes: false };
   #session: Session | null = null;
   #pendingWrite: Request | null = null;
+  #allocate: (length: number) => Buffer;
   #discardRemaining = 0;
   #inFlight = 0;
   #inFlightBytes = 0;
@@ -102,6 +106,7 @@ export class Connection {
     this.#options = options;
     this.#log = options.log;
     this.label = options.label;
+    this.#allocate = (length) => options.buffers.acquire(length);
     this.closed = new Promise((resolve) => {
       this.#resolveClosed = resolve;
     });
@@ -183,7 +188,7 @@ export class Connection {
         if (queue.length < req.length) return false;
         this.#pendingWrite = null;
         this.#state = 'request-header';
-        this.#dispatch(req, queue.take(req.length));
+        this.#dispatch(req, queue.take(req.length, this.#allocate));
         return true;
       }
       case 'discard-payload':
@@ -243,6 +248,7 @@ export class Connection {
           structuredReplies: this.#negotiation.structuredReplies,
           contexts: outcome.contexts,
           log: this.#log,
+          allocate: this.#allocate,
         };
         this.#log.debug(`${this.label}: serving export "${outcome.exp.name}" flags 0x${outcome.flags.toString(16)}`);
         this.#state = 'request-header';
@@ -280,7 +286,11 @@ export class Connection {
     this.#inFlight++;
     this.#inFlightBytes += cost;
     serveRequest(req, payload, session).then(
-      (reply) => this.#finish(cost, reply),
+      (reply) => {
+        // The request is over: nothing reads its payload any more.
+        if (payload !== undefined) this.#options.buffers.release(payload);
+        this.#finish(cost, reply);
+      },
       (err: unknown) => {
         this.#log.error(`${this.label}: request failed unexpectedly: ${String(err)}`);
         this.#finish(cost, null);
@@ -328,7 +338,12 @@ export class Connection {
       socket.cork();
       setImmediate(() => this.#uncork());
     }
-    for (const message of messages) socket.write(message);
+    const buffers = this.#options.buffers;
+    for (const message of messages) {
+      // A large reply buffer goes back to the pool once the socket is done with it.
+      if (message.length >= POOL_MIN_BYTES) socket.write(message, () => buffers.release(message));
+      else socket.write(message);
+    }
     if (socket.writableLength > this.#options.limits.maxQueuedReplyBytes) this.#waitingDrain = true;
   }
 

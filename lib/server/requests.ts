@@ -39,6 +39,8 @@ import type { MetaContext } from './meta-contexts.js';
 
 export interface Session {
   readonly device: BlockDevice;
+  /** Allocates READ reply buffers (a pool); the connection releases them once written. */
+  readonly allocate: (length: number) => Buffer;
   readonly structuredReplies: boolean;
   readonly contexts: readonly MetaContext[];
   readonly log: Logger;
@@ -101,7 +103,7 @@ function doneReply(req: Request, session: Session): Buffer[] {
 
 async function read(req: Request, session: Session): Promise<Buffer[]> {
   if (req.length === 0) return doneReply(req, session);
-  const data = Buffer.allocUnsafe(req.length);
+  const data = session.allocate(req.length);
   await session.device.read(req.offset, data);
   // The whole read is done before any header goes out: a simple reply cannot report an error
   // after its header. One OFFSET_DATA chunk also satisfies DF.

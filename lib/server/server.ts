@@ -5,6 +5,7 @@
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { lstat, unlink } from 'node:fs/promises';
 import type { Logger } from '../log.js';
+import { BufferPool } from './buffer-pool.js';
 import { Connection, type ConnectionLimits } from './connection.js';
 import type { ExportRegistry } from './exports.js';
 
@@ -27,6 +28,8 @@ export interface NbdListenerOptions {
 export class NbdListener {
   #server: Server;
   #connections = new Set<Connection>();
+  /** Shared by every connection of this listener, so idle connections hold no buffers. */
+  #buffers = new BufferPool();
   #options: NbdListenerOptions;
   #nextId = 1;
   #address: ListenAddress | null = null;
@@ -120,6 +123,7 @@ export class NbdListener {
       log: this.#options.log,
       limits: this.#options.limits,
       label: `conn ${id} (${peer})`,
+      buffers: this.#buffers,
     });
     this.#connections.add(conn);
     this.#options.log.debug(`${conn.label}: accepted`);

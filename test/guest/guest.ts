@@ -5,7 +5,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, constants as fsConstants, createReadStream, existsSync, mkdirSync, openSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, constants as fsConstants, createReadStream, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -261,8 +261,8 @@ export function detectAccel(guest: Guest): Promise<Accel> {
   return accelCache;
 }
 
-function guestArgs(guest: Guest): string[] {
-  return ['-nographic', '-no-reboot', '-m', '256', '-smp', '1', '-kernel', guest.kernel, '-initrd', guest.initrd];
+function guestArgs(guest: Guest, cpus = 1): string[] {
+  return ['-nographic', '-no-reboot', '-m', '256', '-smp', String(cpus), '-kernel', guest.kernel, '-initrd', guest.initrd];
 }
 
 interface QemuRun {
@@ -309,11 +309,67 @@ async function runQemu(args: readonly string[], timeoutMs: number, t?: Test): Pr
 // ---------------------------------------------------------------------------------------------
 // Booting
 
-export type BootTarget =
-  /** QEMU's own NBD client: -drive file=URI (nbd:// or nbd+unix://). */
-  | { readonly mode: 'drive'; readonly uri: string }
-  /** The guest kernel's NBD client via nbd-client, forwarded to 127.0.0.1:port. */
-  | { readonly mode: 'client'; readonly port: number; readonly exportName: string };
+interface BootCommon {
+  /**
+   * What the disk must hold from an earlier boot (nbdcow.prior=): `absent` (a pristine base),
+   * `present` (an earlier boot's guest/written.bin and note.txt). Unset: only reported.
+   */
+  readonly prior?: 'absent' | 'present';
+  /** Guest CPUs (-smp; default 1). blk-mq gives /dev/nbd0 one queue per connection and maps
+   * CPUs to queues: with one CPU only the first of `nbd-client -C N`'s connections carries I/O. */
+  readonly cpus?: number;
+}
+
+export type BootTarget = BootCommon &
+  (
+    /** QEMU's own NBD client: -drive file=URI (nbd:// or nbd+unix://). */
+    | { readonly mode: 'drive'; readonly uri: string }
+    /** The guest kernel's NBD client via nbd-client, forwarded to 127.0.0.1:port. */
+    | {
+        readonly mode: 'client';
+        readonly port: number;
+        readonly exportName: string;
+        /** nbd-client -C N (default 1). */
+        readonly connections?: number;
+        /** nbd-client must fail (the kernel refuses -C N without CAN_MULTI_CONN). */
+        readonly expectRefused?: boolean;
+        /**
+         * Forward through `guestfwd=…-cmd:` running relay.mjs once per guest connection (which
+         * appends a JSON line per connection to relayLog) instead of QEMU's `tcp:` chardev,
+         * which connects once when QEMU starts and so carries one guest connection.
+         */
+        readonly relayLog?: string;
+      }
+  );
+
+export const RELAY_SCRIPT = join(ROOT, 'test', 'guest', 'relay.mjs');
+
+/** What relay.mjs wrote: one entry per guest connection (by relay pid), its last event. */
+export interface RelayConnection {
+  readonly pid: number;
+  readonly event: string;
+  readonly ms: number;
+  readonly toHost: number;
+  readonly toGuest: number;
+  readonly why?: string;
+}
+
+export function readRelayLog(path: string): RelayConnection[] {
+  if (!existsSync(path)) return [];
+  const last = new Map<number, RelayConnection>();
+  for (const line of readFileSync(path, 'utf8').split('\n')) {
+    if (line.trim() === '') continue;
+    const entry = JSON.parse(line) as RelayConnection;
+    last.set(entry.pid, entry);
+  }
+  return [...last.values()];
+}
+
+/** How many connections the server served `exportName` on, from its -v log (`serving export "…"`). */
+export function servedCount(serverLog: string, exportName: string): number {
+  const needle = `: serving export ${JSON.stringify(exportName)} `;
+  return serverLog.split('\n').filter((l) => l.includes(needle)).length;
+}
 
 export interface Boot {
   readonly name: string;
@@ -331,19 +387,31 @@ export interface Boot {
 
 /** QEMU option values escape a comma by doubling it. */
 const qemuOpt = (s: string) => s.replace(/,/g, ',,');
+/** One word for g_shell_parse_argv (POSIX shell quoting rules). */
+const shellQuote = (s: string) => (/^[A-Za-z0-9_./@:=+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 
 export async function bootGuest(t: Test, guest: Guest, name: string, target: BootTarget, timeoutMs = BOOT_TIMEOUT_MS): Promise<Boot> {
   const accel = await detectAccel(guest);
   const tag = `${name.replace(/[^A-Za-z0-9]+/g, '-')}-${process.pid}-${Date.now() % 1e6}`;
   const append = ['console=ttyS0', 'panic=-1', 'quiet', `nbdcow.mode=${target.mode}`, `nbdcow.tag=${tag}`];
-  const args = [...accel.args, ...guestArgs(guest)];
+  if (target.prior !== undefined) append.push(`nbdcow.prior=${target.prior}`);
+  const args = [...accel.args, ...guestArgs(guest, target.cpus)];
   if (target.mode === 'drive') {
     args.push('-nic', 'none', '-drive', `file=${qemuOpt(target.uri)},format=raw,if=virtio`);
   } else {
     append.push(`nbdcow.export=${target.exportName}`);
+    if (target.connections !== undefined) append.push(`nbdcow.conns=${target.connections}`);
+    if (target.expectRefused === true) append.push('nbdcow.expect=refused');
+    // `tcp:` is a chardev QEMU connects once, at start; `cmd:` is run (through
+    // g_shell_parse_argv, no shell) for each connection the guest opens. `env -i`: the relay
+    // must not inherit tap's NODE_OPTIONS loaders.
+    const to =
+      target.relayLog === undefined
+        ? `tcp:127.0.0.1:${target.port}`
+        : `cmd:${tool('env')} -i ${shellQuote(process.execPath)} ${shellQuote(RELAY_SCRIPT)} ${target.port} ${shellQuote(target.relayLog)}`;
     args.push(
       '-netdev',
-      `user,id=n0,restrict=on,guestfwd=tcp:${GUEST_NBD_ADDR}:${GUEST_NBD_PORT}-tcp:127.0.0.1:${target.port}`,
+      `user,id=n0,restrict=on,guestfwd=${qemuOpt(`tcp:${GUEST_NBD_ADDR}:${GUEST_NBD_PORT}-${to}`)}`,
       // romfile= : no iPXE option ROM, which only costs boot time here.
       '-device', 'virtio-net-pci,netdev=n0,romfile=',
     );
@@ -404,6 +472,8 @@ export interface Expectations {
   readonly base: BaseImage;
   /** Whether the guest must see a pristine base (nothing written by an earlier boot). */
   readonly pristine: boolean;
+  /** The earlier boot whose written.bin and note.txt this guest must find (a named overlay). */
+  readonly prior?: Boot;
 }
 
 /**
@@ -421,6 +491,12 @@ export function checkBoot(t: Test, boot: Boot, expect: Expectations, server?: Se
   results.push(t.equal(m.get('hello-sha256'), expect.base.helloSha256, `${boot.name}: hello.txt has the base content`));
   results.push(t.equal(m.get('data-sha256'), expect.base.dataSha256, `${boot.name}: data.bin (4 MiB) has the base content`));
   if (expect.pristine) results.push(t.equal(m.get('prior-write'), 'absent', `${boot.name}: nothing written by an earlier boot is visible`));
+  if (expect.prior !== undefined) {
+    const prior = expect.prior;
+    results.push(t.equal(m.get('prior-write'), 'present', `${boot.name}: the file ${prior.name} wrote is there`));
+    results.push(t.equal(m.get('prior-sha256'), prior.markers.get('written-sha256'), `${boot.name}: with the content ${prior.name} wrote (sha256)`));
+    results.push(t.equal(m.get('prior-note'), `written-by-${prior.tag}`, `${boot.name}: and ${prior.name}'s note`));
+  }
   results.push(t.match(m.get('written-sha256') ?? '', /^[0-9a-f]{64}$/, `${boot.name}: the guest wrote a file`));
   results.push(t.equal(m.get('reread-sha256'), m.get('written-sha256'), `${boot.name}: the written file reads back the same after remount and drop_caches`));
   results.push(t.equal(m.get('note'), `written-by-${boot.tag}`, `${boot.name}: the note reads back`));
@@ -436,12 +512,34 @@ export function checkBoot(t: Test, boot: Boot, expect: Expectations, server?: Se
 }
 
 /**
- * Once a guest has gone (QEMU sent NBD_CMD_DISC and exited), its overlay file is deleted: the
- * overlay directory empties within a few seconds.
+ * The checks of a boot whose nbd-client had to be refused (expectRefused): it was, the kernel
+ * said why (its log line, as a marker), and the guest powered off.
  */
-export async function checkOverlaysGone(t: Test, overlayDir: string, after: string): Promise<boolean> {
+export function checkRefusedBoot(t: Test, boot: Boot, reason: RegExp, server?: Server): boolean {
+  const m = boot.markers;
+  const results = [
+    t.notOk(boot.timedOut, `${boot.name}: the boot finished within the timeout (${boot.ms} ms)`),
+    t.equal(m.get('fail'), undefined, `${boot.name}: no step failed in the guest`),
+    t.equal(m.get('nbd-client'), 'refused', `${boot.name}: nbd-client failed to set up /dev/nbd0`),
+    t.match(m.get('refused-by-kernel') ?? '', reason, `${boot.name}: the kernel says why (refused-by-kernel=${m.get('refused-by-kernel') ?? ''})`),
+    t.equal(m.get('done'), 'ok', `${boot.name}: the guest script ran to the end`),
+    t.equal(boot.exit.code, 0, `${boot.name}: QEMU exited 0 (guest powered off)`),
+  ];
+  const ok = results.every((r) => r);
+  if (!ok) reportFailedBoot(t, boot, server);
+  else if (process.env.NBD_COW_GUEST_VERBOSE) reportFailedBoot(t, boot, server, false);
+  return ok;
+}
+
+/**
+ * Once a guest has gone (QEMU sent NBD_CMD_DISC and exited), its overlay file is deleted: the
+ * overlay directory empties within a few seconds, but for the named overlays in `kept` (file
+ * names, e.g. named-base@vm1.cow), which stay.
+ */
+export async function checkOverlaysGone(t: Test, overlayDir: string, after: string, kept: readonly string[] = []): Promise<boolean> {
   const list = () => (existsSync(overlayDir) ? readdirSync(overlayDir).sort() : []);
+  const want = [...kept].sort();
   const deadline = Date.now() + 5_000;
-  while (list().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-  return t.same(list(), [], `no overlay file is left after ${after}`);
+  while (JSON.stringify(list()) !== JSON.stringify(want) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  return t.same(list(), want, kept.length === 0 ? `no overlay file is left after ${after}` : `after ${after} only the named overlay(s) ${want.join(', ')} are left`);
 }

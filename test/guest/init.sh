@@ -7,6 +7,11 @@
 #   nbdcow.mode=client   the disk is /dev/nbd0, attached by nbd-client over the QEMU user
 #                        network (guestfwd 10.0.2.100:10809 -> nbd-cow on the host's loopback)
 #   nbdcow.export=NAME   export name for nbd-client -N
+#   nbdcow.conns=N       nbd-client -C N: N connections for /dev/nbd0 (default 1)
+#   nbdcow.expect=refused  nbd-client must fail (e.g. -C 4 on an export without CAN_MULTI_CONN):
+#                        report the kernel's reason as refused-by-kernel=… and stop with done=ok
+#   nbdcow.prior=absent|present  what the disk must hold from an earlier boot (guest/ with
+#                        written.bin and note.txt); fail=prior-… otherwise. Default: only report
 #   nbdcow.tag=WORD      written into the guest's note file, to tell boots apart
 #
 # Every result is one console line "NBDCOW:key=value" (values have no spaces). The last line
@@ -41,11 +46,17 @@ fail() {
 MODE=
 EXPORT=
 TAG=none
+CONNS=1
+EXPECT=ok
+PRIOR=any
 for word in $(cat /proc/cmdline); do
   case "$word" in
     nbdcow.mode=*) MODE="${word#*=}" ;;
     nbdcow.export=*) EXPORT="${word#*=}" ;;
     nbdcow.tag=*) TAG="${word#*=}" ;;
+    nbdcow.conns=*) CONNS="${word#*=}" ;;
+    nbdcow.expect=*) EXPECT="${word#*=}" ;;
+    nbdcow.prior=*) PRIOR="${word#*=}" ;;
   esac
 done
 say "boot=$MODE"
@@ -86,7 +97,22 @@ case "$MODE" in
     ip addr add 10.0.2.15/24 dev eth0 || fail ip-addr
     ip link set eth0 up || fail ip-link
     wait_for -b "$DEV" || fail "no-$DEV"
-    nbd-client 10.0.2.100 10809 "$DEV" -N "$EXPORT" -b 512 || fail nbd-client
+    set --
+    [ "$CONNS" -gt 1 ] && set -- -C "$CONNS"
+    say "nbd-client-connections=$CONNS"
+    if ! nbd-client 10.0.2.100 10809 "$DEV" -N "$EXPORT" -b 512 "$@"; then
+      if [ "$EXPECT" = refused ]; then
+        say nbd-client=refused
+        # The kernel's reason (nbd_start_device), spaces made underscores for the marker.
+        why=$(dmesg | grep -i 'nbd' | grep -i 'multiple connections' | tail -n 1 | sed 's/^\[[^]]*\] *//; s/ /_/g')
+        say "refused-by-kernel=${why:-none}"
+        say "t-done=$(uptime_s)"
+        say done=ok
+        off
+      fi
+      fail nbd-client
+    fi
+    [ "$EXPECT" = refused ] && fail nbd-client-not-refused
     # The size becomes known once the device is connected.
     i=0
     while [ "$(cat /sys/block/nbd0/size)" = 0 ]; do
@@ -108,7 +134,15 @@ sha() { sha256sum "$1" | cut -d' ' -f1; }
 mount -t ext4 "$DEV" /mnt || fail mount
 say "hello-sha256=$(sha /mnt/hello.txt)"
 say "data-sha256=$(sha /mnt/data.bin)"
-if [ -e /mnt/guest/written.bin ]; then say prior-write=present; else say prior-write=absent; fi
+if [ -e /mnt/guest/written.bin ]; then
+  say prior-write=present
+  say "prior-sha256=$(sha /mnt/guest/written.bin)"
+  say "prior-note=$(cat /mnt/guest/note.txt)"
+  [ "$PRIOR" != absent ] || fail prior-write-present
+else
+  say prior-write=absent
+  [ "$PRIOR" != present ] || fail prior-write-absent
+fi
 
 mkdir -p /mnt/guest || fail mkdir
 echo "written-by-$TAG" > /mnt/guest/note.txt || fail write-note

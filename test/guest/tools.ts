@@ -18,6 +18,7 @@ export const TOOL_PACKAGES: Record<string, string> = {
   'apt-cache': 'apt',
   'dpkg-deb': 'dpkg',
   ldd: 'libc-bin',
+  env: 'coreutils',
 };
 
 /** Used when present (util-linux, coreutils: always there on Debian) so no child outlives a test. */

@@ -29,6 +29,7 @@ function session(
     structuredReplies: options.structured ?? false,
     contexts: options.contexts ?? [],
     log,
+    allocate: (length) => Buffer.allocUnsafe(length),
   };
 }
 
