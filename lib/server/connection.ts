@@ -336,7 +336,9 @@ export class Connection {
     if (!this.#corked) {
       this.#corked = true;
       socket.cork();
-      setImmediate(() => this.#uncork());
+      // After the microtask queue drains: every reply finished by this event (a data chunk
+      // of pipelined requests served from the page cache) shares one writev.
+      process.nextTick(() => this.#uncork());
     }
     const buffers = this.#options.buffers;
     for (const message of messages) {
