@@ -6,6 +6,7 @@
 
 import { join } from 'node:path';
 import { listDirectory, unlinkFile } from './file.js';
+import { processExists } from './process-alive.js';
 
 const EPHEMERAL_NAME = /^eph-(\d+)-(\d+)\.cow$/;
 
@@ -18,16 +19,6 @@ export function ephemeralOverlayName(pid: number, n: number): string {
 export function ephemeralOverlayPid(name: string): number | undefined {
   const m = EPHEMERAL_NAME.exec(name);
   return m ? Number(m[1]) : undefined;
-}
-
-function processExists(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: the process exists but belongs to someone else.
-    return (err as NodeJS.ErrnoException).code !== 'ESRCH';
-  }
 }
 
 /** Delete ephemeral overlays in `dir` whose process is dead; returns how many were removed. */

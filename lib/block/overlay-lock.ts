@@ -11,6 +11,7 @@
 // same instant could still race, which needs a crashed server and two new ones starting at once.
 
 import { createWithContentSync, readTextSync, removeSync } from './sync-file.js';
+import { processExists } from './process-alive.js';
 
 export interface OverlayLock {
   readonly path: string;
@@ -22,16 +23,6 @@ export interface LockHolder {
   readonly pid: number | undefined;
   /** Whether the holder still runs (a live process other than this one). */
   readonly alive: boolean;
-}
-
-function processExists(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: the process exists but belongs to someone else.
-    return (err as NodeJS.ErrnoException).code !== 'ESRCH';
-  }
 }
 
 function parsePid(text: string): number | undefined {
