@@ -9,9 +9,12 @@
 // itself (futex wake-ups and context switches dominated a profile of a Node NBD server), so
 // requests up to SYNC_MAX_BYTES are served with readSync/writeSync on the event loop while
 // they are fast, i.e. while they hit the page cache. A guard per descriptor times every
-// synchronous call; one slower than SLOW_CALL_MS (a disk read, dirty-page throttling) sends
-// that descriptor's I/O to the threadpool for COOL_DOWN_MS, after which it probes again. So a
-// cold base stalls the other connections for at most one slow call per cool-down period.
+// synchronous call and keeps a moving average: when the average passes SLOW_AVERAGE_MS (most
+// calls miss the cache: a cold base, dirty-page throttling) or one call passes SLOW_CALL_MS (a
+// slow disk), that descriptor's I/O goes to the threadpool for COOL_DOWN_MS, after which it
+// probes again. A single outlier (the process preempted on a busy machine) does not trip it:
+// tripping on every 1 ms blip halved QD1 throughput here. So a cold base stalls the other
+// connections for a handful of slow calls per cool-down period at most.
 
 import fs from 'node:fs';
 
@@ -41,11 +44,22 @@ function writeOnce(fd: Fd, buf: Buffer, offset: number, length: number, position
 
 /** Largest request served synchronously. */
 export const SYNC_MAX_BYTES = 64 * 1024;
-const SLOW_CALL_MS = 1;
+/** A moving average of call times above this means the cache is being missed. */
+const SLOW_AVERAGE_MS = 0.25;
+/** One call above this is a slow disk: stop at once. */
+const SLOW_CALL_MS = 10;
 const COOL_DOWN_MS = 500;
+/** Weight of the newest call in the moving average. */
+const AVERAGE_WEIGHT = 1 / 8;
 
-/** Per-descriptor state of the synchronous fast path: until when it is switched off. */
-const asyncUntil = new Map<Fd, number>();
+interface Guard {
+  /** Moving average of synchronous call times, ms. */
+  averageMs: number;
+  /** performance.now() until which I/O goes to the threadpool; 0: synchronous allowed. */
+  asyncUntil: number;
+}
+
+const guards = new Map<Fd, Guard>();
 let syncEnabled = process.env['NBD_COW_SYNC_IO'] !== '0';
 
 /** Turn the synchronous fast path on or off (benchmarks and tests compare both). */
@@ -53,23 +67,38 @@ export function setSyncIo(enabled: boolean): void {
   syncEnabled = enabled;
 }
 
+function guardOf(fd: Fd): Guard {
+  let guard = guards.get(fd);
+  if (guard === undefined) {
+    guard = { averageMs: 0, asyncUntil: 0 };
+    guards.set(fd, guard);
+  }
+  return guard;
+}
+
 function useSync(fd: Fd, length: number): boolean {
   if (!syncEnabled || length > SYNC_MAX_BYTES) return false;
-  const until = asyncUntil.get(fd);
-  if (until === undefined) return true;
-  if (performance.now() < until) return false;
-  asyncUntil.delete(fd);
+  const guard = guards.get(fd);
+  if (guard === undefined || guard.asyncUntil === 0) return true;
+  if (performance.now() < guard.asyncUntil) return false;
+  guard.asyncUntil = 0;
   return true;
 }
 
-/** Time one synchronous call; a slow one switches the descriptor to the threadpool for a while. */
+/** Time one synchronous call; slow calls send the descriptor to the threadpool for a while. */
 function timed<T>(fd: Fd, call: () => T): T {
   const start = performance.now();
   try {
     return call();
   } finally {
     const end = performance.now();
-    if (end - start > SLOW_CALL_MS) asyncUntil.set(fd, end + COOL_DOWN_MS);
+    const guard = guardOf(fd);
+    const took = end - start;
+    guard.averageMs += (took - guard.averageMs) * AVERAGE_WEIGHT;
+    if (took > SLOW_CALL_MS || guard.averageMs > SLOW_AVERAGE_MS) {
+      guard.asyncUntil = end + COOL_DOWN_MS;
+      guard.averageMs = 0;
+    }
   }
 }
 
@@ -155,7 +184,7 @@ export function openFile(path: string, flags: number, mode = 0o600): Promise<Fd>
 
 /** Close a descriptor. */
 export function closeFile(fd: Fd): Promise<void> {
-  asyncUntil.delete(fd);
+  guards.delete(fd);
   return new Promise((resolve, reject) => {
     fs.close(fd, (err) => (err ? reject(err) : resolve()));
   });
