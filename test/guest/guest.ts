@@ -209,6 +209,11 @@ export async function startServer(t: Test, base: string, opts: ServerOptions): P
   };
 }
 
+/** `nbd-cow overlay check FILE --base BASE`: exit 0 clean, 2 not closed cleanly, 4 corrupt… */
+export async function checkOverlayFile(file: string, base: string): Promise<{ code: number | null; output: string }> {
+  return runTool(CLI, ['overlay', 'check', file, '--base', base], 60_000);
+}
+
 /** A short private directory for unix sockets (sun_path is 108 bytes); removed in teardown. */
 export async function socketDir(t: Test): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'nbdcow-guest-'));
@@ -365,11 +370,35 @@ export function readRelayLog(path: string): RelayConnection[] {
   return [...last.values()];
 }
 
-/** How many connections the server served `exportName` on, from its -v log (`serving export "…"`). */
-export function servedCount(serverLog: string, exportName: string): number {
-  const needle = `: serving export ${JSON.stringify(exportName)} `;
-  return serverLog.split('\n').filter((l) => l.includes(needle)).length;
+/**
+ * The relay log once every relay has written its "closed" line: the relays end just after QEMU
+ * (when their socket pair end sees EOF), so give them up to `timeoutMs`.
+ */
+export async function settledRelayLog(path: string, timeoutMs = 5_000): Promise<RelayConnection[]> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const conns = readRelayLog(path);
+    if (conns.every((c) => c.event === 'closed') || Date.now() > deadline) return conns;
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
+
+/**
+ * The transmission flags of every connection the server served `exportName` on, from its -v
+ * log (`conn N (…): serving export "NAME" flags 0xHEX`): its length counts the connections.
+ */
+export function servedFlags(serverLog: string, exportName: string): number[] {
+  const needle = `: serving export ${JSON.stringify(exportName)} flags 0x`;
+  return serverLog
+    .split('\n')
+    .filter((l) => l.includes(needle))
+    .map((l) => parseInt(l.slice(l.indexOf(needle) + needle.length), 16));
+}
+
+export const servedCount = (serverLog: string, exportName: string): number => servedFlags(serverLog, exportName).length;
+
+/** NBD_FLAG_CAN_MULTI_CONN (transmission flag bit 8). */
+export const FLAG_CAN_MULTI_CONN = 1 << 8;
 
 export interface Boot {
   readonly name: string;
@@ -408,7 +437,7 @@ export async function bootGuest(t: Test, guest: Guest, name: string, target: Boo
     const to =
       target.relayLog === undefined
         ? `tcp:127.0.0.1:${target.port}`
-        : `cmd:${tool('env')} -i ${shellQuote(process.execPath)} ${shellQuote(RELAY_SCRIPT)} ${target.port} ${shellQuote(target.relayLog)}`;
+        : `cmd:${tool('env')} -i ${shellQuote(process.execPath)} ${shellQuote(RELAY_SCRIPT)} ${target.port} ${shellQuote(target.relayLog)}${process.env.NBD_COW_GUEST_RELAY_DUMP ? ' dump' : ''}`;
     args.push(
       '-netdev',
       `user,id=n0,restrict=on,guestfwd=${qemuOpt(`tcp:${GUEST_NBD_ADDR}:${GUEST_NBD_PORT}-${to}`)}`,

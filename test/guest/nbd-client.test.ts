@@ -2,10 +2,11 @@
 // 10.0.2.100:10809, which QEMU user networking (restrict=on, guestfwd) forwards to nbd-cow on
 // the host's loopback; no packet leaves the machine. QEMU opens the forwarded connection when it
 // starts, so the server listens first, and each boot makes exactly one connection.
+// With a named overlay (-N base@vm2) the second boot finds what the first one wrote.
 
 import t from 'tap';
 import { ensureGuest } from './build.js';
-import { bootGuest, checkBoot, checkOverlaysGone, detectAccel, makeBaseImage, sha256File, startServer } from './guest.js';
+import { bootGuest, checkBoot, checkOverlayFile, checkOverlaysGone, detectAccel, makeBaseImage, servedCount, sha256File, startServer } from './guest.js';
 import { requireGuestTools } from './tools.js';
 
 if (requireGuestTools(t)) {
@@ -32,6 +33,32 @@ if (requireGuestTools(t)) {
 
     const stopped = await server.stop();
     t.equal(stopped.code, 0, 'the server stops cleanly on SIGTERM');
+    t.equal(await sha256File(base.path), base.sha256, 'the base image is unchanged (sha256)');
+  });
+
+  t.test('nbd-client -N base@vm2 (a named overlay): the second boot sees the first boot\'s file', async (t) => {
+    const guest = await ensureGuest();
+    const dir = t.testdir();
+    const overlays = `${dir}/overlays`;
+    const base = await makeBaseImage(dir);
+    const server = await startServer(t, base.path, { overlayDir: overlays });
+    if (server.port === undefined) throw new Error(`no TCP port in ${server.uri}`);
+    const kept = ['named-base@vm2.cow'];
+
+    const first = await bootGuest(t, guest, 'nbd-client-vm2-1', { mode: 'client', port: server.port, exportName: 'base@vm2', prior: 'absent' });
+    checkBoot(t, first, { base, pristine: true }, server);
+    await checkOverlaysGone(t, overlays, first.name, kept);
+
+    const second = await bootGuest(t, guest, 'nbd-client-vm2-2', { mode: 'client', port: server.port, exportName: 'base@vm2', prior: 'present' });
+    checkBoot(t, second, { base, pristine: false, prior: first }, server);
+    await checkOverlaysGone(t, overlays, second.name, kept);
+    t.equal(servedCount(server.log(), 'base@vm2'), 2, 'one connection to base@vm2 per boot');
+    t.notMatch(server.log(), /: (warn|error): /, 'the server logged no warning or error');
+
+    const stopped = await server.stop();
+    t.equal(stopped.code, 0, 'the server stops cleanly on SIGTERM');
+    const check = await checkOverlayFile(`${overlays}/named-base@vm2.cow`, base.path);
+    t.equal(check.code, 0, `nbd-cow overlay check: the kept overlay is clean (${check.output.trim().replace(/\n/g, '; ')})`);
     t.equal(await sha256File(base.path), base.sha256, 'the base image is unchanged (sha256)');
   });
 }

@@ -6,7 +6,11 @@
 // would go to the guest as NBD bytes. What happened goes to LOG (one JSON line per
 // connection: pid, when, bytes each way), which the tests read to count connections.
 //
-//   node relay.mjs PORT LOG
+//   node relay.mjs PORT LOG [dump]
+//
+// With `dump`, the raw bytes each way also go to LOG.PID.up (guest -> server) and
+// LOG.PID.down (server -> guest), and LOG.PID.tl gets "MS up|down TOTAL" per chunk, for finding
+// a lost request or reply.
 //
 // Plain JavaScript (QEMU starts it with a bare `node`, no TypeScript loader). It ends when
 // either side closes, and after 10 minutes whatever happens.
@@ -16,6 +20,7 @@ import net from 'node:net';
 
 const port = Number(process.argv[2]);
 const logFile = process.argv[3];
+const dump = process.argv[4] === 'dump' && logFile !== undefined;
 const started = Date.now();
 let toHost = 0;
 let toGuest = 0;
@@ -48,8 +53,20 @@ function finish(why) {
 
 note('started');
 host.on('connect', () => note('connected'));
-guest.on('data', (b) => (toHost += b.length));
-host.on('data', (b) => (toGuest += b.length));
+guest.on('data', (b) => {
+  toHost += b.length;
+  if (dump) {
+    appendFileSync(`${logFile}.${process.pid}.up`, b);
+    appendFileSync(`${logFile}.${process.pid}.tl`, `${Date.now() - started} up ${toHost}\n`);
+  }
+});
+host.on('data', (b) => {
+  toGuest += b.length;
+  if (dump) {
+    appendFileSync(`${logFile}.${process.pid}.down`, b);
+    appendFileSync(`${logFile}.${process.pid}.tl`, `${Date.now() - started} down ${toGuest}\n`);
+  }
+});
 guest.pipe(host);
 host.pipe(guest);
 guest.on('error', (e) => finish(`guest error ${e.code ?? e.message}`));
