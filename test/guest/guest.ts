@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Test } from 'tap';
-import { cacheRoot, type Guest } from './build.js';
+import { cacheRoot, ensureGuest, type Guest } from './build.js';
 import { ROOT, findTool, log, tool } from './tools.js';
 
 const CLI = join(ROOT, 'bin', 'nbd-cow');
@@ -571,4 +571,21 @@ export async function checkOverlaysGone(t: Test, overlayDir: string, after: stri
   const deadline = Date.now() + 5_000;
   while (JSON.stringify(list()) !== JSON.stringify(want) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
   return t.same(list(), want, kept.length === 0 ? `no overlay file is left after ${after}` : `after ${after} only the named overlay(s) ${want.join(', ')} are left`);
+}
+
+export interface GuestSetup {
+  readonly guest: Guest;
+  readonly dir: string;
+  /** The overlay directory to give the server. */
+  readonly overlays: string;
+  readonly base: BaseImage;
+}
+
+/** What every guest test starts from: the cached guest, a fresh ext4 base and an overlay dir. */
+export async function setUpGuest(t: Test, baseName?: string): Promise<GuestSetup> {
+  const guest = await ensureGuest();
+  const accel = await detectAccel(guest);
+  t.comment(`guest ${guest.kernelPackage} (${guest.built ? `built in ${guest.buildMs} ms` : 'cached'}); accel ${accel.accel} (${accel.why})`);
+  const dir = t.testdir();
+  return { guest, dir, overlays: `${dir}/overlays`, base: await makeBaseImage(dir, baseName) };
 }

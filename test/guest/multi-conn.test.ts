@@ -23,33 +23,14 @@
 // bytes (relay.mjs).
 
 import t from 'tap';
-import { ensureGuest } from './build.js';
-import {
-  bootGuest,
-  checkBoot,
-  checkOverlaysGone,
-  checkRefusedBoot,
-  detectAccel,
-  FLAG_CAN_MULTI_CONN,
-  makeBaseImage,
-  servedCount,
-  servedFlags,
-  settledRelayLog,
-  sha256File,
-  startServer,
-} from './guest.js';
+import { bootGuest, checkBoot, checkOverlaysGone, checkRefusedBoot, FLAG_CAN_MULTI_CONN, servedCount, servedFlags, settledRelayLog, setUpGuest, sha256File, startServer } from './guest.js';
 import { requireGuestTools } from './tools.js';
 
 const CPUS = Number(process.env.NBD_COW_GUEST_MC_CPUS ?? 2);
 
 if (requireGuestTools(t)) {
   t.test('nbd-client -C 4 -N base@mc through a per-connection guestfwd relay; a later single-connection boot sees the data', async (t) => {
-    const guest = await ensureGuest();
-    const accel = await detectAccel(guest);
-    t.comment(`guest ${guest.kernelPackage} (${guest.built ? `built in ${guest.buildMs} ms` : 'cached'}); accel ${accel.accel} (${accel.why})`);
-    const dir = t.testdir();
-    const overlays = `${dir}/overlays`;
-    const base = await makeBaseImage(dir);
+    const { guest, dir, overlays, base } = await setUpGuest(t);
     const server = await startServer(t, base.path, { overlayDir: overlays });
     if (server.port === undefined) throw new Error(`no TCP port in ${server.uri}`);
     const relayLog = `${dir}/relay-mc.log`;
@@ -96,10 +77,7 @@ if (requireGuestTools(t)) {
   });
 
   t.test('nbd-client -C 4 on the plain (throwaway) export is refused by the kernel: no CAN_MULTI_CONN', async (t) => {
-    const guest = await ensureGuest();
-    const dir = t.testdir();
-    const overlays = `${dir}/overlays`;
-    const base = await makeBaseImage(dir);
+    const { guest, dir, overlays, base } = await setUpGuest(t);
     const server = await startServer(t, base.path, { overlayDir: overlays });
     if (server.port === undefined) throw new Error(`no TCP port in ${server.uri}`);
     const relayLog = `${dir}/relay-plain.log`;

@@ -7,29 +7,12 @@
 // base file's sha256 never changes.
 
 import t from 'tap';
-import { ensureGuest } from './build.js';
-import {
-  bootGuest,
-  checkBoot,
-  checkOverlayFile,
-  checkOverlaysGone,
-  detectAccel,
-  FLAG_CAN_MULTI_CONN,
-  makeBaseImage,
-  servedFlags,
-  sha256File,
-  startServer,
-} from './guest.js';
+import { bootGuest, checkBoot, checkOverlayFile, checkOverlaysGone, FLAG_CAN_MULTI_CONN, servedFlags, setUpGuest, sha256File, startServer } from './guest.js';
 import { requireGuestTools } from './tools.js';
 
 if (requireGuestTools(t)) {
   t.test('QEMU -drive nbd://…/base@vm1: the second boot sees the first boot\'s file; plain base stays pristine', async (t) => {
-    const guest = await ensureGuest();
-    const accel = await detectAccel(guest);
-    t.comment(`guest ${guest.kernelPackage} (${guest.built ? `built in ${guest.buildMs} ms` : 'cached'}); accel ${accel.accel} (${accel.why})`);
-    const dir = t.testdir();
-    const overlays = `${dir}/overlays`;
-    const base = await makeBaseImage(dir);
+    const { guest, dir, overlays, base } = await setUpGuest(t);
     const server = await startServer(t, base.path, { overlayDir: overlays });
     const named = `${server.uri}@vm1`;
     const kept = ['named-base@vm1.cow'];
@@ -59,10 +42,7 @@ if (requireGuestTools(t)) {
   });
 
   t.test('QEMU -drive nbd://…/base@vmr across a server restart: the second boot (new server) sees the first boot\'s file', async (t) => {
-    const guest = await ensureGuest();
-    const dir = t.testdir();
-    const overlays = `${dir}/overlays`;
-    const base = await makeBaseImage(dir);
+    const { guest, dir, overlays, base } = await setUpGuest(t);
     const kept = ['named-base@vmr.cow'];
 
     const server1 = await startServer(t, base.path, { overlayDir: overlays });

@@ -5,18 +5,12 @@
 // With a named overlay (-N base@vm2) the second boot finds what the first one wrote.
 
 import t from 'tap';
-import { ensureGuest } from './build.js';
-import { bootGuest, checkBoot, checkOverlayFile, checkOverlaysGone, detectAccel, makeBaseImage, servedCount, sha256File, startServer } from './guest.js';
+import { bootGuest, checkBoot, checkOverlayFile, checkOverlaysGone, servedCount, setUpGuest, sha256File, startServer } from './guest.js';
 import { requireGuestTools } from './tools.js';
 
 if (requireGuestTools(t)) {
   t.test('nbd-client in the guest over guestfwd: write, read back, and isolation', async (t) => {
-    const guest = await ensureGuest();
-    const accel = await detectAccel(guest);
-    t.comment(`guest ${guest.kernelPackage} (${guest.built ? `built in ${guest.buildMs} ms` : 'cached'}); accel ${accel.accel} (${accel.why})`);
-    const dir = t.testdir();
-    const overlays = `${dir}/overlays`;
-    const base = await makeBaseImage(dir);
+    const { guest, dir, overlays, base } = await setUpGuest(t);
     const server = await startServer(t, base.path, { overlayDir: overlays });
     if (server.port === undefined) throw new Error(`no TCP port in ${server.uri}`);
     const target = { mode: 'client', port: server.port, exportName: 'base' } as const;
@@ -37,10 +31,7 @@ if (requireGuestTools(t)) {
   });
 
   t.test('nbd-client -N base@vm2 (a named overlay): the second boot sees the first boot\'s file', async (t) => {
-    const guest = await ensureGuest();
-    const dir = t.testdir();
-    const overlays = `${dir}/overlays`;
-    const base = await makeBaseImage(dir);
+    const { guest, dir, overlays, base } = await setUpGuest(t);
     const server = await startServer(t, base.path, { overlayDir: overlays });
     if (server.port === undefined) throw new Error(`no TCP port in ${server.uri}`);
     const kept = ['named-base@vm2.cow'];

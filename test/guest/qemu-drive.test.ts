@@ -4,18 +4,12 @@
 // sha256 never changes.
 
 import t from 'tap';
-import { ensureGuest } from './build.js';
-import { bootGuest, checkBoot, checkOverlaysGone, detectAccel, makeBaseImage, sha256File, socketDir, startServer } from './guest.js';
+import { bootGuest, checkBoot, checkOverlaysGone, setUpGuest, sha256File, socketDir, startServer } from './guest.js';
 import { requireGuestTools } from './tools.js';
 
 if (requireGuestTools(t)) {
   t.test('QEMU -drive file=nbd://127.0.0.1:PORT/EXPORT: write, read back; a second boot (empty export name) sees the pristine base', async (t) => {
-    const guest = await ensureGuest();
-    const accel = await detectAccel(guest);
-    t.comment(`guest ${guest.kernelPackage} (${guest.built ? `built in ${guest.buildMs} ms` : 'cached'}); accel ${accel.accel} (${accel.why})`);
-    const dir = t.testdir();
-    const overlays = `${dir}/overlays`;
-    const base = await makeBaseImage(dir);
+    const { guest, dir, overlays, base } = await setUpGuest(t);
     const server = await startServer(t, base.path, { overlayDir: overlays });
     t.match(server.uri, /^nbd:\/\/127\.0\.0\.1:\d+\/base$/, 'default export name is the base name');
 
@@ -37,10 +31,7 @@ if (requireGuestTools(t)) {
   });
 
   t.test('QEMU -drive file=nbd+unix:///EXPORT?socket=PATH with -x NAME', async (t) => {
-    const guest = await ensureGuest();
-    const dir = t.testdir();
-    const overlays = `${dir}/overlays`;
-    const base = await makeBaseImage(dir, 'disk.raw');
+    const { guest, dir, overlays, base } = await setUpGuest(t, 'disk.raw');
     const sock = `${await socketDir(t)}/nbd.sock`;
     const server = await startServer(t, base.path, { overlayDir: overlays, socket: sock, exportName: 'guestdisk' });
     const printed = new URL(server.uri);
