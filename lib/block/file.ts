@@ -85,27 +85,22 @@ function useSync(fd: Fd, length: number): boolean {
   return true;
 }
 
-/** Time one synchronous call; slow calls send the descriptor to the threadpool for a while. */
-function timed<T>(fd: Fd, call: () => T): T {
-  const start = performance.now();
-  try {
-    return call();
-  } finally {
-    const end = performance.now();
-    const guard = guardOf(fd);
-    const took = end - start;
-    guard.averageMs += (took - guard.averageMs) * AVERAGE_WEIGHT;
-    if (took > SLOW_CALL_MS || guard.averageMs > SLOW_AVERAGE_MS) {
-      guard.asyncUntil = end + COOL_DOWN_MS;
-      guard.averageMs = 0;
-    }
+/** Account one synchronous transfer begun at `start`; slow ones send the descriptor to the threadpool. */
+function recordSyncTime(fd: Fd, start: number): void {
+  const end = performance.now();
+  const guard = guardOf(fd);
+  const took = end - start;
+  guard.averageMs += (took - guard.averageMs) * AVERAGE_WEIGHT;
+  if (took > SLOW_CALL_MS || guard.averageMs > SLOW_AVERAGE_MS) {
+    guard.asyncUntil = end + COOL_DOWN_MS;
+    guard.averageMs = 0;
   }
 }
 
 function readAtSync(fd: Fd, buf: Buffer, position: number): void {
   let done = 0;
   while (done < buf.length) {
-    const n = timed(fd, () => fs.readSync(fd, buf, done, buf.length - done, position + done));
+    const n = fs.readSync(fd, buf, done, buf.length - done, position + done);
     if (n === 0) {
       buf.fill(0, done);
       return;
@@ -117,7 +112,7 @@ function readAtSync(fd: Fd, buf: Buffer, position: number): void {
 function writeAtSync(fd: Fd, buf: Buffer, position: number): void {
   let done = 0;
   while (done < buf.length) {
-    const n = timed(fd, () => fs.writeSync(fd, buf, done, buf.length - done, position + done));
+    const n = fs.writeSync(fd, buf, done, buf.length - done, position + done);
     if (n === 0) {
       throw Object.assign(new Error(`write returned 0 bytes at position ${position + done}`), { code: 'EIO' });
     }
@@ -127,15 +122,16 @@ function writeAtSync(fd: Fd, buf: Buffer, position: number): void {
 
 /** Fill all of `buf` from `position`; bytes past the end of the file read as zeros. */
 export function readAt(fd: Fd, buf: Buffer, position: number): Promise<void> {
-  if (useSync(fd, buf.length)) {
-    try {
-      readAtSync(fd, buf, position);
-      return Promise.resolve();
-    } catch (err) {
-      return Promise.reject(err);
-    }
+  if (!useSync(fd, buf.length)) return readAtAsync(fd, buf, position);
+  const start = performance.now();
+  try {
+    readAtSync(fd, buf, position);
+    return Promise.resolve();
+  } catch (err) {
+    return Promise.reject(err);
+  } finally {
+    recordSyncTime(fd, start);
   }
-  return readAtAsync(fd, buf, position);
 }
 
 async function readAtAsync(fd: Fd, buf: Buffer, position: number): Promise<void> {
@@ -152,15 +148,16 @@ async function readAtAsync(fd: Fd, buf: Buffer, position: number): Promise<void>
 
 /** Write all of `buf` at `position`. */
 export function writeAt(fd: Fd, buf: Buffer, position: number): Promise<void> {
-  if (useSync(fd, buf.length)) {
-    try {
-      writeAtSync(fd, buf, position);
-      return Promise.resolve();
-    } catch (err) {
-      return Promise.reject(err);
-    }
+  if (!useSync(fd, buf.length)) return writeAtAsync(fd, buf, position);
+  const start = performance.now();
+  try {
+    writeAtSync(fd, buf, position);
+    return Promise.resolve();
+  } catch (err) {
+    return Promise.reject(err);
+  } finally {
+    recordSyncTime(fd, start);
   }
-  return writeAtAsync(fd, buf, position);
 }
 
 async function writeAtAsync(fd: Fd, buf: Buffer, position: number): Promise<void> {

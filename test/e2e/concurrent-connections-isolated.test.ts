@@ -2,19 +2,14 @@
 // or not) never show in B, and B's own writes never show in A. Each has its own overlay.
 
 import t from 'tap';
-import { join } from 'node:path';
-import { guardBase, makePatternBase, pySession, requireClients, sha256, startServe, waitForDir, waitForEmptyDir } from '../helpers/cli.js';
+import { pySession, requireClients, sha256, waitForDir, waitForEmptyDir, servePatternBase } from '../helpers/cli.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB + 1536;
 
 if (requireClients(t, [], true)) {
   t.test('A writes, B reads the base', async (t) => {
-    const dir = t.testdir();
-    const overlays = join(dir, 'overlays');
-    const base = await makePatternBase(dir, SIZE);
-    const guard = await guardBase(t, base);
-    const server = await startServe(t, base, ['--overlay-dir', overlays]);
+    const { overlays, base, guard, server } = await servePatternBase(t, SIZE);
     const py = pySession(t);
     await py.ok({ op: 'connect', h: 'a', uri: server.uri });
     await py.ok({ op: 'connect', h: 'b', uri: server.uri });

@@ -5,7 +5,7 @@
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describeRun, guardBase, makePatternBase, requireClients, run, startServe, waitForEmptyDir } from '../helpers/cli.js';
+import { describeRun, requireClients, run, waitForEmptyDir, servePatternBase } from '../helpers/cli.js';
 
 interface FioJob {
   jobname: string;
@@ -19,11 +19,7 @@ const MiB = 1024 * 1024;
 
 if (requireClients(t, ['fio'])) {
   t.test('fio verify runs', async (t) => {
-    const dir = t.testdir();
-    const overlays = join(dir, 'overlays');
-    const base = await makePatternBase(dir, 32 * MiB + 1536);
-    const guard = await guardBase(t, base);
-    const server = await startServe(t, base, ['--overlay-dir', overlays]);
+    const { dir, overlays, guard, server } = await servePatternBase(t, 32 * MiB + 1536);
 
     const runs: Array<[string, string[]]> = [
       ['4k', ['--rw=randwrite', '--bs=4k', '--iodepth=32', '--size=16m', '--verify=crc32c']],

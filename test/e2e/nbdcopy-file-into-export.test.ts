@@ -7,30 +7,14 @@ import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import {
-  describeRun,
-  guardBase,
-  listDir,
-  waitForEmptyDir,
-  makePatternBase,
-  pySession,
-  requireClients,
-  run,
-  sha256,
-  sha256File,
-  startServe,
-} from '../helpers/cli.js';
+import { describeRun, listDir, waitForEmptyDir, pySession, requireClients, run, sha256, sha256File, servePatternBase } from '../helpers/cli.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB + 1536;
 
 if (requireClients(t, ['nbdcopy'], true)) {
   t.test('nbdcopy a file into the export', async (t) => {
-    const dir = t.testdir();
-    const overlays = join(dir, 'overlays');
-    const base = await makePatternBase(dir, SIZE);
-    const guard = await guardBase(t, base);
-    const server = await startServe(t, base, ['--overlay-dir', overlays]);
+    const { dir, overlays, base, guard, server } = await servePatternBase(t, SIZE);
 
     const src = randomBytes(SIZE);
     src.fill(0, 3 * MiB, 7 * MiB); // a zero band: nbdcopy sends zero requests for it

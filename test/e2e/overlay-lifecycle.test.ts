@@ -3,16 +3,11 @@
 // connection disconnects.
 
 import t from 'tap';
-import { join } from 'node:path';
-import { guardBase, listDir, makePatternBase, pySession, requireClients, startServe, waitForDir, waitForEmptyDir } from '../helpers/cli.js';
+import { listDir, pySession, requireClients, waitForDir, waitForEmptyDir, servePatternBase } from '../helpers/cli.js';
 
 if (requireClients(t, [], true)) {
   t.test('overlay created at the first write, deleted at disconnect', async (t) => {
-    const dir = t.testdir();
-    const overlays = join(dir, 'overlays');
-    const base = await makePatternBase(dir, 8 * 1024 * 1024);
-    const guard = await guardBase(t, base);
-    const server = await startServe(t, base, ['--overlay-dir', overlays]);
+    const { overlays, guard, server } = await servePatternBase(t, 8 * 1024 * 1024);
     t.same(listDir(overlays), [], 'no overlay before any connection');
 
     const py = pySession(t);

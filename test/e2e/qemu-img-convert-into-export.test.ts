@@ -6,18 +6,14 @@ import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describeRun, guardBase, waitForEmptyDir, makePatternBase, requireClients, run, startServe } from '../helpers/cli.js';
+import { describeRun, waitForEmptyDir, requireClients, run, servePatternBase } from '../helpers/cli.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB + 1536;
 
 if (requireClients(t, ['qemu-img'])) {
   t.test('qemu-img convert -n from a file into the export', async (t) => {
-    const dir = t.testdir();
-    const overlays = join(dir, 'overlays');
-    const base = await makePatternBase(dir, SIZE);
-    const guard = await guardBase(t, base);
-    const server = await startServe(t, base, ['--overlay-dir', overlays]);
+    const { dir, overlays, base, guard, server } = await servePatternBase(t, SIZE);
 
     // Source: random data with a 4 MiB zero band (qemu-img sends write-zeroes for it).
     const src = randomBytes(SIZE);

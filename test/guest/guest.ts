@@ -5,12 +5,13 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, constants as fsConstants, createReadStream, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, constants as fsConstants, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Test } from 'tap';
+import { sha256, sha256File } from '../helpers/cli.js';
 import { cacheRoot, ensureGuest, type Guest } from './build.js';
 import { ROOT, findTool, log, tool } from './tools.js';
 
@@ -22,19 +23,8 @@ export const BOOT_TIMEOUT_MS = Number(process.env.NBD_COW_GUEST_BOOT_TIMEOUT_MS 
 export const GUEST_NBD_ADDR = '10.0.2.100';
 export const GUEST_NBD_PORT = 10809;
 
-export function sha256(data: Buffer | string): string {
-  return createHash('sha256').update(data).digest('hex');
-}
-
-export function sha256File(path: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const hash = createHash('sha256');
-    createReadStream(path)
-      .on('data', (chunk) => hash.update(chunk))
-      .on('error', reject)
-      .on('end', () => resolve(hash.digest('hex')));
-  });
-}
+// The tests import the hashes from here with the rest of the guest helpers.
+export { sha256, sha256File };
 
 interface Exited {
   code: number | null;
@@ -588,4 +578,11 @@ export async function setUpGuest(t: Test, baseName?: string): Promise<GuestSetup
   t.comment(`guest ${guest.kernelPackage} (${guest.built ? `built in ${guest.buildMs} ms` : 'cached'}); accel ${accel.accel} (${accel.why})`);
   const dir = t.testdir();
   return { guest, dir, overlays: `${dir}/overlays`, base: await makeBaseImage(dir, baseName) };
+}
+
+/** End of a guest test: the server stops cleanly on SIGTERM and the base is byte-identical. */
+export async function stopAndCheckBase(t: Test, server: Server, base: BaseImage): Promise<void> {
+  const stopped = await server.stop();
+  t.equal(stopped.code, 0, 'the server stops cleanly on SIGTERM');
+  t.equal(await sha256File(base.path), base.sha256, 'the base image is unchanged (sha256)');
 }

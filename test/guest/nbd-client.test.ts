@@ -5,7 +5,7 @@
 // With a named overlay (-N base@vm2) the second boot finds what the first one wrote.
 
 import t from 'tap';
-import { bootGuest, checkBoot, checkOverlayFile, checkOverlaysGone, servedCount, setUpGuest, sha256File, startServer } from './guest.js';
+import { bootGuest, checkBoot, checkOverlayFile, checkOverlaysGone, servedCount, setUpGuest, sha256File, startServer, stopAndCheckBase } from './guest.js';
 import { requireGuestTools } from './tools.js';
 
 if (requireGuestTools(t)) {
@@ -25,9 +25,7 @@ if (requireGuestTools(t)) {
     await checkOverlaysGone(t, overlays, second.name);
     t.not(second.markers.get('written-sha256'), first.markers.get('written-sha256'), 'each boot wrote its own data');
 
-    const stopped = await server.stop();
-    t.equal(stopped.code, 0, 'the server stops cleanly on SIGTERM');
-    t.equal(await sha256File(base.path), base.sha256, 'the base image is unchanged (sha256)');
+    await stopAndCheckBase(t, server, base);
   });
 
   t.test('nbd-client -N base@vm2 (a named overlay): the second boot sees the first boot\'s file', async (t) => {

@@ -4,7 +4,7 @@
 // sha256 never changes.
 
 import t from 'tap';
-import { bootGuest, checkBoot, checkOverlaysGone, setUpGuest, sha256File, socketDir, startServer } from './guest.js';
+import { bootGuest, checkBoot, checkOverlaysGone, setUpGuest, socketDir, startServer, stopAndCheckBase } from './guest.js';
 import { requireGuestTools } from './tools.js';
 
 if (requireGuestTools(t)) {
@@ -25,9 +25,7 @@ if (requireGuestTools(t)) {
     await checkOverlaysGone(t, overlays, second.name);
     t.not(second.markers.get('written-sha256'), first.markers.get('written-sha256'), 'each boot wrote its own data');
 
-    const stopped = await server.stop();
-    t.equal(stopped.code, 0, 'the server stops cleanly on SIGTERM');
-    t.equal(await sha256File(base.path), base.sha256, 'the base image is unchanged (sha256)');
+    await stopAndCheckBase(t, server, base);
   });
 
   t.test('QEMU -drive file=nbd+unix:///EXPORT?socket=PATH with -x NAME', async (t) => {
@@ -43,8 +41,6 @@ if (requireGuestTools(t)) {
     checkBoot(t, boot, { base, pristine: true }, server);
     await checkOverlaysGone(t, overlays, boot.name);
 
-    const stopped = await server.stop();
-    t.equal(stopped.code, 0, 'the server stops cleanly on SIGTERM');
-    t.equal(await sha256File(base.path), base.sha256, 'the base image is unchanged (sha256)');
+    await stopAndCheckBase(t, server, base);
   });
 }

@@ -1,10 +1,10 @@
 // Finding the host tools the guest tests need, and what to do when one is missing:
 // fail loudly when CI is set, skip with the reason otherwise.
 
-import { accessSync, constants as fsConstants } from 'node:fs';
-import { delimiter, join } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Test } from 'tap';
+import { which } from '../helpers/cli.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -29,18 +29,7 @@ export const GUEST_TOOLS = Object.keys(TOOL_PACKAGES);
 
 /** Absolute path of `name` on PATH or in the sbin directories (nbd-client and mkfs live there). */
 export function findTool(name: string): string | undefined {
-  const dirs = [...(process.env.PATH ?? '').split(delimiter), '/usr/local/sbin', '/usr/sbin', '/sbin', '/usr/bin', '/bin'];
-  for (const dir of dirs) {
-    if (dir === '') continue;
-    const path = join(dir, name);
-    try {
-      accessSync(path, fsConstants.X_OK);
-      return path;
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
+  return which(name, ['/usr/local/sbin', '/usr/sbin', '/sbin', '/usr/bin', '/bin']);
 }
 
 export function tool(name: string): string {

@@ -28,9 +28,9 @@ const SERVER_TIMEOUT_MS = 240_000;
 // ---------------------------------------------------------------------------------------------
 // Finding the clients
 
-/** Absolute path of `name` on PATH, or undefined. */
-export function which(name: string): string | undefined {
-  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+/** Absolute path of `name` on PATH (then in `extraDirs`), or undefined. */
+export function which(name: string, extraDirs: readonly string[] = []): string | undefined {
+  for (const dir of [...(process.env.PATH ?? '').split(delimiter), ...extraDirs]) {
     if (dir === '') continue;
     const path = join(dir, name);
     try {
@@ -100,6 +100,25 @@ export async function makePatternBase(dir: string, size: number, name = 'base.im
   return path;
 }
 
+export interface PatternServe {
+  readonly dir: string;
+  /** The server's --overlay-dir. */
+  readonly overlays: string;
+  readonly base: string;
+  readonly guard: BaseGuard;
+  readonly server: ServerProcess;
+}
+
+/** The usual start of an e2e test: a pattern base of `size` bytes, guarded, served by the CLI. */
+export async function servePatternBase(t: TestLike, size: number): Promise<PatternServe> {
+  const dir = t.testdir();
+  const overlays = join(dir, 'overlays');
+  const base = await makePatternBase(dir, size);
+  const guard = await guardBase(t, base);
+  const server = await startServe(t, base, ['--overlay-dir', overlays]);
+  return { dir, overlays, base, guard, server };
+}
+
 /** Write `size` random bytes (a fresh random image each time); returns its path. */
 export async function makeRandomBase(dir: string, size: number, name = 'base.img'): Promise<string> {
   const path = join(dir, name);
@@ -145,7 +164,7 @@ export function sha256File(path: string): Promise<string> {
   });
 }
 
-export function sha256(data: Buffer): string {
+export function sha256(data: Buffer | string): string {
   return createHash('sha256').update(data).digest('hex');
 }
 

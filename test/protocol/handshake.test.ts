@@ -1,4 +1,5 @@
 import t, { type Test } from 'tap';
+import { testParseGenerate } from '../helpers/codec.js';
 import { hex } from '../helpers/hex.js';
 import {
   CLIENT_FLAGS_SIZE,
@@ -25,22 +26,6 @@ import {
 import { OptionError, ProtocolError } from '../../lib/protocol/errors.js';
 
 const ERR_INVALID = 0x80000003;
-
-/** mqtt-packet style: decode the bytes, encode the object, and round trip both ways. */
-function testParseGenerate<T>(
-  name: string,
-  object: T,
-  bytes: Buffer,
-  decode: (buf: Buffer) => T,
-  encode: (obj: T) => Buffer,
-): void {
-  t.test(name, async (t) => {
-    t.strictSame(decode(bytes), object, 'decode');
-    t.strictSame(encode(object), bytes, 'encode');
-    t.strictSame(decode(encode(object)), object, 'round trip object');
-    t.strictSame(encode(decode(bytes)), bytes, 'round trip bytes');
-  });
-}
 
 /** Encoders without a decoder in lib/: check the exact bytes. */
 function testGenerate(name: string, bytes: Buffer, encode: () => Buffer): void {

@@ -1,4 +1,5 @@
 import t from 'tap';
+import { testParseGenerate } from '../helpers/codec.js';
 import { hex } from '../helpers/hex.js';
 import {
   REQUEST_SIZE,
@@ -18,22 +19,6 @@ import {
   type StructuredChunkHeader,
 } from '../../lib/protocol/transmission.js';
 import { ProtocolError } from '../../lib/protocol/errors.js';
-
-/** mqtt-packet style: decode the bytes, encode the object, and round trip both ways. */
-function testParseGenerate<T>(
-  name: string,
-  object: T,
-  bytes: Buffer,
-  decode: (buf: Buffer) => T,
-  encode: (obj: T) => Buffer,
-): void {
-  t.test(name, async (t) => {
-    t.strictSame(decode(bytes), object, 'decode');
-    t.strictSame(encode(object), bytes, 'encode');
-    t.strictSame(decode(encode(object)), object, 'round trip object');
-    t.strictSame(encode(decode(bytes)), bytes, 'round trip bytes');
-  });
-}
 
 /**
  * A structured chunk: the encoder's exact bytes, the header decoded from them, and the

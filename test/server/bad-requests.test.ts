@@ -2,62 +2,14 @@
 // close it, with the exact reply bytes.
 
 import t, { type Test } from 'tap';
-import { join } from 'node:path';
 import { hex } from '../helpers/hex.js';
-import {
-  RawClient,
-  greet,
-  infoRequestData,
-  metaContextData,
-  negotiate,
-  optionBytes,
-  readChunk,
-  readOptionReplies,
-  readSimpleReply,
-  requestBytes,
-  within,
-  writeBaseFile,
-  type Negotiated,
-} from '../helpers/nbd-raw.js';
-import { startServer, type RunningServer } from '../../lib/index.js';
+import { startFixture, type ServerFixture } from '../helpers/server-fixture.js';
+import { RawClient, greet, infoRequestData, metaContextData, optionBytes, readChunk, readOptionReplies, readSimpleReply, requestBytes } from '../helpers/nbd-raw.js';
 
 const SIZE = 64 * 1024;
 
-interface Fixture {
-  readonly server: RunningServer;
-  readonly bytes: Buffer;
-  connect(structured?: boolean): Promise<Negotiated>;
-  raw(): Promise<RawClient>;
-}
-
-async function start(t: Test): Promise<Fixture> {
-  const dir = t.testdir({ overlays: {} });
-  const base = writeBaseFile(dir, SIZE);
-  const server = await startServer({
-    base: base.path,
-    listen: { kind: 'tcp', host: '127.0.0.1', port: 0 },
-    overlayDir: join(dir, 'overlays'),
-    logLevel: 'silent',
-  });
-  const clients: RawClient[] = [];
-  t.teardown(async () => {
-    for (const c of clients) c.destroy();
-    await within(server.stop(), 10_000, 'server.stop()');
-  });
-  return {
-    server,
-    bytes: base.bytes,
-    async connect(structured = false) {
-      const n = await negotiate(server.address, { structured });
-      clients.push(n.client);
-      return n;
-    },
-    async raw() {
-      const c = await RawClient.connect(server.address);
-      clients.push(c);
-      return c;
-    },
-  };
+function start(t: Test): Promise<ServerFixture> {
+  return startFixture(t, SIZE);
 }
 
 async function stillServes(t: Test, client: RawClient, bytes: Buffer, cookie = 0xabcn): Promise<void> {
@@ -74,7 +26,7 @@ t.test('bad request magic closes that connection; another one is unaffected', as
   client.write(hex`25609514 0000 0000 0000000000000001 0000000000000000 00000008`);
   t.ok(await client.closed(), 'closed');
   t.equal(client.buffered, 0, 'no reply');
-  await stillServes(t, other.client, f.bytes);
+  await stillServes(t, other.client, f.base.bytes);
 });
 
 t.test('a simple reply magic sent as a request closes the connection', async (t) => {
@@ -105,7 +57,7 @@ t.test('refused requests reply with an errno and keep the connection', async (t)
     t.equal(reply.error, errno, name);
     t.equal(reply.cookie, bytes.readBigUInt64BE(8), `${name}: cookie`);
   }
-  await stillServes(t, client, f.bytes);
+  await stillServes(t, client, f.base.bytes);
 });
 
 t.test('zero-length requests succeed', async (t) => {
@@ -115,12 +67,12 @@ t.test('zero-length requests succeed', async (t) => {
     client.write(requestBytes({ type, cookie: BigInt(type + 1), offset: 100 }));
     t.strictSame((await readSimpleReply(client)).bytes, Buffer.concat([hex`67446698 00000000`, requestBytes({ type, cookie: BigInt(type + 1) }).subarray(8, 16)]), `type ${type}`);
   }
-  await stillServes(t, client, f.bytes);
+  await stillServes(t, client, f.base.bytes);
 });
 
 t.test('with structured replies every refusal is an ERROR chunk', async (t) => {
   const f = await start(t);
-  const { client } = await f.connect(true);
+  const { client } = await f.connect({ structured: true });
   for (const [cookie, bytes] of [
     [1n, requestBytes({ type: 8, cookie: 1n })],
     [2n, requestBytes({ type: 0, cookie: 2n, offset: SIZE, length: 1 })],
@@ -158,7 +110,7 @@ t.test('option errors keep negotiation going', async (t) => {
   }
   client.write(optionBytes(7, infoRequestData('')));
   t.strictSame((await readOptionReplies(client)).map((r) => r.replyType), [3, 1], 'GO still works');
-  await stillServes(t, client, f.bytes);
+  await stillServes(t, client, f.base.bytes);
 });
 
 t.test('a whole session fed one byte at a time', async (t) => {
@@ -186,7 +138,7 @@ t.test('a whole session fed one byte at a time', async (t) => {
   // Requests in flight may complete in any order, so the READ goes after the WRITE's reply.
   await feed(requestBytes({ type: 0, cookie: 2n, offset: 8, length: 10 }));
   t.strictSame((await readSimpleReply(client)).bytes, hex`67446698 00000000 0000000000000002`);
-  t.strictSame(await client.read(10), Buffer.concat([f.bytes.subarray(8, 10), Buffer.from('abcdef'), f.bytes.subarray(16, 18)]));
+  t.strictSame(await client.read(10), Buffer.concat([f.base.bytes.subarray(8, 10), Buffer.from('abcdef'), f.base.bytes.subarray(16, 18)]));
 });
 
 t.test('closing in the middle of a WRITE payload is handled', async (t) => {
@@ -196,5 +148,5 @@ t.test('closing in the middle of a WRITE payload is handled', async (t) => {
   client.socket.end();
   t.ok(await client.closed(), 'server closes too');
   const next = await f.connect();
-  await stillServes(t, next.client, f.bytes);
+  await stillServes(t, next.client, f.base.bytes);
 });

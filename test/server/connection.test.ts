@@ -6,24 +6,9 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { hex } from '../helpers/hex.js';
-import {
-  RawClient,
-  greet,
-  infoRequestData,
-  negotiate,
-  optionBytes,
-  readChunk,
-  readOptionReplies,
-  readOptionReply,
-  readSimpleReply,
-  requestBytes,
-  waitFor,
-  within,
-  writeBaseFile,
-  type NegotiateOptions,
-  type Negotiated,
-} from '../helpers/nbd-raw.js';
-import { startServer, type ListenAddress, type RunningServer, type ServerOptions } from '../../lib/index.js';
+import { startFixture, type ServerFixture } from '../helpers/server-fixture.js';
+import { RawClient, greet, infoRequestData, negotiate, optionBytes, readChunk, readOptionReplies, readOptionReply, readSimpleReply, requestBytes, waitFor, within, writeBaseFile } from '../helpers/nbd-raw.js';
+import { startServer, type ListenAddress, type ServerOptions } from '../../lib/index.js';
 
 const SIZE = 64 * 1024;
 const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7 } as const;
@@ -34,47 +19,8 @@ const GREETING = hex`4e42444d41474943 # NBDMAGIC
                      49484156454f5054 # IHAVEOPT
                      0003             # FIXED_NEWSTYLE | NO_ZEROES`;
 
-interface Fixture {
-  readonly server: RunningServer;
-  readonly base: { path: string; bytes: Buffer };
-  readonly overlayDir: string;
-  readonly dir: string;
-  connect(options?: NegotiateOptions): Promise<Negotiated>;
-  raw(): Promise<RawClient>;
-}
-
-async function start(t: Test, options: Partial<ServerOptions> = {}, listen?: (dir: string) => ListenAddress): Promise<Fixture> {
-  const dir = t.testdir({ overlays: {} });
-  const base = writeBaseFile(dir, SIZE);
-  const overlayDir = join(dir, 'overlays');
-  const server = await startServer({
-    base: base.path,
-    listen: listen?.(dir) ?? { kind: 'tcp', host: '127.0.0.1', port: 0 },
-    overlayDir,
-    logLevel: 'silent',
-    ...options,
-  });
-  const clients: RawClient[] = [];
-  t.teardown(async () => {
-    for (const c of clients) c.destroy();
-    await within(server.stop(), 10_000, 'server.stop()');
-  });
-  return {
-    server,
-    base,
-    overlayDir,
-    dir,
-    async connect(opts = {}) {
-      const n = await negotiate(server.address, opts);
-      clients.push(n.client);
-      return n;
-    },
-    async raw() {
-      const c = await RawClient.connect(server.address);
-      clients.push(c);
-      return c;
-    },
-  };
+function start(t: Test, options: Partial<ServerOptions> = {}, listen?: (dir: string) => ListenAddress): Promise<ServerFixture> {
+  return startFixture(t, SIZE, options, listen);
 }
 
 /** Send a READ and check the simple reply and its data. */

@@ -1,0 +1,56 @@
+// A real nbd-cow (startServer) on a small deterministic base in the test's dir, with raw
+// clients that are destroyed, and the server stopped, at teardown. Shared by the socket tests.
+
+import type { Test } from 'tap';
+import { join } from 'node:path';
+import { startServer, type ListenAddress, type RunningServer, type ServerOptions } from '../../lib/index.js';
+import { RawClient, negotiate, within, writeBaseFile, type NegotiateOptions, type Negotiated } from './nbd-raw.js';
+
+export interface ServerFixture {
+  readonly server: RunningServer;
+  readonly base: { path: string; bytes: Buffer };
+  readonly overlayDir: string;
+  readonly dir: string;
+  connect(options?: NegotiateOptions): Promise<Negotiated>;
+  raw(): Promise<RawClient>;
+}
+
+/** Start a server on a `size`-byte base; `listen` picks the address (default 127.0.0.1:0). */
+export async function startFixture(
+  t: Test,
+  size: number,
+  options: Partial<ServerOptions> = {},
+  listen?: (dir: string) => ListenAddress,
+): Promise<ServerFixture> {
+  const dir = t.testdir({ overlays: {} });
+  const base = writeBaseFile(dir, size);
+  const overlayDir = join(dir, 'overlays');
+  const server = await startServer({
+    base: base.path,
+    listen: listen?.(dir) ?? { kind: 'tcp', host: '127.0.0.1', port: 0 },
+    overlayDir,
+    logLevel: 'silent',
+    ...options,
+  });
+  const clients: RawClient[] = [];
+  t.teardown(async () => {
+    for (const c of clients) c.destroy();
+    await within(server.stop(), 10_000, 'server.stop()');
+  });
+  return {
+    server,
+    base,
+    overlayDir,
+    dir,
+    async connect(opts = {}) {
+      const n = await negotiate(server.address, opts);
+      clients.push(n.client);
+      return n;
+    },
+    async raw() {
+      const c = await RawClient.connect(server.address);
+      clients.push(c);
+      return c;
+    },
+  };
+}
