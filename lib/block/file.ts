@@ -97,7 +97,8 @@ function recordSyncTime(fd: Fd, start: number): void {
   }
 }
 
-function readAtSync(fd: Fd, buf: Buffer, position: number): void {
+/** readAt on the calling thread, with no guard: for the fast path and the control path. */
+export function readAtSync(fd: Fd, buf: Buffer, position: number): void {
   let done = 0;
   while (done < buf.length) {
     const n = fs.readSync(fd, buf, done, buf.length - done, position + done);
@@ -109,7 +110,8 @@ function readAtSync(fd: Fd, buf: Buffer, position: number): void {
   }
 }
 
-function writeAtSync(fd: Fd, buf: Buffer, position: number): void {
+/** writeAt on the calling thread, with no guard. */
+export function writeAtSync(fd: Fd, buf: Buffer, position: number): void {
   let done = 0;
   while (done < buf.length) {
     const n = fs.writeSync(fd, buf, done, buf.length - done, position + done);

@@ -7,28 +7,8 @@
 import fs from 'node:fs';
 import type { Fd } from './file.js';
 
-/** Fill all of `buf` from `position`; bytes past the end of the file read as zeros. */
-export function readAtSync(fd: Fd, buf: Buffer, position: number): void {
-  let done = 0;
-  while (done < buf.length) {
-    const n = fs.readSync(fd, buf, done, buf.length - done, position + done);
-    if (n === 0) {
-      buf.fill(0, done);
-      return;
-    }
-    done += n;
-  }
-}
-
-/** Write all of `buf` at `position`. */
-export function writeAtSync(fd: Fd, buf: Buffer, position: number): void {
-  let done = 0;
-  while (done < buf.length) {
-    const n = fs.writeSync(fd, buf, done, buf.length - done, position + done);
-    if (n === 0) throw Object.assign(new Error(`write returned 0 bytes at ${position + done}`), { code: 'EIO' });
-    done += n;
-  }
-}
+// Positional transfers share file.ts's loops (short reads and writes, zeros past the end).
+export { readAtSync } from './file.js';
 
 export function openSync(path: string, flags: number, mode = 0o600): Fd {
   return fs.openSync(path, flags, mode);
