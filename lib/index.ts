@@ -140,7 +140,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       size: base.size,
       readOnly,
       preferredBlockSize: blockSize,
-      openDevice: () =>
+      openDevice: async () =>
         readOnly
           ? readOnlyView(base)
           : new CowDevice({

@@ -5,14 +5,16 @@
 // completed on one connection is visible to all, and a flush on any of them makes every write
 // completed before it durable: CAN_MULTI_CONN is true.
 //
-// attach() is synchronous, because option handling is: taking the lock file (overlay-lock.ts)
-// and opening an existing overlay (header and map, OverlayFile.openSync) happen there, so a held
-// lock, another base's overlay or a corrupt file are refused at GO. A GO that arrives while the
-// last connection's close is still running reuses the lock and reopens the file asynchronously
-// once the close is done (its requests wait for that).
+// attach() is asynchronous: it takes the lock file (overlay-lock.ts) and opens an existing
+// overlay (header and map, OverlayFile.open) while the connection waits at GO, so a held lock,
+// another base's overlay or a corrupt file become a refusal of that GO. The entry for a name is
+// in the map from the moment its open starts, so a second GO for the same name waits for that
+// open and shares its device (or its refusal) instead of opening the file, or taking the lock,
+// a second time. A GO that arrives while the last connection's close is still running waits
+// for that close (device flushed and closed, lock released, entry gone), then opens afresh.
 //
-//   entry states: open (refs > 0) -> closing (refs = 0) -> gone (lock released)
-//                                       \-> reopening (a GO during closing; refs = 1)
+//   entry states: opening -> open (refs > 0) -> closing (refs = 0) -> gone (lock released)
+//                     \-> gone (open refused: lock released, every waiting GO refused)
 
 import { join } from 'node:path';
 import type { BaseImage } from './base-image.js';
@@ -27,15 +29,22 @@ export interface NamedOverlaysOptions {
   /** Block size of new overlays; an existing one keeps the block size it was made with. */
   readonly blockSize: number;
   readonly dir: string;
-  /** Told about overlays that were not closed cleanly, and failed reopens. */
+  /** Told about overlays that were not closed cleanly, and refused opens. */
   readonly warn?: (message: string) => void;
+}
+
+interface Opened {
+  readonly device: CowDevice;
+  readonly lock: OverlayLock;
 }
 
 interface Entry {
   readonly path: string;
-  readonly lock: OverlayLock;
+  /** Handles given out, plus attaches waiting for `opened`. */
   refs: number;
-  device: CowDevice | Promise<CowDevice>;
+  /** Settles once the open is done; on refusal the entry has left the map by then. */
+  readonly opened: Promise<Opened>;
+  /** Set when the last handle is released; the entry leaves the map before it settles. */
   closing: Promise<void> | null;
 }
 
@@ -51,7 +60,7 @@ export class NamedOverlays {
     this.#options = options;
   }
 
-  /** Named overlays open (or closing) in this process. */
+  /** Named overlays opening, open or closing in this process. */
   get openCount(): number {
     return this.#entries.size;
   }
@@ -62,116 +71,111 @@ export class NamedOverlays {
   }
 
   /**
-   * A device for one connection to `exportName@overlayName`. Throws (synchronously) an
-   * EBUSY-coded error when another process holds it, EINVAL for a corrupt overlay or one made
-   * for another base, or the open error.
+   * A device for one connection to `exportName@overlayName`. Rejects with an EBUSY-coded error
+   * when another process holds it, EINVAL for a corrupt overlay or one made for another base,
+   * a RangeError for an invalid name, or the open error.
    */
-  attach(exportName: string, overlayName: string): BlockDevice {
+  async attach(exportName: string, overlayName: string): Promise<BlockDevice> {
+    const what = `${exportName}@${overlayName}`;
     try {
-      return this.#attach(exportName, overlayName);
+      const path = this.pathOf(exportName, overlayName);
+      return await this.#attach(path, lockFileName(path), what);
     } catch (err) {
-      this.#options.warn?.(`refused ${exportName}@${overlayName}: ${err instanceof Error ? err.message : String(err)}`);
+      this.#options.warn?.(`refused ${what}: ${err instanceof Error ? err.message : String(err)}`);
       throw err;
     }
   }
 
-  #attach(exportName: string, overlayName: string): BlockDevice {
-    const path = this.pathOf(exportName, overlayName);
+  async #attach(path: string, lockPath: string, what: string): Promise<BlockDevice> {
     let entry = this.#entries.get(path);
+    // A close in progress: wait until it is over (and the entry gone), then look again.
+    while (entry !== undefined && entry.closing !== null) {
+      await entry.closing.catch(() => undefined);
+      entry = this.#entries.get(path);
+    }
     if (entry === undefined) {
-      const lockPath = join(this.#options.dir, lockFileName(namedOverlayFileName(exportName, overlayName)));
-      const lock = acquireOverlayLock(lockPath, `named overlay ${exportName}@${overlayName}`);
-      let device: CowDevice;
-      try {
-        device = this.#core(path, this.#openExisting(path, () => OverlayFile.openSync(path, this.#options.base.identity)));
-      } catch (err) {
-        lock.release();
-        throw err;
-      }
-      entry = { path, lock, refs: 0, device, closing: null };
-      this.#entries.set(path, entry);
-    } else if (entry.refs === 0 && entry.closing !== null) {
-      const closed = entry.closing.catch(() => undefined);
-      const reopened = closed.then(async () => this.#core(path, await this.#openExistingAsync(path)));
-      reopened.catch((err: unknown) => this.#options.warn?.(`reopening ${path}: ${String(err)}`));
-      entry.device = reopened;
-      entry.closing = null;
+      const created: Entry = { path, refs: 0, opened: this.#open(path, lockPath, what), closing: null };
+      this.#entries.set(path, created);
+      // Registered before any attach awaits `opened`, so a refused entry is gone when they wake.
+      created.opened.catch(() => {
+        if (this.#entries.get(path) === created) this.#entries.delete(path);
+      });
+      entry = created;
     }
     entry.refs++;
-    return new NamedHandle(this.#options.base.size, entry.device, this.#releaser(entry));
+    let opened: Opened;
+    try {
+      opened = await entry.opened;
+    } catch (err) {
+      entry.refs--;
+      throw err;
+    }
+    return new NamedHandle(this.#options.base.size, opened.device, this.#releaser(entry, opened));
+  }
+
+  /** Take the lock and open the file; on refusal, the lock is released again. */
+  async #open(path: string, lockPath: string, what: string): Promise<Opened> {
+    const lock = await acquireOverlayLock(lockPath, `named overlay ${what}`);
+    let overlay: OverlayFile | undefined;
+    try {
+      overlay = await this.#openExisting(path);
+      return { device: this.#core(path, overlay), lock };
+    } catch (err) {
+      await overlay?.close();
+      await lock.release();
+      throw err;
+    }
   }
 
   /** Wait for every named overlay to be closed (the server calls it after its connections). */
   async closeAll(): Promise<void> {
-    const pending = [...this.#entries.values()].map((entry) => {
-      if (entry.closing !== null) return entry.closing;
+    const pending = [...this.#entries.values()].map(async (entry) => {
+      const opened = await entry.opened;
       // Still attached (a connection that outlived the server's drain): close it anyway.
-      return Promise.resolve(entry.device)
-        .then((d) => d.close())
-        .finally(() => {
-          this.#entries.delete(entry.path);
-          entry.lock.release();
-        });
+      return entry.closing ?? this.#close(entry, opened);
     });
     await Promise.allSettled(pending);
   }
 
-  #releaser(entry: Entry): () => Promise<void> {
+  #releaser(entry: Entry, opened: Opened): () => Promise<void> {
     let released = false;
     return () => {
       if (released) return Promise.resolve();
       released = true;
-      return this.#release(entry);
+      entry.refs--;
+      if (entry.closing !== null) return entry.closing; // closeAll got there first
+      return entry.refs > 0 ? Promise.resolve() : this.#close(entry, opened);
     };
   }
 
-  #release(entry: Entry): Promise<void> {
-    entry.refs--;
-    if (entry.refs > 0) return entry.closing ?? Promise.resolve();
-    const device = entry.device;
-    const closing = Promise.resolve(device).then((d) => d.close());
+  /** Close the device and release the lock; the entry leaves the map before this settles. */
+  #close(entry: Entry, opened: Opened): Promise<void> {
+    const closing = (async () => {
+      try {
+        await opened.device.close();
+      } finally {
+        await opened.lock.release().finally(() => this.#entries.delete(entry.path));
+      }
+    })();
     entry.closing = closing;
-    const forget = (): void => {
-      // Still ours: no GO reopened it meanwhile.
-      if (entry.closing !== closing) return;
-      this.#entries.delete(entry.path);
-      entry.lock.release();
-    };
-    return closing.then(forget, (err: unknown) => {
-      forget();
-      throw err;
-    });
+    return closing;
   }
 
-  #openExisting(path: string, open: () => OverlayFile): OverlayFile | undefined {
+  async #openExisting(path: string): Promise<OverlayFile | undefined> {
     let overlay: OverlayFile;
     try {
-      overlay = open();
+      overlay = await OverlayFile.open(path, this.#options.base.identity);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined; // made at the first write
       throw err;
     }
-    this.#warnIfDirty(overlay);
-    return overlay;
-  }
-
-  async #openExistingAsync(path: string): Promise<OverlayFile | undefined> {
-    try {
-      const overlay = await OverlayFile.open(path, this.#options.base.identity);
-      this.#warnIfDirty(overlay);
-      return overlay;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw err;
+    if (overlay.wasDirty) {
+      this.#options.warn?.(
+        `named overlay ${overlay.path} was not closed cleanly (server killed?); ` +
+          'serving its last flushed state: writes that were never flushed may be missing',
+      );
     }
-  }
-
-  #warnIfDirty(overlay: OverlayFile): void {
-    if (!overlay.wasDirty) return;
-    this.#options.warn?.(
-      `named overlay ${overlay.path} was not closed cleanly (server killed?); ` +
-        'serving its last flushed state: writes that were never flushed may be missing',
-    );
+    return overlay;
   }
 
   #core(path: string, overlay: OverlayFile | undefined): CowDevice {
@@ -190,11 +194,11 @@ export class NamedOverlays {
 class NamedHandle implements BlockDevice {
   readonly writable = true;
   readonly size: number;
-  readonly #device: CowDevice | Promise<CowDevice>;
+  readonly #device: CowDevice;
   readonly #release: () => Promise<void>;
   #closed = false;
 
-  constructor(size: number, device: CowDevice | Promise<CowDevice>, release: () => Promise<void>) {
+  constructor(size: number, device: CowDevice, release: () => Promise<void>) {
     this.size = size;
     this.#device = device;
     this.#release = release;
@@ -235,7 +239,6 @@ class NamedHandle implements BlockDevice {
 
   #with<T>(fn: (device: CowDevice) => Promise<T>): Promise<T> {
     if (this.#closed) return Promise.reject(codedError('ESHUTDOWN', 'connection to the named overlay is closed'));
-    const device = this.#device;
-    return device instanceof CowDevice ? fn(device) : device.then(fn);
+    return fn(this.#device);
   }
 }

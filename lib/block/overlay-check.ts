@@ -56,7 +56,7 @@ export async function checkOverlay(path: string, options: CheckOptions): Promise
   const identity = base.identity;
   await base.close();
   const repair = options.repair ?? false;
-  const holder = lockHolder(`${path}.lock`);
+  const holder = await lockHolder(`${path}.lock`);
   if (holder?.alive === true && repair) {
     return report('not-clean', [`${path} is in use by process ${holder.pid}: stop that server before --repair`]);
   }

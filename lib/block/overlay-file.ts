@@ -28,6 +28,7 @@ import {
   O_RDWR,
   type Fd,
 } from './file.js';
+import { publish, removeFile, syncDirectory } from './control-file.js';
 import { encodeOverlayHeader, OVERLAY_HEADER_LENGTH } from './overlay-header.js';
 import {
   checkBaseBinding,
@@ -36,7 +37,6 @@ import {
   parseOverlayMap,
   type OverlayGeometry,
 } from './overlay-layout.js';
-import { closeSync, openSync, publishSync, readAtSync, removeSync, syncDirectorySync } from './sync-file.js';
 
 export { MAP_OFFSET, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, overlayGeometry, type OverlayGeometry } from './overlay-layout.js';
 
@@ -89,7 +89,7 @@ export class OverlayFile {
     const geometry = overlayGeometry(options.blockSize, options.size);
     const atomic = options.atomic ?? false;
     const where = atomic ? `${path}.new` : path;
-    if (atomic) removeSync(where); // left by a crash during an earlier create; the caller holds the lock
+    if (atomic) await removeFile(where); // left by a crash during an earlier create; the caller holds the lock
     const fd = await openFile(where, O_CREAT_EXCL_RDWR, 0o600);
     const map = new Bitmap(geometry.blocks, Buffer.alloc(geometry.mapLength));
     const overlay = new OverlayFile(path, fd, geometry, map, options.baseIdentity, true);
@@ -99,8 +99,8 @@ export class OverlayFile {
       await truncateFile(fd, geometry.dataOffset);
       if (atomic) {
         await syncData(fd);
-        publishSync(where, path);
-        syncDirectorySync(dirname(path));
+        await publish(where, path);
+        await syncDirectory(dirname(path));
       }
     } catch (err) {
       await closeFile(fd).catch(() => undefined);
@@ -113,6 +113,7 @@ export class OverlayFile {
   /**
    * Open an existing overlay made for `base`. Refuses (changing nothing on disk) an overlay of
    * another base, a corrupt header or map. `wasDirty` tells whether it was closed cleanly.
+   * Reads the header and the whole map (2 bits per block: 640 KiB for 10 GiB in 4 KiB blocks).
    */
   static async open(path: string, base: BaseIdentity): Promise<OverlayFile> {
     const fd = await openFile(path, O_RDWR);
@@ -126,26 +127,6 @@ export class OverlayFile {
       return new OverlayFile(path, fd, geometry, parseOverlayMap(path, geometry, mapBuf), base, header.dirty);
     } catch (err) {
       await closeFile(fd).catch(() => undefined);
-      throw err;
-    }
-  }
-
-  /**
-   * open(), synchronously: for NBD_OPT_GO, whose handling cannot wait (sync-file.ts). Reads the
-   * header and the map (2 bits per block: 640 KiB for 10 GiB in 4 KiB blocks).
-   */
-  static openSync(path: string, base: BaseIdentity): OverlayFile {
-    const fd = openSync(path, O_RDWR);
-    try {
-      const buf = Buffer.alloc(OVERLAY_HEADER_LENGTH);
-      readAtSync(fd, buf, 0);
-      const { header, geometry } = parseOverlayHeader(path, buf);
-      checkBaseBinding(path, header, base);
-      const mapBuf = Buffer.alloc(geometry.mapLength);
-      readAtSync(fd, mapBuf, geometry.mapOffset);
-      return new OverlayFile(path, fd, geometry, parseOverlayMap(path, geometry, mapBuf), base, header.dirty);
-    } catch (err) {
-      closeSync(fd);
       throw err;
     }
   }

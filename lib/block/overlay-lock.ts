@@ -2,7 +2,8 @@
 // created atomically (written under a temporary name, then link(2), which fails with EEXIST if
 // the lock exists). Two server processes on one overlay directory thus never open the same
 // named overlay at once; inside one process the named-overlay registry shares one device and
-// takes the lock once.
+// takes the lock once, with at most one open in flight per name (a second acquire here would
+// take our own pid's lock over as stale, see below).
 //
 // A lock is stale when its pid no longer exists (kill(pid, 0) -> ESRCH), when it is our own pid
 // (a previous server with a recycled pid, common in containers: this process never locks one
@@ -10,13 +11,13 @@
 // once. Removal re-reads the file first; two processes taking over the same stale lock in the
 // same instant could still race, which needs a crashed server and two new ones starting at once.
 
-import { createWithContentSync, readTextSync, removeSync } from './sync-file.js';
+import { createWithContent, readText, removeFile } from './control-file.js';
 import { processExists } from './process-alive.js';
 
 export interface OverlayLock {
   readonly path: string;
   /** Remove the lock file. Idempotent. */
-  release(): void;
+  release(): Promise<void>;
 }
 
 export interface LockHolder {
@@ -32,8 +33,8 @@ function parsePid(text: string): number | undefined {
 }
 
 /** Who holds the lock at `lockPath`, or undefined when there is no lock file. */
-export function lockHolder(lockPath: string): LockHolder | undefined {
-  const text = readTextSync(lockPath);
+export async function lockHolder(lockPath: string): Promise<LockHolder | undefined> {
+  const text = await readText(lockPath);
   if (text === undefined) return undefined;
   const pid = parsePid(text);
   return { pid, alive: pid !== undefined && pid !== process.pid && processExists(pid) };
@@ -43,28 +44,29 @@ export function lockHolder(lockPath: string): LockHolder | undefined {
  * Take the lock for this process or throw an EBUSY-coded error naming the holder. `what` names
  * the overlay in the message.
  */
-export function acquireOverlayLock(lockPath: string, what: string): OverlayLock {
+export async function acquireOverlayLock(lockPath: string, what: string): Promise<OverlayLock> {
   for (let attempt = 0; ; attempt++) {
     try {
-      createWithContentSync(lockPath, `${process.pid}\n`);
+      await createWithContent(lockPath, `${process.pid}\n`);
       let held = true;
       return {
         path: lockPath,
-        release: () => {
-          if (held) removeSync(lockPath);
+        release: async () => {
+          if (!held) return;
           held = false;
+          await removeFile(lockPath);
         },
       };
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     }
-    const holder = lockHolder(lockPath);
+    const holder = await lockHolder(lockPath);
     if (holder?.alive === true || attempt > 0) {
       const who = holder?.pid !== undefined ? `process ${holder.pid}` : 'another process';
       throw Object.assign(new Error(`${what} is in use by ${who} (lock file ${lockPath})`), { code: 'EBUSY' });
     }
     // Stale (or gone since EEXIST): remove it if it is still the one we judged, then retry.
-    const again = readTextSync(lockPath);
-    if (again !== undefined && (holder === undefined || parsePid(again) === holder.pid)) removeSync(lockPath);
+    const again = await readText(lockPath);
+    if (again !== undefined && (holder === undefined || parsePid(again) === holder.pid)) await removeFile(lockPath);
   }
 }

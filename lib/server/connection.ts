@@ -1,12 +1,18 @@
 // One client connection: a state machine over received bytes
-//   client-flags → option-header ⇄ option-data → request-header ⇄ write-payload | discard-payload
+//   client-flags → option-header ⇄ option-data [⇄ opening] → request-header ⇄ write-payload | discard-payload
 // ending in closing (DISC or shutdown: finish in-flight requests, then end) or closed.
+// opening: GO or EXPORT_NAME is opening the device (negotiation.ts). The socket is paused and
+// nothing is parsed until the open settles; bytes the client pipelined after the option stay
+// queued and are parsed then, under the outcome (transmission, or the GO's error reply), and a
+// FIN that came meanwhile is acted on after them. If the connection closes during the open
+// (reset, shutdown), the device that arrives late is closed unused; `closed` waits for that.
 // Requests run concurrently; each reply is written as soon as it is ready (matched by cookie),
 // and every reply finished in one event-loop turn leaves under a single cork (one writev).
 // Back-pressure: at the in-flight cap, or when too many bytes wait in the socket's write
 // buffer, the socket is paused and parsing stops until there is room again.
 
 import type { Socket } from 'node:net';
+import type { BlockDevice } from '../block/device.js';
 import type { Logger } from '../log.js';
 import {
   MAX_PAYLOAD,
@@ -32,13 +38,14 @@ import { REQUEST_SIZE, decodeRequest, type Request } from '../protocol/transmiss
 import { POOL_MIN_BYTES, type BufferPool } from './buffer-pool.js';
 import { ByteQueue } from './byte-queue.js';
 import type { ExportRegistry } from './exports.js';
-import { handleOption, type NegotiationState } from './negotiation.js';
+import { handleOption, type NegotiationState, type SettledOutcome } from './negotiation.js';
 import { serveRequest, validateRequest, errorReply, type Session } from './requests.js';
 
 type State =
   | 'client-flags'
   | 'option-header'
   | 'option-data'
+  | 'opening'
   | 'request-header'
   | 'write-payload'
   | 'discard-payload'
@@ -89,6 +96,14 @@ export class Connection {
   #optionCount = 0;
   #negotiation: NegotiationState = { structuredReplies: false, metaContexts: null, noZeroes: false };
   #session: Session | null = null;
+  /** The connection's device, from the end of a successful open; closed by #close. */
+  #device: BlockDevice | null = null;
+  /** The device open started by GO / EXPORT_NAME, until its outcome is handled. */
+  #opening: Promise<void> | null = null;
+  /** The outcome of that open, waiting for the 'opening' step to apply it. */
+  #opened: SettledOutcome | null = null;
+  /** The client's FIN arrived during the open, after everything it sent. */
+  #endedWhileOpening = false;
   #pendingWrite: Request | null = null;
   #allocate: (length: number) => Buffer;
   #discardRemaining = 0;
@@ -123,7 +138,8 @@ export class Connection {
     // and still gets the replies to its in-flight requests (proto.md: the server MUST handle
     // all outstanding requests).
     socket.on('end', () => {
-      if (this.#session !== null && this.#inFlight > 0) this.#beginClosing('client closed its side');
+      if (this.#state === 'opening') this.#endedWhileOpening = true;
+      else if (this.#session !== null && this.#inFlight > 0) this.#beginClosing('client closed its side');
       else this.#close('client closed the connection');
     });
     socket.on('error', (err) => this.#close(`socket error: ${err.message}`));
@@ -180,6 +196,12 @@ export class Connection {
       case 'option-data':
         if (queue.length < this.#option.length) return false;
         return this.#onOption(queue.take(this.#option.length));
+      case 'opening': {
+        const opened = this.#opened;
+        if (opened === null) return false;
+        this.#opened = null;
+        return this.#onOutcome(opened);
+      }
       case 'request-header':
         if (this.#mustWait() || queue.length < REQUEST_SIZE) return false;
         return this.#onRequest(decodeRequest(queue.take(REQUEST_SIZE)));
@@ -233,6 +255,32 @@ export class Connection {
       state: this.#negotiation,
       shuttingDown: this.#shuttingDown,
     });
+    if (outcome.kind !== 'opening') return this.#onOutcome(outcome);
+    this.#state = 'opening';
+    this.#opening = outcome.settled.then(
+      (opened) => this.#onOpened(opened),
+      (err: unknown) => {
+        this.#log.error(`${this.label}: opening the device failed unexpectedly: ${String(err)}`);
+        this.#close('internal error');
+      },
+    );
+    return false;
+  }
+
+  /** The device open is over: apply its outcome, unless the connection is gone by now. */
+  #onOpened(opened: SettledOutcome): void {
+    if (this.#state !== 'opening') {
+      // Closed while opening: #close waits for #opening, then closes this device.
+      if (opened.kind === 'transmission') this.#device = opened.device;
+      return;
+    }
+    this.#opened = opened;
+    this.#process();
+    // The client sent its last bytes and a FIN during the open: answer them, then close.
+    if (this.#endedWhileOpening && this.#state !== 'opening') this.#beginClosing('client closed its side');
+  }
+
+  #onOutcome(outcome: SettledOutcome): boolean {
     this.#writeAll(outcome.replies);
     switch (outcome.kind) {
       case 'continue':
@@ -243,8 +291,9 @@ export class Connection {
         this.#beginClosing(outcome.reason);
         return false;
       case 'transmission':
+        this.#device = outcome.device;
         this.#session = {
-          device: outcome.exp.openDevice(),
+          device: outcome.device,
           structuredReplies: this.#negotiation.structuredReplies,
           contexts: outcome.contexts,
           log: this.#log,
@@ -319,7 +368,8 @@ export class Connection {
   /** Pause the socket while parsing must wait; resume when it may go on. */
   #updateFlow(): void {
     if (this.#state === 'closed') return;
-    const wait = this.#state === 'closing' || (this.#state === 'request-header' && this.#mustWait());
+    const wait =
+      this.#state === 'closing' || this.#state === 'opening' || (this.#state === 'request-header' && this.#mustWait());
     if (wait && !this.#paused) {
       this.#paused = true;
       this.#socket.pause();
@@ -379,7 +429,10 @@ export class Connection {
     });
   }
 
-  /** The one place a connection ends. Idempotent. The device closes after in-flight I/O. */
+  /**
+   * The one place a connection ends. Idempotent. The device closes after in-flight I/O, and
+   * after a device open in progress (whose device is then closed unused).
+   */
   #close(reason: string): void {
     if (this.#state === 'closed') return;
     const graceful = this.#state === 'closing';
@@ -390,7 +443,8 @@ export class Connection {
     else if (this.#socket.writableEnded) this.#socket.destroySoon();
     else this.#socket.end(() => this.#socket.destroy());
     void this.#whenIdle()
-      .then(() => this.#session?.device.close())
+      .then(() => this.#opening)
+      .then(() => this.#device?.close())
       .catch((err: unknown) => this.#log.warn(`${this.label}: closing device: ${String(err)}`))
       .finally(() => this.#resolveClosed());
   }

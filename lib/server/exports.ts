@@ -36,8 +36,11 @@ export interface Export {
   readonly multiConn?: boolean;
   /** Preferred request granularity (the overlay block size), advertised in NBD_INFO_BLOCK_SIZE. */
   readonly preferredBlockSize: number;
-  /** Open the device one connection will use. Called once per connection, at GO; may throw OptionError. */
-  openDevice(): BlockDevice;
+  /**
+   * Open the device one connection will use. Called once per connection, at GO (the reply
+   * waits for it); may reject with an OptionError, which becomes the GO's NBD_REP_ERR_*.
+   */
+  openDevice(): Promise<BlockDevice>;
 }
 
 export interface ExportRegistry {
@@ -70,7 +73,7 @@ export interface OverlayRegistryOptions {
   readonly plain: Export;
   readonly policy: OverlayPolicy;
   /** Open one connection's device on named overlay `overlayName`; absent: none (read-only). */
-  readonly attachNamed?: (overlayName: string) => BlockDevice;
+  readonly attachNamed?: (overlayName: string) => Promise<BlockDevice>;
 }
 
 /**
@@ -110,7 +113,7 @@ export function overlayExportRegistry(options: OverlayRegistryOptions): ExportRe
   };
 }
 
-function namedExport(plain: Export, overlayName: string, attach: (overlayName: string) => BlockDevice): Export {
+function namedExport(plain: Export, overlayName: string, attach: (overlayName: string) => Promise<BlockDevice>): Export {
   return {
     name: `${plain.name}@${overlayName}`,
     description: `${plain.name} with the named overlay ${overlayName} (kept, shared by its connections)`,
@@ -118,9 +121,9 @@ function namedExport(plain: Export, overlayName: string, attach: (overlayName: s
     readOnly: false,
     multiConn: true,
     preferredBlockSize: plain.preferredBlockSize,
-    openDevice: () => {
+    openDevice: async () => {
       try {
-        return attach(overlayName);
+        return await attach(overlayName);
       } catch (err) {
         // In use by another process, another base's overlay, a corrupt file: the message says which.
         throw new OptionError(NBD_REP_ERR_UNKNOWN, err instanceof Error ? err.message : String(err));

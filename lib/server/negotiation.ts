@@ -4,8 +4,11 @@
 //
 // GO and EXPORT_NAME open the connection's device here, not in connection.ts: opening a named
 // overlay can be refused (held by another process, made for another base), and that refusal
-// must still become an NBD_REP_ERR_* reply. The outcome's export hands that device over when
-// connection.ts calls openDevice().
+// must still become an NBD_REP_ERR_* reply. The open is asynchronous (lock file, overlay header
+// and map), so these two return an 'opening' outcome whose promise settles into the real one:
+// the GO's INFO replies and ACK (or its error) are sent only once the open has succeeded (or
+// failed), and connection.ts parses nothing more meanwhile. Every other option is answered at
+// once.
 
 import {
   NBD_INFO_BLOCK_SIZE,
@@ -56,18 +59,28 @@ export interface NegotiationState {
   readonly noZeroes: boolean;
 }
 
-export type OptionOutcome =
+/** What to do after an option, once any device open it started is over. */
+export type SettledOutcome =
   | { readonly kind: 'continue'; readonly replies: Buffer[] }
   /** Send the replies (if any), then close: ABORT, or an EXPORT_NAME that cannot be served. */
   | { readonly kind: 'close'; readonly replies: Buffer[]; readonly reason: string }
-  /** Send the replies, then enter transmission on `exp`. */
+  /** Send the replies, then enter transmission on `exp` with `device` (now the connection's). */
   | {
       readonly kind: 'transmission';
       readonly replies: Buffer[];
       readonly exp: Export;
+      readonly device: BlockDevice;
       readonly flags: number;
       readonly contexts: readonly MetaContext[];
     };
+
+export type OptionOutcome =
+  | SettledOutcome
+  /**
+   * GO or EXPORT_NAME: the device is opening. Nothing is sent until `settled` gives the outcome;
+   * it rejects only on an unexpected error (not a refusal), which closes the connection.
+   */
+  | { readonly kind: 'opening'; readonly settled: Promise<SettledOutcome> };
 
 export interface OptionContext {
   readonly registry: ExportRegistry;
@@ -94,34 +107,48 @@ function contextsFor(ctx: OptionContext, exp: Export): readonly MetaContext[] {
   return ctx.state.metaContexts?.exp.name === exp.name ? ctx.state.metaContexts.contexts : [];
 }
 
-/** Open the connection's device now; the returned export hands it to connection.ts. */
-function openNow(exp: Export): Export {
-  const device: BlockDevice = exp.openDevice();
-  return { ...exp, openDevice: () => device };
+/** An option refused: its NBD_REP_ERR_* reply with the message, and negotiation goes on. */
+function refusal(option: number, err: OptionError): SettledOutcome {
+  return { kind: 'continue', replies: [encodeOptionReply(option, err.replyType, Buffer.from(err.message, 'utf8'))] };
+}
+
+/**
+ * Start opening the connection's device on `exp`; once it is open, `opened` gives the outcome,
+ * and a refusal (an OptionError) goes to `refused`.
+ */
+function openDevice(
+  exp: Export,
+  opened: (device: BlockDevice) => SettledOutcome,
+  refused: (err: OptionError) => SettledOutcome,
+): OptionOutcome {
+  const settled = exp.openDevice().then(opened, (err: unknown) => {
+    if (err instanceof OptionError) return refused(err);
+    throw err;
+  });
+  return { kind: 'opening', settled };
 }
 
 const handleExportName: Handler = (payload, _option, ctx) => {
   const name = payload.toString('utf8');
   // proto.md: EXPORT_NAME cannot carry an error; the server MUST drop the connection.
-  const refuse = (why: string): OptionOutcome => ({ kind: 'close', replies: [], reason: `NBD_OPT_EXPORT_NAME ${quoteName(name)}: ${why}` });
+  const refuse = (why: string): SettledOutcome => ({ kind: 'close', replies: [], reason: `NBD_OPT_EXPORT_NAME ${quoteName(name)}: ${why}` });
   if (ctx.shuttingDown || payload.includes(0)) return refuse('unknown export');
-  let exp: Export;
+  let exp: Export | undefined;
   try {
-    const found = ctx.registry.lookup(name);
-    if (found === undefined) return refuse('unknown export');
-    exp = openNow(found);
+    exp = ctx.registry.lookup(name);
   } catch (err) {
     if (err instanceof OptionError) return refuse(err.message);
     throw err;
   }
+  if (exp === undefined) return refuse('unknown export');
   const flags = transmissionFlags(exp, ctx.state.structuredReplies);
-  return {
-    kind: 'transmission',
-    replies: [encodeExportNameReply(exp.size, flags, ctx.state.noZeroes)],
+  const replies = [encodeExportNameReply(exp.size, flags, ctx.state.noZeroes)];
+  const contexts = contextsFor(ctx, exp);
+  return openDevice(
     exp,
-    flags,
-    contexts: contextsFor(ctx, exp),
-  };
+    (device) => ({ kind: 'transmission', replies, exp, device, flags, contexts }),
+    (err) => refuse(err.message),
+  );
 };
 
 const handleAbort: Handler = (_payload, option) => ({
@@ -162,7 +189,12 @@ const handleInfoOrGo: Handler = (payload, option, ctx) => {
   }
   replies.push(ack(option));
   if (option === NBD_OPT_INFO) return { kind: 'continue', replies };
-  return { kind: 'transmission', replies, exp: openNow(exp), flags, contexts: contextsFor(ctx, exp) };
+  const contexts = contextsFor(ctx, exp);
+  return openDevice(
+    exp,
+    (device) => ({ kind: 'transmission', replies, exp, device, flags, contexts }),
+    (err) => refusal(option, err),
+  );
 };
 
 const handleStructuredReply: Handler = (payload, option, ctx) => {
@@ -206,7 +238,10 @@ const HANDLERS: Readonly<Record<number, Handler>> = {
   [NBD_OPT_SET_META_CONTEXT]: handleMetaContext,
 };
 
-/** Handle one option; refusals become NBD_REP_ERR_* replies and negotiation goes on. */
+/**
+ * Handle one option; refusals become NBD_REP_ERR_* replies and negotiation goes on. GO and
+ * EXPORT_NAME give an 'opening' outcome unless refused before the open.
+ */
 export function handleOption(option: number, payload: Buffer, ctx: OptionContext): OptionOutcome {
   const handler = HANDLERS[option];
   try {
@@ -219,7 +254,6 @@ export function handleOption(option: number, payload: Buffer, ctx: OptionContext
     return handler(payload, option, ctx);
   } catch (err) {
     if (!(err instanceof OptionError)) throw err;
-    const message = Buffer.from(err.message, 'utf8');
-    return { kind: 'continue', replies: [encodeOptionReply(option, err.replyType, message)] };
+    return refusal(option, err);
   }
 }

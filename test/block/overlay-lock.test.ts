@@ -1,21 +1,21 @@
 import t from 'tap';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { acquireOverlayLock, lockHolder } from '../../lib/block/overlay-lock.js';
 import { deadPid } from '../helpers/cli.js';
 
 t.test('taken, refused while held by a live process, released', async (t) => {
   const path = join(t.testdir(), 'x.cow.lock');
-  t.equal(lockHolder(path), undefined, 'no lock file: no holder');
-  const lock = acquireOverlayLock(path, 'named overlay g@x');
+  t.equal(await lockHolder(path), undefined, 'no lock file: no holder');
+  const lock = await acquireOverlayLock(path, 'named overlay g@x');
   t.equal(readFileSync(path, 'utf8'), `${process.pid}\n`, 'holds our pid');
-  t.same(lockHolder(path), { pid: process.pid, alive: false }, 'our own pid never counts as another live holder');
-  lock.release();
-  lock.release();
+  t.same(await lockHolder(path), { pid: process.pid, alive: false }, 'our own pid never counts as another live holder');
+  await lock.release();
+  await lock.release();
   t.notOk(existsSync(path), 'released (twice is fine)');
 
   writeFileSync(path, '1\n'); // pid 1 always exists
-  t.throws(() => acquireOverlayLock(path, 'named overlay g@x'), {
+  await t.rejects(acquireOverlayLock(path, 'named overlay g@x'), {
     code: 'EBUSY',
     message: `named overlay g@x is in use by process 1 (lock file ${path})`,
   });
@@ -32,8 +32,19 @@ t.test('stale locks are taken over: dead pid, our own pid (recycled), garbage', 
   ] as const) {
     const path = join(dir, `${what}.lock`);
     writeFileSync(path, content);
-    const lock = acquireOverlayLock(path, 'x');
+    const lock = await acquireOverlayLock(path, 'x');
     t.equal(readFileSync(path, 'utf8'), `${process.pid}\n`, `${what}: taken over`);
-    lock.release();
+    await lock.release();
   }
+});
+
+t.test('no temporary file is left behind, taken or refused', async (t) => {
+  const dir = t.testdir();
+  const path = join(dir, 'x.cow.lock');
+  const lock = await acquireOverlayLock(path, 'x');
+  t.same(readdirSync(dir), ['x.cow.lock'], 'taken');
+  await lock.release();
+  writeFileSync(path, '1\n');
+  await t.rejects(acquireOverlayLock(path, 'x'), { code: 'EBUSY' });
+  t.same(readdirSync(dir), ['x.cow.lock'], 'refused');
 });

@@ -21,7 +21,7 @@ function makeExport(readOnly: boolean, name = 'golden'): Export {
     size: 4096,
     readOnly,
     preferredBlockSize: 4096,
-    openDevice: () => new FakeDevice(4096, { writable: !readOnly }),
+    openDevice: async () => new FakeDevice(4096, { writable: !readOnly }),
   };
 }
 
@@ -68,7 +68,7 @@ t.test('overlayExportRegistry: EXPORT, EXPORT@NAME, policies and refusals', asyn
   const { OptionError } = await import('../../lib/protocol/errors.js');
   const plain = makeExport(false);
   const attached: string[] = [];
-  const attachNamed = (name: string): FakeDevice => {
+  const attachNamed = async (name: string): Promise<FakeDevice> => {
     attached.push(name);
     return new FakeDevice(4096);
   };
@@ -84,7 +84,7 @@ t.test('overlayExportRegistry: EXPORT, EXPORT@NAME, policies and refusals', asyn
   t.equal(transmissionFlags(named as Export, false) & CAN_MULTI_CONN, CAN_MULTI_CONN, 'a named overlay advertises CAN_MULTI_CONN');
   t.equal(transmissionFlags(plain, true) & CAN_MULTI_CONN, 0, 'plain never does');
   t.same(attached, [], 'lookup (INFO) opens nothing');
-  named?.openDevice();
+  await named?.openDevice();
   t.same(attached, ['alice'], 'openDevice attaches');
 
   const refusal = (registry: ReturnType<typeof overlayExportRegistry>, name: string, replyType: number, message: RegExp): void => {
@@ -112,10 +112,10 @@ t.test('overlayExportRegistry: EXPORT, EXPORT@NAME, policies and refusals', asyn
   const failing = overlayExportRegistry({
     plain,
     policy: 'both',
-    attachNamed: () => {
+    attachNamed: async () => {
       throw Object.assign(new Error('named overlay golden@b is in use by process 1'), { code: 'EBUSY' });
     },
   });
   const b = failing.lookup('golden@b') as Export;
-  t.throws(() => b.openDevice(), new OptionError(ERR_UNKNOWN, 'named overlay golden@b is in use by process 1'), 'open failures become ERR_UNKNOWN with the message');
+  await t.rejects(b.openDevice(), new OptionError(ERR_UNKNOWN, 'named overlay golden@b is in use by process 1'), 'open failures become ERR_UNKNOWN with the message');
 });

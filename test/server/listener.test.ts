@@ -54,7 +54,7 @@ async function start(
     size: SIZE,
     readOnly: false,
     preferredBlockSize: 4096,
-    openDevice: () => {
+    openDevice: async () => {
       const device = options.openDevice?.() ?? new FakeDevice(SIZE, { data: patternBuffer(SIZE) });
       devices.push(device);
       return device;
@@ -136,7 +136,7 @@ function plainListener(): NbdListener {
     size: SIZE,
     readOnly: false,
     preferredBlockSize: 4096,
-    openDevice: () => new FakeDevice(SIZE, { data: patternBuffer(SIZE) }),
+    openDevice: async () => new FakeDevice(SIZE, { data: patternBuffer(SIZE) }),
   };
   return new NbdListener({ registry: singleExportRegistry(exp), log: createLogger('silent'), limits: DEFAULT_LIMITS });
 }
@@ -378,7 +378,7 @@ t.test(
     size: big,
     readOnly: false,
     preferredBlockSize: 4096,
-    openDevice: () => {
+    openDevice: async () => {
       const device = new FakeDevice(big);
       devices.push(device);
       return device;
