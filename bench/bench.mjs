@@ -58,9 +58,13 @@ const settings = {
   workloads: (env.WORKLOADS ?? DEFAULT_WORKLOADS.join(' ')).split(/\s+/).filter(Boolean),
   transport: 'tcp',
   ours_args: (env.OURS_ARGS ?? '').split(/\s+/).filter(Boolean),
+  // Extra nbd-cow rows, one per flag set ("--block-size 16K; --block-size 64K"): compared with
+  // the anchors in the same run, never counted as an anchor.
+  ours_variants: (env.OURS_VARIANTS ?? '').split(';').map((v) => v.trim().split(/\s+/).filter(Boolean)).filter((v) => v.length > 0),
   ready_timeout_s: intSetting('READY_TIMEOUT', 20),
   results: resolve(env.RESULTS ?? join(HERE, 'results', 'latest.json')),
   keep_tmp: env.KEEP_TMP === '1',
+  prime_memory: env.PRIME_MEMORY !== '0',
 };
 
 {
@@ -80,7 +84,12 @@ const settings = {
     seen.add(w);
   }
 }
-const serverNames = [OURS, ...settings.anchors.filter((a) => a !== OURS)];
+const variantNames = settings.ours_variants.map((args) => {
+  const name = `${OURS} ${args.join(' ')}`;
+  SERVERS[name] = { ...SERVERS[OURS], cow: false, variant: true, oursArgs: args, notes: `nbd-cow with ${args.join(' ')} (a variant, not an anchor)` };
+  return name;
+});
+const serverNames = [OURS, ...variantNames, ...settings.anchors.filter((a) => a !== OURS)];
 const runWorkloads = settings.workloads.filter((w) => !w.startsWith('scale'));
 const scaleWorkload = settings.workloads.find((w) => w.startsWith('scale'));
 
@@ -187,11 +196,11 @@ let runCounter = 0;
 async function startServer(name, transport) {
   if (stopping) await new Promise(() => {}); // shutting down: never return
   const def = SERVERS[name];
-  const run = join(WORK, 'run', `${++runCounter}-${name}-${transport}`);
+  const run = join(WORK, 'run', `${++runCounter}-${name.replace(/[^\w@.-]+/g, '_')}-${transport}`);
   mkdirSync(run, { recursive: true });
   const logFile = join(run, 'server.log');
   const logFd = openSync(logFile, 'a');
-  const ctx = { base: BASE, baseMB: settings.base_mb, run, transport, logFd, oursArgs: settings.ours_args, root: ROOT };
+  const ctx = { base: BASE, baseMB: settings.base_mb, run, transport, logFd, oursArgs: def.oursArgs ?? settings.ours_args, root: ROOT };
   let srv;
   startsInFlight++;
   try {
@@ -259,6 +268,19 @@ function removeRun(srv) {
 
 // ------------------------------------------------------------------ workloads per server
 
+/**
+ * Before a write workload: write a scratch file as big as the base and delete it. On a VM whose
+ * balloon hands free pages back to the host, the first touch of fresh memory is several times
+ * slower than reusing pages freed a moment ago, so without this a server's first writes are
+ * fast or slow depending on what ran before it (bench/README.md, "Reading the numbers").
+ */
+function primeMemory() {
+  const scratch = join(WORK, 'prime.scratch');
+  const r = spawnSync('sh', ['-c', `head -c ${BASE_SIZE} /dev/zero > "$1"`, 'sh', scratch], { stdio: 'ignore' });
+  rmSync(scratch, { force: true });
+  if (r.status !== 0) log(`priming memory failed (exit ${r.status}); going on`);
+}
+
 let baseFd = null;
 
 async function benchWorkload(name, w) {
@@ -271,6 +293,7 @@ async function benchWorkload(name, w) {
     log(`${name}: ${w}: server did not start: ${srv.error}`);
     return { entry: { status: 'fail', transport, note: `server did not start: ${srv.error}` } };
   }
+  if (settings.prime_memory && FIO_WORKLOADS[base]?.rw.includes('write')) primeMemory();
   const cpu0 = cpuSeconds(srv.pid);
   const t0 = performance.now();
   let entry;
@@ -479,9 +502,12 @@ async function main() {
     // no git
   }
 
+  // Workload by workload, every server in turn: a slow spell of this shared host then lands on
+  // one column for everyone rather than on one server's whole row.
+  const runnable = [];
   for (const name of serverNames) {
     const def = SERVERS[name];
-    const rec = { name, cow: def.cow, command: null, notes: def.notes, workloads: {} };
+    const rec = { name, cow: def.cow, variant: def.variant === true, command: null, notes: def.notes, workloads: {} };
     results.servers.push(rec);
     if (def.binary && results.versions[def.binary] === null) {
       results.messages.push(`${name}: ${def.binary} is not installed; skipped`);
@@ -489,12 +515,15 @@ async function main() {
       for (const w of runWorkloads) rec.workloads[w] = { status: 'skip', note: `${def.binary} not installed` };
       continue;
     }
-    for (const w of runWorkloads) {
-      const { entry, srv } = await benchWorkload(name, w);
+    runnable.push(rec);
+  }
+  for (const w of runWorkloads) {
+    for (const rec of runnable) {
+      const { entry, srv } = await benchWorkload(rec.name, w);
       rec.workloads[w] = entry;
       if (rec.command === null && srv?.cmd) rec.command = showCommand(srv);
     }
-    if (!checkBase(name)) return finish(2);
+    if (!checkBase(w)) return finish(2);
   }
 
   if (scaleWorkload) {

@@ -55,6 +55,11 @@ export function computeRatios(results, workloads) {
     entry.best_cow_anchor = best?.name ?? null;
     entry.best_cow_value = best?.value ?? null;
     entry.ratio_to_best_cow = speedRatio(entry.ours, best?.value, h.lowerBetter);
+    // nbd-cow variants (OURS_VARIANTS), each against the same best anchor.
+    entry.variants = {};
+    for (const s of results.servers) {
+      if (s.variant) entry.variants[s.name] = speedRatio(ok(s) ? s.workloads[w][h.key] : null, best?.value, h.lowerBetter);
+    }
     const mem = byName[MEMORY];
     entry.memory_value = ok(mem) ? mem.workloads[w][h.key] : null;
     entry.ratio_to_memory = speedRatio(entry.ours, entry.memory_value, h.lowerBetter);
@@ -139,6 +144,9 @@ export function renderMarkdown(results) {
     };
     p(`| nbd-cow : best CoW anchor | ${workloads.map((w) => rcell(w, 'ratio_to_best_cow', 'p99_ratio_to_best_cow', 'best_cow_anchor')).join(' | ')} |`);
     p(`| nbd-cow : nbdkit-memory | ${workloads.map((w) => rcell(w, 'ratio_to_memory', 'p99_ratio_to_memory', null)).join(' | ')} |`);
+    for (const v of results.servers.filter((s) => s.variant)) {
+      p(`| ${v.name} : best CoW anchor | ${workloads.map((w) => fmtRatio(ratios[w]?.variants?.[v.name])).join(' | ')} |`);
+    }
     p();
     p(
       'Ratios: above 1 means nbd-cow is better in every column (throughput ÷ throughput; for latency the ' +

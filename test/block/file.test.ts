@@ -1,4 +1,5 @@
 import t from 'tap';
+import fs from 'node:fs';
 import { readFileSync, writeFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import {
@@ -68,4 +69,49 @@ t.test('truncate, list, unlink and O_EXCL', async (t) => {
   await unlinkFile(path);
   t.same(await listDirectory(dir), []);
   await t.rejects(openFile(path, O_RDWR), { code: 'ENOENT', path });
+});
+
+t.test('large writes to one descriptor go to the kernel one at a time, in issue order', async (t) => {
+  const path = join(t.testdir(), 'f');
+  const fd = await openFile(path, O_CREAT_EXCL_RDWR);
+  const other = await openFile(join(t.testdir(), 'g'), O_CREAT_EXCL_RDWR);
+  // Count write(2) calls in flight per descriptor by wrapping fs.write (file.ts calls it late).
+  const realWrite = fs.write;
+  const inFlight = new Map<number, number>();
+  const most = new Map<number, number>();
+  (fs as { write: unknown }).write = (...args: unknown[]) => {
+    const d = args[0] as number;
+    const done = args[args.length - 1] as (...r: unknown[]) => void;
+    inFlight.set(d, (inFlight.get(d) ?? 0) + 1);
+    most.set(d, Math.max(most.get(d) ?? 0, inFlight.get(d) ?? 0));
+    args[args.length - 1] = (...r: unknown[]) => {
+      inFlight.set(d, (inFlight.get(d) ?? 1) - 1);
+      done(...r);
+    };
+    return (realWrite as (...a: unknown[]) => void)(...args);
+  };
+  t.teardown(() => {
+    fs.write = realWrite;
+  });
+  const size = 256 * 1024; // above the synchronous limit
+  // Overlapping writes of different bytes: only issue order makes the last one win.
+  const writes = Array.from({ length: 12 }, (_, i) => writeAt(fd, Buffer.alloc(size, i + 1), (i % 3) * 4096));
+  const elsewhere = Array.from({ length: 4 }, () => writeAt(other, Buffer.alloc(size, 1), 0));
+  // A failing write in the middle (EFBIG: far past the largest file) rejects on its own...
+  const failing = writeAt(fd, Buffer.alloc(size, 0xee), 2 ** 52);
+  // ...and the writes queued after it still run.
+  const after = writeAt(fd, Buffer.alloc(size, 0xaa), 8192);
+  await Promise.all([...writes, ...elsewhere]);
+  await t.rejects(failing);
+  await after;
+  fs.write = realWrite;
+  t.equal(most.get(fd), 1, 'one write in flight at a time on the descriptor');
+  t.equal(most.get(other), 1, 'and on the other descriptor');
+  const back = Buffer.alloc(8192 + size);
+  await readAt(fd, back, 0);
+  t.equal(back[0], 10, 'bytes only the 10th write (offset 0) reaches come from it');
+  t.equal(back[4096], 11, 'then the 11th (offset 4096)');
+  t.ok(back.subarray(8192).equals(Buffer.alloc(size, 0xaa)), 'the write queued after the failure ran last');
+  await closeFile(fd);
+  await closeFile(other);
 });
