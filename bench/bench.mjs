@@ -491,9 +491,8 @@ async function main() {
     fio: versionOf('fio', ['--version']),
   };
   for (const a of serverNames) {
-    if (a === OURS) continue;
     const bin = SERVERS[a].binary;
-    if (results.versions[bin] !== undefined) continue;
+    if (bin === null || results.versions[bin] !== undefined) continue; // null: nbd-cow and its variants
     results.versions[bin] = bin === 'nbd-server' ? versionOf(bin, ['-V'])?.replace(/^This is nbd-server version /, '') ?? null : versionOf(bin, ['--version']);
   }
   try {

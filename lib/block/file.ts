@@ -1,6 +1,7 @@
-// The only module that touches the file system. Positional I/O over the callback `fs.read` /
-// `fs.write` (measured 2-5x faster than FileHandle at queue depth 16-64, see STYLE.md 4.8),
-// wrapped in promises, with loops for short reads and writes (random-access-file's pattern).
+// The data path's file I/O (control-file.ts holds the few control-path calls). Positional I/O
+// over the callback `fs.read` / `fs.write` (measured 2-5x faster than FileHandle at queue depth
+// 16-64, see STYLE.md 4.8), wrapped in promises, with loops for short reads and writes
+// (random-access-file's pattern).
 //
 // Reading past the end of a file zero-fills the rest of the buffer: overlay files are sparse
 // and the base's last block may be partial, so "nothing stored" means zeros, not an error.
@@ -103,8 +104,8 @@ function recordSyncTime(fd: Fd, start: number): void {
   }
 }
 
-/** readAt on the calling thread, with no guard: for the fast path and the control path. */
-export function readAtSync(fd: Fd, buf: Buffer, position: number): void {
+/** readAt on the calling thread, with no guard. */
+function readAtSync(fd: Fd, buf: Buffer, position: number): void {
   let done = 0;
   while (done < buf.length) {
     const n = fs.readSync(fd, buf, done, buf.length - done, position + done);
@@ -117,7 +118,7 @@ export function readAtSync(fd: Fd, buf: Buffer, position: number): void {
 }
 
 /** writeAt on the calling thread, with no guard. */
-export function writeAtSync(fd: Fd, buf: Buffer, position: number): void {
+function writeAtSync(fd: Fd, buf: Buffer, position: number): void {
   let done = 0;
   while (done < buf.length) {
     const n = fs.writeSync(fd, buf, done, buf.length - done, position + done);

@@ -6,11 +6,13 @@
 // take our own pid's lock over as stale, see below).
 //
 // A lock is stale when its pid no longer exists (kill(pid, 0) -> ESRCH), when it is our own pid
-// (a previous server with a recycled pid, common in containers: this process never locks one
-// overlay twice), or when it holds no pid. A stale lock is removed and taking it is retried
+// but this process does not hold it (a previous server with a recycled pid, common in
+// containers), or when it holds no pid. Locks this process holds are remembered, so two servers
+// started in one process on one overlay directory refuse each other like two processes do. A stale lock is removed and taking it is retried
 // once. Removal re-reads the file first; two processes taking over the same stale lock in the
 // same instant could still race, which needs a crashed server and two new ones starting at once.
 
+import { resolve } from 'node:path';
 import { createWithContent, readText, removeFile } from './control-file.js';
 import { processExists } from './process-alive.js';
 
@@ -22,7 +24,7 @@ export interface OverlayLock {
 
 export interface LockHolder {
   readonly pid: number | undefined;
-  /** Whether the holder still runs (a live process other than this one). */
+  /** Whether the holder still runs: a live process, or this one holding it now. */
   readonly alive: boolean;
 }
 
@@ -32,12 +34,16 @@ function parsePid(text: string): number | undefined {
   return Number.isSafeInteger(pid) && pid > 0 ? pid : undefined;
 }
 
+/** Absolute paths of the lock files this process holds. */
+const heldHere = new Set<string>();
+
 /** Who holds the lock at `lockPath`, or undefined when there is no lock file. */
 export async function lockHolder(lockPath: string): Promise<LockHolder | undefined> {
   const text = await readText(lockPath);
   if (text === undefined) return undefined;
   const pid = parsePid(text);
-  return { pid, alive: pid !== undefined && pid !== process.pid && processExists(pid) };
+  const alive = pid === process.pid ? heldHere.has(resolve(lockPath)) : pid !== undefined && processExists(pid);
+  return { pid, alive };
 }
 
 /**
@@ -48,12 +54,15 @@ export async function acquireOverlayLock(lockPath: string, what: string): Promis
   for (let attempt = 0; ; attempt++) {
     try {
       await createWithContent(lockPath, `${process.pid}\n`);
+      const key = resolve(lockPath);
+      heldHere.add(key);
       let held = true;
       return {
         path: lockPath,
         release: async () => {
           if (!held) return;
           held = false;
+          heldHere.delete(key);
           await removeFile(lockPath);
         },
       };
@@ -62,7 +71,8 @@ export async function acquireOverlayLock(lockPath: string, what: string): Promis
     }
     const holder = await lockHolder(lockPath);
     if (holder?.alive === true || attempt > 0) {
-      const who = holder?.pid !== undefined ? `process ${holder.pid}` : 'another process';
+      const who =
+        holder?.pid === process.pid ? 'this process (another server in it)' : holder?.pid !== undefined ? `process ${holder.pid}` : 'another process';
       throw Object.assign(new Error(`${what} is in use by ${who} (lock file ${lockPath})`), { code: 'EBUSY' });
     }
     // Stale (or gone since EEXIST): remove it if it is still the one we judged, then retry.

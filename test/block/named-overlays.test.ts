@@ -210,3 +210,21 @@ t.test('closeAll waits for an open in flight and closes what it opened', async (
   await dev.close();
   t.equal(named.openCount, 0, 'a close after closeAll is harmless');
 });
+
+t.test('two registries in one process on one directory refuse each other', async (t) => {
+  const { dir, base, named } = await setup(t);
+  const other = new NamedOverlays({ base, blockSize: 4096, dir, warn: () => undefined });
+  t.teardown(() => other.closeAll());
+  const a = await named.attach('golden', 'shared');
+  await t.rejects(other.attach('golden', 'shared'), {
+    code: 'EBUSY',
+    message: /named overlay golden@shared is in use by this process \(another server in it\)/,
+  });
+  await a.write(0, Buffer.from('kept'), W);
+  await a.close();
+  const b = await other.attach('golden', 'shared');
+  const got = Buffer.alloc(4);
+  await b.read(0, got);
+  t.equal(got.toString(), 'kept', 'once released, the other registry opens it with its data');
+  await b.close();
+});

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { acquireOverlayLock, lockHolder } from '../../lib/block/overlay-lock.js';
 import { deadPid } from '../helpers/cli.js';
@@ -9,8 +9,17 @@ t.test('taken, refused while held by a live process, released', async (t) => {
   t.equal(await lockHolder(path), undefined, 'no lock file: no holder');
   const lock = await acquireOverlayLock(path, 'named overlay g@x');
   t.equal(readFileSync(path, 'utf8'), `${process.pid}\n`, 'holds our pid');
-  t.same(await lockHolder(path), { pid: process.pid, alive: false }, 'our own pid never counts as another live holder');
+  t.same(await lockHolder(path), { pid: process.pid, alive: true }, 'held by this process: a live holder');
+  // A second server in this process on the same directory is refused like another process.
+  await t.rejects(acquireOverlayLock(path, 'named overlay g@x'), {
+    code: 'EBUSY',
+    message: `named overlay g@x is in use by this process (another server in it) (lock file ${path})`,
+  });
+  t.equal(readFileSync(path, 'utf8'), `${process.pid}\n`, 'the held lock stays');
   await lock.release();
+  writeFileSync(path, `${process.pid}\n`);
+  t.same(await lockHolder(path), { pid: process.pid, alive: false }, 'our pid in a lock we do not hold: stale (recycled pid)');
+  rmSync(path);
   await lock.release();
   t.notOk(existsSync(path), 'released (twice is fine)');
 
