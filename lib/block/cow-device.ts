@@ -107,6 +107,25 @@ export class CowDevice implements BlockDevice {
     if (options.fua) await this.flush();
   }
 
+  /**
+   * A payload in pieces: when it covers whole blocks only (a large aligned write, the common
+   * case) the pieces go to the overlay as they are, in one pwritev; otherwise they are joined
+   * and written as by write().
+   */
+  async writev(offset: number, chunks: readonly Buffer[], options: WriteOptions): Promise<void> {
+    let length = 0;
+    for (const chunk of chunks) length += chunk.length;
+    const { head, body, tail } = splitRange(offset, length, this.#blockSize, this.size);
+    if (head !== undefined || tail !== undefined || body === undefined) {
+      return this.write(offset, Buffer.concat(chunks, length), options);
+    }
+    await this.#locked(offset, length, async (overlay) => {
+      await overlay.writeDataChunks(body.start, chunks);
+      overlay.map.setRange(body.first, body.count, BLOCK_DATA);
+    });
+    if (options.fua) await this.flush();
+  }
+
   async zero(offset: number, length: number, options: ZeroOptions): Promise<void> {
     await this.#locked(offset, length, (overlay) =>
       options.noHole ? this.#writeZeros(overlay, offset, length) : this.#punch(overlay, offset, length),

@@ -40,6 +40,11 @@ export interface BlockDevice {
   read(offset: number, dest: Buffer): Promise<void>;
   /** Store `data` at `offset`. */
   write(offset: number, data: Buffer, options: WriteOptions): Promise<void>;
+  /**
+   * Optional: store the concatenation of `chunks` at `offset` without joining them first (a
+   * large WRITE payload as it arrived from the socket). Same contract as write().
+   */
+  writev?(offset: number, chunks: readonly Buffer[], options: WriteOptions): Promise<void>;
   /** Make the range read back as zeros. */
   zero(offset: number, length: number, options: ZeroOptions): Promise<void>;
   /** Discard the range; afterwards it reads back as zeros (never as the base). */

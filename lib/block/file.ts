@@ -175,8 +175,12 @@ const writeQueues = new Map<Fd, Promise<void>>();
 /** Large writes run one after another per descriptor; small ones (a tripped guard) at once. */
 function writeAtAsync(fd: Fd, buf: Buffer, position: number): Promise<void> {
   if (buf.length <= SYNC_MAX_BYTES) return writeAtAsyncNow(fd, buf, position);
+  return inWriteQueue(fd, () => writeAtAsyncNow(fd, buf, position));
+}
+
+function inWriteQueue(fd: Fd, write: () => Promise<void>): Promise<void> {
   const previous = writeQueues.get(fd);
-  const run = previous === undefined ? writeAtAsyncNow(fd, buf, position) : previous.then(() => writeAtAsyncNow(fd, buf, position));
+  const run = previous === undefined ? write() : previous.then(write);
   const settled = run.then(noop, noop);
   writeQueues.set(fd, settled);
   void settled.then(() => {
@@ -189,16 +193,65 @@ function noop(): void {
   /* a failed write is reported to its own caller; the queue goes on */
 }
 
+function zeroWrite(position: number): Error {
+  // write(2) returning 0 for a non-empty buffer would loop forever; report it as EIO.
+  return Object.assign(new Error(`write returned 0 bytes at position ${position}`), { code: 'EIO' });
+}
+
 async function writeAtAsyncNow(fd: Fd, buf: Buffer, position: number): Promise<void> {
   let done = 0;
   while (done < buf.length) {
     const n = await writeOnce(fd, buf, done, Math.min(buf.length - done, MAX_IO), position + done);
-    if (n === 0) {
-      // write(2) returning 0 for a non-empty buffer would loop forever; report it as EIO.
-      throw Object.assign(new Error(`write returned 0 bytes at position ${position + done}`), { code: 'EIO' });
-    }
+    if (n === 0) throw zeroWrite(position + done);
     done += n;
   }
+}
+
+/** Most pieces handed to one writev call (Linux's IOV_MAX). */
+const MAX_IOV = 1024;
+
+/**
+ * Write the concatenation of `chunks` at `position` (pwritev): a payload kept in the pieces it
+ * arrived in is stored without being joined first. Queued with the large writes.
+ */
+export function writevAt(fd: Fd, chunks: readonly Buffer[], position: number): Promise<void> {
+  let total = 0;
+  for (const chunk of chunks) total += chunk.length;
+  if (total <= SYNC_MAX_BYTES) return writeAt(fd, Buffer.concat(chunks, total), position);
+  return inWriteQueue(fd, () => writevAtAsyncNow(fd, chunks, position));
+}
+
+/** The pieces still to write after `written` bytes of `chunks` went out. */
+export function remainingChunks(chunks: readonly Buffer[], written: number): Buffer[] {
+  const out: Buffer[] = [];
+  let skip = written;
+  for (const chunk of chunks) {
+    if (skip >= chunk.length) {
+      skip -= chunk.length;
+      continue;
+    }
+    out.push(skip > 0 ? chunk.subarray(skip) : chunk);
+    skip = 0;
+  }
+  return out;
+}
+
+async function writevAtAsyncNow(fd: Fd, chunks: readonly Buffer[], position: number): Promise<void> {
+  let pending = chunks.filter((chunk) => chunk.length > 0);
+  let at = position;
+  while (pending.length > 0) {
+    const batch = pending.length > MAX_IOV ? pending.slice(0, MAX_IOV) : pending;
+    const n = await writevOnce(fd, batch, at);
+    if (n === 0) throw zeroWrite(at);
+    pending = remainingChunks(pending, n);
+    at += n;
+  }
+}
+
+function writevOnce(fd: Fd, chunks: readonly Buffer[], position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    fs.writev(fd, chunks as Buffer[], position, (err, written) => (err ? reject(err) : resolve(written)));
+  });
 }
 
 /** Open `path` with numeric `flags` (fs.constants.O_*) and `mode` for created files. */

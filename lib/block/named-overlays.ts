@@ -212,6 +212,10 @@ class NamedHandle implements BlockDevice {
     return this.#with((d) => d.write(offset, data, options));
   }
 
+  writev(offset: number, chunks: readonly Buffer[], options: WriteOptions): Promise<void> {
+    return this.#with((d) => d.writev(offset, chunks, options));
+  }
+
   zero(offset: number, length: number, options: ZeroOptions): Promise<void> {
     return this.#with((d) => d.zero(offset, length, options));
   }

@@ -24,6 +24,7 @@ import {
   truncateFile,
   unlinkFile,
   writeAt,
+  writevAt,
   O_CREAT_EXCL_RDWR,
   O_RDWR,
   type Fd,
@@ -147,6 +148,11 @@ export class OverlayFile {
   /** Write `data` at virtual offset `offset` in the data region. The map is not touched. */
   writeData(offset: number, data: Buffer): Promise<void> {
     return writeAt(this.#fd, data, this.geometry.dataOffset + offset);
+  }
+
+  /** writeData() for a payload in pieces, written as they are (pwritev). */
+  writeDataChunks(offset: number, chunks: readonly Buffer[]): Promise<void> {
+    return writevAt(this.#fd, chunks, this.geometry.dataOffset + offset);
   }
 
   /** Make all completed writes durable: data first, then the map pages that describe it. */

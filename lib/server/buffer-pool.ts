@@ -1,10 +1,11 @@
-// Reusable buffers for large request payloads and read replies. A fresh 1 MiB Buffer costs
+// Reusable buffers for large READ replies. A fresh 1 MiB Buffer costs
 // page faults on first touch and garbage-collector work when it dies; a sequential 1 MiB
 // workload allocates one per request. The pool keeps freed buffers in power-of-two size
 // classes, up to a byte budget, and hands out exact-length views of them.
 //
-// Rule for callers: release a buffer only when nothing will read or write it again (a WRITE
-// payload once its request has finished, a READ reply once the socket's write callback ran).
+// Rule for callers: release a buffer only when nothing will read or write it again (a READ
+// reply once the socket's write callback ran). Large WRITE payloads need no pool: they stay in
+// the socket's own chunks (byte-queue.ts takeChunks) until the overlay has them.
 // Buffers the pool did not make are ignored by release().
 
 /** Below this, Node's own allocation is cheap enough (and small buffers are plentiful). */

@@ -1,5 +1,6 @@
 // A queue of received chunks. take(n) returns the next n bytes as a zero-copy subarray when
-// they sit in one chunk and copies only when they span chunks (undici's `consume`).
+// they sit in one chunk and copies only when they span chunks (undici's `consume`);
+// takeChunks(n) never copies: it returns them as the list of pieces they arrived in.
 
 export class ByteQueue {
   #chunks: Buffer[] = [];
@@ -38,6 +39,21 @@ export class ByteQueue {
       const count = Math.min(chunk.length - this.#head, n - filled);
       chunk.copy(out, filled, this.#head, this.#head + count);
       filled += count;
+      this.#advance(count);
+    }
+    return out;
+  }
+
+  /** Remove the next `n` bytes (the caller checked `length >= n`) as zero-copy pieces, in order. */
+  takeChunks(n: number): Buffer[] {
+    if (n > this.#length) throw new RangeError(`takeChunks(${n}) with only ${this.#length} bytes queued`);
+    const out: Buffer[] = [];
+    let taken = 0;
+    while (taken < n) {
+      const chunk = this.#chunks[0] as Buffer; // taken < n <= #length, so a chunk remains
+      const count = Math.min(chunk.length - this.#head, n - taken);
+      out.push(chunk.subarray(this.#head, this.#head + count));
+      taken += count;
       this.#advance(count);
     }
     return out;

@@ -39,7 +39,7 @@ import { POOL_MIN_BYTES, type BufferPool } from './buffer-pool.js';
 import { ByteQueue } from './byte-queue.js';
 import type { ExportRegistry } from './exports.js';
 import { handleOption, type NegotiationState, type SettledOutcome } from './negotiation.js';
-import { serveRequest, validateRequest, errorReply, type Session } from './requests.js';
+import { serveRequest, validateRequest, errorReply, type Payload, type Session } from './requests.js';
 
 type State =
   | 'client-flags'
@@ -79,7 +79,7 @@ export interface ConnectionOptions {
   readonly limits: ConnectionLimits;
   /** A short label for log lines, e.g. the peer address. */
   readonly label: string;
-  /** Large payload and reply buffers come from here and go back once finished with. */
+  /** Large READ reply buffers come from here and go back once written. */
   readonly buffers: BufferPool;
 }
 
@@ -210,7 +210,9 @@ export class Connection {
         if (queue.length < req.length) return false;
         this.#pendingWrite = null;
         this.#state = 'request-header';
-        this.#dispatch(req, queue.take(req.length, this.#allocate));
+        // A large payload stays in the pieces it arrived in: the overlay takes them as they are
+        // (pwritev), which saves copying every byte once more on the event loop.
+        this.#dispatch(req, req.length >= POOL_MIN_BYTES ? queue.takeChunks(req.length) : queue.take(req.length));
         return true;
       }
       case 'discard-payload':
@@ -329,17 +331,13 @@ export class Connection {
     return true;
   }
 
-  #dispatch(req: Request, payload: Buffer | undefined): void {
+  #dispatch(req: Request, payload: Payload | undefined): void {
     const session = this.#session as Session; // requests are only dispatched with a session
     const cost = req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE ? req.length : 0;
     this.#inFlight++;
     this.#inFlightBytes += cost;
     serveRequest(req, payload, session).then(
-      (reply) => {
-        // The request is over: nothing reads its payload any more.
-        if (payload !== undefined) this.#options.buffers.release(payload);
-        this.#finish(cost, reply);
-      },
+      (reply) => this.#finish(cost, reply),
       (err: unknown) => {
         this.#log.error(`${this.label}: request failed unexpectedly: ${String(err)}`);
         this.#finish(cost, null);

@@ -159,15 +159,24 @@ async function writeZeroes(req: Request, session: Session): Promise<void> {
   await session.device.zero(req.offset, req.length, { fua, noHole });
 }
 
+/** A WRITE payload: one buffer, or (large ones) the pieces it arrived in. */
+export type Payload = Buffer | readonly Buffer[];
+
+function writePayload(device: BlockDevice, offset: number, payload: Payload, fua: boolean): Promise<void> {
+  if (Buffer.isBuffer(payload)) return device.write(offset, payload, { fua });
+  if (device.writev !== undefined) return device.writev(offset, payload, { fua });
+  return device.write(offset, Buffer.concat(payload), { fua });
+}
+
 /** Run a validated request (not DISC) and build its reply. */
-async function run(req: Request, payload: Buffer | undefined, session: Session): Promise<Buffer[]> {
+async function run(req: Request, payload: Payload | undefined, session: Session): Promise<Buffer[]> {
   const fua = (req.flags & NBD_CMD_FLAG_FUA) !== 0;
   const device = session.device;
   switch (req.type) {
     case NBD_CMD_READ:
       return read(req, session);
     case NBD_CMD_WRITE:
-      if (req.length > 0) await device.write(req.offset, payload ?? Buffer.alloc(0), { fua });
+      if (req.length > 0) await writePayload(device, req.offset, payload ?? Buffer.alloc(0), fua);
       break;
     case NBD_CMD_FLUSH:
       await device.flush();
@@ -190,7 +199,7 @@ async function run(req: Request, payload: Buffer | undefined, session: Session):
 }
 
 /** Validate and run one request; every outcome is a reply (errors included). */
-export async function serveRequest(req: Request, payload: Buffer | undefined, session: Session): Promise<Buffer[]> {
+export async function serveRequest(req: Request, payload: Payload | undefined, session: Session): Promise<Buffer[]> {
   const invalid = validateRequest(req, session);
   if (invalid !== null) {
     session.log.debug(`${commandName(req.type)} refused: ${invalid.message}`);

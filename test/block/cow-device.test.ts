@@ -107,6 +107,32 @@ t.test('aligned and unaligned writes read back; base unchanged', async (t) => {
   ]);
 });
 
+t.test('writev: whole blocks go in as pieces, anything else is joined first', async (t) => {
+  const s = await setup(t, 64 * 1024, 4096);
+  /** `length` bytes of pattern `seed`, cut into pieces of uneven sizes. */
+  const inPieces = (length: number, seed: number): Buffer[] => {
+    const bytes = patternBytes(length, seed);
+    const out: Buffer[] = [];
+    for (let at = 0, cut = 1; at < length; at += cut, cut = cut * 3 + 5) out.push(bytes.subarray(at, Math.min(length, at + cut)));
+    return out;
+  };
+  const writes: [number, number][] = [
+    [4096, 4 * 4096], // whole blocks: pwritev
+    [4096 * 8 + 100, 4096], // head and tail: joined, read-modify-write
+    [4096 * 12, 4096 * 4], // whole blocks up to the end of the device
+  ];
+  let seed = 40;
+  for (const [offset, length] of writes) {
+    const pieces = inPieces(length, seed++);
+    await s.dev.writev(offset, pieces, W);
+    Buffer.concat(pieces).copy(s.model, offset);
+  }
+  await s.dev.writev(0, inPieces(4096, seed), { fua: true });
+  Buffer.concat(inPieces(4096, seed)).copy(s.model, 0);
+  await checkModel(t, s.dev, s.model, 'contents match the model');
+  t.equal(states(await s.dev.extents(0, 64 * 1024, 100)), 'data:20480 base:12288 data:8192 base:8192 data:16384');
+});
+
 t.test('reads spanning data, zero and base runs, at unaligned offsets', async (t) => {
   const s = await setup(t, 32 * 1024, 1024);
   await s.dev.write(2048, Buffer.alloc(2048, 0xaa), W); // blocks 2-3 data

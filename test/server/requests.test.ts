@@ -165,6 +165,26 @@ t.test('WRITE stores the payload and passes FUA', async (t) => {
   t.strictSame(await serveRequest(req(CMD.WRITE, { length: 1 }), hex`ff`, sr), [hex`668e33ef 0001 0000 1122334455667788 00000000`]);
 });
 
+t.test('WRITE with a payload in pieces: writev when the device has it, else joined', async (t) => {
+  const pieces = [hex`0102`, hex`030405`, hex`06`];
+  const joined = session();
+  await serveRequest(req(CMD.WRITE, { offset: 20, length: 6 }), pieces, joined);
+  t.strictSame(joined.device.data.subarray(20, 26), hex`010203040506`, 'a device without writev gets one buffer');
+  t.strictSame(joined.device.calls, [{ op: 'write', offset: 20, length: 6, options: { fua: false } }]);
+
+  const gathered = session();
+  const seen: { offset: number; lengths: number[]; fua: boolean }[] = [];
+  Object.assign(gathered.device, {
+    writev: async (offset: number, chunks: readonly Buffer[], options: { fua: boolean }) => {
+      seen.push({ offset, lengths: chunks.map((c) => c.length), fua: options.fua });
+    },
+  });
+  const reply = await serveRequest(req(CMD.WRITE, { offset: 30, length: 6, flags: FLAG.FUA }), pieces, gathered);
+  t.strictSame(reply, [hex`67446698 00000000 1122334455667788`]);
+  t.strictSame(seen, [{ offset: 30, lengths: [2, 3, 1], fua: true }], 'the pieces go to writev as they are');
+  t.strictSame(gathered.device.calls, [], 'and write() is not called');
+});
+
 t.test('zero-length write-type requests succeed without touching the device', async (t) => {
   const s = session();
   for (const type of [CMD.WRITE, CMD.TRIM, CMD.WRITE_ZEROES, CMD.CACHE]) {
