@@ -20,11 +20,9 @@ import {
   within,
 } from '../helpers/nbd-raw.js';
 import { startFixture } from '../helpers/server-fixture.js';
-import { createLogger } from '../../lib/log.js';
 import { OptionError } from '../../lib/protocol/errors.js';
-import { DEFAULT_LIMITS } from '../../lib/server/connection.js';
-import { singleExportRegistry, type Export } from '../../lib/server/exports.js';
-import { NbdListener } from '../../lib/server/server.js';
+import type { NbdListener } from '../../lib/server/server.js';
+import { settle, startFakeListener } from '../helpers/fake-listener.js';
 
 const SIZE = 64 * 1024;
 const CMD = { READ: 0, WRITE: 1, DISC: 2 } as const;
@@ -44,19 +42,10 @@ interface Fixture {
   client(options?: { allowHalfOpen?: boolean }): Promise<RawClient>;
 }
 
-/** Let the event loop turn a few times (used only before checking that nothing happened). */
-function settle(): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, 50));
-}
-
 async function start(t: Test): Promise<Fixture> {
   const opens: HeldOpen[] = [];
-  const exp: Export = {
-    name: 'fake',
-    description: '',
+  const { listener, track } = await startFakeListener(t, {
     size: SIZE,
-    readOnly: false,
-    preferredBlockSize: 4096,
     openDevice: () =>
       new Promise<FakeDevice>((resolve, reject) => {
         opens.push({
@@ -64,21 +53,15 @@ async function start(t: Test): Promise<Fixture> {
           reject,
         });
       }),
-  };
-  const listener = new NbdListener({ registry: singleExportRegistry(exp), log: createLogger('silent'), limits: DEFAULT_LIMITS });
-  await listener.listen({ kind: 'tcp', host: '127.0.0.1', port: 0 });
-  const clients: RawClient[] = [];
-  t.teardown(async () => {
-    for (const c of clients) c.destroy();
-    for (const open of opens.splice(0)) open.reject(new Error('test over'));
-    await within(listener.stop(), 10_000, 'listener.stop()');
+    beforeStop: () => {
+      for (const open of opens.splice(0)) open.reject(new Error('test over'));
+    },
   });
   return {
     listener,
     opens,
     async client(options = {}) {
-      const c = await RawClient.connect(listener.address, options);
-      clients.push(c);
+      const c = track(await RawClient.connect(listener.address, options));
       await greet(c);
       return c;
     },

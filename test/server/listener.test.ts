@@ -27,6 +27,7 @@ import { createLogger } from '../../lib/log.js';
 import { DEFAULT_LIMITS, type ConnectionLimits } from '../../lib/server/connection.js';
 import { singleExportRegistry, type Export } from '../../lib/server/exports.js';
 import { NbdListener } from '../../lib/server/server.js';
+import { settle, startFakeListener } from '../helpers/fake-listener.js';
 
 const SIZE = 64 * 1024;
 const CMD = { READ: 0, WRITE: 1, DISC: 2 } as const;
@@ -38,46 +39,30 @@ interface Fixture {
   connect(options?: { allowHalfOpen?: boolean }): Promise<Negotiated>;
 }
 
-/** Let the event loop turn a few times (used only before checking that nothing happened). */
-function settle(): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, 50));
-}
-
 async function start(
   t: Test,
   options: { limits?: Partial<ConnectionLimits>; openDevice?: () => FakeDevice } = {},
 ): Promise<Fixture> {
   const devices: FakeDevice[] = [];
-  const exp: Export = {
-    name: 'fake',
-    description: 'in memory',
+  const { listener, track } = await startFakeListener(t, {
     size: SIZE,
-    readOnly: false,
-    preferredBlockSize: 4096,
+    description: 'in memory',
+    limits: options.limits,
     openDevice: async () => {
       const device = options.openDevice?.() ?? new FakeDevice(SIZE, { data: patternBuffer(SIZE) });
       devices.push(device);
       return device;
     },
-  };
-  const listener = new NbdListener({
-    registry: singleExportRegistry(exp),
-    log: createLogger('silent'),
-    limits: { ...DEFAULT_LIMITS, ...options.limits },
-  });
-  await listener.listen({ kind: 'tcp', host: '127.0.0.1', port: 0 });
-  const clients: RawClient[] = [];
-  t.teardown(async () => {
-    for (const d of devices) d.release();
-    for (const c of clients) c.destroy();
-    await within(listener.stop(), 10_000, 'listener.stop()');
+    beforeStop: () => {
+      for (const d of devices) d.release();
+    },
   });
   return {
     listener,
     devices,
     async connect(opts = {}) {
       const n = await negotiate(listener.address, opts);
-      clients.push(n.client);
+      track(n.client);
       return n;
     },
   };

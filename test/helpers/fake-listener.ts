@@ -1,0 +1,61 @@
+// An NbdListener on 127.0.0.1 serving one in-memory export named "fake" whose devices the test
+// supplies; its clients and the listener itself are cleaned up at teardown.
+
+import type { Test } from 'tap';
+import type { BlockDevice } from '../../lib/block/device.js';
+import { createLogger } from '../../lib/log.js';
+import { DEFAULT_LIMITS, type ConnectionLimits } from '../../lib/server/connection.js';
+import { singleExportRegistry, type Export } from '../../lib/server/exports.js';
+import { NbdListener } from '../../lib/server/server.js';
+import { within } from './nbd-raw.js';
+
+export interface FakeListenerOptions {
+  readonly size: number;
+  readonly description?: string;
+  /** Called at each GO / EXPORT_NAME. */
+  readonly openDevice: () => Promise<BlockDevice>;
+  readonly limits?: Partial<ConnectionLimits> | undefined;
+  /** Runs at teardown after the clients are destroyed, before the listener stops. */
+  readonly beforeStop?: () => void;
+}
+
+export interface FakeListener {
+  readonly listener: NbdListener;
+  /** Remember a client so that teardown destroys it. */
+  track<T extends { destroy(): void }>(client: T): T;
+}
+
+export async function startFakeListener(t: Test, options: FakeListenerOptions): Promise<FakeListener> {
+  const exp: Export = {
+    name: 'fake',
+    description: options.description ?? '',
+    size: options.size,
+    readOnly: false,
+    preferredBlockSize: 4096,
+    openDevice: options.openDevice,
+  };
+  const listener = new NbdListener({
+    registry: singleExportRegistry(exp),
+    log: createLogger('silent'),
+    limits: { ...DEFAULT_LIMITS, ...options.limits },
+  });
+  await listener.listen({ kind: 'tcp', host: '127.0.0.1', port: 0 });
+  const clients: { destroy(): void }[] = [];
+  t.teardown(async () => {
+    for (const c of clients) c.destroy();
+    options.beforeStop?.();
+    await within(listener.stop(), 10_000, 'listener.stop()');
+  });
+  return {
+    listener,
+    track(client) {
+      clients.push(client);
+      return client;
+    },
+  };
+}
+
+/** Let the event loop turn a few times (used only before checking that nothing happened). */
+export function settle(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 50));
+}
