@@ -114,9 +114,9 @@ class BaseFile implements BaseImage {
     return this.identity.size;
   }
 
-  async read(offset: number, dest: Buffer): Promise<void> {
-    if (this.#closed) throw codedError('ESHUTDOWN', `base image ${this.path} is closed`);
-    await readAt(this.#fd, dest, offset);
+  read(offset: number, dest: Buffer): Promise<void> {
+    if (this.#closed) return Promise.reject(codedError('ESHUTDOWN', `base image ${this.path} is closed`));
+    return readAt(this.#fd, dest, offset);
   }
 
   write(): Promise<void> {

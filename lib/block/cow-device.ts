@@ -12,7 +12,10 @@
 //     consecutive blocks are contiguous), then the map says "data";
 //   - a partial block in state "data" is written in place; one in state "base" or "zero" is
 //     read-modify-written (the rest of the block from the base, or zeros), then set to "data".
-// Data always reaches the overlay before the map changes. trim and zero turn whole blocks into
+// Data always reaches the overlay before the map changes. A write that needs none of that care
+// (overlay ready, no copy-up, nothing in flight on its blocks, file.ts allows synchronous I/O) is
+// done at once with no promise in between (#writeNow): most writes once a workload has warmed
+// up, worth about 10 % of random 4 KiB write throughput here. trim and zero turn whole blocks into
 // "zero" without writing data and zero-fill partial blocks by RMW; zero with noHole writes real
 // zeros in bounded chunks. FUA is a full flush after the write.
 
@@ -20,7 +23,7 @@ import type { BaseImage } from './base-image.js';
 import { BLOCK_BASE, BLOCK_DATA, BLOCK_ZERO, type Bitmap } from './bitmap.js';
 import type { BlockDevice, Extent, ExtentState, WriteOptions, ZeroOptions } from './device.js';
 import { OverlayFile, overlayGeometry } from './overlay-file.js';
-import { RangeLock } from './range-lock.js';
+import { RangeLock, type Release } from './range-lock.js';
 import { blockOf, blockSpan, roundDown, splitRange, type PartialBlock } from './ranges.js';
 
 // The server names and sweeps overlays next to where it creates devices.
@@ -44,6 +47,12 @@ const CHUNK = 1024 * 1024;
 
 const STATE_NAMES: readonly ExtentState[] = ['base', 'data', 'zero'];
 
+const DONE: Promise<void> = Promise.resolve();
+
+function noop(): void {
+  /* Promise.all's array of results is not needed */
+}
+
 /** Called for each run of equal block state: bytes [start, end) are in `state`. */
 type RunVisitor = (state: number, start: number, end: number) => void;
 
@@ -60,6 +69,8 @@ export class CowDevice implements BlockDevice {
   readonly #lock = new RangeLock();
   #overlay: OverlayFile | undefined;
   #creating: Promise<OverlayFile> | undefined;
+  /** The overlay once ready to change (created, or flagged dirty): the fast write path's gate. */
+  #ready: OverlayFile | undefined;
   #closing: Promise<void> | undefined;
 
   constructor(options: CowDeviceOptions) {
@@ -87,24 +98,65 @@ export class CowDevice implements BlockDevice {
     return this.#overlay !== undefined;
   }
 
-  async read(offset: number, dest: Buffer): Promise<void> {
-    this.#checkOpen();
+  read(offset: number, dest: Buffer): Promise<void> {
+    if (this.#closing !== undefined) return Promise.reject(this.#closedError());
     const overlay = this.#overlay;
     if (overlay === undefined) return this.#base.read(offset, dest);
     const end = offset + dest.length;
-    const reads: Promise<void>[] = [];
+    // Most reads are one run: its one promise is returned as it is (often already settled).
+    let first: Promise<void> | undefined;
+    let more: Promise<void>[] | undefined;
     this.#forEachRun(overlay.map, offset, end, Infinity, (state, start, runEnd) => {
       const piece = dest.subarray(start - offset, runEnd - offset);
-      if (state === BLOCK_BASE) reads.push(this.#base.read(start, piece));
-      else if (state === BLOCK_DATA) reads.push(overlay.readData(start, piece));
-      else piece.fill(0);
+      let read: Promise<void>;
+      if (state === BLOCK_BASE) read = this.#base.read(start, piece);
+      else if (state === BLOCK_DATA) read = overlay.readData(start, piece);
+      else return void piece.fill(0);
+      if (first === undefined) first = read;
+      else (more ??= [first]).push(read);
     });
-    await Promise.all(reads);
+    if (more !== undefined) return Promise.all(more).then(noop);
+    return first ?? DONE;
   }
 
-  async write(offset: number, data: Buffer, options: WriteOptions): Promise<void> {
+  write(offset: number, data: Buffer, options: WriteOptions): Promise<void> {
+    try {
+      if (this.#writeNow(offset, data)) return options.fua ? this.flush() : DONE;
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.#writeLater(offset, data, options);
+  }
+
+  async #writeLater(offset: number, data: Buffer, options: WriteOptions): Promise<void> {
     await this.#locked(offset, data.length, (overlay) => this.#writeRange(overlay, offset, data));
     if (options.fua) await this.flush();
+  }
+
+  /**
+   * The common write done at once, with no promise: the overlay is ready, no write in flight
+   * overlaps, nothing needs a read-modify-write, and file.ts allows synchronous I/O. Returns
+   * false (having done nothing) when any of that fails; the general path then runs.
+   */
+  #writeNow(offset: number, data: Buffer): boolean {
+    const overlay = this.#ready;
+    if (overlay === undefined || this.#closing !== undefined || data.length === 0) return false;
+    if (!overlay.canWriteNow(data.length)) return false;
+    const { head, body, tail } = splitRange(offset, data.length, this.#blockSize, this.size);
+    const map = overlay.map;
+    if ((head !== undefined && map.get(head.block) !== BLOCK_DATA) || (tail !== undefined && map.get(tail.block) !== BLOCK_DATA)) {
+      return false;
+    }
+    const [first, last] = blockSpan(offset, data.length, this.#blockSize);
+    const release = this.#lock.tryHold(first, last);
+    if (release === null) return false;
+    try {
+      overlay.writeDataNow(offset, data);
+      if (body !== undefined) map.setRange(body.first, body.count, BLOCK_DATA);
+    } finally {
+      release();
+    }
+    return true;
   }
 
   /**
@@ -204,9 +256,18 @@ export class CowDevice implements BlockDevice {
   async #locked(offset: number, length: number, fn: (overlay: OverlayFile) => Promise<void>): Promise<void> {
     this.#checkOpen();
     if (length === 0) return;
-    const overlay = await this.#ensureOverlay();
     const [first, last] = blockSpan(offset, length, this.#blockSize);
-    await this.#lock.run(first, last, () => fn(overlay));
+    // Queue for the blocks now, before waiting for anything: requests keep their issue order,
+    // and a later write cannot slip past this one on the fast path (#writeNow).
+    const acquired = this.#lock.acquire(first, last);
+    let release: Release | undefined;
+    try {
+      const overlay = await this.#ensureOverlay();
+      release = await acquired;
+      await fn(overlay);
+    } finally {
+      (release ?? (await acquired))();
+    }
   }
 
   /** The overlay, ready to change: created, or (if passed in open) flagged dirty first. */
@@ -226,6 +287,7 @@ export class CowDevice implements BlockDevice {
       creating.then(
         (overlay) => {
           this.#overlay = overlay;
+          this.#ready = overlay;
         },
         () => {
           // Let the next write-type call try again (ENOSPC may pass).
@@ -289,6 +351,10 @@ export class CowDevice implements BlockDevice {
   }
 
   #checkOpen(): void {
-    if (this.#closing !== undefined) throw codedError('ESHUTDOWN', `device for ${this.#path} is closed`);
+    if (this.#closing !== undefined) throw this.#closedError();
+  }
+
+  #closedError(): Error {
+    return codedError('ESHUTDOWN', `device for ${this.#path} is closed`);
   }
 }

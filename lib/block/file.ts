@@ -129,6 +129,24 @@ function writeAtSync(fd: Fd, buf: Buffer, position: number): void {
   }
 }
 
+/**
+ * Whether a transfer of `length` bytes on `fd` may run synchronously now (the fast path is on,
+ * it is small, and the descriptor's guard has not sent it to the threadpool).
+ */
+export function canTransferNow(fd: Fd, length: number): boolean {
+  return useSync(fd, length);
+}
+
+/** writeAt done synchronously and timed by the guard; only after canTransferNow() said yes. */
+export function writeAtNow(fd: Fd, buf: Buffer, position: number): void {
+  const start = performance.now();
+  try {
+    writeAtSync(fd, buf, position);
+  } finally {
+    recordSyncTime(fd, start);
+  }
+}
+
 /** Fill all of `buf` from `position`; bytes past the end of the file read as zeros. */
 export function readAt(fd: Fd, buf: Buffer, position: number): Promise<void> {
   if (!useSync(fd, buf.length)) return readAtAsync(fd, buf, position);
@@ -158,14 +176,11 @@ async function readAtAsync(fd: Fd, buf: Buffer, position: number): Promise<void>
 /** Write all of `buf` at `position`. */
 export function writeAt(fd: Fd, buf: Buffer, position: number): Promise<void> {
   if (!useSync(fd, buf.length)) return writeAtAsync(fd, buf, position);
-  const start = performance.now();
   try {
-    writeAtSync(fd, buf, position);
+    writeAtNow(fd, buf, position);
     return Promise.resolve();
   } catch (err) {
     return Promise.reject(err);
-  } finally {
-    recordSyncTime(fd, start);
   }
 }
 

@@ -17,6 +17,7 @@ import { dirname } from 'node:path';
 import type { BaseIdentity } from './base-image.js';
 import { Bitmap, MAP_PAGE_SIZE } from './bitmap.js';
 import {
+  canTransferNow,
   closeFile,
   openFile,
   readAt,
@@ -24,6 +25,7 @@ import {
   truncateFile,
   unlinkFile,
   writeAt,
+  writeAtNow,
   writevAt,
   O_CREAT_EXCL_RDWR,
   O_RDWR,
@@ -148,6 +150,16 @@ export class OverlayFile {
   /** Write `data` at virtual offset `offset` in the data region. The map is not touched. */
   writeData(offset: number, data: Buffer): Promise<void> {
     return writeAt(this.#fd, data, this.geometry.dataOffset + offset);
+  }
+
+  /** Whether writeDataNow() of `length` bytes may run now (file.ts's fast-path guard). */
+  canWriteNow(length: number): boolean {
+    return canTransferNow(this.#fd, length);
+  }
+
+  /** writeData(), synchronously; only after canWriteNow() said yes. Throws on failure. */
+  writeDataNow(offset: number, data: Buffer): void {
+    writeAtNow(this.#fd, data, this.geometry.dataOffset + offset);
   }
 
   /** writeData() for a payload in pieces, written as they are (pwritev). */

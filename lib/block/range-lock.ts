@@ -42,6 +42,12 @@ export class RangeLock {
     });
   }
 
+  /** Hold blocks [first, last] at once if nothing held or waiting overlaps them, else null. */
+  tryHold(first: number, last: number): Release | null {
+    const range = { first, last };
+    return this.#free(range, this.#waiting.length) ? this.#hold(range) : null;
+  }
+
   /** Run `fn` holding blocks [first, last]. */
   async run<T>(first: number, last: number, fn: () => Promise<T>): Promise<T> {
     const release = await this.acquire(first, last);

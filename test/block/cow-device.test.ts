@@ -133,6 +133,34 @@ t.test('writev: whole blocks go in as pieces, anything else is joined first', as
   t.equal(states(await s.dev.extents(0, 64 * 1024, 100)), 'data:20480 base:12288 data:8192 base:8192 data:16384');
 });
 
+t.test('a write into ready data blocks is done before write() returns; others take the queue', async (t) => {
+  const s = await setup(t, 64 * 1024, 4096);
+  await s.dev.write(0, Buffer.alloc(8192, 1), W); // creates the overlay; blocks 0-1 hold data
+  const dataAt = (offset: number, length: number): Buffer => {
+    const file = readFileSync(s.overlayPath);
+    const { dataOffset } = decodeOverlayHeader(file.subarray(0, 128));
+    const out = Buffer.alloc(length); // past the end of the sparse file: zeros
+    file.copy(out, 0, Math.min(file.length, dataOffset + offset), Math.min(file.length, dataOffset + offset + length));
+    return out;
+  };
+  const inPlace = s.dev.write(100, Buffer.alloc(50, 2), W);
+  t.same(dataAt(100, 50), Buffer.alloc(50, 2), 'an in-place partial write is in the file at once');
+  const whole = s.dev.write(4096 * 4, Buffer.alloc(4096, 3), W);
+  t.same(dataAt(4096 * 4, 4096), Buffer.alloc(4096, 3), 'so is a whole-block write');
+  await Promise.all([inPlace, whole]);
+  t.same(states(await s.dev.extents(0, 64 * 1024, 10)), 'data:8192 base:8192 data:4096 base:45056');
+
+  // A partial write into a base block needs a read-modify-write: not done synchronously, and
+  // a whole-block write overlapping it waits for it instead of slipping past.
+  const rmw = s.dev.write(4096 * 8 + 10, Buffer.alloc(10, 4), W);
+  const after = s.dev.write(4096 * 8, Buffer.alloc(4096, 5), W);
+  t.same(dataAt(4096 * 8, 4096), Buffer.alloc(4096), 'neither is in the file yet');
+  await Promise.all([rmw, after]);
+  const got = Buffer.alloc(4096);
+  await s.dev.read(4096 * 8, got);
+  t.same(got, Buffer.alloc(4096, 5), 'the later write wins whole');
+});
+
 t.test('reads spanning data, zero and base runs, at unaligned offsets', async (t) => {
   const s = await setup(t, 32 * 1024, 1024);
   await s.dev.write(2048, Buffer.alloc(2048, 0xaa), W); // blocks 2-3 data

@@ -76,3 +76,20 @@ t.test('many contenders on one block run one at a time', async (t) => {
   );
   t.equal(maxInside, 1, 'all overlap block 3');
 });
+
+t.test('tryHold: at once when free, null behind a held or an earlier waiting range', async (t) => {
+  const lock = new RangeLock();
+  const a = lock.tryHold(0, 3);
+  if (a === null) return void t.fail('a free range is held at once');
+  t.equal(lock.heldCount, 1);
+  t.equal(lock.tryHold(3, 5), null, 'overlaps a held range');
+  const b = lock.tryHold(4, 5);
+  t.not(b, null, 'beside it: held too');
+  const waiting = lock.acquire(5, 6); // behind b
+  t.equal(lock.tryHold(6, 7), null, 'free of held ranges but overlapping an earlier waiter: no overtaking');
+  a();
+  b?.();
+  (await waiting)();
+  t.equal(lock.heldCount, 0);
+  t.equal(lock.waitingCount, 0);
+});
