@@ -48,16 +48,6 @@ export class RangeLock {
     return this.#free(range, this.#waiting.length) ? this.#hold(range) : null;
   }
 
-  /** Run `fn` holding blocks [first, last]. */
-  async run<T>(first: number, last: number, fn: () => Promise<T>): Promise<T> {
-    const release = await this.acquire(first, last);
-    try {
-      return await fn();
-    } finally {
-      release();
-    }
-  }
-
   /** Free of held ranges and of the first `ahead` waiters. */
   #free(range: Range, ahead: number): boolean {
     if (this.#held.some((h) => overlaps(h, range))) return false;
