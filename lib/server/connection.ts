@@ -7,7 +7,7 @@
 // FIN that came meanwhile is acted on after them. If the connection closes during the open
 // (reset, shutdown), the device that arrives late is closed unused; `closed` waits for that.
 // Requests run concurrently; each reply is written as soon as it is ready (matched by cookie),
-// and every reply finished in one event-loop turn leaves under a single cork (one writev).
+// and every reply finished in one event-loop turn leaves in one writev (reply-batcher.ts).
 // Back-pressure: at the in-flight cap, or when too many bytes wait in the socket's write
 // buffer, the socket is paused and parsing stops until there is room again.
 
@@ -36,6 +36,7 @@ import {
 } from '../protocol/handshake.js';
 import { REQUEST_SIZE, decodeRequest, type Request } from '../protocol/transmission.js';
 import { POOL_MIN_BYTES, type BufferPool } from './buffer-pool.js';
+import { ReplyBatcher } from './reply-batcher.js';
 import { ByteQueue } from './byte-queue.js';
 import type { ExportRegistry } from './exports.js';
 import { handleOption, type NegotiationState, type SettledOutcome } from './negotiation.js';
@@ -88,6 +89,7 @@ export class Connection {
   /** Resolves once the socket is gone and the device (and its overlay) is closed. */
   readonly closed: Promise<void>;
   #socket: Socket;
+  #replies: ReplyBatcher;
   #options: ConnectionOptions;
   #log: Logger;
   #queue = new ByteQueue();
@@ -111,13 +113,13 @@ export class Connection {
   #inFlightBytes = 0;
   #waitingDrain = false;
   #paused = false;
-  #corked = false;
   #shuttingDown = false;
   #resolveClosed: () => void = () => undefined;
   #onIdle: (() => void) | null = null;
 
   constructor(socket: Socket, options: ConnectionOptions) {
     this.#socket = socket;
+    this.#replies = new ReplyBatcher(socket, options.buffers);
     this.#options = options;
     this.#log = options.log;
     this.label = options.label;
@@ -377,30 +379,10 @@ export class Connection {
     }
   }
 
-  /** Write each message whole; replies finished in one loop turn share one cork. */
+  /** Send replies (each message whole, batched per event: reply-batcher.ts). */
   #writeAll(messages: readonly Buffer[]): void {
     if (this.#state === 'closed' || messages.length === 0) return;
-    const socket = this.#socket;
-    if (!this.#corked) {
-      this.#corked = true;
-      socket.cork();
-      // After the microtask queue drains: every reply finished by this event (a data chunk
-      // of pipelined requests served from the page cache) shares one writev.
-      process.nextTick(() => this.#uncork());
-    }
-    const buffers = this.#options.buffers;
-    for (const message of messages) {
-      // A large reply buffer goes back to the pool once the socket is done with it.
-      if (message.length >= POOL_MIN_BYTES) socket.write(message, () => buffers.release(message));
-      else socket.write(message);
-    }
-    if (socket.writableLength > this.#options.limits.maxQueuedReplyBytes) this.#waitingDrain = true;
-  }
-
-  #uncork(): void {
-    if (!this.#corked) return;
-    this.#corked = false;
-    this.#socket.uncork();
+    if (this.#replies.write(messages) > this.#options.limits.maxQueuedReplyBytes) this.#waitingDrain = true;
   }
 
   /** Stop reading; once every in-flight request has replied, end the socket. */
@@ -410,7 +392,7 @@ export class Connection {
     this.#updateFlow();
     this.#whenIdle().then(() => {
       if (this.#state !== 'closing') return;
-      this.#uncork();
+      this.#replies.flush();
       this.#socket.end();
       this.#close(reason);
     }, () => undefined);
