@@ -65,6 +65,7 @@ const settings = {
   results: resolve(env.RESULTS ?? join(HERE, 'results', 'latest.json')),
   keep_tmp: env.KEEP_TMP === '1',
   prime_memory: env.PRIME_MEMORY !== '0',
+  warm_base: env.WARM_BASE !== '0',
 };
 
 {
@@ -274,6 +275,17 @@ function removeRun(srv) {
  * slower than reusing pages freed a moment ago, so without this a server's first writes are
  * fast or slow depending on what ran before it (bench/README.md, "Reading the numbers").
  */
+/**
+ * Before every workload: read the whole base once. Some VMs page out file cache that has not
+ * been touched for a while (this one runs DAMON with a pageout scheme for pages idle about a
+ * minute), so without this the first server after a run of write workloads meets a partly cold
+ * base and warms it for the servers after it.
+ */
+function warmBase() {
+  const r = spawnSync('cat', [BASE], { stdio: 'ignore' });
+  if (r.status !== 0) log(`warming the base failed (exit ${r.status}); going on`);
+}
+
 function primeMemory() {
   const scratch = join(WORK, 'prime.scratch');
   const r = spawnSync('sh', ['-c', `head -c ${BASE_SIZE} /dev/zero > "$1"`, 'sh', scratch], { stdio: 'ignore' });
@@ -293,6 +305,7 @@ async function benchWorkload(name, w) {
     log(`${name}: ${w}: server did not start: ${srv.error}`);
     return { entry: { status: 'fail', transport, note: `server did not start: ${srv.error}` } };
   }
+  if (settings.warm_base) warmBase();
   if (settings.prime_memory && FIO_WORKLOADS[base]?.rw.includes('write')) primeMemory();
   const cpu0 = cpuSeconds(srv.pid);
   const t0 = performance.now();
