@@ -10,6 +10,7 @@
 import { createHash } from 'node:crypto';
 import type { BlockDevice, Extent } from './device.js';
 import { closeFile, openFile, readAt, statFile, O_RDONLY, type Fd } from './file.js';
+import { codedError } from './coded-error.js';
 
 export interface BaseIdentity {
   readonly size: number;
@@ -27,10 +28,6 @@ export const FINGERPRINT_INNER_WINDOWS = 16;
 const FINGERPRINT_TAG = 'nbd-cow base fingerprint v1\n';
 /** Chunk size for cache(): bounded memory whatever the request length. */
 const CACHE_CHUNK = 1024 * 1024;
-
-function codedError(code: string, message: string): Error {
-  return Object.assign(new Error(message), { code });
-}
 
 /** Start offsets of the fingerprint windows for a file of `size` bytes. */
 export function fingerprintWindows(size: number): number[] {

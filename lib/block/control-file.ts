@@ -13,7 +13,7 @@ function settle(resolve: () => void, reject: (err: unknown) => void): (err: Node
 }
 
 /** link(2): give the file at `existing` the extra name `path`; EEXIST when `path` is taken. */
-export function linkFile(existing: string, path: string): Promise<void> {
+function linkFile(existing: string, path: string): Promise<void> {
   return new Promise((resolve, reject) => fs.link(existing, path, settle(resolve, reject)));
 }
 

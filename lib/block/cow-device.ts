@@ -25,6 +25,7 @@ import type { BlockDevice, Extent, ExtentState, WriteOptions, ZeroOptions } from
 import { OverlayFile, overlayGeometry } from './overlay-file.js';
 import { RangeLock, type Release } from './range-lock.js';
 import { blockOf, blockSpan, roundDown, splitRange, type PartialBlock } from './ranges.js';
+import { codedError } from './coded-error.js';
 
 // The server names and sweeps overlays next to where it creates devices.
 export { ephemeralOverlayName, ephemeralOverlayPid, sweepEphemeralOverlays } from './ephemeral.js';
@@ -55,10 +56,6 @@ function noop(): void {
 
 /** Called for each run of equal block state: bytes [start, end) are in `state`. */
 type RunVisitor = (state: number, start: number, end: number) => void;
-
-function codedError(code: string, message: string): Error {
-  return Object.assign(new Error(message), { code });
-}
 
 export class CowDevice implements BlockDevice {
   readonly writable = true;

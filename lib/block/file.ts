@@ -29,7 +29,7 @@ import fs from 'node:fs';
 /** An open file descriptor. */
 export type Fd = number;
 
-/** Bytes handed to one read(2)/write(2): below Node's 2 GiB limit, above any sane request. */
+/** Bytes handed to one read(2): below Node's 2 GiB limit, above any sane request. */
 const MAX_IO = 1 << 30;
 
 function withPath(err: NodeJS.ErrnoException, path: string): NodeJS.ErrnoException {
@@ -43,15 +43,8 @@ function readOnce(fd: Fd, buf: Buffer, offset: number, length: number, position:
   });
 }
 
-function writeOnce(fd: Fd, buf: Buffer, offset: number, length: number, position: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    fs.write(fd, buf, offset, length, position, (err, written) => (err ? reject(err) : resolve(written)));
-  });
-}
-
-
 /** Largest request served synchronously. */
-export const SYNC_MAX_BYTES = 64 * 1024;
+const SYNC_MAX_BYTES = 64 * 1024;
 /** A moving average of call times above this means the cache is being missed. */
 const SLOW_AVERAGE_MS = 0.25;
 /** One call above this is a slow disk: stop at once. */
@@ -68,12 +61,7 @@ interface Guard {
 }
 
 const guards = new Map<Fd, Guard>();
-let syncEnabled = process.env['NBD_COW_SYNC_IO'] !== '0';
-
-/** Turn the synchronous fast path on or off (benchmarks and tests compare both). */
-export function setSyncIo(enabled: boolean): void {
-  syncEnabled = enabled;
-}
+const syncEnabled = process.env['NBD_COW_SYNC_IO'] !== '0';
 
 function guardOf(fd: Fd): Guard {
   let guard = guards.get(fd);
@@ -84,7 +72,11 @@ function guardOf(fd: Fd): Guard {
   return guard;
 }
 
-function useSync(fd: Fd, length: number): boolean {
+/**
+ * Whether a transfer of `length` bytes on `fd` may run synchronously now (the fast path is on,
+ * it is small, and the descriptor's guard has not sent it to the threadpool).
+ */
+export function canTransferNow(fd: Fd, length: number): boolean {
   if (!syncEnabled || length > SYNC_MAX_BYTES) return false;
   const guard = guards.get(fd);
   if (guard === undefined || guard.asyncUntil === 0) return true;
@@ -123,19 +115,9 @@ function writeAtSync(fd: Fd, buf: Buffer, position: number): void {
   let done = 0;
   while (done < buf.length) {
     const n = fs.writeSync(fd, buf, done, buf.length - done, position + done);
-    if (n === 0) {
-      throw Object.assign(new Error(`write returned 0 bytes at position ${position + done}`), { code: 'EIO' });
-    }
+    if (n === 0) throw zeroWrite(position + done);
     done += n;
   }
-}
-
-/**
- * Whether a transfer of `length` bytes on `fd` may run synchronously now (the fast path is on,
- * it is small, and the descriptor's guard has not sent it to the threadpool).
- */
-export function canTransferNow(fd: Fd, length: number): boolean {
-  return useSync(fd, length);
 }
 
 /** writeAt done synchronously and timed by the guard; only after canTransferNow() said yes. */
@@ -148,17 +130,24 @@ export function writeAtNow(fd: Fd, buf: Buffer, position: number): void {
   }
 }
 
-/** Fill all of `buf` from `position`; bytes past the end of the file read as zeros. */
-export function readAt(fd: Fd, buf: Buffer, position: number): Promise<void> {
-  if (!useSync(fd, buf.length)) return readAtAsync(fd, buf, position);
+/** readAt done synchronously and timed by the guard; only after canTransferNow() said yes. */
+function readAtNow(fd: Fd, buf: Buffer, position: number): void {
   const start = performance.now();
   try {
     readAtSync(fd, buf, position);
+  } finally {
+    recordSyncTime(fd, start);
+  }
+}
+
+/** Fill all of `buf` from `position`; bytes past the end of the file read as zeros. */
+export function readAt(fd: Fd, buf: Buffer, position: number): Promise<void> {
+  if (!canTransferNow(fd, buf.length)) return readAtAsync(fd, buf, position);
+  try {
+    readAtNow(fd, buf, position);
     return Promise.resolve();
   } catch (err) {
     return Promise.reject(err);
-  } finally {
-    recordSyncTime(fd, start);
   }
 }
 
@@ -176,7 +165,7 @@ async function readAtAsync(fd: Fd, buf: Buffer, position: number): Promise<void>
 
 /** Write all of `buf` at `position`. */
 export function writeAt(fd: Fd, buf: Buffer, position: number): Promise<void> {
-  if (!useSync(fd, buf.length)) return writeAtAsync(fd, buf, position);
+  if (!canTransferNow(fd, buf.length)) return writeAtAsync(fd, buf, position);
   try {
     writeAtNow(fd, buf, position);
     return Promise.resolve();
@@ -190,8 +179,8 @@ const writeQueues = new Map<Fd, Promise<void>>();
 
 /** Large writes run one after another per descriptor; small ones (a tripped guard) at once. */
 function writeAtAsync(fd: Fd, buf: Buffer, position: number): Promise<void> {
-  if (buf.length <= SYNC_MAX_BYTES) return writeAtAsyncNow(fd, buf, position);
-  return inWriteQueue(fd, () => writeAtAsyncNow(fd, buf, position));
+  const write = (): Promise<void> => writevAtAsyncNow(fd, [buf], position);
+  return buf.length <= SYNC_MAX_BYTES ? write() : inWriteQueue(fd, write);
 }
 
 function inWriteQueue(fd: Fd, write: () => Promise<void>): Promise<void> {
@@ -212,15 +201,6 @@ function noop(): void {
 function zeroWrite(position: number): Error {
   // write(2) returning 0 for a non-empty buffer would loop forever; report it as EIO.
   return Object.assign(new Error(`write returned 0 bytes at position ${position}`), { code: 'EIO' });
-}
-
-async function writeAtAsyncNow(fd: Fd, buf: Buffer, position: number): Promise<void> {
-  let done = 0;
-  while (done < buf.length) {
-    const n = await writeOnce(fd, buf, done, Math.min(buf.length - done, MAX_IO), position + done);
-    if (n === 0) throw zeroWrite(position + done);
-    done += n;
-  }
 }
 
 /** Most pieces handed to one writev call (Linux's IOV_MAX). */

@@ -23,6 +23,7 @@ import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from './device.js
 import { acquireOverlayLock, type OverlayLock } from './overlay-lock.js';
 import { lockFileName, namedOverlayFileName } from './overlay-names.js';
 import { OverlayFile } from './overlay-file.js';
+import { codedError } from './coded-error.js';
 
 export interface NamedOverlaysOptions {
   readonly base: BaseImage;
@@ -46,10 +47,6 @@ interface Entry {
   readonly opened: Promise<Opened>;
   /** Set when the last handle is released; the entry leaves the map before it settles. */
   closing: Promise<void> | null;
-}
-
-function codedError(code: string, message: string): Error {
-  return Object.assign(new Error(message), { code });
 }
 
 export class NamedOverlays {

@@ -15,10 +15,12 @@
 // 4 corrupt or made for another base, 8 could not check (missing file, unreadable base).
 
 import { openBase } from './base-image.js';
+import { codedError } from './coded-error.js';
 import { BLOCK_DATA, BLOCK_ZERO } from './bitmap.js';
-import { closeFile, openFile, readAt, statFile, syncData, truncateFile, writeAt, O_RDONLY, O_RDWR } from './file.js';
+import { closeFile, openFile, statFile, syncData, truncateFile, writeAt, O_RDONLY, O_RDWR } from './file.js';
 import { encodeOverlayHeader, OVERLAY_HEADER_LENGTH } from './overlay-header.js';
-import { checkBaseBinding, parseOverlayHeader, parseOverlayMap } from './overlay-layout.js';
+import { readOverlayHeader, readOverlayMap } from './overlay-file.js';
+import { checkBaseBinding } from './overlay-layout.js';
 import { lockHolder } from './overlay-lock.js';
 
 export type CheckStatus = 'clean' | 'repaired' | 'not-clean' | 'corrupt' | 'error';
@@ -87,25 +89,21 @@ async function checkOpen(
 ): Promise<CheckReport> {
   const { size: fileLength } = await statFile(fd);
   if (fileLength < OVERLAY_HEADER_LENGTH) {
-    throw Object.assign(new Error(`file is ${fileLength} bytes, too short for an overlay header`), { code: 'EINVAL' });
+    throw codedError('EINVAL', `file is ${fileLength} bytes, too short for an overlay header`);
   }
-  const headerBuf = Buffer.alloc(OVERLAY_HEADER_LENGTH);
-  await readAt(fd, headerBuf, 0);
-  const { header, geometry: g } = parseOverlayHeader(path, headerBuf);
+  const { header, geometry: g } = await readOverlayHeader(fd, path);
   lines.push(
     `header: ok (version 1, block size ${g.blockSize}, virtual size ${g.size} bytes = ${g.blocks} blocks, checksum ok)`,
   );
   checkBaseBinding(path, header, identity);
   if (header.virtualSize !== identity.size) {
-    throw Object.assign(new Error(`virtual size ${header.virtualSize} differs from the base size ${identity.size}`), { code: 'EINVAL' });
+    throw codedError('EINVAL', `virtual size ${header.virtualSize} differs from the base size ${identity.size}`);
   }
   lines.push(`base: ok (size ${identity.size}, fingerprint ${identity.fingerprint.slice(0, 16)}…)`);
   if (fileLength < g.dataOffset) {
-    throw Object.assign(new Error(`file is ${fileLength} bytes, shorter than its header and map (${g.dataOffset})`), { code: 'EINVAL' });
+    throw codedError('EINVAL', `file is ${fileLength} bytes, shorter than its header and map (${g.dataOffset})`);
   }
-  const mapBuf = Buffer.alloc(g.mapLength);
-  await readAt(fd, mapBuf, g.mapOffset);
-  const map = parseOverlayMap(path, g, mapBuf);
+  const map = await readOverlayMap(fd, path, g);
   let data = 0;
   let zero = 0;
   let lastData = -1;
@@ -121,7 +119,7 @@ async function checkOpen(
   const storedEnd = lastData < 0 ? 0 : g.dataOffset + Math.min((lastData + 1) * g.blockSize, g.size);
   if (storedEnd > fileLength) {
     const message = `map says block ${lastData} holds data, but the file ends at ${fileLength} bytes before it (${storedEnd})`;
-    throw Object.assign(new Error(message), { code: 'EINVAL' });
+    throw codedError('EINVAL', message);
   }
   lines.push(`map: ok (${data} blocks in the overlay = ${mib(data * g.blockSize)}, ${zero} zeroed, ${g.blocks - data - zero} from the base)`);
   const limit = g.dataOffset + g.size;

@@ -32,7 +32,7 @@ import {
   type Fd,
 } from './file.js';
 import { publish, removeFile, syncDirectory } from './control-file.js';
-import { encodeOverlayHeader, OVERLAY_HEADER_LENGTH } from './overlay-header.js';
+import { encodeOverlayHeader, OVERLAY_HEADER_LENGTH, type OverlayHeader } from './overlay-header.js';
 import {
   checkBaseBinding,
   overlayGeometry,
@@ -50,6 +50,20 @@ export interface CreateOverlayOptions {
   readonly baseIdentity: BaseIdentity;
   /** Build it under a temporary name and publish it whole (kept overlays). */
   readonly atomic?: boolean;
+}
+
+/** Read and check the header of the overlay open at `fd` (EINVAL-coded errors name `path`). */
+export async function readOverlayHeader(fd: Fd, path: string): Promise<{ header: OverlayHeader; geometry: OverlayGeometry }> {
+  const buf = Buffer.alloc(OVERLAY_HEADER_LENGTH);
+  await readAt(fd, buf, 0);
+  return parseOverlayHeader(path, buf);
+}
+
+/** Read and check the map of the overlay open at `fd`, laid out as `geometry` says. */
+export async function readOverlayMap(fd: Fd, path: string, geometry: OverlayGeometry): Promise<Bitmap> {
+  const buf = Buffer.alloc(geometry.mapLength);
+  await readAt(fd, buf, geometry.mapOffset);
+  return parseOverlayMap(path, geometry, buf);
 }
 
 export class OverlayFile {
@@ -121,13 +135,10 @@ export class OverlayFile {
   static async open(path: string, base: BaseIdentity): Promise<OverlayFile> {
     const fd = await openFile(path, O_RDWR);
     try {
-      const buf = Buffer.alloc(OVERLAY_HEADER_LENGTH);
-      await readAt(fd, buf, 0);
-      const { header, geometry } = parseOverlayHeader(path, buf);
+      const { header, geometry } = await readOverlayHeader(fd, path);
       checkBaseBinding(path, header, base);
-      const mapBuf = Buffer.alloc(geometry.mapLength);
-      await readAt(fd, mapBuf, geometry.mapOffset);
-      return new OverlayFile(path, fd, geometry, parseOverlayMap(path, geometry, mapBuf), base, header.dirty);
+      const map = await readOverlayMap(fd, path, geometry);
+      return new OverlayFile(path, fd, geometry, map, base, header.dirty);
     } catch (err) {
       await closeFile(fd).catch(() => undefined);
       throw err;

@@ -7,6 +7,7 @@ import type { BaseIdentity } from './base-image.js';
 import { Bitmap, mapBytesFor, MAP_PAGE_SIZE } from './bitmap.js';
 import { decodeOverlayHeader, type OverlayHeader } from './overlay-header.js';
 import { blockCount, roundUp } from './ranges.js';
+import { codedError } from './coded-error.js';
 
 export const MAP_OFFSET = 4096;
 export const MIN_BLOCK_SIZE = 512;
@@ -19,10 +20,6 @@ export interface OverlayGeometry {
   readonly mapOffset: number;
   readonly mapLength: number;
   readonly dataOffset: number;
-}
-
-function codedError(code: string, message: string): Error {
-  return Object.assign(new Error(message), { code });
 }
 
 /** Layout for an image of `size` bytes in blocks of `blockSize` (a power of two, 512 B-16 MiB). */

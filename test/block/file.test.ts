@@ -77,24 +77,29 @@ t.test('large writes to one descriptor go to the kernel one at a time, in issue 
   const path = join(t.testdir(), 'f');
   const fd = await openFile(path, O_CREAT_EXCL_RDWR);
   const other = await openFile(join(t.testdir(), 'g'), O_CREAT_EXCL_RDWR);
-  // Count write(2) calls in flight per descriptor by wrapping fs.write (file.ts calls it late).
-  const realWrite = fs.write;
+  // Count write(2)/writev(2) calls in flight per descriptor by wrapping fs.write and fs.writev
+  // (file.ts looks them up at each call).
+  const real = { write: fs.write, writev: fs.writev };
   const inFlight = new Map<number, number>();
   const most = new Map<number, number>();
-  (fs as { write: unknown }).write = (...args: unknown[]) => {
-    const d = args[0] as number;
-    const done = args[args.length - 1] as (...r: unknown[]) => void;
-    inFlight.set(d, (inFlight.get(d) ?? 0) + 1);
-    most.set(d, Math.max(most.get(d) ?? 0, inFlight.get(d) ?? 0));
-    args[args.length - 1] = (...r: unknown[]) => {
-      inFlight.set(d, (inFlight.get(d) ?? 1) - 1);
-      done(...r);
+  const counted =
+    (call: (...a: unknown[]) => void) =>
+    (...args: unknown[]) => {
+      const d = args[0] as number;
+      const done = args[args.length - 1] as (...r: unknown[]) => void;
+      inFlight.set(d, (inFlight.get(d) ?? 0) + 1);
+      most.set(d, Math.max(most.get(d) ?? 0, inFlight.get(d) ?? 0));
+      args[args.length - 1] = (...r: unknown[]) => {
+        inFlight.set(d, (inFlight.get(d) ?? 1) - 1);
+        done(...r);
+      };
+      return call(...args);
     };
-    return (realWrite as (...a: unknown[]) => void)(...args);
+  const restore = (): void => {
+    Object.assign(fs, real);
   };
-  t.teardown(() => {
-    fs.write = realWrite;
-  });
+  Object.assign(fs, { write: counted(real.write as (...a: unknown[]) => void), writev: counted(real.writev as (...a: unknown[]) => void) });
+  t.teardown(restore);
   const size = 256 * 1024; // above the synchronous limit
   // Overlapping writes of different bytes: only issue order makes the last one win.
   const writes = Array.from({ length: 12 }, (_, i) => writeAt(fd, Buffer.alloc(size, i + 1), (i % 3) * 4096));
@@ -106,7 +111,7 @@ t.test('large writes to one descriptor go to the kernel one at a time, in issue 
   await Promise.all([...writes, ...elsewhere]);
   await t.rejects(failing);
   await after;
-  fs.write = realWrite;
+  restore();
   t.equal(most.get(fd), 1, 'one write in flight at a time on the descriptor');
   t.equal(most.get(other), 1, 'and on the other descriptor');
   const back = Buffer.alloc(8192 + size);
