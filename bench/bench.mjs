@@ -2,15 +2,16 @@
 // nbd-cow benchmark driver. Run through bench/run.sh (which raises the fd limit and stops
 // leftover servers by PID); settings come from the environment, see bench/README.md.
 // Markdown goes to stdout (and results/latest.md next to the JSON), progress to stderr.
-// Exit status: 0, or 1 if a server failed to start, or 2 if the base image changed.
+// Exit status: 0, or 1 if a server failed to start, or 2 if the base image changed (3: internal
+// error, 130: signal).
 
 import { spawnSync } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NbdConnection } from './lib/nbd-client.mjs';
-import { alive, childPids, cpuSeconds, diskUsage, openFdCount, openFilesAllocated, sleep, statusKiB, stopPid } from './lib/proc.mjs';
+import { alive, childPids, cpuSeconds, diskUsage, openFdCount, openFilesAllocated, sleep, startTime, statusKiB, stopPid } from './lib/proc.mjs';
 import { MEMORY, OURS, computeRatios, renderMarkdown } from './lib/report.mjs';
 import { SERVERS } from './lib/servers.mjs';
 import { FIO_WORKLOADS, baseBytes, openMany, pool, round, runFio, runSessions } from './lib/workloads.mjs';
@@ -90,7 +91,7 @@ const variantNames = settings.ours_variants.map((args) => {
   SERVERS[name] = { ...SERVERS[OURS], cow: false, variant: true, oursArgs: args, notes: `nbd-cow with ${args.join(' ')} (a variant, not an anchor)` };
   return name;
 });
-const serverNames = [OURS, ...variantNames, ...settings.anchors.filter((a) => a !== OURS)];
+const serverNames = [...new Set([OURS, ...variantNames, ...settings.anchors])];
 const runWorkloads = settings.workloads.filter((w) => !w.startsWith('scale'));
 const scaleWorkload = settings.workloads.find((w) => w.startsWith('scale'));
 
@@ -99,14 +100,15 @@ const scaleWorkload = settings.workloads.find((w) => w.startsWith('scale'));
 const WORK = mkdtempSync(join(os.tmpdir(), 'nbd-cow-bench-'));
 const BASE = join(WORK, 'base.raw');
 const BASE_SIZE = settings.base_mb * 1024 * 1024;
-const live = new Map(); // pid -> { child }: servers running now
+const live = new Map(); // pid -> { child, startedAt }: servers running now
 const clients = new Set(); // fio child processes running now
 let stopping = false; // set once by a signal or an internal error: start nothing new
 let startsInFlight = 0; // def.start() calls that have not returned a PID yet
 
 async function stopServer(srv) {
-  if (!srv?.pid) return;
-  await stopPid(srv.pid, { child: srv.child, log });
+  const v = live.get(srv.pid);
+  if (!v) return; // never started, or already known to be gone
+  await stopPid(srv.pid, v.startedAt, { child: v.child, log });
   live.delete(srv.pid);
 }
 
@@ -117,7 +119,7 @@ async function cleanupAndExit(code) {
   for (let i = 0; i < 200 && startsInFlight > 0; i++) await sleep(50);
   for (const [pid, v] of [...live]) {
     log(`stopping server pid ${pid}`);
-    await stopPid(pid, { child: v.child, log, graceMs: 2000 });
+    await stopPid(pid, v.startedAt, { child: v.child, log, graceMs: 2000 });
     live.delete(pid);
   }
   if (settings.keep_tmp) log(`kept temp dir ${WORK}`);
@@ -159,13 +161,12 @@ function makeBase() {
     ? `openssl enc -aes-128-ctr -pass pass:nbd-cow-bench-$$ -nosalt -pbkdf2 -in /dev/zero 2>/dev/null | head -c ${BASE_SIZE} > "$1"`
     : `head -c ${BASE_SIZE} /dev/urandom > "$1"`;
   const r = spawnSync('sh', ['-c', gen, 'sh', BASE], { stdio: ['ignore', 'ignore', 'inherit'] });
-  const size = (() => {
-    try {
-      return Number(spawnSync('stat', ['-c', '%s', BASE], { encoding: 'utf8' }).stdout.trim());
-    } catch {
-      return -1;
-    }
-  })();
+  let size = -1;
+  try {
+    size = statSync(BASE).size;
+  } catch {
+    // not created
+  }
   if (size !== BASE_SIZE) die(`base image has ${size} bytes, expected ${BASE_SIZE} (exit ${r.status})`);
   return method;
 }
@@ -206,7 +207,7 @@ async function startServer(name, transport) {
   startsInFlight++;
   try {
     srv = await def.start(ctx);
-    live.set(srv.pid, { child: srv.child });
+    live.set(srv.pid, { child: srv.child, startedAt: startTime(srv.pid) });
   } catch (err) {
     return { error: `start failed: ${err.message}; ${tail(logFile)}`, run };
   } finally {
@@ -225,7 +226,6 @@ async function startServer(name, transport) {
       await stopServer(srv);
       return { error: `${exited ? 'exited during start-up' : `no URI line on stdout within ${settings.ready_timeout_s} s`}; ${tail(logFile)}`, run };
     }
-    srv.printedUri = line.trim();
   }
   let lastErr = 'not accepting connections';
   while (Date.now() < deadline) {
@@ -270,12 +270,6 @@ function removeRun(srv) {
 // ------------------------------------------------------------------ workloads per server
 
 /**
- * Before a write workload: write a scratch file as big as the base and delete it. On a VM whose
- * balloon hands free pages back to the host, the first touch of fresh memory is several times
- * slower than reusing pages freed a moment ago, so without this a server's first writes are
- * fast or slow depending on what ran before it (bench/README.md, "Reading the numbers").
- */
-/**
  * Before every workload: read the whole base once. Some VMs page out file cache that has not
  * been touched for a while (this one runs DAMON with a pageout scheme for pages idle about a
  * minute), so without this the first server after a run of write workloads meets a partly cold
@@ -286,6 +280,12 @@ function warmBase() {
   if (r.status !== 0) log(`warming the base failed (exit ${r.status}); going on`);
 }
 
+/**
+ * Before a write workload: write a scratch file as big as the base and delete it. On a VM whose
+ * balloon hands free pages back to the host, the first touch of fresh memory is several times
+ * slower than reusing pages freed a moment ago, so without this a server's first writes are
+ * fast or slow depending on what ran before it (bench/README.md, "Reading the numbers").
+ */
 function primeMemory() {
   const scratch = join(WORK, 'prime.scratch');
   const r = spawnSync('sh', ['-c', `head -c ${BASE_SIZE} /dev/zero > "$1"`, 'sh', scratch], { stdio: 'ignore' });

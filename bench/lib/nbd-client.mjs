@@ -21,9 +21,8 @@ const INFO_EXPORT = 0;
 const CMD_READ = 0;
 const CMD_WRITE = 1;
 const CMD_DISC = 2;
-const CMD_FLUSH = 3;
 
-export class NbdError extends Error {}
+class NbdError extends Error {}
 
 /** Buffers a socket's incoming bytes and hands them out in exact-sized pieces. */
 class Reader {
@@ -101,7 +100,6 @@ export class NbdConnection {
   #reader;
   #handle = 0n;
   size = 0;
-  flags = 0;
 
   constructor(socket) {
     this.#socket = socket;
@@ -162,7 +160,6 @@ export class NbdConnection {
       if (type === REP_INFO) {
         if (payload.length >= 12 && payload.readUInt16BE(0) === INFO_EXPORT) {
           this.size = Number(payload.readBigUInt64BE(2));
-          this.flags = payload.readUInt16BE(10);
           gotExport = true;
         }
         continue;
@@ -208,11 +205,6 @@ export class NbdConnection {
     await this.#simpleReply(handle, 0);
   }
 
-  async flush() {
-    const handle = this.#request(CMD_FLUSH, 0, 0, null);
-    await this.#simpleReply(handle, 0);
-  }
-
   /** NBD_CMD_DISC, then wait (bounded) for the server to close the connection. */
   async disconnect(timeoutMs = 5000) {
     const socket = this.#socket;
@@ -230,17 +222,3 @@ export class NbdConnection {
   }
 }
 
-/** Parse nbd://host:port/name or nbd+unix:///name?socket=path into a target and export name. */
-export function parseUri(uri) {
-  const u = new URL(uri);
-  const exportName = decodeURIComponent(u.pathname.replace(/^\//, ''));
-  if (u.protocol === 'nbd+unix:') {
-    const path = u.searchParams.get('socket');
-    if (!path) throw new Error(`no socket= in ${uri}`);
-    return { target: { kind: 'unix', path }, exportName };
-  }
-  if (u.protocol === 'nbd:') {
-    return { target: { kind: 'tcp', host: u.hostname, port: Number(u.port || 10809) }, exportName };
-  }
-  throw new Error(`unsupported URI ${uri}`);
-}

@@ -85,8 +85,7 @@ export function openFilesAllocated(pid, dir) {
   for (const fd of fds) {
     const p = `/proc/${pid}/fd/${fd}`;
     try {
-      const target = readlinkSafe(p);
-      if (target === null || !target.startsWith(dir + '/')) continue;
+      if (!readlinkSync(p).startsWith(dir + '/')) continue;
       const st = statSync(p);
       if (!st.isFile()) continue;
       files++;
@@ -96,14 +95,6 @@ export function openFilesAllocated(pid, dir) {
     }
   }
   return { files, bytes };
-}
-
-function readlinkSafe(p) {
-  try {
-    return readlinkSync(p);
-  } catch {
-    return null;
-  }
 }
 
 /** `du -s` of a directory: allocated and apparent bytes, and the number of files in it. */
@@ -122,20 +113,19 @@ export function diskUsage(dir) {
   } catch {
     files = null;
   }
-  // du counts the directory inode itself (one block); subtract it so an empty dir reads 0.
-  const dirBlocks = (() => {
-    try {
-      return statSync(dir).blocks * 512;
-    } catch {
-      return 0;
-    }
-  })();
+  // du counts the directory itself (one block); subtract it so an empty dir reads 0.
+  let self = { blocks: 0, size: 0 };
+  try {
+    self = statSync(dir);
+  } catch {
+    // gone: du failed too
+  }
   const num = (r) => (r.status === 0 ? Number(r.stdout.split(/\s/)[0]) : null);
   const a = num(alloc);
   const ap = num(apparent);
   return {
-    allocated_bytes: a === null ? null : Math.max(0, a - dirBlocks),
-    apparent_bytes: ap === null ? null : Math.max(0, ap - statSync(dir).size),
+    allocated_bytes: a === null ? null : Math.max(0, a - self.blocks * 512),
+    apparent_bytes: ap === null ? null : Math.max(0, ap - self.size),
     du_allocated_bytes_raw: a,
     files,
   };
@@ -153,11 +143,13 @@ export function registerPid(pid) {
 }
 
 /**
- * Stop a process by PID: SIGTERM, wait up to `graceMs`, then SIGKILL. Only if it is still
- * the same process (same start time). Resolves once it is gone (or a zombie of ours).
+ * Stop a process by PID: SIGTERM, wait up to `graceMs`, then SIGKILL; only while it is still
+ * the process that started at `startedAt` (its startTime() when it was started), so a
+ * recycled PID is never signalled. Resolves once it is gone (or a zombie of ours).
  */
-export async function stopPid(pid, { graceMs = 5000, child = null, log = () => {} } = {}) {
-  if (!pid) return;
+export async function stopPid(pid, startedAt, { graceMs = 5000, child = null, log = () => {} } = {}) {
+  const running = () => alive(pid) && startTime(pid) === startedAt;
+  if (!pid || startedAt === null || !running()) return;
   const exited = child ? new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', r))) : null;
   try {
     process.kill(pid, 'SIGTERM');
@@ -165,8 +157,8 @@ export async function stopPid(pid, { graceMs = 5000, child = null, log = () => {
     return;
   }
   const deadline = Date.now() + graceMs;
-  while (alive(pid) && Date.now() < deadline) await sleep(50);
-  if (alive(pid)) {
+  while (running() && Date.now() < deadline) await sleep(50);
+  if (running()) {
     log(`pid ${pid} ignored SIGTERM for ${graceMs} ms; sending SIGKILL`);
     try {
       process.kill(pid, 'SIGKILL');

@@ -4,7 +4,7 @@ export const OURS = 'nbd-cow';
 export const MEMORY = 'nbdkit-memory';
 
 /** Headline metric of a workload (name without @transport). */
-export function headline(workload) {
+function headline(workload) {
   const base = workload.split('@')[0];
   switch (base) {
     case 'seq-read':
@@ -22,7 +22,7 @@ export function headline(workload) {
   }
 }
 
-export function columnLabel(workload, defaultTransport) {
+function columnLabel(workload, defaultTransport) {
   const [base, transport = defaultTransport] = workload.split('@');
   const h = headline(workload);
   const name = base === 'rand-read-qd1' ? 'rand-read QD1' : base;
@@ -74,7 +74,7 @@ export function computeRatios(results, workloads) {
   return out;
 }
 
-export function fmt(x) {
+function fmt(x) {
   if (x === null || x === undefined) return '–';
   const a = Math.abs(x);
   const digits = a >= 100 ? 0 : a >= 10 ? 1 : 2;

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { alive, registerPid, sleep, spawnLogged } from './proc.mjs';
 
 /** A free TCP port on 127.0.0.1 (bound, read and released). */
-export function freePort() {
+function freePort() {
   return new Promise((resolve, reject) => {
     const s = net.createServer();
     s.once('error', reject);
@@ -20,13 +20,22 @@ export function freePort() {
   });
 }
 
-function endpoint(run, transport, exportName, port) {
-  if (transport === 'unix') {
-    const path = join(run, 'nbd.sock');
-    return { target: { kind: 'unix', path }, uri: `nbd+unix:///${exportName}?socket=${path}`, socket: path, port: null };
+/**
+ * What every start needs: the endpoint (a free port on 127.0.0.1, or `nbd.sock` in the run
+ * dir) and a new empty `overlay` dir in the run dir.
+ */
+async function prepare(ctx, exportName) {
+  const overlayDir = join(ctx.run, 'overlay');
+  mkdirSync(overlayDir);
+  if (ctx.transport === 'unix') {
+    const path = join(ctx.run, 'nbd.sock');
+    return { overlayDir, ep: { target: { kind: 'unix', path }, uri: `nbd+unix:///${exportName}?socket=${path}`, socket: path, port: null } };
   }
-  return { target: { kind: 'tcp', host: '127.0.0.1', port }, uri: `nbd://127.0.0.1:${port}/${exportName}`, socket: null, port };
+  const port = await freePort();
+  return { overlayDir, ep: { target: { kind: 'tcp', host: '127.0.0.1', port }, uri: `nbd://127.0.0.1:${port}/${exportName}`, socket: null, port } };
 }
+
+const qemuListen = (ep) => (ep.socket ? [`--socket=${ep.socket}`] : ['--bind=127.0.0.1', `--port=${ep.port}`]);
 
 const quote = (a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`);
 const cmdline = (cmd, args, env = '') => `${env}${[cmd, ...args].map(quote).join(' ')}`;
@@ -40,7 +49,7 @@ function tmpEnv(dir) {
  * cow: a copy-on-write anchor (competes for "best CoW anchor"); servesBase: reads return
  * the base's bytes (so session reads can be checked against it).
  * start(ctx) with ctx = { base, baseMB, run, transport, logFd, oursArgs, root } returns
- * { pid, child, endpoint, cmd, notes, overlayDir, stdoutReady? }.
+ * { pid, child, endpoint, cmd, overlayDir, stdoutReady? }.
  */
 export const SERVERS = {
   'nbd-cow': {
@@ -50,11 +59,8 @@ export const SERVERS = {
     binary: null, // bin/nbd-cow of this checkout
     notes: 'ours: a private overlay file per connection (ephemeral, deleted at disconnect)',
     async start(ctx) {
-      const port = ctx.transport === 'tcp' ? await freePort() : null;
-      const ep = endpoint(ctx.run, ctx.transport, this.exportName, port);
-      const overlayDir = join(ctx.run, 'overlay');
-      mkdirSync(overlayDir);
-      const listen = ctx.transport === 'unix' ? ['-k', ep.socket] : ['-b', '127.0.0.1', '-p', String(port)];
+      const { ep, overlayDir } = await prepare(ctx, this.exportName);
+      const listen = ep.socket ? ['-k', ep.socket] : ['-b', '127.0.0.1', '-p', String(ep.port)];
       const bin = join(ctx.root, 'bin', 'nbd-cow');
       const args = ['serve', ctx.base, ...listen, '--overlay-dir', overlayDir, '-q', ...ctx.oursArgs];
       const child = spawnLogged(bin, args, { logFd: ctx.logFd, stdout: 'pipe' });
@@ -80,13 +86,10 @@ export const SERVERS = {
     binary: 'nbd-server',
     notes: 'copyonwrite = true: a diff file per connection (forks a child per connection); daemonizes, stopped by the PID in its pid file',
     async start(ctx) {
-      const port = ctx.transport === 'tcp' ? await freePort() : null;
-      const ep = endpoint(ctx.run, ctx.transport, this.exportName, port);
-      const overlayDir = join(ctx.run, 'overlay');
-      mkdirSync(overlayDir);
+      const { ep, overlayDir } = await prepare(ctx, this.exportName);
       const conf = join(ctx.run, 'nbd-server.conf');
       const pidFile = join(ctx.run, 'nbd-server.pid');
-      const listen = ctx.transport === 'unix' ? [`unixsock = ${ep.socket}`] : ['listenaddr = 127.0.0.1', `port = ${port}`];
+      const listen = ep.socket ? [`unixsock = ${ep.socket}`] : ['listenaddr = 127.0.0.1', `port = ${ep.port}`];
       writeFileSync(
         conf,
         ['[generic]', ...listen.map((l) => `    ${l}`), '[base]', `    exportname = ${ctx.base}`, '    copyonwrite = true', `    cowdir = ${overlayDir}`, ''].join(
@@ -120,17 +123,13 @@ export const SERVERS = {
     binary: 'qemu-nbd',
     notes: 'one qcow2 overlay (qemu-img create -b base, 64 KiB clusters) shared by all connections',
     async start(ctx) {
-      const port = ctx.transport === 'tcp' ? await freePort() : null;
-      const ep = endpoint(ctx.run, ctx.transport, this.exportName, port);
-      const overlayDir = join(ctx.run, 'overlay');
-      mkdirSync(overlayDir);
+      const { ep, overlayDir } = await prepare(ctx, this.exportName);
       const overlay = join(overlayDir, 'overlay.qcow2');
       const mk = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', ctx.base, '-F', 'raw', overlay], {
         stdio: ['ignore', ctx.logFd, ctx.logFd],
       });
       if (mk.status !== 0) throw new Error('qemu-img create failed');
-      const listen = ctx.transport === 'unix' ? [`--socket=${ep.socket}`] : ['--bind=127.0.0.1', `--port=${port}`];
-      const args = ['--format=qcow2', '--cache=writeback', '--persistent', '--shared=0', `--export-name=${this.exportName}`, ...listen, overlay];
+      const args = ['--format=qcow2', '--cache=writeback', '--persistent', '--shared=0', `--export-name=${this.exportName}`, ...qemuListen(ep), overlay];
       const child = spawnLogged('qemu-nbd', args, { logFd: ctx.logFd });
       return { pid: child.pid, child, endpoint: ep, cmd: `qemu-img create -f qcow2 -b BASE -F raw OVERLAY && ${cmdline('qemu-nbd', args)}`, overlayDir };
     },
@@ -143,12 +142,8 @@ export const SERVERS = {
     binary: 'qemu-nbd',
     notes: 'qemu-nbd --snapshot: an unlinked temporary qcow2 overlay in TMPDIR, shared by all connections',
     async start(ctx) {
-      const port = ctx.transport === 'tcp' ? await freePort() : null;
-      const ep = endpoint(ctx.run, ctx.transport, this.exportName, port);
-      const overlayDir = join(ctx.run, 'overlay');
-      mkdirSync(overlayDir);
-      const listen = ctx.transport === 'unix' ? [`--socket=${ep.socket}`] : ['--bind=127.0.0.1', `--port=${port}`];
-      const args = ['--snapshot', '--format=raw', '--cache=writeback', '--persistent', '--shared=0', `--export-name=${this.exportName}`, ...listen, ctx.base];
+      const { ep, overlayDir } = await prepare(ctx, this.exportName);
+      const args = ['--snapshot', '--format=raw', '--cache=writeback', '--persistent', '--shared=0', `--export-name=${this.exportName}`, ...qemuListen(ep), ctx.base];
       const child = spawnLogged('qemu-nbd', args, { logFd: ctx.logFd, env: tmpEnv(overlayDir) });
       return { pid: child.pid, child, endpoint: ep, cmd: cmdline('qemu-nbd', args, 'TMPDIR=OVERLAY_DIR '), overlayDir };
     },
@@ -178,11 +173,8 @@ export const SERVERS = {
 };
 
 async function startNbdkit(ctx, exportName, pluginArgs) {
-  const port = ctx.transport === 'tcp' ? await freePort() : null;
-  const ep = endpoint(ctx.run, ctx.transport, exportName, port);
-  const overlayDir = join(ctx.run, 'overlay');
-  mkdirSync(overlayDir);
-  const listen = ctx.transport === 'unix' ? [`--unix=${ep.socket}`] : ['--ipaddr=127.0.0.1', `--port=${port}`];
+  const { ep, overlayDir } = await prepare(ctx, exportName);
+  const listen = ep.socket ? [`--unix=${ep.socket}`] : ['--ipaddr=127.0.0.1', `--port=${ep.port}`];
   const args = ['--foreground', '--exit-with-parent', ...listen, ...pluginArgs];
   const child = spawnLogged('nbdkit', args, { logFd: ctx.logFd, env: tmpEnv(overlayDir) });
   return { pid: child.pid, child, endpoint: ep, cmd: cmdline('nbdkit', args, 'TMPDIR=OVERLAY_DIR '), overlayDir };

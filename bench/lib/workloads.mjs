@@ -15,7 +15,7 @@ export const FIO_WORKLOADS = {
   'rand-read-qd1': { rw: 'randread', bs: '4k', iodepth: 1, timed: true },
 };
 
-const round = (x, d = 1) => (x === null || x === undefined || Number.isNaN(x) ? null : Math.round(x * 10 ** d) / 10 ** d);
+export const round = (x, d = 1) => (x === null || x === undefined || Number.isNaN(x) ? null : Math.round(x * 10 ** d) / 10 ** d);
 
 /** Run one fio job against `uri`; resolves with parsed numbers or throws with fio's output. */
 export function runFio(workload, uri, { runtime, ramp, outFile, logFd, clients = new Set() }) {
@@ -207,4 +207,3 @@ export async function openMany({ target, exportName, n, concurrency, mode, write
   return { conns, errors, mismatches, bytesWritten, firstError, openSeconds: (performance.now() - t0) / 1000 };
 }
 
-export { round };
