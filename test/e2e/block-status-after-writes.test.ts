@@ -3,16 +3,7 @@
 // 2 for the base. Unaligned zeroes fill partial blocks with data. A new connection is pristine.
 
 import t from 'tap';
-import { join } from 'node:path';
-import {
-  coalesce,
-  flagsAt,
-  guardBase,
-  makePatternBase,
-  pySession,
-  requireClients,
-  startServe,
-} from '../helpers/cli.js';
+import { coalesce, flagsAt, pySession, requireClients, servePatternBase } from '../helpers/cli.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -21,10 +12,7 @@ type Extents = Array<[number, number]>;
 
 if (requireClients(t, [], true)) {
   t.test('block status in both contexts after write, zero and trim', async (t) => {
-    const dir = t.testdir();
-    const base = await makePatternBase(dir, SIZE);
-    const guard = await guardBase(t, base);
-    const server = await startServe(t, base, ['--overlay-dir', join(dir, 'overlays')]);
+    const { guard, server } = await servePatternBase(t, SIZE);
     const py = pySession(t);
     const contexts = ['base:allocation', 'qemu:allocation-depth'];
     await py.ok({ op: 'connect', uri: server.uri, contexts });

@@ -4,9 +4,8 @@
 // ranges concurrently, one FLUSH on another connection, all read everything back.
 
 import t from 'tap';
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describeRun, makeRandomBase, pySession, requireClients, run, sha256, startServe } from '../helpers/cli.js';
+import { describeRun, makeRandomBase, pySession, requireClients, run, sha256, sha256File, startServe } from '../helpers/cli.js';
 
 const SIZE = 32 * 1024 * 1024;
 
@@ -27,7 +26,7 @@ if (requireClients(t, ['nbdcopy'], true)) {
     const out = join(dir, 'out.img');
     const back = await run('nbdcopy', [`${server.uri}@m`, out]);
     t.equal(back.code, 0, `nbdcopy out of it after a restart: ${describeRun(back)}`);
-    t.equal(sha256(readFileSync(out)), sha256(readFileSync(source)), 'reads back exactly the copied file');
+    t.equal(await sha256File(out), await sha256File(source), 'reads back exactly the copied file');
     t.equal((await server.stop()).code, 0);
   });
 

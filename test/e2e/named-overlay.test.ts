@@ -8,7 +8,7 @@
 import t from 'tap';
 import { copyFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { guardBase, listDir, makePatternBase, makeRandomBase, pySession, requireClients, sha256, startServe, waitForDir } from '../helpers/cli.js';
+import { guardBase, listDir, makePatternBase, makeRandomBase, pySession, requireClients, sha256File, startServe, waitForDir } from '../helpers/cli.js';
 
 const SIZE = 8 * 1024 * 1024;
 const b64 = (b: Buffer): string => b.toString('base64');
@@ -21,8 +21,7 @@ if (requireClients(t, [], true)) {
     const guard = await guardBase(t, base);
     let server = await startServe(t, base, ['--overlay-dir', overlays]);
     const py = pySession(t);
-    const read = async (h: string, offset: number, length: number): Promise<Buffer> =>
-      Buffer.from((await py.ok({ op: 'pread', h, offset, length })).data as string, 'base64');
+    const read = py.pread;
     const baseBytes = readFileSync(base);
 
     await py.ok({ op: 'connect', h: 'x1', uri: `${server.uri}@x` });
@@ -113,14 +112,14 @@ if (requireClients(t, [], true)) {
 
     // Another base of the same size: the overlay is refused and not changed.
     const file = join(overlays, 'named-golden@n.cow');
-    const before = sha256(readFileSync(file));
+    const before = await sha256File(file);
     const otherBase = await makeRandomBase(dir, SIZE, 'other.img');
     copyFileSync(otherBase, join(dir, 'golden2.img'));
     const wrong = await startServe(t, join(dir, 'golden2.img'), ['--overlay-dir', overlays, '-x', 'golden']);
     const m = await py.call({ op: 'connect', h: 'w', uri: `${wrong.uri}@n` });
     t.notOk(m.ok, `an overlay of another base is refused: ${m.error}`);
     t.match(wrong.stderr(), /belongs to another base image: made for \(size \d+, fingerprint [0-9a-f]+…\), the base is \(size \d+, fingerprint [0-9a-f]+…\)/, 'one line names both');
-    t.equal(sha256(readFileSync(file)), before, 'the overlay file is unchanged');
+    t.equal(await sha256File(file), before, 'the overlay file is unchanged');
     t.equal((await wrong.stop()).code, 0);
     t.equal(await py.end(), 0);
   });

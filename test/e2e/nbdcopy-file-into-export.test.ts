@@ -14,7 +14,7 @@ const SIZE = 16 * MiB + 1536;
 
 if (requireClients(t, ['nbdcopy'], true)) {
   t.test('nbdcopy a file into the export', async (t) => {
-    const { dir, overlays, base, guard, server } = await servePatternBase(t, SIZE);
+    const { dir, overlays, guard, server } = await servePatternBase(t, SIZE);
 
     const src = randomBytes(SIZE);
     src.fill(0, 3 * MiB, 7 * MiB); // a zero band: nbdcopy sends zero requests for it

@@ -3,7 +3,7 @@
 // connection disconnects.
 
 import t from 'tap';
-import { listDir, pySession, requireClients, waitForDir, waitForEmptyDir, servePatternBase } from '../helpers/cli.js';
+import { listDir, pySession, requireClients, waitForEmptyDir, servePatternBase } from '../helpers/cli.js';
 
 if (requireClients(t, [], true)) {
   t.test('overlay created at the first write, deleted at disconnect', async (t) => {
@@ -40,7 +40,7 @@ if (requireClients(t, [], true)) {
     // The readers are still fine.
     t.ok((await py.call({ op: 'pread', h: 'r1', offset: 0, length: 10 })).ok);
     t.equal(await py.end(), 0);
-    t.equal((await waitForDir(overlays, (n) => n.length === 0)).length, 0);
+    t.equal((await waitForEmptyDir(overlays)).length, 0);
 
     t.equal((await server.stop()).code, 0);
     await guard.check();

@@ -2,17 +2,12 @@
 // directory is empty; the client's connection is closed.
 
 import t from 'tap';
-import { join } from 'node:path';
-import { guardBase, listDir, makePatternBase, pySession, requireClients, startServe } from '../helpers/cli.js';
+import { listDir, pySession, requireClients, servePatternBase } from '../helpers/cli.js';
 
 if (requireClients(t, [], true)) {
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     t.test(`${signal} with a client connected`, async (t) => {
-      const dir = t.testdir();
-      const overlays = join(dir, 'overlays');
-      const base = await makePatternBase(dir, 8 * 1024 * 1024);
-      const guard = await guardBase(t, base);
-      const server = await startServe(t, base, ['--overlay-dir', overlays]);
+      const { overlays, guard, server } = await servePatternBase(t, 8 * 1024 * 1024);
 
       const py = pySession(t);
       await py.ok({ op: 'connect', h: 'w', uri: server.uri });

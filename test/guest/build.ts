@@ -27,6 +27,7 @@ import {
 } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { gunzipSync } from 'node:zlib';
+import { run } from '../helpers/cli.js';
 import { ROOT, findTool, log } from './tools.js';
 
 /** Bump when the recipe below changes in a way the hash would not see. */
@@ -63,30 +64,11 @@ interface Exec {
   stderr: string;
 }
 
-function exec(cmd: string, args: readonly string[], opts: { cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Exec> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, {
-      cwd: opts.cwd ?? ROOT,
-      env: opts.env ?? process.env,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-    const timer = setTimeout(() => {
-      stderr += `\n[killed after ${opts.timeoutMs} ms]`;
-      child.kill('SIGKILL');
-    }, opts.timeoutMs ?? 300_000);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
+/** run() (test/helpers/cli.ts) with a 5-minute default, a timeout noted on stderr. */
+async function exec(cmd: string, args: readonly string[], opts: { cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Exec> {
+  const timeoutMs = opts.timeoutMs ?? 300_000;
+  const r = await run(cmd, args, { ...opts, timeoutMs });
+  return { code: r.code, stdout: r.stdout, stderr: r.timedOut ? `${r.stderr}\n[killed after ${timeoutMs} ms]` : r.stderr };
 }
 
 async function mustExec(cmd: string, args: readonly string[], opts: { cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<string> {

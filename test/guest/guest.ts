@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Test } from 'tap';
-import { sha256, sha256File } from '../helpers/cli.js';
+import { run, sha256, sha256File, waitForDir } from '../helpers/cli.js';
 import { cacheRoot, ensureGuest, type Guest } from './build.js';
 import { ROOT, findTool, log, tool } from './tools.js';
 
@@ -23,8 +23,8 @@ export const BOOT_TIMEOUT_MS = Number(process.env.NBD_COW_GUEST_BOOT_TIMEOUT_MS 
 export const GUEST_NBD_ADDR = '10.0.2.100';
 export const GUEST_NBD_PORT = 10809;
 
-// The tests import the hashes from here with the rest of the guest helpers.
-export { sha256, sha256File };
+// The tests import sha256File from here with the rest of the guest helpers.
+export { sha256File };
 
 interface Exited {
   code: number | null;
@@ -112,27 +112,9 @@ export async function makeBaseImage(dir: string, name = 'base.img'): Promise<Bas
   writeFileSync(join(src, 'hello.txt'), hello);
   writeFileSync(join(src, 'data.bin'), data);
   const path = join(dir, name);
-  const r = await runTool(tool('mkfs.ext4'), ['-q', '-F', '-L', 'nbdcow', '-b', '4096', '-d', src, path, `${BASE_SIZE / 1024}k`], 60_000);
-  if (r.code !== 0) throw new Error(`mkfs.ext4 failed (${r.code}): ${r.output}`);
+  const r = await run(tool('mkfs.ext4'), ['-q', '-F', '-L', 'nbdcow', '-b', '4096', '-d', src, path, `${BASE_SIZE / 1024}k`], { timeoutMs: 60_000 });
+  if (r.code !== 0) throw new Error(`mkfs.ext4 failed (${r.code}): ${r.stdout}${r.stderr}`);
   return { path, size: BASE_SIZE, sha256: await sha256File(path), helloSha256: sha256(hello), dataSha256: sha256(data) };
-}
-
-function runTool(cmd: string, args: readonly string[], timeoutMs: number): Promise<{ code: number | null; output: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    child.stdout.setEncoding('utf8').on('data', (s: string) => (output += s));
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (output += s));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, output });
-    });
-  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -199,9 +181,11 @@ export async function startServer(t: Test, base: string, opts: ServerOptions): P
   };
 }
 
-/** `nbd-cow overlay check FILE --base BASE`: exit 0 clean, 2 not closed cleanly, 4 corrupt… */
-export async function checkOverlayFile(file: string, base: string): Promise<{ code: number | null; output: string }> {
-  return runTool(CLI, ['overlay', 'check', file, '--base', base], 60_000);
+/** A kept overlay after its server stopped: `nbd-cow overlay check FILE --base BASE` exits 0 (clean). */
+export async function checkOverlayClean(t: Test, file: string, base: BaseImage): Promise<void> {
+  const check = await run(CLI, ['overlay', 'check', file, '--base', base.path], { timeoutMs: 60_000 });
+  const output = `${check.stdout}${check.stderr}`;
+  t.equal(check.code, 0, `nbd-cow overlay check: the kept overlay is clean (${output.trim().replace(/\n/g, '; ')})`);
 }
 
 /** A short private directory for unix sockets (sun_path is 108 bytes); removed in teardown. */
@@ -524,10 +508,7 @@ export function checkBoot(t: Test, boot: Boot, expect: Expectations, server?: Se
     results.push(t.equal(m.get('nbd-client'), 'disconnected', `${boot.name}: nbd-client -d disconnected /dev/nbd0`));
   }
   results.push(t.equal(boot.exit.code, 0, `${boot.name}: QEMU exited 0 (guest powered off)`));
-  const ok = results.every((r) => r);
-  if (!ok) reportFailedBoot(t, boot, server);
-  else if (process.env.NBD_COW_GUEST_VERBOSE) reportFailedBoot(t, boot, server, false);
-  return ok;
+  return keepConsole(t, boot, results, server);
 }
 
 /**
@@ -544,6 +525,11 @@ export function checkRefusedBoot(t: Test, boot: Boot, reason: RegExp, server?: S
     t.equal(m.get('done'), 'ok', `${boot.name}: the guest script ran to the end`),
     t.equal(boot.exit.code, 0, `${boot.name}: QEMU exited 0 (guest powered off)`),
   ];
+  return keepConsole(t, boot, results, server);
+}
+
+/** Whether every check passed; the console is kept when one failed (or NBD_COW_GUEST_VERBOSE). */
+function keepConsole(t: Test, boot: Boot, results: readonly boolean[], server: Server | undefined): boolean {
   const ok = results.every((r) => r);
   if (!ok) reportFailedBoot(t, boot, server);
   else if (process.env.NBD_COW_GUEST_VERBOSE) reportFailedBoot(t, boot, server, false);
@@ -556,11 +542,9 @@ export function checkRefusedBoot(t: Test, boot: Boot, reason: RegExp, server?: S
  * names, e.g. named-base@vm1.cow), which stay.
  */
 export async function checkOverlaysGone(t: Test, overlayDir: string, after: string, kept: readonly string[] = []): Promise<boolean> {
-  const list = () => (existsSync(overlayDir) ? readdirSync(overlayDir).sort() : []);
   const want = [...kept].sort();
-  const deadline = Date.now() + 5_000;
-  while (JSON.stringify(list()) !== JSON.stringify(want) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-  return t.same(list(), want, kept.length === 0 ? `no overlay file is left after ${after}` : `after ${after} only the named overlay(s) ${want.join(', ')} are left`);
+  const left = await waitForDir(overlayDir, (names) => JSON.stringify(names) === JSON.stringify(want), 5_000);
+  return t.same(left, want, kept.length === 0 ? `no overlay file is left after ${after}` : `after ${after} only the named overlay(s) ${want.join(', ')} are left`);
 }
 
 export interface GuestSetup {

@@ -9,7 +9,7 @@ import { requireGuestTools } from './tools.js';
 
 if (requireGuestTools(t)) {
   t.test('QEMU -drive file=nbd://127.0.0.1:PORT/EXPORT: write, read back; a second boot (empty export name) sees the pristine base', async (t) => {
-    const { guest, dir, overlays, base } = await setUpGuest(t);
+    const { guest, overlays, base } = await setUpGuest(t);
     const server = await startServer(t, base.path, { overlayDir: overlays });
     t.match(server.uri, /^nbd:\/\/127\.0\.0\.1:\d+\/base$/, 'default export name is the base name');
 
@@ -29,7 +29,7 @@ if (requireGuestTools(t)) {
   });
 
   t.test('QEMU -drive file=nbd+unix:///EXPORT?socket=PATH with -x NAME', async (t) => {
-    const { guest, dir, overlays, base } = await setUpGuest(t, 'disk.raw');
+    const { guest, overlays, base } = await setUpGuest(t, 'disk.raw');
     const sock = `${await socketDir(t)}/nbd.sock`;
     const server = await startServer(t, base.path, { overlayDir: overlays, socket: sock, exportName: 'guestdisk' });
     const printed = new URL(server.uri);

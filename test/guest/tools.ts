@@ -1,12 +1,10 @@
 // Finding the host tools the guest tests need, and what to do when one is missing:
 // fail loudly when CI is set, skip with the reason otherwise.
 
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Test } from 'tap';
-import { which } from '../helpers/cli.js';
+import { ROOT, which } from '../helpers/cli.js';
 
-export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export { ROOT };
 
 /** Debian package of each tool, for the messages. */
 export const TOOL_PACKAGES: Record<string, string> = {
@@ -21,8 +19,8 @@ export const TOOL_PACKAGES: Record<string, string> = {
   env: 'coreutils',
 };
 
-/** Used when present (util-linux, coreutils: always there on Debian) so no child outlives a test. */
-export const OPTIONAL_TOOLS: Record<string, string> = { setpriv: 'util-linux', timeout: 'coreutils', xz: 'xz-utils' };
+// Used when present, so not listed above: setpriv (util-linux) and timeout (coreutils), always
+// there on Debian, so that no child outlives a test; xz (xz-utils) for compressed modules.
 
 /** Every tool the guest suite runs (xz only when the kernel's modules are compressed). */
 export const GUEST_TOOLS = Object.keys(TOOL_PACKAGES);

@@ -348,6 +348,8 @@ export interface PySession {
   call(request: Record<string, unknown>): Promise<PyReply>;
   /** Like call, but throws unless the reply is ok. */
   ok(request: Record<string, unknown>): Promise<PyReply>;
+  /** The bytes of a pread on connection `h` (throws unless the reply is ok). */
+  pread(h: string, offset: number, length: number): Promise<Buffer>;
   /** Close stdin (the script shuts its connections down) and wait for it to exit. */
   end(): Promise<number | null>;
 }
@@ -383,13 +385,15 @@ export function pySession(t: TestLike, timeoutMs = 120_000): PySession {
       waiting.push(resolve);
       child.stdin!.write(`${JSON.stringify(request)}\n`);
     });
+  const ok = async (request: Record<string, unknown>): Promise<PyReply> => {
+    const reply = await call(request);
+    if (!reply.ok) throw new Error(`${String(request.op)} failed: ${reply.error ?? '?'}`);
+    return reply;
+  };
   return {
     call,
-    ok: async (request) => {
-      const reply = await call(request);
-      if (!reply.ok) throw new Error(`${String(request.op)} failed: ${reply.error ?? '?'}`);
-      return reply;
-    },
+    ok,
+    pread: async (h, offset, length) => Buffer.from((await ok({ op: 'pread', h, offset, length })).data as string, 'base64'),
     end: () => {
       child.stdin!.end();
       return exited;

@@ -25,7 +25,8 @@ export interface FakeListener {
   track<T extends { destroy(): void }>(client: T): T;
 }
 
-export async function startFakeListener(t: Test, options: FakeListenerOptions): Promise<FakeListener> {
+/** The listener, not listening yet (for tests of listen() itself; nothing stops it). */
+export function createFakeListener(options: Omit<FakeListenerOptions, 'beforeStop'>): NbdListener {
   const exp: Export = {
     name: 'fake',
     description: options.description ?? '',
@@ -34,11 +35,15 @@ export async function startFakeListener(t: Test, options: FakeListenerOptions): 
     preferredBlockSize: 4096,
     openDevice: options.openDevice,
   };
-  const listener = new NbdListener({
+  return new NbdListener({
     registry: singleExportRegistry(exp),
     log: createLogger('silent'),
     limits: { ...DEFAULT_LIMITS, ...options.limits },
   });
+}
+
+export async function startFakeListener(t: Test, options: FakeListenerOptions): Promise<FakeListener> {
+  const listener = createFakeListener(options);
   await listener.listen({ kind: 'tcp', host: '127.0.0.1', port: 0 });
   const clients: { destroy(): void }[] = [];
   t.teardown(async () => {

@@ -2,6 +2,8 @@
 // clients that are destroyed, and the server stopped, at teardown. Shared by the socket tests.
 
 import type { Test } from 'tap';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startServer, type ListenAddress, type RunningServer, type ServerOptions } from '../../lib/index.js';
 import { RawClient, negotiate, within, writeBaseFile, type NegotiateOptions, type Negotiated } from './nbd-raw.js';
@@ -53,4 +55,11 @@ export async function startFixture(
       return c;
     },
   };
+}
+
+/** A short temp dir: a unix socket path must fit sun_path (107 bytes); tap's fixture paths do not. */
+export function shortDir(t: Test): string {
+  const dir = mkdtempSync(join(tmpdir(), 'nbdcow-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
 }

@@ -2,19 +2,17 @@
 // hand-written bytes: exact replies, and whether the socket stays open.
 
 import t, { type Test } from 'tap';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { hex } from '../helpers/hex.js';
-import { startFixture, type ServerFixture } from '../helpers/server-fixture.js';
-import { RawClient, greet, infoRequestData, negotiate, optionBytes, readChunk, readOptionReplies, readOptionReply, readSimpleReply, requestBytes, waitFor, within, writeBaseFile } from '../helpers/nbd-raw.js';
+import { shortDir, startFixture, type ServerFixture } from '../helpers/server-fixture.js';
+import { RawClient, greet, infoRequestData, optionBytes, readChunk, readOptionReplies, readOptionReply, readSimpleReply, requestBytes, waitFor, within, writeBaseFile } from '../helpers/nbd-raw.js';
 import { startServer, type ListenAddress, type ServerOptions } from '../../lib/index.js';
 
 const SIZE = 64 * 1024;
 const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7 } as const;
 const EPERM = 1;
 const EINVAL = 22;
-const ENOSPC = 28;
 const GREETING = hex`4e42444d41474943 # NBDMAGIC
                      49484156454f5054 # IHAVEOPT
                      0003             # FIXED_NEWSTYLE | NO_ZEROES`;
@@ -30,13 +28,6 @@ async function readBack(t: Test, client: RawClient, offset: number, length: numb
   t.equal(reply.error, 0, `READ ${offset}+${length} succeeds`);
   t.equal(reply.cookie, cookie, 'cookie echoed');
   t.strictSame(await client.read(length), expected, `READ ${offset}+${length} data`);
-}
-
-/** A short temp dir: a unix socket path must fit sun_path (107 bytes); tap's fixture paths do not. */
-function shortDir(t: Test): string {
-  const dir = mkdtempSync(join(tmpdir(), 'nbdcow-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
 }
 
 function overlays(dir: string): string[] {
@@ -67,9 +58,7 @@ t.test('greeting bytes, over TCP and over a unix socket', async (t) => {
 
 t.test('unix socket file is removed by stop()', async (t) => {
   const dir = shortDir(t);
-  const base = writeBaseFile(dir, SIZE);
-  const path = join(dir, 'nbd.sock');
-  const server = await startServer({ base: base.path, listen: { kind: 'unix', path }, overlayDir: join(dir, 'o'), logLevel: 'silent' });
+  const { server } = await start(t, {}, () => ({ kind: 'unix', path: join(dir, 'nbd.sock') }));
   t.ok(readdirSync(dir).includes('nbd.sock'));
   t.match(server.uri, /^nbd\+unix:\/\/\/base\?socket=/);
   await within(server.stop(), 10_000, 'stop');
@@ -508,12 +497,8 @@ t.test('BLOCK_STATUS without a negotiated context: EINVAL, connection alive', as
 });
 
 t.test('server.stop() with a connection open: replies delivered, overlay deleted, promise resolves', async (t) => {
-  const dir = t.testdir({ overlays: {} });
-  const base = writeBaseFile(dir, SIZE);
-  const overlayDir = join(dir, 'overlays');
-  const server = await startServer({ base: base.path, listen: { kind: 'tcp', host: '127.0.0.1', port: 0 }, overlayDir, logLevel: 'silent' });
-  const { client } = await negotiate(server.address);
-  t.teardown(() => client.destroy());
+  const { server, overlayDir, connect } = await start(t);
+  const { client } = await connect();
   client.write(requestBytes({ type: CMD.WRITE, cookie: 1n, offset: 0, length: 4 }), hex`01020304`);
   t.equal((await readSimpleReply(client)).error, 0);
   t.equal(overlays(overlayDir).length, 1);
@@ -533,11 +518,8 @@ t.test('server.stop() with a connection open: replies delivered, overlay deleted
 });
 
 t.test('a negotiating client is dropped by stop()', async (t) => {
-  const dir = t.testdir({});
-  const base = writeBaseFile(dir, SIZE);
-  const server = await startServer({ base: base.path, listen: { kind: 'tcp', host: '127.0.0.1', port: 0 }, overlayDir: join(dir, 'o'), logLevel: 'silent' });
-  const client = await RawClient.connect(server.address);
-  t.teardown(() => client.destroy());
+  const { server, raw } = await start(t);
+  const client = await raw();
   await greet(client);
   await within(server.stop(), 10_000, 'server.stop()');
   t.ok(await client.closed(), 'closed');

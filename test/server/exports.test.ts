@@ -1,6 +1,7 @@
 import t from 'tap';
 import { FakeDevice } from '../helpers/nbd-raw.js';
-import { singleExportRegistry, transmissionFlags, type Export } from '../../lib/server/exports.js';
+import { OptionError } from '../../lib/protocol/errors.js';
+import { overlayExportRegistry, singleExportRegistry, transmissionFlags, type Export } from '../../lib/server/exports.js';
 
 const HAS_FLAGS = 0x0001;
 const READ_ONLY = 0x0002;
@@ -64,8 +65,6 @@ t.test('singleExportRegistry reaches the export by its name and by ""', async (t
 });
 
 t.test('overlayExportRegistry: EXPORT, EXPORT@NAME, policies and refusals', async (t) => {
-  const { overlayExportRegistry } = await import('../../lib/server/exports.js');
-  const { OptionError } = await import('../../lib/protocol/errors.js');
   const plain = makeExport(false);
   const attached: string[] = [];
   const attachNamed = async (name: string): Promise<FakeDevice> => {

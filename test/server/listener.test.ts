@@ -4,8 +4,7 @@
 import t, { type Test } from 'tap';
 import { createServer } from 'node:net';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { hex } from '../helpers/hex.js';
 import {
@@ -23,11 +22,10 @@ import {
   within,
   type Negotiated,
 } from '../helpers/nbd-raw.js';
-import { createLogger } from '../../lib/log.js';
-import { DEFAULT_LIMITS, type ConnectionLimits } from '../../lib/server/connection.js';
-import { singleExportRegistry, type Export } from '../../lib/server/exports.js';
-import { NbdListener } from '../../lib/server/server.js';
-import { settle, startFakeListener } from '../helpers/fake-listener.js';
+import type { ConnectionLimits } from '../../lib/server/connection.js';
+import type { NbdListener } from '../../lib/server/server.js';
+import { createFakeListener, settle, startFakeListener } from '../helpers/fake-listener.js';
+import { shortDir } from '../helpers/server-fixture.js';
 
 const SIZE = 64 * 1024;
 const CMD = { READ: 0, WRITE: 1, DISC: 2 } as const;
@@ -88,8 +86,13 @@ function readReplies(t: Test, all: Buffer, length: number): bigint[] {
   return cookies;
 }
 
+/** A listener on the pattern device that the test listens and stops itself. */
+function plainListener(): NbdListener {
+  return createFakeListener({ size: SIZE, openDevice: async () => new FakeDevice(SIZE, { data: patternBuffer(SIZE) }) });
+}
+
 t.test('address before listen() throws', async (t) => {
-  const listener = new NbdListener({ registry: singleExportRegistry({} as Export), log: createLogger('silent'), limits: DEFAULT_LIMITS });
+  const listener = plainListener();
   t.throws(() => listener.address, /not listening/);
   t.equal(listener.connectionCount, 0);
 });
@@ -100,31 +103,12 @@ t.test('listening on a busy port fails with a readable error', async (t) => {
   t.teardown(() => new Promise<void>((resolve) => busy.close(() => resolve())));
   const address = busy.address();
   if (address === null || typeof address === 'string') return t.fail('no port');
-  const listener = new NbdListener({ registry: singleExportRegistry({} as Export), log: createLogger('silent'), limits: DEFAULT_LIMITS });
+  const listener = plainListener();
   await t.rejects(listener.listen({ kind: 'tcp', host: '127.0.0.1', port: address.port }), {
     message: `cannot listen on 127.0.0.1:${address.port}: address already in use`,
     code: 'EADDRINUSE',
   });
 });
-
-/** A short temp dir: unix socket paths must fit sun_path. */
-function shortDir(t: Test): string {
-  const dir = mkdtempSync(join(tmpdir(), 'nbdcow-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-function plainListener(): NbdListener {
-  const exp: Export = {
-    name: 'fake',
-    description: '',
-    size: SIZE,
-    readOnly: false,
-    preferredBlockSize: 4096,
-    openDevice: async () => new FakeDevice(SIZE, { data: patternBuffer(SIZE) }),
-  };
-  return new NbdListener({ registry: singleExportRegistry(exp), log: createLogger('silent'), limits: DEFAULT_LIMITS });
-}
 
 t.test('unix socket: a stale socket file left by a dead server is replaced', async (t) => {
   const path = join(shortDir(t), 'nbd.sock');
@@ -352,27 +336,19 @@ t.test('a GO reply followed by requests in the same packet', async (t) => {
   t.strictSame(chunk.subarray(28), patternBuffer(8));
 });
 
-t.test(
-  'stop() finishes even when a client never reads its replies',
-  async (t) => {
+t.test('stop() finishes even when a client never reads its replies', async (t) => {
   const big = 32 * 1024 * 1024;
   const devices: FakeDevice[] = [];
-  const exp: Export = {
-    name: 'big',
-    description: '',
+  const { listener, track } = await startFakeListener(t, {
     size: big,
-    readOnly: false,
-    preferredBlockSize: 4096,
     openDevice: async () => {
       const device = new FakeDevice(big);
       devices.push(device);
       return device;
     },
-  };
-  const listener = new NbdListener({ registry: singleExportRegistry(exp), log: createLogger('silent'), limits: DEFAULT_LIMITS });
-  await listener.listen({ kind: 'tcp', host: '127.0.0.1', port: 0 });
+  });
   const { client } = await negotiate(listener.address);
-  t.teardown(() => client.destroy());
+  track(client);
   client.socket.pause();
   client.write(
     requestBytes({ type: CMD.READ, cookie: 1n, length: big }),
@@ -388,5 +364,4 @@ t.test(
   t.ok(devices[0]?.closed, 'device closed');
   client.destroy();
   await within(listener.stop(), 10_000, 'listener.stop() after the client left');
-  },
-);
+});

@@ -1,9 +1,10 @@
 import t from 'tap';
 import { hex } from '../helpers/hex.js';
 import { FakeDevice, infoRequestData, metaContextData } from '../helpers/nbd-raw.js';
+import { OptionError } from '../../lib/protocol/errors.js';
 import { decodeOptionReply } from '../../lib/protocol/handshake.js';
 import { handleOption, type NegotiationState, type OptionContext, type SettledOutcome } from '../../lib/server/negotiation.js';
-import { singleExportRegistry, type Export, type ExportRegistry } from '../../lib/server/exports.js';
+import { overlayExportRegistry, singleExportRegistry, type Export, type ExportRegistry } from '../../lib/server/exports.js';
 
 const ACK = 1;
 const REP_SERVER = 2;
@@ -399,7 +400,6 @@ t.test('errors other than OptionError are not swallowed', async (t) => {
 });
 
 t.test('named overlays: GO opens the device at GO, refusals become replies, contexts follow the name', async (t) => {
-  const { overlayExportRegistry } = await import('../../lib/server/exports.js');
   let opened = 0;
   let refuse = false;
   const device = new FakeDevice(SIZE);
@@ -496,7 +496,6 @@ t.test('GO: the INFO replies and ACK come only with the opened device', async (t
 });
 
 t.test('a refused open: GO gets the NBD_REP_ERR_* with its message, EXPORT_NAME closes', async (t) => {
-  const { OptionError } = await import('../../lib/protocol/errors.js');
   for (const option of [OPT.GO, OPT.EXPORT_NAME]) {
     const slow = slowExport();
     const data = option === OPT.GO ? infoRequestData('golden') : Buffer.from('golden');
