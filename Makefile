@@ -8,7 +8,7 @@ SERVE_ARGS ?=
 COVERAGE_FLOOR ?= 90
 BRANCH_FLOOR ?= 85
 
-.PHONY: all build serve test test-only test-guest deps-test deps-bench bench typecheck clean
+.PHONY: all build serve test test-only test-guest deps-test deps-bench bench typecheck lint format clean
 
 all: build
 
@@ -50,7 +50,14 @@ bench: build deps-bench
 typecheck: node_modules/.installed
 	npx tsc -p tsconfig.test.json
 
-test: build deps-test typecheck
+# Biome: formatting and lint rules (biome.json). `make format` applies its safe fixes.
+lint: node_modules/.installed
+	npx biome check .
+
+format: node_modules/.installed
+	npx biome check --write .
+
+test: build deps-test typecheck lint
 	npx c8 --check-coverage --lines $(COVERAGE_FLOOR) --branches $(BRANCH_FLOOR) --reporter=text-summary --reporter=text \
 	  --exclude 'test/**' --exclude 'dist/test/**' --exclude 'node_modules/**' \
 	  tap

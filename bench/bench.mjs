@@ -11,10 +11,21 @@ import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NbdConnection } from './lib/nbd-client.mjs';
-import { alive, childPids, cpuSeconds, diskUsage, openFdCount, openFilesAllocated, sleep, startTime, statusKiB, stopPid } from './lib/proc.mjs';
-import { MEMORY, OURS, computeRatios, renderMarkdown } from './lib/report.mjs';
+import {
+  alive,
+  childPids,
+  cpuSeconds,
+  diskUsage,
+  openFdCount,
+  openFilesAllocated,
+  sleep,
+  startTime,
+  statusKiB,
+  stopPid,
+} from './lib/proc.mjs';
+import { computeRatios, MEMORY, OURS, renderMarkdown } from './lib/report.mjs';
 import { SERVERS } from './lib/servers.mjs';
-import { FIO_WORKLOADS, baseBytes, openMany, pool, round, runFio, runSessions } from './lib/workloads.mjs';
+import { baseBytes, FIO_WORKLOADS, openMany, pool, round, runFio, runSessions } from './lib/workloads.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '..');
@@ -43,7 +54,16 @@ function die(msg, code = 1) {
 }
 
 const DEFAULT_ANCHORS = ['nbd-server', 'qemu-nbd', 'nbdkit-cow', 'nbdkit-memory'];
-const DEFAULT_WORKLOADS = ['seq-read', 'seq-write', 'rand-read', 'rand-write', 'rand-read-qd1', 'sessions', 'sessions@unix', 'scale'];
+const DEFAULT_WORKLOADS = [
+  'seq-read',
+  'seq-write',
+  'rand-read',
+  'rand-write',
+  'rand-read-qd1',
+  'sessions',
+  'sessions@unix',
+  'scale',
+];
 
 const settings = {
   quick: QUICK,
@@ -61,7 +81,10 @@ const settings = {
   ours_args: (env.OURS_ARGS ?? '').split(/\s+/).filter(Boolean),
   // Extra nbd-cow rows, one per flag set ("--block-size 16K; --block-size 64K"): compared with
   // the anchors in the same run, never counted as an anchor.
-  ours_variants: (env.OURS_VARIANTS ?? '').split(';').map((v) => v.trim().split(/\s+/).filter(Boolean)).filter((v) => v.length > 0),
+  ours_variants: (env.OURS_VARIANTS ?? '')
+    .split(';')
+    .map((v) => v.trim().split(/\s+/).filter(Boolean))
+    .filter((v) => v.length > 0),
   ready_timeout_s: intSetting('READY_TIMEOUT', 20),
   results: resolve(env.RESULTS ?? join(HERE, 'results', 'latest.json')),
   keep_tmp: env.KEEP_TMP === '1',
@@ -71,11 +94,17 @@ const settings = {
 
 {
   const [lo, hi] = settings.scale_write_kib;
-  if (!(lo >= 4 && hi >= lo && lo % 4 === 0 && hi % 4 === 0)) die(`SCALE_WRITE_KIB must be MIN-MAX in KiB, multiples of 4, got '${env.SCALE_WRITE_KIB}'`);
+  if (!(lo >= 4 && hi >= lo && lo % 4 === 0 && hi % 4 === 0))
+    die(`SCALE_WRITE_KIB must be MIN-MAX in KiB, multiples of 4, got '${env.SCALE_WRITE_KIB}'`);
   if (settings.base_mb < 1) die('BASE_MB must be at least 1');
   for (const a of settings.anchors) {
     if (a === OURS) continue; // nbd-cow always runs; naming it is harmless
-    if (!SERVERS[a]) die(`unknown server '${a}' in SERVERS (known: ${Object.keys(SERVERS).filter((n) => n !== OURS).join(', ')})`);
+    if (!SERVERS[a])
+      die(
+        `unknown server '${a}' in SERVERS (known: ${Object.keys(SERVERS)
+          .filter((n) => n !== OURS)
+          .join(', ')})`,
+      );
   }
   const seen = new Set();
   for (const w of settings.workloads) {
@@ -88,7 +117,13 @@ const settings = {
 }
 const variantNames = settings.ours_variants.map((args) => {
   const name = `${OURS} ${args.join(' ')}`;
-  SERVERS[name] = { ...SERVERS[OURS], cow: false, variant: true, oursArgs: args, notes: `nbd-cow with ${args.join(' ')} (a variant, not an anchor)` };
+  SERVERS[name] = {
+    ...SERVERS[OURS],
+    cow: false,
+    variant: true,
+    oursArgs: args,
+    notes: `nbd-cow with ${args.join(' ')} (a variant, not an anchor)`,
+  };
   return name;
 });
 const serverNames = [...new Set([OURS, ...variantNames, ...settings.anchors])];
@@ -175,13 +210,16 @@ function makeBase() {
 
 const results = {
   schema: 1,
-  generated: new Date().toISOString().slice(0, 16) + 'Z',
+  generated: `${new Date().toISOString().slice(0, 16)}Z`,
   settings: { ...settings, results: undefined },
   host: {
     cpus: os.cpus().length,
     mem_gib: Math.round(os.totalmem() / 2 ** 30),
     kernel: os.release(),
-    loadavg_start: os.loadavg().map((x) => x.toFixed(2)).join(' '),
+    loadavg_start: os
+      .loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' '),
   },
   versions: {},
   base: {},
@@ -202,7 +240,15 @@ async function startServer(name, transport) {
   mkdirSync(run, { recursive: true });
   const logFile = join(run, 'server.log');
   const logFd = openSync(logFile, 'a');
-  const ctx = { base: BASE, baseMB: settings.base_mb, run, transport, logFd, oursArgs: def.oursArgs ?? settings.ours_args, root: ROOT };
+  const ctx = {
+    base: BASE,
+    baseMB: settings.base_mb,
+    run,
+    transport,
+    logFd,
+    oursArgs: def.oursArgs ?? settings.ours_args,
+    root: ROOT,
+  };
   let srv;
   startsInFlight++;
   try {
@@ -224,7 +270,10 @@ async function startServer(name, transport) {
     if (line === null) {
       const exited = !alive(srv.pid);
       await stopServer(srv);
-      return { error: `${exited ? 'exited during start-up' : `no URI line on stdout within ${settings.ready_timeout_s} s`}; ${tail(logFile)}`, run };
+      return {
+        error: `${exited ? 'exited during start-up' : `no URI line on stdout within ${settings.ready_timeout_s} s`}; ${tail(logFile)}`,
+        run,
+      };
     }
   }
   let lastErr = 'not accepting connections';
@@ -322,11 +371,17 @@ async function benchWorkload(name, w) {
       });
       entry = { status: r.sessions > 0 && r.mismatches === 0 ? 'ok' : 'fail', transport, ...r };
       if (r.errors > 0) entry.note = `${r.errors} failed sessions, last: ${r.last_error}`;
-      if (r.mismatches > 0) entry.note = `${entry.note ? entry.note + '; ' : ''}${r.mismatches} reads differ from the base`;
+      if (r.mismatches > 0) entry.note = `${entry.note ? `${entry.note}; ` : ''}${r.mismatches} reads differ from the base`;
     } else {
       const logFd = openSync(join(srv.run, 'fio.log'), 'a');
       try {
-        r = await runFio(base, srv.endpoint.uri, { runtime: settings.runtime, ramp: settings.ramp, outFile: join(srv.run, 'fio.json'), logFd, clients });
+        r = await runFio(base, srv.endpoint.uri, {
+          runtime: settings.runtime,
+          ramp: settings.ramp,
+          outFile: join(srv.run, 'fio.json'),
+          logFd,
+          clients,
+        });
         entry = { status: 'ok', transport, ...r };
       } finally {
         closeSync(logFd);
@@ -342,7 +397,7 @@ async function benchWorkload(name, w) {
   entry.server_peak_rss_kib = statusKiB(srv.pid, 'VmHWM');
   if (!alive(srv.pid)) {
     entry.status = 'fail';
-    entry.note = `${entry.note ? entry.note + '; ' : ''}server died during the workload; ${tail(srv.logFile)}`;
+    entry.note = `${entry.note ? `${entry.note}; ` : ''}server died during the workload; ${tail(srv.logFile)}`;
     live.delete(srv.pid);
   }
   if (cpu0 !== null && cpu1 !== null) {
@@ -414,7 +469,9 @@ async function scalePhase(mode, transport) {
     writeMaxKiB: settings.scale_write_kib[1],
     baseFd,
   });
-  log(`${OURS}: scale ${mode}: ${opened.conns.length} open in ${opened.openSeconds.toFixed(1)} s, ${opened.errors} errors; idle ${settings.scale_idle_seconds} s`);
+  log(
+    `${OURS}: scale ${mode}: ${opened.conns.length} open in ${opened.openSeconds.toFixed(1)} s, ${opened.errors} errors; idle ${settings.scale_idle_seconds} s`,
+  );
   await sleep(settings.scale_idle_seconds * 1000);
   sample();
   const overlay = diskUsage(srv.overlayDir);
@@ -427,7 +484,7 @@ async function scalePhase(mode, transport) {
     const c = await NbdConnection.open(srv.endpoint.target, def.exportName);
     const d = await c.pread(4096, 0);
     await c.disconnect();
-    probeMs = (performance.now() - t);
+    probeMs = performance.now() - t;
     if (!d.equals(baseBytes(baseFd, 0, 4096))) results.messages.push(`scale ${mode}: probe session read wrong data`);
   } catch (err) {
     results.messages.push(`scale ${mode}: probe session failed: ${err.message}`);
@@ -474,9 +531,12 @@ async function scalePhase(mode, transport) {
   else if (open === 0) r.note = `no connection opened: ${opened.firstError}`;
   if (opened.errors > 0) results.messages.push(`scale ${mode}: ${opened.errors} connections failed, first: ${opened.firstError}`);
   if (opened.mismatches > 0) results.messages.push(`scale ${mode}: ${opened.mismatches} connections read back wrong data`);
-  if (mode === 'read' && overlay.allocated_bytes !== 0) results.messages.push(`scale read: overlay dir uses ${overlay.allocated_bytes} bytes with read-only sessions (expected 0)`);
+  if (mode === 'read' && overlay.allocated_bytes !== 0)
+    results.messages.push(`scale read: overlay dir uses ${overlay.allocated_bytes} bytes with read-only sessions (expected 0)`);
   if (afterClose.allocated_bytes !== 0 || afterClose.files !== 0) {
-    results.messages.push(`scale ${mode}: after every connection closed the overlay dir still holds ${afterClose.files} files, ${afterClose.allocated_bytes} bytes`);
+    results.messages.push(
+      `scale ${mode}: after every connection closed the overlay dir still holds ${afterClose.files} files, ${afterClose.allocated_bytes} bytes`,
+    );
   }
   await stopServer(srv);
   removeRun(srv);
@@ -486,10 +546,13 @@ async function scalePhase(mode, transport) {
 // ------------------------------------------------------------------ main
 
 async function main() {
-  log(`settings: BASE_MB=${settings.base_mb} RUNTIME=${settings.runtime} RAMP=${settings.ramp} SESSION_SECONDS=${settings.session_seconds} ` +
-    `SCALE_CONNECTIONS=${settings.scale_connections} SERVERS="${settings.anchors.join(' ')}" WORKLOADS="${settings.workloads.join(' ')}"`);
+  log(
+    `settings: BASE_MB=${settings.base_mb} RUNTIME=${settings.runtime} RAMP=${settings.ramp} SESSION_SECONDS=${settings.session_seconds} ` +
+      `SCALE_CONNECTIONS=${settings.scale_connections} SERVERS="${settings.anchors.join(' ')}" WORKLOADS="${settings.workloads.join(' ')}"`,
+  );
   if (runWorkloads.some((w) => !w.startsWith('sessions'))) {
-    if (spawnSync('fio', ['--enghelp=nbd'], { stdio: 'ignore' }).status !== 0) die("fio with the 'nbd' engine is needed (Debian: fio)");
+    if (spawnSync('fio', ['--enghelp=nbd'], { stdio: 'ignore' }).status !== 0)
+      die("fio with the 'nbd' engine is needed (Debian: fio)");
   }
   log(`creating a ${settings.base_mb} MiB pseudo-random base in ${WORK}`);
   results.base.method = makeBase();
@@ -506,10 +569,14 @@ async function main() {
   for (const a of serverNames) {
     const bin = SERVERS[a].binary;
     if (bin === null || results.versions[bin] !== undefined) continue; // null: nbd-cow and its variants
-    results.versions[bin] = bin === 'nbd-server' ? versionOf(bin, ['-V'])?.replace(/^This is nbd-server version /, '') ?? null : versionOf(bin, ['--version']);
+    results.versions[bin] =
+      bin === 'nbd-server'
+        ? (versionOf(bin, ['-V'])?.replace(/^This is nbd-server version /, '') ?? null)
+        : versionOf(bin, ['--version']);
   }
   try {
-    results.versions['nbd-cow'] += ` (git ${spawnSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim()})`;
+    results.versions['nbd-cow'] +=
+      ` (git ${spawnSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim()})`;
   } catch {
     // no git
   }
@@ -560,9 +627,9 @@ async function finish(code) {
   results.memory_reference = MEMORY;
   const md = renderMarkdown(results);
   mkdirSync(dirname(settings.results), { recursive: true });
-  writeFileSync(settings.results, JSON.stringify(results, null, 2) + '\n');
-  writeFileSync(settings.results.replace(/\.json$/, '') + '.md', md + '\n');
-  process.stdout.write(md + '\n');
+  writeFileSync(settings.results, `${JSON.stringify(results, null, 2)}\n`);
+  writeFileSync(`${settings.results.replace(/\.json$/, '')}.md`, `${md}\n`);
+  process.stdout.write(`${md}\n`);
   log(`JSON: ${settings.results}; wall time ${results.wall_s} s; exit ${code}`);
   if (baseFd !== null) closeSync(baseFd);
   await cleanupAndExit(code);

@@ -1,20 +1,20 @@
 // The nbd-cow command line: parse flags into ServerOptions, start the server or the scripted
 // `run` mode, translate signals and errors into exit codes. No serving logic lives here.
 
-import { Command, InvalidArgumentError, Option } from 'commander';
 import { mkdir, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { writePatternImage } from '../lib/demo-image.js';
 import {
   checkOverlay,
   DEFAULT_BLOCK_SIZE,
   DEFAULT_PORT,
   OVERLAY_POLICIES,
-  startServer,
-  validateBlockSize,
   type OverlayPolicy,
   type ServerOptions,
+  startServer,
+  validateBlockSize,
 } from '../lib/index.js';
 import { runWithServer } from '../lib/run-command.js';
 

@@ -8,25 +8,25 @@
 // named overlay NAME, kept in the overlay directory and shared by its connections), as the
 // overlay policy allows.
 
-import { mkdir, access, constants as fsConstants } from 'node:fs/promises';
+import { access, constants as fsConstants, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, extname, join, resolve } from 'node:path';
-import { openBase, type BaseImage } from './block/base-image.js';
+import { type BaseImage, openBase } from './block/base-image.js';
 import { CowDevice, ephemeralOverlayName, sweepEphemeralOverlays } from './block/cow-device.js';
 import type { BlockDevice } from './block/device.js';
 import { NamedOverlays } from './block/named-overlays.js';
 import { MAX_BLOCK_SIZE, MIN_BLOCK_SIZE } from './block/overlay-file.js';
-import { createLogger, levelFromEnv, type LogLevel, type Logger } from './log.js';
-import { DEFAULT_LIMITS, type ConnectionLimits } from './server/connection.js';
-import { overlayExportRegistry, type Export, type OverlayPolicy } from './server/exports.js';
-import { NbdListener, type ListenAddress } from './server/server.js';
+import { createLogger, type Logger, type LogLevel, levelFromEnv } from './log.js';
+import { type ConnectionLimits, DEFAULT_LIMITS } from './server/connection.js';
+import { type Export, type OverlayPolicy, overlayExportRegistry } from './server/exports.js';
+import { type ListenAddress, NbdListener } from './server/server.js';
 
-export type { ListenAddress } from './server/server.js';
-export type { ConnectionLimits } from './server/connection.js';
+export { type CheckReport, checkOverlay } from './block/overlay-check.js';
 export type { LogLevel } from './log.js';
+export type { ConnectionLimits } from './server/connection.js';
 export type { OverlayPolicy } from './server/exports.js';
 export { OVERLAY_POLICIES } from './server/exports.js';
-export { checkOverlay, type CheckReport } from './block/overlay-check.js';
+export type { ListenAddress } from './server/server.js';
 
 /** Overlay block size when none is given: 4 KiB first writes need no copy-up from the base. */
 export const DEFAULT_BLOCK_SIZE = 4096;

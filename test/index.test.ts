@@ -1,6 +1,6 @@
-import t from 'tap';
-import { join } from 'node:path';
 import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import t from 'tap';
 import {
   DEFAULT_BLOCK_SIZE,
   DEFAULT_PORT,
@@ -52,7 +52,11 @@ t.test('formatUri: unix socket (nbd+unix:///name?socket=path)', async (t) => {
   t.equal(parsed.protocol, 'nbd+unix:');
   t.equal(parsed.pathname, '/golden');
   t.equal(parsed.searchParams.get('socket'), '/tmp/my dir/nbd.sock', 'the socket path round-trips');
-  t.equal(new URL(formatUri({ kind: 'unix', path: '/s&x=1' }, '')).searchParams.get('socket'), '/s&x=1', 'query characters escaped');
+  t.equal(
+    new URL(formatUri({ kind: 'unix', path: '/s&x=1' }, '')).searchParams.get('socket'),
+    '/s&x=1',
+    'query characters escaped',
+  );
 });
 
 t.test('validateBlockSize: powers of two from 512 to 1 MiB', async (t) => {
@@ -67,11 +71,22 @@ t.test('startServer: bad options fail before listening', async (t) => {
   const base = join(dir, 'base.img');
   writeFileSync(base, Buffer.alloc(4096, 1));
   await t.rejects(
-    startServer({ base, listen: { kind: 'tcp', host: '127.0.0.1', port: 0 }, blockSize: 1000, overlayDir: dir, logLevel: 'silent' }),
+    startServer({
+      base,
+      listen: { kind: 'tcp', host: '127.0.0.1', port: 0 },
+      blockSize: 1000,
+      overlayDir: dir,
+      logLevel: 'silent',
+    }),
     { message: /block size 1000/ },
   );
   await t.rejects(
-    startServer({ base: join(dir, 'missing.img'), listen: { kind: 'tcp', host: '127.0.0.1', port: 0 }, overlayDir: dir, logLevel: 'silent' }),
+    startServer({
+      base: join(dir, 'missing.img'),
+      listen: { kind: 'tcp', host: '127.0.0.1', port: 0 },
+      overlayDir: dir,
+      logLevel: 'silent',
+    }),
     { message: /missing\.img/ },
   );
   await t.rejects(
@@ -85,9 +100,17 @@ t.test('startServer: uri, address, exportName, overlayDir', async (t) => {
   const dir = t.testdir({});
   const base = join(dir, 'golden.img');
   writeFileSync(base, Buffer.alloc(4096, 1));
-  const server = await startServer({ base, listen: { kind: 'tcp', host: '127.0.0.1', port: 0 }, overlayDir: join(dir, 'ov'), logLevel: 'silent' });
+  const server = await startServer({
+    base,
+    listen: { kind: 'tcp', host: '127.0.0.1', port: 0 },
+    overlayDir: join(dir, 'ov'),
+    logLevel: 'silent',
+  });
   t.teardown(() => within(server.stop(), 10_000, 'stop'));
-  if (server.address.kind !== 'tcp') return t.fail('tcp expected');
+  if (server.address.kind !== 'tcp') {
+    t.fail('tcp expected');
+    return;
+  }
   t.ok(server.address.port > 0, 'a real port');
   t.equal(server.exportName, 'golden');
   t.equal(server.uri, `nbd://127.0.0.1:${server.address.port}/golden`);

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { createLogger, isLogLevel, levelFromEnv, type LogLevel } from '../lib/log.js';
+import { createLogger, isLogLevel, type LogLevel, levelFromEnv } from '../lib/log.js';
 
 function capture(level: LogLevel): { lines: string[]; log: ReturnType<typeof createLogger> } {
   const lines: string[] = [];

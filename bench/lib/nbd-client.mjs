@@ -75,7 +75,9 @@ class Reader {
 function connectSocket(target, timeoutMs) {
   return new Promise((resolve, reject) => {
     const socket =
-      target.kind === 'unix' ? net.createConnection({ path: target.path }) : net.createConnection({ host: target.host, port: target.port });
+      target.kind === 'unix'
+        ? net.createConnection({ path: target.path })
+        : net.createConnection({ host: target.host, port: target.port });
     const timer = setTimeout(() => {
       socket.destroy();
       reject(new NbdError(`connect timed out after ${timeoutMs} ms`));
@@ -188,7 +190,8 @@ export class NbdConnection {
 
   async #simpleReply(handle, payloadLength) {
     const rep = await this.#reader.read(16);
-    if (rep.readUInt32BE(0) !== SIMPLE_REPLY_MAGIC) throw new NbdError('bad reply magic (structured replies were not negotiated)');
+    if (rep.readUInt32BE(0) !== SIMPLE_REPLY_MAGIC)
+      throw new NbdError('bad reply magic (structured replies were not negotiated)');
     const err = rep.readUInt32BE(4);
     if (rep.readBigUInt64BE(8) !== handle) throw new NbdError('reply handle does not match the request');
     if (err !== 0) throw new NbdError(`server returned error ${err}`);
@@ -221,4 +224,3 @@ export class NbdConnection {
     this.#socket.destroy();
   }
 }
-

@@ -1,7 +1,7 @@
 // Process helpers: start, watch and stop server processes by PID, and read /proc.
 
 import { spawn, spawnSync } from 'node:child_process';
-import { appendFileSync, readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
+import { appendFileSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
 const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
@@ -85,7 +85,7 @@ export function openFilesAllocated(pid, dir) {
   for (const fd of fds) {
     const p = `/proc/${pid}/fd/${fd}`;
     try {
-      if (!readlinkSync(p).startsWith(dir + '/')) continue;
+      if (!readlinkSync(p).startsWith(`${dir}/`)) continue;
       const st = statSync(p);
       if (!st.isFile()) continue;
       files++;
@@ -150,7 +150,9 @@ export function registerPid(pid) {
 export async function stopPid(pid, startedAt, { graceMs = 5000, child = null, log = () => {} } = {}) {
   const running = () => alive(pid) && startTime(pid) === startedAt;
   if (!pid || startedAt === null || !running()) return;
-  const exited = child ? new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', r))) : null;
+  const exited = child
+    ? new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', r)))
+    : null;
   try {
     process.kill(pid, 'SIGTERM');
   } catch {

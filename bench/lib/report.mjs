@@ -114,13 +114,21 @@ export function renderMarkdown(results) {
   p('## nbd-cow benchmark');
   p();
   p(`- date (UTC): ${results.generated}`);
-  p(`- host: ${results.host.cpus} CPUs, ${results.host.mem_gib} GiB RAM, kernel ${results.host.kernel}; load average at start ${results.host.loadavg_start}`);
+  p(
+    `- host: ${results.host.cpus} CPUs, ${results.host.mem_gib} GiB RAM, kernel ${results.host.kernel}; load average at start ${results.host.loadavg_start}`,
+  );
   p(
     `- settings: BASE_MB=${settings.base_mb} RUNTIME=${settings.runtime} RAMP=${settings.ramp} SESSION_SECONDS=${settings.session_seconds} ` +
       `SCALE_CONNECTIONS=${settings.scale_connections}${settings.quick ? ' (BENCH_QUICK=1)' : ''}${settings.ours_args.length ? ` OURS_ARGS="${settings.ours_args.join(' ')}"` : ''}`,
   );
-  p(`- versions: ${Object.entries(results.versions).map(([k, v]) => `${k} ${v}`).join('; ')}`);
-  p(`- base: ${settings.base_mb} MiB of pseudo-random bytes (${results.base.method}), sha256 ${results.base.sha256.slice(0, 16)}…, ${results.base.unchanged ? 'unchanged after every server' : '**CHANGED**'}`);
+  p(
+    `- versions: ${Object.entries(results.versions)
+      .map(([k, v]) => `${k} ${v}`)
+      .join('; ')}`,
+  );
+  p(
+    `- base: ${settings.base_mb} MiB of pseudo-random bytes (${results.base.method}), sha256 ${results.base.sha256.slice(0, 16)}…, ${results.base.unchanged ? 'unchanged after every server' : '**CHANGED**'}`,
+  );
   p(`- wall time: ${results.wall_s} s`);
   p();
 
@@ -142,8 +150,12 @@ export function renderMarkdown(results) {
       if (nameKey && r[nameKey]) s += ` (${r[nameKey]})`;
       return s;
     };
-    p(`| nbd-cow : best CoW anchor | ${workloads.map((w) => rcell(w, 'ratio_to_best_cow', 'p99_ratio_to_best_cow', 'best_cow_anchor')).join(' | ')} |`);
-    p(`| nbd-cow : nbdkit-memory | ${workloads.map((w) => rcell(w, 'ratio_to_memory', 'p99_ratio_to_memory', null)).join(' | ')} |`);
+    p(
+      `| nbd-cow : best CoW anchor | ${workloads.map((w) => rcell(w, 'ratio_to_best_cow', 'p99_ratio_to_best_cow', 'best_cow_anchor')).join(' | ')} |`,
+    );
+    p(
+      `| nbd-cow : nbdkit-memory | ${workloads.map((w) => rcell(w, 'ratio_to_memory', 'p99_ratio_to_memory', null)).join(' | ')} |`,
+    );
     for (const v of results.servers.filter((s) => s.variant)) {
       p(`| ${v.name} : best CoW anchor | ${workloads.map((w) => fmtRatio(ratios[w]?.variants?.[v.name])).join(' | ')} |`);
     }
@@ -161,7 +173,9 @@ export function renderMarkdown(results) {
     p(`| ${h2.join(' | ')} |`);
     p(`|${h2.map(() => '---').join('|')}|`);
     for (const s of results.servers) {
-      p(`| ${s.name} | ${workloads.map((w) => (s.workloads[w]?.status === 'ok' ? fmt(s.workloads[w].server_cpu_s) : '–')).join(' | ')} |`);
+      p(
+        `| ${s.name} | ${workloads.map((w) => (s.workloads[w]?.status === 'ok' ? fmt(s.workloads[w].server_cpu_s) : '–')).join(' | ')} |`,
+      );
     }
     p();
   }
@@ -170,7 +184,9 @@ export function renderMarkdown(results) {
   if (sc) {
     p(`### Scale: ${sc.connections} concurrent connections to one nbd-cow process (${sc.transport})`);
     p();
-    p('| phase | open | errors / bad data | opened in s | written | RSS idle before | max RSS | RSS / conn | overlay dir du | overlay files | du after close | one session while idle | CPU s |');
+    p(
+      '| phase | open | errors / bad data | opened in s | written | RSS idle before | max RSS | RSS / conn | overlay dir du | overlay files | du after close | one session while idle | CPU s |',
+    );
     p('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
     for (const [label, r] of [
       [`writers (${sc.write_kib[0]}–${sc.write_kib[1]} KiB each, then idle)`, sc.writers],
@@ -194,14 +210,17 @@ export function renderMarkdown(results) {
         'the read-only phase should leave it at 0.',
     );
     if (sc.writers?.status === 'ok' && sc.writers.open_fd_overlay) {
-      p(`Files the server held open under the overlay dir (including unlinked ones) in the writers phase: ${sc.writers.open_fd_overlay.files}, ${fmtBytes(sc.writers.open_fd_overlay.bytes)} allocated.`);
+      p(
+        `Files the server held open under the overlay dir (including unlinked ones) in the writers phase: ${sc.writers.open_fd_overlay.files}, ${fmtBytes(sc.writers.open_fd_overlay.bytes)} allocated.`,
+      );
     }
     p();
   }
 
   const problems = [];
   for (const s of results.servers) {
-    for (const [w, r] of Object.entries(s.workloads)) if (r.status !== 'ok' || r.note) problems.push(`- ${s.name} ${w}: ${r.status}${r.note ? ` — ${r.note}` : ''}`);
+    for (const [w, r] of Object.entries(s.workloads))
+      if (r.status !== 'ok' || r.note) problems.push(`- ${s.name} ${w}: ${r.status}${r.note ? ` — ${r.note}` : ''}`);
   }
   for (const m of results.messages) problems.push(`- ${m}`);
   if (problems.length) {

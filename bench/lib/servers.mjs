@@ -29,10 +29,16 @@ async function prepare(ctx, exportName) {
   mkdirSync(overlayDir);
   if (ctx.transport === 'unix') {
     const path = join(ctx.run, 'nbd.sock');
-    return { overlayDir, ep: { target: { kind: 'unix', path }, uri: `nbd+unix:///${exportName}?socket=${path}`, socket: path, port: null } };
+    return {
+      overlayDir,
+      ep: { target: { kind: 'unix', path }, uri: `nbd+unix:///${exportName}?socket=${path}`, socket: path, port: null },
+    };
   }
   const port = await freePort();
-  return { overlayDir, ep: { target: { kind: 'tcp', host: '127.0.0.1', port }, uri: `nbd://127.0.0.1:${port}/${exportName}`, socket: null, port } };
+  return {
+    overlayDir,
+    ep: { target: { kind: 'tcp', host: '127.0.0.1', port }, uri: `nbd://127.0.0.1:${port}/${exportName}`, socket: null, port },
+  };
 }
 
 const qemuListen = (ep) => (ep.socket ? [`--socket=${ep.socket}`] : ['--bind=127.0.0.1', `--port=${ep.port}`]);
@@ -84,7 +90,8 @@ export const SERVERS = {
     servesBase: true,
     exportName: 'base',
     binary: 'nbd-server',
-    notes: 'copyonwrite = true: a diff file per connection (forks a child per connection); daemonizes, stopped by the PID in its pid file',
+    notes:
+      'copyonwrite = true: a diff file per connection (forks a child per connection); daemonizes, stopped by the PID in its pid file',
     async start(ctx) {
       const { ep, overlayDir } = await prepare(ctx, this.exportName);
       const conf = join(ctx.run, 'nbd-server.conf');
@@ -92,9 +99,15 @@ export const SERVERS = {
       const listen = ep.socket ? [`unixsock = ${ep.socket}`] : ['listenaddr = 127.0.0.1', `port = ${ep.port}`];
       writeFileSync(
         conf,
-        ['[generic]', ...listen.map((l) => `    ${l}`), '[base]', `    exportname = ${ctx.base}`, '    copyonwrite = true', `    cowdir = ${overlayDir}`, ''].join(
-          '\n',
-        ),
+        [
+          '[generic]',
+          ...listen.map((l) => `    ${l}`),
+          '[base]',
+          `    exportname = ${ctx.base}`,
+          '    copyonwrite = true',
+          `    cowdir = ${overlayDir}`,
+          '',
+        ].join('\n'),
       );
       // `nbd-server -d` would serve a single connection, so let it daemonize.
       const args = ['-C', conf, '-p', pidFile];
@@ -129,9 +142,23 @@ export const SERVERS = {
         stdio: ['ignore', ctx.logFd, ctx.logFd],
       });
       if (mk.status !== 0) throw new Error('qemu-img create failed');
-      const args = ['--format=qcow2', '--cache=writeback', '--persistent', '--shared=0', `--export-name=${this.exportName}`, ...qemuListen(ep), overlay];
+      const args = [
+        '--format=qcow2',
+        '--cache=writeback',
+        '--persistent',
+        '--shared=0',
+        `--export-name=${this.exportName}`,
+        ...qemuListen(ep),
+        overlay,
+      ];
       const child = spawnLogged('qemu-nbd', args, { logFd: ctx.logFd });
-      return { pid: child.pid, child, endpoint: ep, cmd: `qemu-img create -f qcow2 -b BASE -F raw OVERLAY && ${cmdline('qemu-nbd', args)}`, overlayDir };
+      return {
+        pid: child.pid,
+        child,
+        endpoint: ep,
+        cmd: `qemu-img create -f qcow2 -b BASE -F raw OVERLAY && ${cmdline('qemu-nbd', args)}`,
+        overlayDir,
+      };
     },
   },
 
@@ -143,7 +170,16 @@ export const SERVERS = {
     notes: 'qemu-nbd --snapshot: an unlinked temporary qcow2 overlay in TMPDIR, shared by all connections',
     async start(ctx) {
       const { ep, overlayDir } = await prepare(ctx, this.exportName);
-      const args = ['--snapshot', '--format=raw', '--cache=writeback', '--persistent', '--shared=0', `--export-name=${this.exportName}`, ...qemuListen(ep), ctx.base];
+      const args = [
+        '--snapshot',
+        '--format=raw',
+        '--cache=writeback',
+        '--persistent',
+        '--shared=0',
+        `--export-name=${this.exportName}`,
+        ...qemuListen(ep),
+        ctx.base,
+      ];
       const child = spawnLogged('qemu-nbd', args, { logFd: ctx.logFd, env: tmpEnv(overlayDir) });
       return { pid: child.pid, child, endpoint: ep, cmd: cmdline('qemu-nbd', args, 'TMPDIR=OVERLAY_DIR '), overlayDir };
     },

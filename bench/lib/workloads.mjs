@@ -206,4 +206,3 @@ export async function openMany({ target, exportName, n, concurrency, mode, write
   });
   return { conns, errors, mismatches, bytesWritten, firstError, openSeconds: (performance.now() - t0) / 1000 };
 }
-

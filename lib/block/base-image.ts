@@ -8,9 +8,9 @@
 // image, not a change confined to unsampled bytes. doc/overlay-format.md gives the exact input.
 
 import { createHash } from 'node:crypto';
-import type { BlockDevice, Extent } from './device.js';
-import { closeFile, openFile, readAt, statFile, O_RDONLY, type Fd } from './file.js';
 import { codedError } from './coded-error.js';
+import type { BlockDevice, Extent } from './device.js';
+import { closeFile, type Fd, O_RDONLY, openFile, readAt, statFile } from './file.js';
 
 export interface BaseIdentity {
   readonly size: number;

@@ -3,7 +3,7 @@
 // once per overlay open, create or close, never per request, and never blocks the event loop.
 
 import fs from 'node:fs';
-import { closeFile, openFile, O_RDONLY, unlinkFile } from './file.js';
+import { closeFile, O_RDONLY, openFile, unlinkFile } from './file.js';
 
 /** Temporary names made by this process, so concurrent creates never share one. */
 let tmpSeq = 0;

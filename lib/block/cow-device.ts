@@ -20,12 +20,12 @@
 // zeros in bounded chunks. FUA is a full flush after the write.
 
 import type { BaseImage } from './base-image.js';
-import { BLOCK_BASE, BLOCK_DATA, BLOCK_ZERO, type Bitmap } from './bitmap.js';
+import { type Bitmap, BLOCK_BASE, BLOCK_DATA, BLOCK_ZERO } from './bitmap.js';
+import { codedError } from './coded-error.js';
 import type { BlockDevice, Extent, ExtentState, WriteOptions, ZeroOptions } from './device.js';
 import { OverlayFile, overlayGeometry } from './overlay-file.js';
 import { RangeLock, type Release } from './range-lock.js';
-import { blockOf, blockSpan, roundDown, splitRange, type PartialBlock } from './ranges.js';
-import { codedError } from './coded-error.js';
+import { blockOf, blockSpan, type PartialBlock, roundDown, splitRange } from './ranges.js';
 
 // The server names and sweeps overlays next to where it creates devices.
 export { ephemeralOverlayName, ephemeralOverlayPid, sweepEphemeralOverlays } from './ephemeral.js';
@@ -110,7 +110,10 @@ export class CowDevice implements BlockDevice {
       else if (state === BLOCK_DATA) read = overlay.readData(start, piece);
       else return void piece.fill(0);
       if (first === undefined) first = read;
-      else (more ??= [first]).push(read);
+      else {
+        more ??= [first];
+        more.push(read);
+      }
     });
     if (more !== undefined) return Promise.all(more).then(noop);
     return first ?? DONE;
@@ -141,7 +144,10 @@ export class CowDevice implements BlockDevice {
     if (!overlay.canWriteNow(data.length)) return false;
     const { head, body, tail } = splitRange(offset, data.length, this.#blockSize, this.size);
     const map = overlay.map;
-    if ((head !== undefined && map.get(head.block) !== BLOCK_DATA) || (tail !== undefined && map.get(tail.block) !== BLOCK_DATA)) {
+    if (
+      (head !== undefined && map.get(head.block) !== BLOCK_DATA) ||
+      (tail !== undefined && map.get(tail.block) !== BLOCK_DATA)
+    ) {
       return false;
     }
     const [first, last] = blockSpan(offset, data.length, this.#blockSize);

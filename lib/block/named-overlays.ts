@@ -18,12 +18,12 @@
 
 import { join } from 'node:path';
 import type { BaseImage } from './base-image.js';
+import { codedError } from './coded-error.js';
 import { CowDevice } from './cow-device.js';
 import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from './device.js';
+import { OverlayFile } from './overlay-file.js';
 import { acquireOverlayLock, type OverlayLock } from './overlay-lock.js';
 import { lockFileName, namedOverlayFileName } from './overlay-names.js';
-import { OverlayFile } from './overlay-file.js';
-import { codedError } from './coded-error.js';
 
 export interface NamedOverlaysOptions {
   readonly base: BaseImage;

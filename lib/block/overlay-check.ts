@@ -14,12 +14,12 @@
 // Exit codes, as fsck: 0 clean, 1 repaired, 2 not closed cleanly (or in use) and not repaired,
 // 4 corrupt or made for another base, 8 could not check (missing file, unreadable base).
 
-import { openBase } from './base-image.js';
-import { codedError } from './coded-error.js';
+import { type BaseImage, openBase } from './base-image.js';
 import { BLOCK_DATA, BLOCK_ZERO } from './bitmap.js';
-import { closeFile, openFile, statFile, syncData, truncateFile, writeAt, O_RDONLY, O_RDWR } from './file.js';
-import { encodeOverlayHeader, OVERLAY_HEADER_LENGTH } from './overlay-header.js';
+import { codedError } from './coded-error.js';
+import { closeFile, type Fd, O_RDONLY, O_RDWR, openFile, statFile, syncData, truncateFile, writeAt } from './file.js';
 import { readOverlayHeader, readOverlayMap } from './overlay-file.js';
+import { encodeOverlayHeader, OVERLAY_HEADER_LENGTH } from './overlay-header.js';
 import { checkBaseBinding } from './overlay-layout.js';
 import { lockHolder } from './overlay-lock.js';
 
@@ -49,7 +49,7 @@ function mib(bytes: number): string {
 
 export async function checkOverlay(path: string, options: CheckOptions): Promise<CheckReport> {
   const lines: string[] = [];
-  let base;
+  let base: BaseImage;
   try {
     base = await openBase(options.base);
   } catch (err) {
@@ -62,7 +62,7 @@ export async function checkOverlay(path: string, options: CheckOptions): Promise
   if (holder?.alive === true && repair) {
     return report('not-clean', [`${path} is in use by process ${holder.pid}: stop that server before --repair`]);
   }
-  let fd;
+  let fd: Fd;
   try {
     fd = await openFile(path, repair ? O_RDWR : O_RDONLY);
   } catch (err) {
@@ -92,9 +92,7 @@ async function checkOpen(
     throw codedError('EINVAL', `file is ${fileLength} bytes, too short for an overlay header`);
   }
   const { header, geometry: g } = await readOverlayHeader(fd, path);
-  lines.push(
-    `header: ok (version 1, block size ${g.blockSize}, virtual size ${g.size} bytes = ${g.blocks} blocks, checksum ok)`,
-  );
+  lines.push(`header: ok (version 1, block size ${g.blockSize}, virtual size ${g.size} bytes = ${g.blocks} blocks, checksum ok)`);
   checkBaseBinding(path, header, identity);
   if (header.virtualSize !== identity.size) {
     throw codedError('EINVAL', `virtual size ${header.virtualSize} differs from the base size ${identity.size}`);
@@ -121,7 +119,9 @@ async function checkOpen(
     const message = `map says block ${lastData} holds data, but the file ends at ${fileLength} bytes before it (${storedEnd})`;
     throw codedError('EINVAL', message);
   }
-  lines.push(`map: ok (${data} blocks in the overlay = ${mib(data * g.blockSize)}, ${zero} zeroed, ${g.blocks - data - zero} from the base)`);
+  lines.push(
+    `map: ok (${data} blocks in the overlay = ${mib(data * g.blockSize)}, ${zero} zeroed, ${g.blocks - data - zero} from the base)`,
+  );
   const limit = g.dataOffset + g.size;
   const excess = fileLength > limit;
   if (excess) lines.push(`file: ${fileLength - limit} bytes stored past the end of the data region (never read)`);
@@ -146,6 +146,8 @@ async function checkOpen(
   if (excess) await truncateFile(fd, limit);
   if (header.dirty) await writeAt(fd, encodeOverlayHeader({ ...header, dirty: false }), 0);
   await syncData(fd);
-  lines.push(`repaired: ${[excess ? 'cut the bytes past the data region' : '', header.dirty ? 'cleared the dirty flag' : ''].filter(Boolean).join(', ')}`);
+  lines.push(
+    `repaired: ${[excess ? 'cut the bytes past the data region' : '', header.dirty ? 'cleared the dirty flag' : ''].filter(Boolean).join(', ')}`,
+  );
   return report('repaired', lines);
 }

@@ -16,9 +16,13 @@
 import { dirname } from 'node:path';
 import type { BaseIdentity } from './base-image.js';
 import { Bitmap, MAP_PAGE_SIZE } from './bitmap.js';
+import { publish, removeFile, syncDirectory } from './control-file.js';
 import {
   canTransferNow,
   closeFile,
+  type Fd,
+  O_CREAT_EXCL_RDWR,
+  O_RDWR,
   openFile,
   readAt,
   syncData,
@@ -27,21 +31,17 @@ import {
   writeAt,
   writeAtNow,
   writevAt,
-  O_CREAT_EXCL_RDWR,
-  O_RDWR,
-  type Fd,
 } from './file.js';
-import { publish, removeFile, syncDirectory } from './control-file.js';
 import { encodeOverlayHeader, OVERLAY_HEADER_LENGTH, type OverlayHeader } from './overlay-header.js';
 import {
   checkBaseBinding,
+  type OverlayGeometry,
   overlayGeometry,
   parseOverlayHeader,
   parseOverlayMap,
-  type OverlayGeometry,
 } from './overlay-layout.js';
 
-export { MAP_OFFSET, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, overlayGeometry, type OverlayGeometry } from './overlay-layout.js';
+export { MAP_OFFSET, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, type OverlayGeometry, overlayGeometry } from './overlay-layout.js';
 
 export interface CreateOverlayOptions {
   readonly blockSize: number;
@@ -80,14 +80,7 @@ export class OverlayFile {
   /** The dirty flag when this object was made: for open(), set means not closed cleanly. */
   readonly wasDirty: boolean;
 
-  private constructor(
-    path: string,
-    fd: Fd,
-    geometry: OverlayGeometry,
-    map: Bitmap,
-    base: BaseIdentity,
-    dirty: boolean,
-  ) {
+  private constructor(path: string, fd: Fd, geometry: OverlayGeometry, map: Bitmap, base: BaseIdentity, dirty: boolean) {
     this.path = path;
     this.wasDirty = dirty;
     this.#fd = fd;

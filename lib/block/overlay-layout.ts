@@ -4,10 +4,10 @@
 // the file and the problem; nothing here touches the disk.
 
 import type { BaseIdentity } from './base-image.js';
-import { Bitmap, mapBytesFor, MAP_PAGE_SIZE } from './bitmap.js';
+import { Bitmap, MAP_PAGE_SIZE, mapBytesFor } from './bitmap.js';
+import { codedError } from './coded-error.js';
 import { decodeOverlayHeader, type OverlayHeader } from './overlay-header.js';
 import { blockCount, roundUp } from './ranges.js';
-import { codedError } from './coded-error.js';
 
 export const MAP_OFFSET = 4096;
 export const MIN_BLOCK_SIZE = 512;

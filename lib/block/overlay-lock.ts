@@ -72,7 +72,11 @@ export async function acquireOverlayLock(lockPath: string, what: string): Promis
     const holder = await lockHolder(lockPath);
     if (holder?.alive === true || attempt > 0) {
       const who =
-        holder?.pid === process.pid ? 'this process (another server in it)' : holder?.pid !== undefined ? `process ${holder.pid}` : 'another process';
+        holder?.pid === process.pid
+          ? 'this process (another server in it)'
+          : holder?.pid !== undefined
+            ? `process ${holder.pid}`
+            : 'another process';
       throw Object.assign(new Error(`${what} is in use by ${who} (lock file ${lockPath})`), { code: 'EBUSY' });
     }
     // Stale (or gone since EEXIST): remove it if it is still the one we judged, then retry.

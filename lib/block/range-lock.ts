@@ -75,9 +75,7 @@ export class RangeLock {
     for (const w of this.#waiting) {
       // Blocked by a held range, an earlier waiter that stays, or one granted in this pass.
       const blocked =
-        this.#held.some((h) => overlaps(h, w)) ||
-        still.some((s) => overlaps(s, w)) ||
-        granted.some((g) => overlaps(g, w));
+        this.#held.some((h) => overlaps(h, w)) || still.some((s) => overlaps(s, w)) || granted.some((g) => overlaps(g, w));
       (blocked ? still : granted).push(w);
     }
     this.#waiting = still;

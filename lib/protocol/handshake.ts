@@ -4,13 +4,13 @@
 import {
   IHAVEOPT,
   MAX_STRING_LENGTH,
-  NBDMAGIC,
   NBD_INFO_BLOCK_SIZE,
-  NBD_INFO_DESCRIPTION,
+  type NBD_INFO_DESCRIPTION,
   NBD_INFO_EXPORT,
-  NBD_INFO_NAME,
+  type NBD_INFO_NAME,
   NBD_REP_ERR_INVALID,
   NBD_REP_MAGIC,
+  NBDMAGIC,
 } from './constants.js';
 import { OptionError, ProtocolError } from './errors.js';
 
@@ -206,7 +206,7 @@ export function encodeInfoRequest(exportName: string, infoTypes: readonly number
   buf.writeUInt32BE(name.length, 0);
   name.copy(buf, 4);
   buf.writeUInt16BE(infoTypes.length, 4 + name.length);
-  infoTypes.forEach((type, i) => buf.writeUInt16BE(type, 6 + name.length + 2 * i));
+  for (const [i, type] of infoTypes.entries()) buf.writeUInt16BE(type, 6 + name.length + 2 * i);
   return buf;
 }
 

@@ -28,19 +28,19 @@ import {
 import { ProtocolError } from '../protocol/errors.js';
 import {
   CLIENT_FLAGS_SIZE,
-  OPTION_HEADER_SIZE,
   decodeClientFlags,
   decodeOptionHeader,
   encodeGreeting,
+  OPTION_HEADER_SIZE,
   type OptionHeader,
 } from '../protocol/handshake.js';
-import { REQUEST_SIZE, decodeRequest, type Request } from '../protocol/transmission.js';
-import { POOL_MIN_BYTES, type BufferPool } from './buffer-pool.js';
-import { ReplyBatcher } from './reply-batcher.js';
+import { decodeRequest, REQUEST_SIZE, type Request } from '../protocol/transmission.js';
+import { type BufferPool, POOL_MIN_BYTES } from './buffer-pool.js';
 import { ByteQueue } from './byte-queue.js';
 import type { ExportRegistry } from './exports.js';
 import { handleOption, type NegotiationState, type SettledOutcome } from './negotiation.js';
-import { serveRequest, validateRequest, errorReply, type Payload, type Session } from './requests.js';
+import { ReplyBatcher } from './reply-batcher.js';
+import { errorReply, type Payload, type Session, serveRequest, validateRequest } from './requests.js';
 
 type State =
   | 'client-flags'
@@ -368,8 +368,7 @@ export class Connection {
   /** Pause the socket while parsing must wait; resume when it may go on. */
   #updateFlow(): void {
     if (this.#state === 'closed') return;
-    const wait =
-      this.#state === 'closing' || this.#state === 'opening' || (this.#state === 'request-header' && this.#mustWait());
+    const wait = this.#state === 'closing' || this.#state === 'opening' || (this.#state === 'request-header' && this.#mustWait());
     if (wait && !this.#paused) {
       this.#paused = true;
       this.#socket.pause();
@@ -390,12 +389,15 @@ export class Connection {
     if (this.#state === 'closing' || this.#state === 'closed') return;
     this.#state = 'closing';
     this.#updateFlow();
-    this.#whenIdle().then(() => {
-      if (this.#state !== 'closing') return;
-      this.#replies.flush();
-      this.#socket.end();
-      this.#close(reason);
-    }, () => undefined);
+    this.#whenIdle().then(
+      () => {
+        if (this.#state !== 'closing') return;
+        this.#replies.flush();
+        this.#socket.end();
+        this.#close(reason);
+      },
+      () => undefined,
+    );
   }
 
   #whenIdle(): Promise<void> {

@@ -103,7 +103,10 @@ export function overlayExportRegistry(options: OverlayRegistryOptions): ExportRe
         throw new OptionError(NBD_REP_ERR_POLICY, 'named overlays are disabled on this server (--overlays throwaway)');
       }
       if (!isValidNamePart(plain.name)) {
-        throw new OptionError(NBD_REP_ERR_UNKNOWN, `export ${quoteName(plain.name)} cannot have named overlays: its name is not ${NAME_RULE}`);
+        throw new OptionError(
+          NBD_REP_ERR_UNKNOWN,
+          `export ${quoteName(plain.name)} cannot have named overlays: its name is not ${NAME_RULE}`,
+        );
       }
       if (!isValidNamePart(split.overlayName)) {
         throw new OptionError(NBD_REP_ERR_INVALID, `invalid overlay name ${quoteName(split.overlayName)}: use ${NAME_RULE}`);

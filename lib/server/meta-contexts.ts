@@ -4,12 +4,7 @@
 //   qemu:allocation-depth  overlay (data or zero) → 1, base → 2 (qemu's docs/interop/nbd.rst)
 
 import type { ExtentState } from '../block/device.js';
-import {
-  CONTEXT_BASE_ALLOCATION,
-  CONTEXT_QEMU_ALLOCATION_DEPTH,
-  NBD_STATE_HOLE,
-  NBD_STATE_ZERO,
-} from '../protocol/constants.js';
+import { CONTEXT_BASE_ALLOCATION, CONTEXT_QEMU_ALLOCATION_DEPTH, NBD_STATE_HOLE, NBD_STATE_ZERO } from '../protocol/constants.js';
 
 export interface MetaContext {
   readonly name: string;

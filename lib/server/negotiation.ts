@@ -10,11 +10,12 @@
 // failed), and connection.ts parses nothing more meanwhile. Every other option is answered at
 // once.
 
+import type { BlockDevice } from '../block/device.js';
 import {
+  MAX_PAYLOAD,
   NBD_INFO_BLOCK_SIZE,
   NBD_INFO_DESCRIPTION,
   NBD_INFO_NAME,
-  MAX_PAYLOAD,
   NBD_OPT_ABORT,
   NBD_OPT_EXPORT_NAME,
   NBD_OPT_GO,
@@ -47,9 +48,8 @@ import {
   encodeOptionReply,
   encodeServerReplyPayload,
 } from '../protocol/handshake.js';
-import type { BlockDevice } from '../block/device.js';
-import { quoteName, transmissionFlags, type Export, type ExportRegistry } from './exports.js';
-import { isWellFormedQuery, listContexts, selectContexts, type MetaContext } from './meta-contexts.js';
+import { type Export, type ExportRegistry, quoteName, transmissionFlags } from './exports.js';
+import { isWellFormedQuery, listContexts, type MetaContext, selectContexts } from './meta-contexts.js';
 
 export interface NegotiationState {
   structuredReplies: boolean;
@@ -131,7 +131,11 @@ function openDevice(
 const handleExportName: Handler = (payload, _option, ctx) => {
   const name = payload.toString('utf8');
   // proto.md: EXPORT_NAME cannot carry an error; the server MUST drop the connection.
-  const refuse = (why: string): SettledOutcome => ({ kind: 'close', replies: [], reason: `NBD_OPT_EXPORT_NAME ${quoteName(name)}: ${why}` });
+  const refuse = (why: string): SettledOutcome => ({
+    kind: 'close',
+    replies: [],
+    reason: `NBD_OPT_EXPORT_NAME ${quoteName(name)}: ${why}`,
+  });
   if (ctx.shuttingDown || payload.includes(0)) return refuse('unknown export');
   let exp: Export | undefined;
   try {

@@ -3,7 +3,9 @@
 // the block layer become NBD errno replies here; the connection never sees them.
 
 import type { BlockDevice, Extent } from '../block/device.js';
+import type { Logger } from '../log.js';
 import {
+  commandName,
   MAX_PAYLOAD,
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_CACHE,
@@ -22,7 +24,6 @@ import {
   NBD_ENOSPC,
   NBD_ENOTSUP,
   NBD_EPERM,
-  commandName,
 } from '../protocol/constants.js';
 import { NbdError, toNbdErrno } from '../protocol/errors.js';
 import {
@@ -34,7 +35,6 @@ import {
   type Request,
   type StatusDescriptor,
 } from '../protocol/transmission.js';
-import type { Logger } from '../log.js';
 import type { MetaContext } from './meta-contexts.js';
 
 export interface Session {

@@ -2,8 +2,8 @@
 // Connection, keeps track of them, and shuts down gracefully (stop accepting, let in-flight
 // requests finish, close every device so ephemeral overlays are deleted).
 
-import { connect, createServer, type Server, type Socket } from 'node:net';
 import { lstat, unlink } from 'node:fs/promises';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import type { Logger } from '../log.js';
 import { BufferPool } from './buffer-pool.js';
 import { Connection, type ConnectionLimits } from './connection.js';

@@ -1,7 +1,7 @@
-import t from 'tap';
 import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fingerprintWindows, openBase, FINGERPRINT_WINDOW } from '../../lib/block/base-image.js';
+import t from 'tap';
+import { FINGERPRINT_WINDOW, fingerprintWindows, openBase } from '../../lib/block/base-image.js';
 import { makeBase, sha256File } from './helpers.js';
 
 t.test('reads the base and zero-fills past its end', async (t) => {
@@ -27,11 +27,13 @@ t.test('fingerprint: deterministic, sensitive to size and sampled content', asyn
   const changed = Buffer.from(a.bytes);
   changed[4999] = (changed[4999] ?? 0) ^ 1;
   writeFileSync(join(dir, 'd.img'), changed);
-  const fps = await Promise.all(['a.img', 'b.img', 'c.img', 'd.img'].map(async (name) => {
-    const base = await openBase(join(dir, name));
-    await base.close();
-    return base.identity.fingerprint;
-  }));
+  const fps = await Promise.all(
+    ['a.img', 'b.img', 'c.img', 'd.img'].map(async (name) => {
+      const base = await openBase(join(dir, name));
+      await base.close();
+      return base.identity.fingerprint;
+    }),
+  );
   t.equal(fps[0], fps[1], 'same content, same fingerprint');
   t.not(fps[0], fps[2], 'size counts');
   t.not(fps[0], fps[3], 'content counts');
@@ -47,7 +49,10 @@ t.test('fingerprint windows: whole small files, 18 windows on large ones', async
   t.equal(w.length, 18);
   t.equal(w[0], 0);
   t.equal(w[17], big - FINGERPRINT_WINDOW);
-  t.ok(w.every((s, i) => i === 0 || s > (w[i - 1] ?? 0)), 'increasing');
+  t.ok(
+    w.every((s, i) => i === 0 || s > (w[i - 1] ?? 0)),
+    'increasing',
+  );
 });
 
 t.test('fingerprint of a large sparse file reads only samples', async (t) => {
@@ -86,7 +91,10 @@ t.test('open errors are one line naming the path and the cause', async (t) => {
   const dir = t.testdir({ sub: {} });
   const missing = join(dir, 'nope.img');
   await t.rejects(openBase(missing), { code: 'ENOENT', message: `cannot open base image ${missing}: no such file (ENOENT)` });
-  await t.rejects(openBase(join(dir, 'sub')), { code: 'EISDIR', message: /cannot open base image .*sub: is a directory \(EISDIR\)$/ });
+  await t.rejects(openBase(join(dir, 'sub')), {
+    code: 'EISDIR',
+    message: /cannot open base image .*sub: is a directory \(EISDIR\)$/,
+  });
   if (process.getuid?.() !== 0) {
     const locked = join(dir, 'locked.img');
     writeFileSync(locked, 'x');

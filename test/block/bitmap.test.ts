@@ -1,5 +1,13 @@
 import t from 'tap';
-import { Bitmap, BLOCK_BASE, BLOCK_DATA, BLOCK_ZERO, MAP_PAGE_SIZE, mapBytesFor, type BlockState } from '../../lib/block/bitmap.js';
+import {
+  Bitmap,
+  BLOCK_BASE,
+  BLOCK_DATA,
+  BLOCK_ZERO,
+  type BlockState,
+  MAP_PAGE_SIZE,
+  mapBytesFor,
+} from '../../lib/block/bitmap.js';
 import { randomInt, seededRandom } from './helpers.js';
 
 t.test('bit order: block b at bits 2*(b&3) of byte b>>2', async (t) => {
@@ -22,7 +30,17 @@ t.test('bit order: block b at bits 2*(b&3) of byte b>>2', async (t) => {
 t.test('setRange matches setting one block at a time', async (t) => {
   // [first, count] on a 40-block map: inside a byte, across bytes, whole bytes, to the end.
   const cases: [number, number][] = [
-    [0, 1], [1, 2], [3, 2], [0, 4], [2, 9], [4, 8], [5, 30], [0, 40], [37, 3], [39, 1], [6, 0],
+    [0, 1],
+    [1, 2],
+    [3, 2],
+    [0, 4],
+    [2, 9],
+    [4, 8],
+    [5, 30],
+    [0, 40],
+    [37, 3],
+    [39, 1],
+    [6, 0],
   ];
   for (const [first, count] of cases) {
     for (const state of [BLOCK_DATA, BLOCK_ZERO] as BlockState[]) {

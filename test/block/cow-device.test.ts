@@ -1,7 +1,7 @@
-import t, { type Test } from 'tap';
 import { existsSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { openBase, type BaseImage } from '../../lib/block/base-image.js';
+import t, { type Test } from 'tap';
+import { type BaseImage, openBase } from '../../lib/block/base-image.js';
 import { CowDevice } from '../../lib/block/cow-device.js';
 import type { Extent } from '../../lib/block/device.js';
 import { decodeOverlayHeader } from '../../lib/block/overlay-header.js';
@@ -187,14 +187,22 @@ t.test('reads spanning data, zero and base runs, at unaligned offsets', async (t
     { length: 1024, state: 'data' }, // block 11
     { length: 20000 - 548 - 2048 - 3072 - 1024 - 1024 - 2048 - 1024, state: 'base' },
   ]);
-  t.same(await s.dev.extents(2100, 4000, 2), [
-    { length: 1996, state: 'data' },
-    { length: 2004, state: 'zero' },
-  ], 'extents start at the offset and stop at its end');
-  t.same(await s.dev.extents(2100, 20000, 2), [
-    { length: 1996, state: 'data' },
-    { length: 3072, state: 'zero' },
-  ], 'maxExtents stops early');
+  t.same(
+    await s.dev.extents(2100, 4000, 2),
+    [
+      { length: 1996, state: 'data' },
+      { length: 2004, state: 'zero' },
+    ],
+    'extents start at the offset and stop at its end',
+  );
+  t.same(
+    await s.dev.extents(2100, 20000, 2),
+    [
+      { length: 1996, state: 'data' },
+      { length: 3072, state: 'zero' },
+    ],
+    'maxExtents stops early',
+  );
   t.same(await s.dev.extents(2100, 10, 5), [{ length: 10, state: 'data' }], 'clamped to the request');
 });
 
@@ -322,10 +330,15 @@ t.test('many random concurrent operations agree with an in-memory model', async 
   await checkModel(t, s.dev, s.model, 'device matches the model');
   // Extents agree with the model: zero extents read as zeros, and they tile the device.
   const ext = await s.dev.extents(0, size, 10_000);
-  t.equal(ext.reduce((n, e) => n + e.length, 0), size, 'extents cover the device');
+  t.equal(
+    ext.reduce((n, e) => n + e.length, 0),
+    size,
+    'extents cover the device',
+  );
   let pos = 0;
   for (const e of ext) {
-    if (e.state === 'zero' && !s.model.subarray(pos, pos + e.length).equals(Buffer.alloc(e.length))) t.fail(`zero extent at ${pos}`);
+    if (e.state === 'zero' && !s.model.subarray(pos, pos + e.length).equals(Buffer.alloc(e.length)))
+      t.fail(`zero extent at ${pos}`);
     pos += e.length;
   }
 });
@@ -363,5 +376,5 @@ t.test('cache leaves contents alone; a bad block size is refused', async (t) => 
   s.model.fill(5, 1000, 6000);
   await s.dev.cache(0, 3 * 1024 * 1024);
   await checkModel(t, s.dev, s.model, 'unchanged');
-  t.throws(() => new CowDevice({ base: s.base, blockSize: 3000, overlayPath: s.overlayPath + '2' }), { code: 'EINVAL' });
+  t.throws(() => new CowDevice({ base: s.base, blockSize: 3000, overlayPath: `${s.overlayPath}2` }), { code: 'EINVAL' });
 });

@@ -1,7 +1,7 @@
-import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import t from 'tap';
 import { ephemeralOverlayName, ephemeralOverlayPid, sweepEphemeralOverlays } from '../../lib/block/ephemeral.js';
 
 /** The pid of a process that has exited (reaped, so kill(pid, 0) gives ESRCH). */

@@ -1,10 +1,12 @@
-import t from 'tap';
-import fs from 'node:fs';
-import { readFileSync, writeFileSync, statSync } from 'node:fs';
+import fs, { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import t from 'tap';
 import {
   closeFile,
   listDirectory,
+  O_CREAT_EXCL_RDWR,
+  O_RDONLY,
+  O_RDWR,
   openFile,
   readAt,
   remainingChunks,
@@ -14,9 +16,6 @@ import {
   unlinkFile,
   writeAt,
   writevAt,
-  O_CREAT_EXCL_RDWR,
-  O_RDONLY,
-  O_RDWR,
 } from '../../lib/block/file.js';
 
 t.test('writeAt then readAt round-trips at a position', async (t) => {
@@ -98,7 +97,10 @@ t.test('large writes to one descriptor go to the kernel one at a time, in issue 
   const restore = (): void => {
     Object.assign(fs, real);
   };
-  Object.assign(fs, { write: counted(real.write as (...a: unknown[]) => void), writev: counted(real.writev as (...a: unknown[]) => void) });
+  Object.assign(fs, {
+    write: counted(real.write as (...a: unknown[]) => void),
+    writev: counted(real.writev as (...a: unknown[]) => void),
+  });
   t.teardown(restore);
   const size = 256 * 1024; // above the synchronous limit
   // Overlapping writes of different bytes: only issue order makes the last one win.

@@ -5,9 +5,9 @@
 // had since it was last made durable, and `overlay check` must call the file consistent but not
 // closed cleanly.
 
-import t from 'tap';
 import { join } from 'node:path';
-import { openBase, type BaseImage } from '../../lib/block/base-image.js';
+import t from 'tap';
+import { type BaseImage, openBase } from '../../lib/block/base-image.js';
 import { CowDevice } from '../../lib/block/cow-device.js';
 import { checkOverlay } from '../../lib/block/overlay-check.js';
 import { OverlayFile } from '../../lib/block/overlay-file.js';
@@ -109,7 +109,8 @@ for (const [seed, blockSize] of [
       } else {
         await cur.file.close(); // the process dies: no flush, no header update
         const check = await checkOverlay(path, { base: basePath });
-        if (check.status !== 'not-clean' && check.status !== 'clean') t.fail(`step ${step}: check after a crash: ${check.lines.join('; ')}`);
+        if (check.status !== 'not-clean' && check.status !== 'clean')
+          t.fail(`step ${step}: check after a crash: ${check.lines.join('; ')}`);
         cur = await open(base, path, blockSize, false);
         crashes++;
         if (!(await verify(false, `step ${step}, reopen after a crash`))) return;

@@ -1,10 +1,10 @@
-import t, { type Test } from 'tap';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import t, { type Test } from 'tap';
 import { openBase } from '../../lib/block/base-image.js';
 import { NamedOverlays } from '../../lib/block/named-overlays.js';
-import { makeBase, sha256File } from './helpers.js';
 import { deadPid } from '../helpers/cli.js';
+import { makeBase, sha256File } from './helpers.js';
 
 const W = { fua: false };
 
@@ -30,7 +30,7 @@ t.test('connections share one device; the last close keeps the file and drops th
   await a.write(100, Buffer.from('hello'), W);
   const got = Buffer.alloc(5);
   await b.read(100, got);
-  t.equal(got.toString(), 'hello', 'b reads a\'s write at once');
+  t.equal(got.toString(), 'hello', "b reads a's write at once");
   await a.close();
   await a.close();
   await b.read(100, got);
@@ -77,14 +77,17 @@ t.test('refusals at attach: held by another process, another base; nothing chang
   const other = makeBase(dir, base.size, 99, 'other.img');
   const otherBase = await openBase(other.path);
   const wrong = new NamedOverlays({ base: otherBase, blockSize: 4096, dir });
-  await t.rejects(wrong.attach('golden', 'z'), { code: 'EINVAL', message: /belongs to another base image: made for \(size \d+, fingerprint .*\), the base is/ });
+  await t.rejects(wrong.attach('golden', 'z'), {
+    code: 'EINVAL',
+    message: /belongs to another base image: made for \(size \d+, fingerprint .*\), the base is/,
+  });
   t.equal(sha256File(file), before, 'the overlay file is unchanged');
   t.notOk(existsSync(`${file}.lock`), 'and the lock is released again');
   await otherBase.close();
 
   writeFileSync(join(dir, 'named-golden@bad.cow'), 'garbage');
   await t.rejects(named.attach('golden', 'bad'), { code: 'EINVAL', message: /bad magic/ });
-  t.notOk(existsSync(join(dir, 'named-golden@bad.cow.lock')), 'a corrupt overlay\'s lock is released');
+  t.notOk(existsSync(join(dir, 'named-golden@bad.cow.lock')), "a corrupt overlay's lock is released");
   await t.rejects(named.attach('golden', '../x'), RangeError);
   t.equal(named.openCount, 0, 'refused opens leave no entry');
 });
@@ -115,7 +118,13 @@ t.test('GOs at the same time share one open: one device, one lock', async (t) =>
   await first.close(); // the file now exists: the next open reads its header and map
   const handles = await Promise.all([1, 2, 3, 4].map(() => named.attach('golden', 'r')));
   t.equal(named.openCount, 1, 'one entry');
-  t.same(readdirSync(dir).filter((n) => n.includes('@r')).sort(), ['named-golden@r.cow', 'named-golden@r.cow.lock'], 'one lock, no temporary files');
+  t.same(
+    readdirSync(dir)
+      .filter((n) => n.includes('@r'))
+      .sort(),
+    ['named-golden@r.cow', 'named-golden@r.cow.lock'],
+    'one lock, no temporary files',
+  );
   await handles[0]?.write(4096, Buffer.from('shared'), W);
   for (const [i, h] of handles.entries()) {
     const got = Buffer.alloc(7);
@@ -135,11 +144,18 @@ t.test('GOs at the same time on a held overlay are all refused, and leave nothin
   const lock = join(dir, 'named-golden@held.cow.lock');
   writeFileSync(lock, '1\n');
   const results = await Promise.allSettled([1, 2, 3].map(() => named.attach('golden', 'held')));
-  t.same(results.map((r) => r.status), ['rejected', 'rejected', 'rejected']);
+  t.same(
+    results.map((r) => r.status),
+    ['rejected', 'rejected', 'rejected'],
+  );
   for (const r of results) if (r.status === 'rejected') t.match(r.reason, { code: 'EBUSY' });
   t.equal(named.openCount, 0, 'no entry left');
-  t.equal(readFileSync(lock, 'utf8'), '1\n', 'the holder\'s lock is untouched');
-  t.same(readdirSync(dir).filter((n) => n.includes('@held')), ['named-golden@held.cow.lock'], 'no temporary files');
+  t.equal(readFileSync(lock, 'utf8'), '1\n', "the holder's lock is untouched");
+  t.same(
+    readdirSync(dir).filter((n) => n.includes('@held')),
+    ['named-golden@held.cow.lock'],
+    'no temporary files',
+  );
   writeFileSync(lock, `${deadPid()}\n`);
   const dev = await named.attach('golden', 'held');
   t.pass('once the holder is gone, a GO opens it');
@@ -153,8 +169,14 @@ t.test('GOs racing the last close wait for it, then share one reopened device', 
   const events: string[] = [];
   const closing = a.close().then(() => events.push('closed'));
   const [b, c] = await Promise.all([
-    named.attach('golden', 'w').then((d) => (events.push('b'), d)),
-    named.attach('golden', 'w').then((d) => (events.push('c'), d)),
+    named.attach('golden', 'w').then((d) => {
+      events.push('b');
+      return d;
+    }),
+    named.attach('golden', 'w').then((d) => {
+      events.push('c');
+      return d;
+    }),
   ]);
   await closing;
   t.equal(events[0], 'closed', 'the close finished before either GO got its device');
@@ -196,7 +218,11 @@ t.test('opens and closes interleaved: every close and reopen lands, nothing leak
   }
   await held.close();
   t.equal(named.openCount, 0);
-  t.same(readdirSync(dir).filter((n) => n.includes('@i')), ['named-golden@i.cow'], 'the file, no lock, no temporary files');
+  t.same(
+    readdirSync(dir).filter((n) => n.includes('@i')),
+    ['named-golden@i.cow'],
+    'the file, no lock, no temporary files',
+  );
 });
 
 t.test('closeAll waits for an open in flight and closes what it opened', async (t) => {

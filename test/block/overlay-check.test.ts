@@ -2,9 +2,9 @@
 // error (never a crash, never repaired into silent wrong data); a crashed overlay is consistent
 // and --repair makes it clean.
 
-import t, { type Test } from 'tap';
 import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import t, { type Test } from 'tap';
 import { openBase } from '../../lib/block/base-image.js';
 import { CowDevice } from '../../lib/block/cow-device.js';
 import { checkOverlay } from '../../lib/block/overlay-check.js';
@@ -35,7 +35,10 @@ t.test('clean', async (t) => {
   const r = await checkOverlay(file, { base });
   t.equal(r.status, 'clean');
   t.equal(r.exitCode, 0);
-  t.match(r.lines.join('\n'), /header: ok.*\nbase: ok.*\nmap: ok \(2 blocks in the overlay = 0.0 MiB, 1 zeroed, 253 from the base\)\nstate: clean/);
+  t.match(
+    r.lines.join('\n'),
+    /header: ok.*\nbase: ok.*\nmap: ok \(2 blocks in the overlay = 0.0 MiB, 1 zeroed, 253 from the base\)\nstate: clean/,
+  );
 });
 
 t.test('crashed: consistent, not clean; --repair clears the flag; then clean', async (t) => {
@@ -71,10 +74,14 @@ t.test('corrupted: each damage is an error naming it, and --repair refuses it', 
     ['bad magic', (f) => poke(f, 0, 0x00), /bad magic/],
     ['map state 3', (f) => poke(f, 4096 + 10, 0xff), /invalid state for block 40/],
     ['bits past the last block', (f) => poke(f, 4096 + 100, 0x01), /bits set past the last block/],
-    ['data past the end of the file', (f) => {
-      poke(f, 4096 + 60, 0x01); // block 240 says "data"
-      truncateSync(f, 8192 + 100 * 4096);
-    }, /block 240 holds data, but the file ends/],
+    [
+      'data past the end of the file',
+      (f) => {
+        poke(f, 4096 + 60, 0x01); // block 240 says "data"
+        truncateSync(f, 8192 + 100 * 4096);
+      },
+      /block 240 holds data, but the file ends/,
+    ],
     ['truncated', (f) => truncateSync(f, 200), /shorter than its header and map/],
     ['empty', (f) => truncateSync(f, 0), /file is 0 bytes, too short for an overlay header/],
   ];

@@ -1,6 +1,6 @@
-import t from 'tap';
-import { readFileSync, statSync, writeFileSync, existsSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import t from 'tap';
 import { BLOCK_DATA, BLOCK_ZERO } from '../../lib/block/bitmap.js';
 import { OverlayFile, overlayGeometry } from '../../lib/block/overlay-file.js';
 import { decodeOverlayHeader } from '../../lib/block/overlay-header.js';
@@ -8,9 +8,23 @@ import { decodeOverlayHeader } from '../../lib/block/overlay-header.js';
 const identity = { size: 100_000, fingerprint: 'ab'.repeat(32) };
 
 t.test('geometry: header, 4 KiB map pages, data aligned to max(block, 4 KiB)', async (t) => {
-  t.same(overlayGeometry(4096, 100_000), { blockSize: 4096, size: 100_000, blocks: 25, mapOffset: 4096, mapLength: 4096, dataOffset: 8192 });
+  t.same(overlayGeometry(4096, 100_000), {
+    blockSize: 4096,
+    size: 100_000,
+    blocks: 25,
+    mapOffset: 4096,
+    mapLength: 4096,
+    dataOffset: 8192,
+  });
   t.same(overlayGeometry(512, 1000).dataOffset, 8192);
-  t.same(overlayGeometry(65536, 0), { blockSize: 65536, size: 0, blocks: 0, mapOffset: 4096, mapLength: 4096, dataOffset: 65536 });
+  t.same(overlayGeometry(65536, 0), {
+    blockSize: 65536,
+    size: 0,
+    blocks: 0,
+    mapOffset: 4096,
+    mapLength: 4096,
+    dataOffset: 65536,
+  });
   // 16385 pages' worth of blocks need 2 map pages.
   t.equal(overlayGeometry(512, 512 * 16385).mapLength, 8192);
   t.equal(overlayGeometry(1 << 20, 10 * 1024 ** 3).dataOffset, 1 << 20);
@@ -71,7 +85,8 @@ t.test('an overlay made for another base is refused, nothing changed on disk', a
   const other = { size: identity.size, fingerprint: 'cd'.repeat(32) };
   await t.rejects(OverlayFile.open(path, other), {
     code: 'EINVAL',
-    message: /^overlay .*o\.cow belongs to another base image: made for \(size 100000, fingerprint abababab.*\), the base is \(size 100000, fingerprint cdcdcdcd.*\)$/,
+    message:
+      /^overlay .*o\.cow belongs to another base image: made for \(size 100000, fingerprint abababab.*\), the base is \(size 100000, fingerprint cdcdcdcd.*\)$/,
   });
   await t.rejects(OverlayFile.open(path, { ...identity, size: 5 }), { message: /size 100000.*size 5/ });
   t.ok(readFileSync(path).equals(before), 'file untouched');

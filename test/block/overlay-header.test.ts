@@ -1,7 +1,7 @@
-import t from 'tap';
 import { crc32 } from 'node:zlib';
-import { hex } from '../helpers/hex.js';
+import t from 'tap';
 import { decodeOverlayHeader, encodeOverlayHeader, type OverlayHeader } from '../../lib/block/overlay-header.js';
+import { hex } from '../helpers/hex.js';
 
 // A 10 GiB + 1000 byte image in 64 KiB blocks: 163841 blocks, 40961 map bytes -> 11 pages.
 const fixture = hex`

@@ -1,6 +1,6 @@
-import t from 'tap';
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import t from 'tap';
 import { acquireOverlayLock, lockHolder } from '../../lib/block/overlay-lock.js';
 import { deadPid } from '../helpers/cli.js';
 
@@ -28,7 +28,7 @@ t.test('taken, refused while held by a live process, released', async (t) => {
     code: 'EBUSY',
     message: `named overlay g@x is in use by process 1 (lock file ${path})`,
   });
-  t.equal(readFileSync(path, 'utf8'), '1\n', 'a live holder\'s lock is left alone');
+  t.equal(readFileSync(path, 'utf8'), '1\n', "a live holder's lock is left alone");
 });
 
 t.test('stale locks are taken over: dead pid, our own pid (recycled), garbage', async (t) => {

@@ -36,9 +36,15 @@ t.test('FIFO: a waiter is not overtaken by a later overlapping request', async (
   const lock = new RangeLock();
   const order: string[] = [];
   const first = await lock.acquire(0, 0);
-  const w1 = lock.acquire(0, 1).then((r) => (order.push('w1'), r));
+  const w1 = lock.acquire(0, 1).then((r) => {
+    order.push('w1');
+    return r;
+  });
   // Free of held ranges but overlaps w1, which came first: must queue behind it.
-  const w2 = lock.acquire(1, 1).then((r) => (order.push('w2'), r));
+  const w2 = lock.acquire(1, 1).then((r) => {
+    order.push('w2');
+    return r;
+  });
   // Overlaps nothing: passes at once.
   const w3 = await lock.acquire(5, 5);
   order.push('w3');

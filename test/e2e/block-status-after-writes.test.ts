@@ -37,8 +37,16 @@ if (requireClients(t, [], true)) {
     const after = await status(0, SIZE);
     const alloc = coalesce(after['base:allocation'] ?? []);
     const depth = coalesce(after['qemu:allocation-depth'] ?? []);
-    t.equal(alloc.reduce((n, [l]) => n + l, 0), SIZE, 'base:allocation covers the export');
-    t.equal(depth.reduce((n, [l]) => n + l, 0), SIZE, 'qemu:allocation-depth covers the export');
+    t.equal(
+      alloc.reduce((n, [l]) => n + l, 0),
+      SIZE,
+      'base:allocation covers the export',
+    );
+    t.equal(
+      depth.reduce((n, [l]) => n + l, 0),
+      SIZE,
+      'qemu:allocation-depth covers the export',
+    );
     t.same(
       alloc,
       [
@@ -80,7 +88,10 @@ if (requireClients(t, [], true)) {
 
     // Content matches the block status.
     const zeros = (await py.ok({ op: 'pread', offset: 5 * MiB + 1000, length: 10000 })).data as string;
-    t.ok(Buffer.from(zeros, 'base64').every((b) => b === 0), 'unaligned zero reads as zeros');
+    t.ok(
+      Buffer.from(zeros, 'base64').every((b) => b === 0),
+      'unaligned zero reads as zeros',
+    );
     await py.ok({ op: 'close' });
 
     // New connection: pristine.

@@ -1,10 +1,10 @@
 // CLI errors: one line on stderr, a non-zero exit, and nothing on stdout (no URI).
 
-import t, { type Test } from 'tap';
-import { createServer, type Server } from 'node:net';
 import { mkdirSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
-import { describeRun, makePatternBase, runCli, type RunResult } from '../helpers/cli.js';
+import t, { type Test } from 'tap';
+import { describeRun, makePatternBase, type RunResult, runCli } from '../helpers/cli.js';
 
 function expectOneLineError(t: Test, r: RunResult, pattern: RegExp): void {
   t.not(r.code, 0, `exit ≠ 0 (${describeRun(r)})`);

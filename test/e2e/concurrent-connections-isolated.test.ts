@@ -2,7 +2,7 @@
 // or not) never show in B, and B's own writes never show in A. Each has its own overlay.
 
 import t from 'tap';
-import { pySession, requireClients, sha256, waitForDir, waitForEmptyDir, servePatternBase } from '../helpers/cli.js';
+import { pySession, requireClients, servePatternBase, sha256, waitForDir, waitForEmptyDir } from '../helpers/cli.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB + 1536;

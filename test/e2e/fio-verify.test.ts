@@ -2,10 +2,10 @@
 // crc32c verification at 4 KiB / iodepth 32 and 64 KiB, plus verify_backlog interleaving reads
 // with writes. fio exits 0 with no errors and reads back everything it wrote.
 
-import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describeRun, requireClients, run, waitForEmptyDir, servePatternBase } from '../helpers/cli.js';
+import t from 'tap';
+import { describeRun, requireClients, run, servePatternBase, waitForEmptyDir } from '../helpers/cli.js';
 
 interface FioJob {
   jobname: string;
@@ -33,7 +33,16 @@ if (requireClients(t, ['fio'])) {
       const out = join(dir, `fio-${name}.json`);
       const r = await run(
         'fio',
-        [`--name=${name}`, '--ioengine=nbd', `--uri=${server.uri}`, ...args, '--verify_fatal=1', '--verify_state_save=0', '--output-format=json', `--output=${out}`],
+        [
+          `--name=${name}`,
+          '--ioengine=nbd',
+          `--uri=${server.uri}`,
+          ...args,
+          '--verify_fatal=1',
+          '--verify_state_save=0',
+          '--output-format=json',
+          `--output=${out}`,
+        ],
         { timeoutMs: 90_000, cwd: dir },
       );
       t.equal(r.code, 0, `fio ${name}: ${describeRun(r)}`);

@@ -1,9 +1,9 @@
 // -b ::1: the server listens on the IPv6 loopback and prints nbd://[::1]:PORT/NAME.
 // Skipped when this machine cannot bind ::1.
 
-import t from 'tap';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
+import t from 'tap';
 import { describeRun, makePatternBase, missing, run, startServe } from '../helpers/cli.js';
 
 async function canBindIpv6Loopback(): Promise<boolean> {

@@ -2,13 +2,12 @@
 // zero, trim and flush, every read checked against an in-memory model that starts as the base
 // (test/helpers/aio_model.py); then a new connection sees the pristine base.
 
-import t from 'tap';
 import { join } from 'node:path';
+import t from 'tap';
 import {
-  HELPERS,
   describeRun,
   guardBase,
-  waitForEmptyDir,
+  HELPERS,
   makePatternBase,
   makeRandomBase,
   pySession,
@@ -16,6 +15,7 @@ import {
   requireClients,
   run,
   startServe,
+  waitForEmptyDir,
 } from '../helpers/cli.js';
 
 interface Counts {
@@ -50,7 +50,10 @@ if (requireClients(t, [], true)) {
       const counts = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as Counts;
       t.same(counts.errors, [], 'no mismatch and no failed command');
       t.equal(counts.max_in_flight, 64, '64 requests were in flight');
-      t.ok(counts.pwrite > 1000 && counts.pread > 1000 && counts.zero > 100 && counts.trim > 50 && counts.flush > 10, 'a mix of commands');
+      t.ok(
+        counts.pwrite > 1000 && counts.pread > 1000 && counts.zero > 100 && counts.trim > 50 && counts.flush > 10,
+        'a mix of commands',
+      );
       t.equal(counts.final_sha256, counts.model_sha256, 'final contents equal the model');
       t.not(counts.final_sha256, guard.sha256, 'the connection saw its own writes');
       t.same(await waitForEmptyDir(overlays), [], 'overlay deleted after the connection closed');

@@ -6,13 +6,23 @@
 // it had since its last flush (flushed and FUA data exact, nothing torn at block granularity);
 // a clean stop leaves it clean; the base never changes. Several seeds, bounded operations.
 
-import t from 'tap';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import t from 'tap';
 import { seededRandom } from '../block/helpers.js';
-import { describeRun, guardBase, HELPERS, makeRandomBase, pythonWithNbd, requireClients, run, runCli, startServe } from '../helpers/cli.js';
+import {
+  describeRun,
+  guardBase,
+  HELPERS,
+  makeRandomBase,
+  pythonWithNbd,
+  requireClients,
+  run,
+  runCli,
+  startServe,
+} from '../helpers/cli.js';
 
 const SIZE = 4 * 1024 * 1024;
 const OPS = 800;
@@ -28,11 +38,21 @@ const CASES = [
 ];
 
 /** Run the writer; SIGKILL the server once `killAfter` acks were seen. Returns the last ack. */
-async function writeUntilKilled(uri: string, seed: number, blockSize: number, killAfter: number, serverPid: number): Promise<number> {
+async function writeUntilKilled(
+  uri: string,
+  seed: number,
+  blockSize: number,
+  killAfter: number,
+  serverPid: number,
+): Promise<number> {
   const python = pythonWithNbd() as string;
-  const child = spawn(python, [join(HELPERS, 'crash_client.py'), 'write', uri, String(seed), String(SIZE), String(blockSize), String(OPS)], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
+  const child = spawn(
+    python,
+    [join(HELPERS, 'crash_client.py'), 'write', uri, String(seed), String(SIZE), String(blockSize), String(OPS)],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
   const safety = setTimeout(() => child.kill('SIGKILL'), 120_000);
   let acked = -1;
   let killed = false;
@@ -76,8 +96,20 @@ if (requireClients(t, [], true)) {
 
       const second = await startServe(t, base, args);
       const python = pythonWithNbd() as string;
-      const verify = await run(python, [join(HELPERS, 'crash_client.py'), 'verify', `${second.uri}@crash`, String(seed), String(SIZE), String(blockSize), String(acked)]);
-      t.equal(verify.code, 0, `every block holds a value it had since its last flush: ${verify.stdout.trim()} ${describeRun(verify)}`);
+      const verify = await run(python, [
+        join(HELPERS, 'crash_client.py'),
+        'verify',
+        `${second.uri}@crash`,
+        String(seed),
+        String(SIZE),
+        String(blockSize),
+        String(acked),
+      ]);
+      t.equal(
+        verify.code,
+        0,
+        `every block holds a value it had since its last flush: ${verify.stdout.trim()} ${describeRun(verify)}`,
+      );
       t.equal((await second.stop()).code, 0, 'clean stop');
 
       if (existsSync(file)) {

@@ -3,8 +3,8 @@
 // and a restarted server read exactly that file back. libnbd: four connections write disjoint
 // ranges concurrently, one FLUSH on another connection, all read everything back.
 
-import t from 'tap';
 import { join } from 'node:path';
+import t from 'tap';
 import { describeRun, makeRandomBase, pySession, requireClients, run, sha256, sha256File, startServe } from '../helpers/cli.js';
 
 const SIZE = 32 * 1024 * 1024;

@@ -5,10 +5,20 @@
 // bad, when the policy forbids it, when another server holds it, or when it was made for
 // another base (the file stays byte-identical).
 
-import t from 'tap';
 import { copyFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { guardBase, listDir, makePatternBase, makeRandomBase, pySession, requireClients, sha256File, startServe, waitForDir } from '../helpers/cli.js';
+import t from 'tap';
+import {
+  guardBase,
+  listDir,
+  makePatternBase,
+  makeRandomBase,
+  pySession,
+  requireClients,
+  sha256File,
+  startServe,
+  waitForDir,
+} from '../helpers/cli.js';
 
 const SIZE = 8 * 1024 * 1024;
 const b64 = (b: Buffer): string => b.toString('base64');
@@ -38,7 +48,7 @@ if (requireClients(t, [], true)) {
 
     // Reconnect (sequential connections): the write is there, though it was never flushed.
     await py.ok({ op: 'connect', h: 'x2', uri: `${server.uri}@x` });
-    t.same(await read('x2', 5000, 10000), a, 'a second connection reads the first one\'s write');
+    t.same(await read('x2', 5000, 10000), a, "a second connection reads the first one's write");
 
     // Concurrent connections: writes by one are seen by the other; a FLUSH on one covers both.
     await py.ok({ op: 'connect', h: 'x3', uri: `${server.uri}@x` });
@@ -46,21 +56,25 @@ if (requireClients(t, [], true)) {
     await py.ok({ op: 'pwrite', h: 'x3', offset: 1 << 20, data: b64(c) });
     await py.ok({ op: 'trim', h: 'x2', offset: 2 << 20, length: 65536 });
     await py.ok({ op: 'flush', h: 'x2' });
-    t.same(await read('x2', 1 << 20, 4096), c, 'x2 sees x3\'s write');
-    t.same(await read('x3', 2 << 20, 65536), Buffer.alloc(65536), 'x3 sees x2\'s trim');
+    t.same(await read('x2', 1 << 20, 4096), c, "x2 sees x3's write");
+    t.same(await read('x3', 2 << 20, 65536), Buffer.alloc(65536), "x3 sees x2's trim");
 
     // Isolation: golden and golden@y see none of it.
     t.same(await read('p', 5000, 10000), baseBytes.subarray(5000, 15000), 'plain golden reads the base');
     await py.ok({ op: 'connect', h: 'y', uri: `${server.uri}@y` });
     t.same(await read('y', 5000, 10000), baseBytes.subarray(5000, 15000), 'golden@y reads the base');
     await py.ok({ op: 'pwrite', h: 'y', offset: 5000, data: b64(Buffer.alloc(100, 0x77)) });
-    t.same(await read('x2', 5000, 10000), a, 'golden@x does not see golden@y\'s write');
+    t.same(await read('x2', 5000, 10000), a, "golden@x does not see golden@y's write");
 
     // A second server on the same overlay directory cannot take golden@x while it is in use.
     const other = await startServe(t, base, ['--overlay-dir', overlays]);
     const refused = await py.call({ op: 'connect', h: 'o', uri: `${other.uri}@x` });
     t.notOk(refused.ok, 'another server refuses golden@x while the first holds it');
-    t.match(other.stderr() + String(refused.error), /in use by process|server has no export|rejected/, `refusal: ${refused.error}`);
+    t.match(
+      other.stderr() + String(refused.error),
+      /in use by process|server has no export|rejected/,
+      `refusal: ${refused.error}`,
+    );
     t.equal((await other.stop()).code, 0);
 
     // Restart: everything written survives a clean stop (flushed at close).
@@ -118,7 +132,11 @@ if (requireClients(t, [], true)) {
     const wrong = await startServe(t, join(dir, 'golden2.img'), ['--overlay-dir', overlays, '-x', 'golden']);
     const m = await py.call({ op: 'connect', h: 'w', uri: `${wrong.uri}@n` });
     t.notOk(m.ok, `an overlay of another base is refused: ${m.error}`);
-    t.match(wrong.stderr(), /belongs to another base image: made for \(size \d+, fingerprint [0-9a-f]+…\), the base is \(size \d+, fingerprint [0-9a-f]+…\)/, 'one line names both');
+    t.match(
+      wrong.stderr(),
+      /belongs to another base image: made for \(size \d+, fingerprint [0-9a-f]+…\), the base is \(size \d+, fingerprint [0-9a-f]+…\)/,
+      'one line names both',
+    );
     t.equal(await sha256File(file), before, 'the overlay file is unchanged');
     t.equal((await wrong.stop()).code, 0);
     t.equal(await py.end(), 0);

@@ -1,9 +1,18 @@
 // nbdcopy copies the export to a file that matches the base byte for byte.
 
-import t from 'tap';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
-import { describeRun, guardBase, makePatternBase, makeRandomBase, requireClients, run, sha256File, startServe } from '../helpers/cli.js';
+import t from 'tap';
+import {
+  describeRun,
+  guardBase,
+  makePatternBase,
+  makeRandomBase,
+  requireClients,
+  run,
+  sha256File,
+  startServe,
+} from '../helpers/cli.js';
 
 if (requireClients(t, ['nbdcopy'])) {
   for (const [name, size, make] of [

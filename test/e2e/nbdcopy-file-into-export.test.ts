@@ -3,11 +3,21 @@
 // connection sees the base. The same data written over one python3-libnbd connection (data
 // chunks and write-zeroes for all-zero chunks, as nbdcopy does) reads back as the file.
 
-import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describeRun, listDir, waitForEmptyDir, pySession, requireClients, run, sha256, sha256File, servePatternBase } from '../helpers/cli.js';
+import t from 'tap';
+import {
+  describeRun,
+  listDir,
+  pySession,
+  requireClients,
+  run,
+  servePatternBase,
+  sha256,
+  sha256File,
+  waitForEmptyDir,
+} from '../helpers/cli.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB + 1536;

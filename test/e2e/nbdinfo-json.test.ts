@@ -1,7 +1,7 @@
 // nbdinfo --json: size, flags (no multi-conn with per-connection overlays) and meta contexts.
 
-import t from 'tap';
 import { join } from 'node:path';
+import t from 'tap';
 import { describeRun, makePatternBase, requireClients, run, startServe } from '../helpers/cli.js';
 
 const SIZE = 16 * 1024 * 1024 + 1536;
@@ -31,7 +31,7 @@ if (requireClients(t, ['nbdinfo'])) {
       can_fua: true,
       block_size_minimum: 1,
     });
-    t.same([...((exp.contexts as string[] | undefined) ?? [])].sort(), ['base:allocation', 'qemu:allocation-depth']);
+    t.same([...((exp['contexts'] as string[] | undefined) ?? [])].sort(), ['base:allocation', 'qemu:allocation-depth']);
 
     // nbdinfo --size and --can/--is checks (exit status is the answer).
     const size = await run('nbdinfo', ['--size', server.uri]);

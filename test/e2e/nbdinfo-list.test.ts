@@ -1,7 +1,7 @@
 // nbdinfo --list: NBD_OPT_LIST shows the one export with its description; -x and -D apply.
 
-import t from 'tap';
 import { join } from 'node:path';
+import t from 'tap';
 import { describeRun, makePatternBase, requireClients, run, startServe } from '../helpers/cli.js';
 
 if (requireClients(t, ['nbdinfo'])) {

@@ -1,8 +1,8 @@
 // nbdinfo --map on a fresh connection: base:allocation reports the base as data (type 0) and
 // qemu:allocation-depth reports depth 2 (backing) over the whole odd-sized export.
 
-import t from 'tap';
 import { join } from 'node:path';
+import t from 'tap';
 import { describeRun, makePatternBase, requireClients, run, startServe } from '../helpers/cli.js';
 
 const SIZE = 16 * 1024 * 1024 + 1536;

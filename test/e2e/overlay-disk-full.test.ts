@@ -2,13 +2,13 @@
 // written before still reads back, another connection is unaffected, and the space comes back
 // when the writer disconnects. The overlay directory is a 2 MiB tmpfs (needs root to mount).
 
-import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { guardBase, makePatternBase, pySession, requireClients, startServe, waitForEmptyDir } from '../helpers/cli.js';
+import t from 'tap';
 import { fillPattern } from '../../lib/demo-image.js';
+import { guardBase, makePatternBase, pySession, requireClients, startServe, waitForEmptyDir } from '../helpers/cli.js';
 
 const MiB = 1024 * 1024;
 

@@ -3,7 +3,7 @@
 // connection disconnects.
 
 import t from 'tap';
-import { listDir, pySession, requireClients, waitForEmptyDir, servePatternBase } from '../helpers/cli.js';
+import { listDir, pySession, requireClients, servePatternBase, waitForEmptyDir } from '../helpers/cli.js';
 
 if (requireClients(t, [], true)) {
   t.test('overlay created at the first write, deleted at disconnect', async (t) => {

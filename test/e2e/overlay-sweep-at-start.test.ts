@@ -1,9 +1,9 @@
 // At start the server removes ephemeral overlays left by a server that is gone
 // (eph-<dead pid>-<n>.cow) and keeps everything else: files of a live process and other names.
 
-import t from 'tap';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import t from 'tap';
 import { deadPid, listDir, makePatternBase, startServe } from '../helpers/cli.js';
 
 t.test('leftover overlays of a dead pid are removed at start', async (t) => {

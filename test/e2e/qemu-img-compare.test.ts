@@ -1,9 +1,9 @@
 // qemu-img compare: the export is identical to the base file, byte for byte (odd size too),
 // and a file differing in one byte is reported as different at that offset.
 
-import t from 'tap';
 import { closeSync, copyFileSync, openSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import t from 'tap';
 import { describeRun, guardBase, makePatternBase, makeRandomBase, requireClients, run, startServe } from '../helpers/cli.js';
 
 if (requireClients(t, ['qemu-img'])) {

@@ -2,11 +2,11 @@
 // holds it for that connection only, so afterwards the export compares equal to the base and
 // different from the source, and the base file never changed.
 
-import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describeRun, waitForEmptyDir, requireClients, run, servePatternBase } from '../helpers/cli.js';
+import t from 'tap';
+import { describeRun, requireClients, run, servePatternBase, waitForEmptyDir } from '../helpers/cli.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB + 1536;

@@ -1,9 +1,18 @@
 // qemu-img convert -O raw copies the export to a file whose bytes equal the base's.
 
-import t from 'tap';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
-import { describeRun, guardBase, makePatternBase, makeRandomBase, requireClients, run, sha256File, startServe } from '../helpers/cli.js';
+import t from 'tap';
+import {
+  describeRun,
+  guardBase,
+  makePatternBase,
+  makeRandomBase,
+  requireClients,
+  run,
+  sha256File,
+  startServe,
+} from '../helpers/cli.js';
 
 if (requireClients(t, ['qemu-img'])) {
   for (const [name, size, make] of [

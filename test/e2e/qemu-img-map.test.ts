@@ -7,8 +7,8 @@
 //   base:allocation data/zero after writes is checked with libnbd in block-status-after-writes.
 // - A later qemu-img map (new connection) shows the pristine base again.
 
-import t from 'tap';
 import { join } from 'node:path';
+import t from 'tap';
 import { describeRun, guardBase, makePatternBase, requireClients, run, startServe } from '../helpers/cli.js';
 
 const MiB = 1024 * 1024;
@@ -66,11 +66,16 @@ if (requireClients(t, ['qemu-img', 'qemu-io'])) {
     const io = await run('qemu-io', [
       '--image-opts',
       imageOpts(server.uri, 'qemu:allocation-depth'),
-      '-c', 'write -P 0xab 0 64k',
-      '-c', 'write -z 1M 1M',
-      '-c', 'discard 4M 1M',
-      '-c', `write -P 0xcd ${SIZE - 1000} 1000`, // the partial last block
-      '-c', 'map',
+      '-c',
+      'write -P 0xab 0 64k',
+      '-c',
+      'write -z 1M 1M',
+      '-c',
+      'discard 4M 1M',
+      '-c',
+      `write -P 0xcd ${SIZE - 1000} 1000`, // the partial last block
+      '-c',
+      'map',
     ]);
     t.equal(io.code, 0, describeRun(io));
     t.same(

@@ -3,8 +3,8 @@
 // pristine base. The base is striped (each MiB one byte value) so qemu-io's read -P can check
 // untouched base bytes, including those around unaligned writes (read-modify-write).
 
-import t from 'tap';
 import { join } from 'node:path';
+import t from 'tap';
 import { describeRun, guardBase, makeStripedBase, requireClients, run, startServe, stripeByte } from '../helpers/cli.js';
 
 const MiB = 1024 * 1024;
@@ -83,7 +83,11 @@ if (requireClients(t, ['qemu-io'])) {
 
     // Reads past the end fail cleanly.
     const past = await run('qemu-io', ['-f', 'raw', server.uri, '-c', `read ${SIZE - 1} 2`]);
-    t.match(past.stdout + past.stderr, /Input\/output error|Invalid argument|out of range|beyond/i, 'read past the end is refused');
+    t.match(
+      past.stdout + past.stderr,
+      /Input\/output error|Invalid argument|out of range|beyond/i,
+      'read past the end is refused',
+    );
 
     // Second connection: the base, untouched.
     const again = [0, 70000, 2 * MiB, 4 * MiB - 777, 5 * MiB, 8 * MiB, 11 * MiB + 4096, last].map(

@@ -1,9 +1,9 @@
 // -r: the base is served read-only with no overlay: nbdinfo shows is_read_only and
 // can_multi_conn, writes via qemu-io fail, reads match the base, and no overlay dir is made.
 
-import t from 'tap';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import t from 'tap';
 import { describeRun, guardBase, makePatternBase, missing, requireClients, run, startServe } from '../helpers/cli.js';
 
 const SIZE = 16 * 1024 * 1024 + 1536;

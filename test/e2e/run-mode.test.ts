@@ -3,8 +3,8 @@
 // Syntax under test: `nbd-cow run BASE [serve options] -- COMMAND ARGS…` (options may also
 // come before BASE).
 
-import t from 'tap';
 import { join } from 'node:path';
+import t from 'tap';
 import { describeRun, guardBase, listDir, makePatternBase, missing, runCli } from '../helpers/cli.js';
 
 const SIZE = 16 * 1024 * 1024 + 1536;
@@ -34,32 +34,51 @@ t.test('the command’s exit status is ours', async (t) => {
 t.test('NBD_URI in the environment', async (t) => {
   const dir = t.testdir();
   const base = await makePatternBase(dir, 8 * 1024 * 1024);
-  const r = await runCli(['run', base, '--overlay-dir', join(dir, 'ov'), '--', 'sh', '-c', 'printf "%s|%s\\n" "$NBD_URI" "$1"', 'sh', '{uri}']);
+  const r = await runCli([
+    'run',
+    base,
+    '--overlay-dir',
+    join(dir, 'ov'),
+    '--',
+    'sh',
+    '-c',
+    'printf "%s|%s\\n" "$NBD_URI" "$1"',
+    'sh',
+    '{uri}',
+  ]);
   t.equal(r.code, 0, describeRun(r));
   const [env, arg] = r.stdout.trim().split('|');
   t.match(env, /^nbd\+unix:\/\/\/base\?socket=.+/, 'NBD_URI is the server URI');
   t.equal(arg, env, '{uri} is replaced by the same URI');
 });
 
-t.test('writes through run are thrown away', { skip: missing('qemu-io').length > 0 ? 'qemu-io not installed' : false }, async (t) => {
-  const dir = t.testdir();
-  const overlays = join(dir, 'ov');
-  const base = await makePatternBase(dir, 8 * 1024 * 1024);
-  const guard = await guardBase(t, base);
-  const script = 'qemu-io -f raw "$NBD_URI" -c "write -P 0x55 0 1M" -c "read -P 0x55 0 1M"';
-  const r = await runCli(['run', base, '--overlay-dir', overlays, '--', 'sh', '-c', script]);
-  t.equal(r.code, 0, describeRun(r));
-  t.match(r.stdout, /wrote 1048576\/1048576 bytes at offset 0/, 'the write went through');
-  t.match(r.stdout, /read 1048576\/1048576 bytes at offset 0/, 'and read back');
-  t.notMatch(r.stdout, /Pattern verification failed/);
-  t.same(listDir(overlays), [], 'no overlay left after run');
-  await guard.check();
-});
+t.test(
+  'writes through run are thrown away',
+  { skip: missing('qemu-io').length > 0 ? 'qemu-io not installed' : false },
+  async (t) => {
+    const dir = t.testdir();
+    const overlays = join(dir, 'ov');
+    const base = await makePatternBase(dir, 8 * 1024 * 1024);
+    const guard = await guardBase(t, base);
+    const script = 'qemu-io -f raw "$NBD_URI" -c "write -P 0x55 0 1M" -c "read -P 0x55 0 1M"';
+    const r = await runCli(['run', base, '--overlay-dir', overlays, '--', 'sh', '-c', script]);
+    t.equal(r.code, 0, describeRun(r));
+    t.match(r.stdout, /wrote 1048576\/1048576 bytes at offset 0/, 'the write went through');
+    t.match(r.stdout, /read 1048576\/1048576 bytes at offset 0/, 'and read back');
+    t.notMatch(r.stdout, /Pattern verification failed/);
+    t.same(listDir(overlays), [], 'no overlay left after run');
+    await guard.check();
+  },
+);
 
-t.test('run with an explicit TCP port 0', { skip: missing('nbdinfo').length > 0 ? 'nbdinfo not installed' : false }, async (t) => {
-  const dir = t.testdir();
-  const base = await makePatternBase(dir, 8 * 1024 * 1024);
-  const r = await runCli(['run', base, '-p', '0', '--overlay-dir', join(dir, 'ov'), '--', 'nbdinfo', '--size', '{uri}']);
-  t.equal(r.code, 0, describeRun(r));
-  t.equal(r.stdout.trim(), String(8 * 1024 * 1024));
-});
+t.test(
+  'run with an explicit TCP port 0',
+  { skip: missing('nbdinfo').length > 0 ? 'nbdinfo not installed' : false },
+  async (t) => {
+    const dir = t.testdir();
+    const base = await makePatternBase(dir, 8 * 1024 * 1024);
+    const r = await runCli(['run', base, '-p', '0', '--overlay-dir', join(dir, 'ov'), '--', 'nbdinfo', '--size', '{uri}']);
+    t.equal(r.code, 0, describeRun(r));
+    t.equal(r.stdout.trim(), String(8 * 1024 * 1024));
+  },
+);

@@ -1,9 +1,9 @@
 // -k PATH: the server listens on a unix socket; nbdinfo and qemu-img use nbd+unix:///NAME?socket=…
 // The socket file is removed when the server stops.
 
-import t from 'tap';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import t from 'tap';
 import { describeRun, guardBase, makePatternBase, requireClients, run, startServe } from '../helpers/cli.js';
 
 const SIZE = 16 * 1024 * 1024 + 1536;

@@ -28,7 +28,7 @@ import {
 import { dirname, join, relative } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { run } from '../helpers/cli.js';
-import { ROOT, findTool, log } from './tools.js';
+import { findTool, log, ROOT } from './tools.js';
 
 /** Bump when the recipe below changes in a way the hash would not see. */
 const RECIPE = 4;
@@ -52,7 +52,7 @@ export interface Guest {
 }
 
 export function cacheRoot(): string {
-  return process.env.NBD_COW_GUEST_CACHE ?? join(ROOT, '.cache', 'guest');
+  return process.env['NBD_COW_GUEST_CACHE'] ?? join(ROOT, '.cache', 'guest');
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -65,13 +65,21 @@ interface Exec {
 }
 
 /** run() (test/helpers/cli.ts) with a 5-minute default, a timeout noted on stderr. */
-async function exec(cmd: string, args: readonly string[], opts: { cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Exec> {
+async function exec(
+  cmd: string,
+  args: readonly string[],
+  opts: { cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
+): Promise<Exec> {
   const timeoutMs = opts.timeoutMs ?? 300_000;
   const r = await run(cmd, args, { ...opts, timeoutMs });
   return { code: r.code, stdout: r.stdout, stderr: r.timedOut ? `${r.stderr}\n[killed after ${timeoutMs} ms]` : r.stderr };
 }
 
-async function mustExec(cmd: string, args: readonly string[], opts: { cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<string> {
+async function mustExec(
+  cmd: string,
+  args: readonly string[],
+  opts: { cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
+): Promise<string> {
   const r = await exec(cmd, args, opts);
   if (r.code !== 0) {
     throw new Error(`${cmd} ${args.join(' ')} failed (exit ${r.code}): ${r.stderr.trim().slice(-2000)}`);
@@ -136,7 +144,11 @@ function moduleDepends(ko: Buffer): string[] {
   const info = elfSection(ko, '.modinfo');
   if (info === undefined) return [];
   for (const entry of info.toString('latin1').split('\0')) {
-    if (entry.startsWith('depends=')) return entry.slice(8).split(',').filter((s) => s !== '');
+    if (entry.startsWith('depends='))
+      return entry
+        .slice(8)
+        .split(',')
+        .filter((s) => s !== '');
   }
   return [];
 }
@@ -250,11 +262,9 @@ class Cpio {
   private readonly dirs = new Set<string>();
 
   private entry(name: string, mode: number, data: Buffer, rdev: [number, number] = [0, 0]): void {
-    const fields = [
-      this.ino++, mode, 0, 0, 1, 0, data.length, 0, 0, rdev[0], rdev[1], Buffer.byteLength(name) + 1, 0,
-    ];
-    const header = '070701' + fields.map((f) => f.toString(16).padStart(8, '0')).join('');
-    const head = Buffer.from(header + name + '\0', 'latin1');
+    const fields = [this.ino++, mode, 0, 0, 1, 0, data.length, 0, 0, rdev[0], rdev[1], Buffer.byteLength(name) + 1, 0];
+    const header = `070701${fields.map((f) => f.toString(16).padStart(8, '0')).join('')}`;
+    const head = Buffer.from(`${header + name}\0`, 'latin1');
     this.parts.push(head, Buffer.alloc((4 - (head.length % 4)) % 4));
     this.parts.push(data, Buffer.alloc((4 - (data.length % 4)) % 4));
   }
@@ -345,7 +355,8 @@ async function buildInto(dir: string, pkg: { name: string; version: string }, bi
 
   const modules = await collectModules(modulesDir);
   const cpio = new Cpio();
-  for (const d of ['bin', 'sbin', 'dev', 'proc', 'sys', 'mnt', 'tmp', 'lib/modules', 'lib/x86_64-linux-gnu', 'lib64']) cpio.dir(d);
+  for (const d of ['bin', 'sbin', 'dev', 'proc', 'sys', 'mnt', 'tmp', 'lib/modules', 'lib/x86_64-linux-gnu', 'lib64'])
+    cpio.dir(d);
   cpio.charDevice('dev/console', 5, 1);
   cpio.charDevice('dev/null', 1, 3, 0o666);
   cpio.file('init', readFileSync(INIT_SCRIPT), 0o755);
@@ -360,7 +371,7 @@ async function buildInto(dir: string, pkg: { name: string; version: string }, bi
     cpio.file(`lib/modules/${m.name}.ko`, m.bytes);
     order.push(`${m.name}.ko${MODULE_PARAMS[m.name] !== undefined ? ` ${MODULE_PARAMS[m.name]}` : ''}`);
   }
-  cpio.file('lib/modules/order', Buffer.from(order.join('\n') + '\n'));
+  cpio.file('lib/modules/order', Buffer.from(`${order.join('\n')}\n`));
 
   // The ELF vmlinux boots by PVH straight into the kernel: under TCG that saves the ~5 s the
   // bzImage spends decompressing itself. The bzImage stays as the fallback.
@@ -374,7 +385,7 @@ async function buildInto(dir: string, pkg: { name: string; version: string }, bi
   writeFileSync(join(dir, 'initramfs.cpio'), cpio.finish());
   writeFileSync(
     join(dir, 'manifest.json'),
-    JSON.stringify(
+    `${JSON.stringify(
       {
         kernelPackage: `${pkg.name}_${pkg.version}`,
         kernelRelease: kver,
@@ -386,7 +397,7 @@ async function buildInto(dir: string, pkg: { name: string; version: string }, bi
       },
       null,
       2,
-    ) + '\n',
+    )}\n`,
   );
   rmSync(scratch, { recursive: true, force: true });
 }

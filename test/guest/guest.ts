@@ -3,22 +3,33 @@
 //
 // Every process started here is killed by its own pid: at its timeout and in t.teardown.
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, constants as fsConstants, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  constants as fsConstants,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Test } from 'tap';
-import { run, sha256, sha256File, waitForDir } from '../helpers/cli.js';
+import { pidOf, run, sha256, sha256File, waitForDir } from '../helpers/cli.js';
 import { cacheRoot, ensureGuest, type Guest } from './build.js';
-import { ROOT, findTool, log, tool } from './tools.js';
+import { findTool, log, ROOT, tool } from './tools.js';
 
 const CLI = join(ROOT, 'bin', 'nbd-cow');
 
 /** One boot may take this long before QEMU is killed (TCG boots take ~10 s). */
-export const BOOT_TIMEOUT_MS = Number(process.env.NBD_COW_GUEST_BOOT_TIMEOUT_MS ?? 60_000);
+export const BOOT_TIMEOUT_MS = Number(process.env['NBD_COW_GUEST_BOOT_TIMEOUT_MS'] ?? 60_000);
 /** The guestfwd address and port the guest's nbd-client connects to. */
 export const GUEST_NBD_ADDR = '10.0.2.100';
 export const GUEST_NBD_PORT = 10809;
@@ -70,12 +81,14 @@ async function terminate(child: ChildProcess, exited: Promise<Exited>, graceMs =
  * SIGTERM on to the command. Either wrapper is left out when it is not installed.
  */
 export function contained(argv: readonly string[], limitS?: number): [string, string[]] {
-  let cmd = [...argv];
-  const timeoutBin = findTool('timeout');
-  if (limitS !== undefined && timeoutBin !== undefined) cmd = [timeoutBin, '-k', '5', `${Math.ceil(limitS)}s`, ...cmd];
+  const wrappers: string[] = [];
   const setpriv = findTool('setpriv');
-  if (setpriv !== undefined) cmd = [setpriv, '--pdeathsig', 'SIGTERM', '--', ...cmd];
-  return [cmd[0]!, cmd.slice(1)];
+  if (setpriv !== undefined) wrappers.push(setpriv, '--pdeathsig', 'SIGTERM', '--');
+  const timeoutBin = findTool('timeout');
+  if (limitS !== undefined && timeoutBin !== undefined) wrappers.push(timeoutBin, '-k', '5', `${Math.ceil(limitS)}s`);
+  const [program, ...args] = [...wrappers, ...argv];
+  if (program === undefined) throw new Error('contained: empty command line');
+  return [program, args];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -112,7 +125,9 @@ export async function makeBaseImage(dir: string, name = 'base.img'): Promise<Bas
   writeFileSync(join(src, 'hello.txt'), hello);
   writeFileSync(join(src, 'data.bin'), data);
   const path = join(dir, name);
-  const r = await run(tool('mkfs.ext4'), ['-q', '-F', '-L', 'nbdcow', '-b', '4096', '-d', src, path, `${BASE_SIZE / 1024}k`], { timeoutMs: 60_000 });
+  const r = await run(tool('mkfs.ext4'), ['-q', '-F', '-L', 'nbdcow', '-b', '4096', '-d', src, path, `${BASE_SIZE / 1024}k`], {
+    timeoutMs: 60_000,
+  });
   if (r.code !== 0) throw new Error(`mkfs.ext4 failed (${r.code}): ${r.stdout}${r.stderr}`);
   return { path, size: BASE_SIZE, sha256: await sha256File(path), helloSha256: sha256(hello), dataSha256: sha256(data) };
 }
@@ -174,7 +189,7 @@ export async function startServer(t: Test, base: string, opts: ServerOptions): P
   return {
     uri,
     port: port === undefined ? undefined : Number(port),
-    pid: child.pid!,
+    pid: pidOf(child),
     log: () => stderr,
     running: () => child.exitCode === null && child.signalCode === null,
     stop,
@@ -218,7 +233,7 @@ const KVM: Omit<Accel, 'why'> = { accel: 'kvm', args: ['-accel', 'kvm', '-cpu', 
  */
 export function detectAccel(guest: Guest): Promise<Accel> {
   accelCache ??= (async (): Promise<Accel> => {
-    const forced = process.env.NBD_COW_GUEST_ACCEL;
+    const forced = process.env['NBD_COW_GUEST_ACCEL'];
     if (forced === 'kvm') return { ...KVM, why: 'NBD_COW_GUEST_ACCEL=kvm' };
     if (forced === 'tcg') return { ...TCG, why: 'NBD_COW_GUEST_ACCEL=tcg' };
     try {
@@ -300,8 +315,8 @@ interface BootCommon {
 }
 
 export type BootTarget = BootCommon &
+  /** QEMU's own NBD client: -drive file=URI (nbd:// or nbd+unix://). */
   (
-    /** QEMU's own NBD client: -drive file=URI (nbd:// or nbd+unix://). */
     | { readonly mode: 'drive'; readonly uri: string }
     /** The guest kernel's NBD client via nbd-client, forwarded to 127.0.0.1:port. */
     | {
@@ -393,7 +408,13 @@ const qemuOpt = (s: string) => s.replace(/,/g, ',,');
 /** One word for g_shell_parse_argv (POSIX shell quoting rules). */
 const shellQuote = (s: string) => (/^[A-Za-z0-9_./@:=+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 
-export async function bootGuest(t: Test, guest: Guest, name: string, target: BootTarget, timeoutMs = BOOT_TIMEOUT_MS): Promise<Boot> {
+export async function bootGuest(
+  t: Test,
+  guest: Guest,
+  name: string,
+  target: BootTarget,
+  timeoutMs = BOOT_TIMEOUT_MS,
+): Promise<Boot> {
   const accel = await detectAccel(guest);
   const tag = `${name.replace(/[^A-Za-z0-9]+/g, '-')}-${process.pid}-${Date.now() % 1e6}`;
   const append = ['console=ttyS0', 'panic=-1', 'quiet', `nbdcow.mode=${target.mode}`, `nbdcow.tag=${tag}`];
@@ -411,12 +432,13 @@ export async function bootGuest(t: Test, guest: Guest, name: string, target: Boo
     const to =
       target.relayLog === undefined
         ? `tcp:127.0.0.1:${target.port}`
-        : `cmd:${tool('env')} -i ${shellQuote(process.execPath)} ${shellQuote(RELAY_SCRIPT)} ${target.port} ${shellQuote(target.relayLog)}${process.env.NBD_COW_GUEST_RELAY_DUMP ? ' dump' : ''}`;
+        : `cmd:${tool('env')} -i ${shellQuote(process.execPath)} ${shellQuote(RELAY_SCRIPT)} ${target.port} ${shellQuote(target.relayLog)}${process.env['NBD_COW_GUEST_RELAY_DUMP'] ? ' dump' : ''}`;
     args.push(
       '-netdev',
       `user,id=n0,restrict=on,guestfwd=${qemuOpt(`tcp:${GUEST_NBD_ADDR}:${GUEST_NBD_PORT}-${to}`)}`,
       // romfile= : no iPXE option ROM, which only costs boot time here.
-      '-device', 'virtio-net-pci,netdev=n0,romfile=',
+      '-device',
+      'virtio-net-pci,netdev=n0,romfile=',
     );
   }
   args.push('-append', append.join(' '));
@@ -428,8 +450,16 @@ export async function bootGuest(t: Test, guest: Guest, name: string, target: Boo
     if (m?.[1] !== undefined && m[2] !== undefined) markers.set(m[1], m[2]);
   }
   const boot: Boot = {
-    name, mode: target.mode, tag, accel: accel.accel, ms: run.ms, timedOut: run.timedOut, exit: run.exit,
-    markers, console: run.console, args,
+    name,
+    mode: target.mode,
+    tag,
+    accel: accel.accel,
+    ms: run.ms,
+    timedOut: run.timedOut,
+    exit: run.exit,
+    markers,
+    console: run.console,
+    args,
   };
   const status = run.timedOut ? 'TIMED OUT' : `exit ${run.exit.code ?? run.exit.signal}`;
   const result = markers.get('done') === 'ok' ? 'done=ok' : `fail=${markers.get('fail') ?? '?'}`;
@@ -440,7 +470,7 @@ export async function bootGuest(t: Test, guest: Guest, name: string, target: Boo
 
 /** Console text without terminal escapes and carriage returns. */
 export function plain(text: string): string {
-  // eslint-disable-next-line no-control-regex
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: strips the escape sequences a guest console prints
   return text.replace(/\x1b(\[[0-9;?]*[A-Za-z]|c)/g, '').replace(/\r/g, '');
 }
 
@@ -493,17 +523,32 @@ export function checkBoot(t: Test, boot: Boot, expect: Expectations, server?: Se
   results.push(t.equal(m.get('dev-sectors'), String(expect.base.size / 512), `${boot.name}: the disk has the base's size`));
   results.push(t.equal(m.get('hello-sha256'), expect.base.helloSha256, `${boot.name}: hello.txt has the base content`));
   results.push(t.equal(m.get('data-sha256'), expect.base.dataSha256, `${boot.name}: data.bin (4 MiB) has the base content`));
-  if (expect.pristine) results.push(t.equal(m.get('prior-write'), 'absent', `${boot.name}: nothing written by an earlier boot is visible`));
+  if (expect.pristine)
+    results.push(t.equal(m.get('prior-write'), 'absent', `${boot.name}: nothing written by an earlier boot is visible`));
   if (expect.prior !== undefined) {
     const prior = expect.prior;
     results.push(t.equal(m.get('prior-write'), 'present', `${boot.name}: the file ${prior.name} wrote is there`));
-    results.push(t.equal(m.get('prior-sha256'), prior.markers.get('written-sha256'), `${boot.name}: with the content ${prior.name} wrote (sha256)`));
+    results.push(
+      t.equal(
+        m.get('prior-sha256'),
+        prior.markers.get('written-sha256'),
+        `${boot.name}: with the content ${prior.name} wrote (sha256)`,
+      ),
+    );
     results.push(t.equal(m.get('prior-note'), `written-by-${prior.tag}`, `${boot.name}: and ${prior.name}'s note`));
   }
   results.push(t.match(m.get('written-sha256') ?? '', /^[0-9a-f]{64}$/, `${boot.name}: the guest wrote a file`));
-  results.push(t.equal(m.get('reread-sha256'), m.get('written-sha256'), `${boot.name}: the written file reads back the same after remount and drop_caches`));
+  results.push(
+    t.equal(
+      m.get('reread-sha256'),
+      m.get('written-sha256'),
+      `${boot.name}: the written file reads back the same after remount and drop_caches`,
+    ),
+  );
   results.push(t.equal(m.get('note'), `written-by-${boot.tag}`, `${boot.name}: the note reads back`));
-  results.push(t.equal(m.get('hello-after-sha256'), expect.base.helloSha256, `${boot.name}: hello.txt is intact after the writes`));
+  results.push(
+    t.equal(m.get('hello-after-sha256'), expect.base.helloSha256, `${boot.name}: hello.txt is intact after the writes`),
+  );
   if (boot.mode === 'client') {
     results.push(t.equal(m.get('nbd-client'), 'disconnected', `${boot.name}: nbd-client -d disconnected /dev/nbd0`));
   }
@@ -521,7 +566,11 @@ export function checkRefusedBoot(t: Test, boot: Boot, reason: RegExp, server?: S
     t.notOk(boot.timedOut, `${boot.name}: the boot finished within the timeout (${boot.ms} ms)`),
     t.equal(m.get('fail'), undefined, `${boot.name}: no step failed in the guest`),
     t.equal(m.get('nbd-client'), 'refused', `${boot.name}: nbd-client failed to set up /dev/nbd0`),
-    t.match(m.get('refused-by-kernel') ?? '', reason, `${boot.name}: the kernel says why (refused-by-kernel=${m.get('refused-by-kernel') ?? ''})`),
+    t.match(
+      m.get('refused-by-kernel') ?? '',
+      reason,
+      `${boot.name}: the kernel says why (refused-by-kernel=${m.get('refused-by-kernel') ?? ''})`,
+    ),
     t.equal(m.get('done'), 'ok', `${boot.name}: the guest script ran to the end`),
     t.equal(boot.exit.code, 0, `${boot.name}: QEMU exited 0 (guest powered off)`),
   ];
@@ -532,7 +581,7 @@ export function checkRefusedBoot(t: Test, boot: Boot, reason: RegExp, server?: S
 function keepConsole(t: Test, boot: Boot, results: readonly boolean[], server: Server | undefined): boolean {
   const ok = results.every((r) => r);
   if (!ok) reportFailedBoot(t, boot, server);
-  else if (process.env.NBD_COW_GUEST_VERBOSE) reportFailedBoot(t, boot, server, false);
+  else if (process.env['NBD_COW_GUEST_VERBOSE']) reportFailedBoot(t, boot, server, false);
   return ok;
 }
 
@@ -541,10 +590,21 @@ function keepConsole(t: Test, boot: Boot, results: readonly boolean[], server: S
  * overlay directory empties within a few seconds, but for the named overlays in `kept` (file
  * names, e.g. named-base@vm1.cow), which stay.
  */
-export async function checkOverlaysGone(t: Test, overlayDir: string, after: string, kept: readonly string[] = []): Promise<boolean> {
+export async function checkOverlaysGone(
+  t: Test,
+  overlayDir: string,
+  after: string,
+  kept: readonly string[] = [],
+): Promise<boolean> {
   const want = [...kept].sort();
   const left = await waitForDir(overlayDir, (names) => JSON.stringify(names) === JSON.stringify(want), 5_000);
-  return t.same(left, want, kept.length === 0 ? `no overlay file is left after ${after}` : `after ${after} only the named overlay(s) ${want.join(', ')} are left`);
+  return t.same(
+    left,
+    want,
+    kept.length === 0
+      ? `no overlay file is left after ${after}`
+      : `after ${after} only the named overlay(s) ${want.join(', ')} are left`,
+  );
 }
 
 export interface GuestSetup {
@@ -559,7 +619,9 @@ export interface GuestSetup {
 export async function setUpGuest(t: Test, baseName?: string): Promise<GuestSetup> {
   const guest = await ensureGuest();
   const accel = await detectAccel(guest);
-  t.comment(`guest ${guest.kernelPackage} (${guest.built ? `built in ${guest.buildMs} ms` : 'cached'}); accel ${accel.accel} (${accel.why})`);
+  t.comment(
+    `guest ${guest.kernelPackage} (${guest.built ? `built in ${guest.buildMs} ms` : 'cached'}); accel ${accel.accel} (${accel.why})`,
+  );
   const dir = t.testdir();
   return { guest, dir, overlays: `${dir}/overlays`, base: await makeBaseImage(dir, baseName) };
 }

@@ -23,56 +23,77 @@
 // bytes (relay.mjs).
 
 import t from 'tap';
-import { bootGuest, checkBoot, checkOverlaysGone, checkRefusedBoot, FLAG_CAN_MULTI_CONN, servedCount, servedFlags, settledRelayLog, setUpGuest, startServer, stopAndCheckBase } from './guest.js';
+import {
+  bootGuest,
+  checkBoot,
+  checkOverlaysGone,
+  checkRefusedBoot,
+  FLAG_CAN_MULTI_CONN,
+  servedCount,
+  servedFlags,
+  settledRelayLog,
+  setUpGuest,
+  startServer,
+  stopAndCheckBase,
+} from './guest.js';
 import { requireGuestTools } from './tools.js';
 
-const CPUS = Number(process.env.NBD_COW_GUEST_MC_CPUS ?? 2);
+const CPUS = Number(process.env['NBD_COW_GUEST_MC_CPUS'] ?? 2);
 
 if (requireGuestTools(t)) {
-  t.test('nbd-client -C 4 -N base@mc through a per-connection guestfwd relay; a later single-connection boot sees the data', async (t) => {
-    const { guest, dir, overlays, base } = await setUpGuest(t);
-    const server = await startServer(t, base.path, { overlayDir: overlays });
-    if (server.port === undefined) throw new Error(`no TCP port in ${server.uri}`);
-    const relayLog = `${dir}/relay-mc.log`;
+  t.test(
+    'nbd-client -C 4 -N base@mc through a per-connection guestfwd relay; a later single-connection boot sees the data',
+    async (t) => {
+      const { guest, dir, overlays, base } = await setUpGuest(t);
+      const server = await startServer(t, base.path, { overlayDir: overlays });
+      if (server.port === undefined) throw new Error(`no TCP port in ${server.uri}`);
+      const relayLog = `${dir}/relay-mc.log`;
 
-    const first = await bootGuest(t, guest, 'multi-conn-C4', {
-      mode: 'client',
-      port: server.port,
-      exportName: 'base@mc',
-      connections: 4,
-      relayLog,
-      cpus: CPUS,
-      prior: 'absent',
-    });
-    checkBoot(t, first, { base, pristine: true }, server);
-    t.equal(first.markers.get('nbd-client-connections'), '4', 'the guest ran nbd-client -C 4');
-    const conns = await settledRelayLog(relayLog);
-    t.comment(
-      `relay connections: ${conns.map((c) => `pid ${c.pid}: ${c.toHost} bytes to the server, ${c.toGuest} to the guest, ${c.event} (${c.why ?? ''}) after ${c.ms} ms`).join('; ')}`,
-    );
-    t.equal(conns.length, 4, 'QEMU ran the relay once per guest connection: 4 connections');
-    t.ok(conns.every((c) => c.event === 'closed'), 'every relay has ended (its side of the connection closed)');
-    const flags = servedFlags(server.log(), 'base@mc');
-    t.equal(flags.length, 4, 'the server served base@mc on 4 connections (its -v log)');
-    t.ok(flags.every((f) => (f & FLAG_CAN_MULTI_CONN) !== 0), `each with CAN_MULTI_CONN (flags ${flags.map((f) => `0x${f.toString(16)}`).join(', ')})`);
-    const busy = conns.filter((c) => c.toHost + c.toGuest > 256 * 1024);
-    t.comment(`${busy.length} of ${conns.length} connections carried more than 256 KiB (guest CPUs: ${CPUS})`);
-    if (CPUS >= 2) t.ok(busy.length >= 2, 'the I/O was spread over several connections');
-    await checkOverlaysGone(t, overlays, first.name, ['named-base@mc.cow']);
+      const first = await bootGuest(t, guest, 'multi-conn-C4', {
+        mode: 'client',
+        port: server.port,
+        exportName: 'base@mc',
+        connections: 4,
+        relayLog,
+        cpus: CPUS,
+        prior: 'absent',
+      });
+      checkBoot(t, first, { base, pristine: true }, server);
+      t.equal(first.markers.get('nbd-client-connections'), '4', 'the guest ran nbd-client -C 4');
+      const conns = await settledRelayLog(relayLog);
+      t.comment(
+        `relay connections: ${conns.map((c) => `pid ${c.pid}: ${c.toHost} bytes to the server, ${c.toGuest} to the guest, ${c.event} (${c.why ?? ''}) after ${c.ms} ms`).join('; ')}`,
+      );
+      t.equal(conns.length, 4, 'QEMU ran the relay once per guest connection: 4 connections');
+      t.ok(
+        conns.every((c) => c.event === 'closed'),
+        'every relay has ended (its side of the connection closed)',
+      );
+      const flags = servedFlags(server.log(), 'base@mc');
+      t.equal(flags.length, 4, 'the server served base@mc on 4 connections (its -v log)');
+      t.ok(
+        flags.every((f) => (f & FLAG_CAN_MULTI_CONN) !== 0),
+        `each with CAN_MULTI_CONN (flags ${flags.map((f) => `0x${f.toString(16)}`).join(', ')})`,
+      );
+      const busy = conns.filter((c) => c.toHost + c.toGuest > 256 * 1024);
+      t.comment(`${busy.length} of ${conns.length} connections carried more than 256 KiB (guest CPUs: ${CPUS})`);
+      if (CPUS >= 2) t.ok(busy.length >= 2, 'the I/O was spread over several connections');
+      await checkOverlaysGone(t, overlays, first.name, ['named-base@mc.cow']);
 
-    // One connection, through the ordinary `tcp:` guestfwd.
-    const second = await bootGuest(t, guest, 'multi-conn-then-single', {
-      mode: 'client',
-      port: server.port,
-      exportName: 'base@mc',
-      prior: 'present',
-    });
-    checkBoot(t, second, { base, pristine: false, prior: first }, server);
-    t.equal(servedCount(server.log(), 'base@mc'), 5, 'the single-connection boot was the fifth connection to base@mc');
-    await checkOverlaysGone(t, overlays, second.name, ['named-base@mc.cow']);
+      // One connection, through the ordinary `tcp:` guestfwd.
+      const second = await bootGuest(t, guest, 'multi-conn-then-single', {
+        mode: 'client',
+        port: server.port,
+        exportName: 'base@mc',
+        prior: 'present',
+      });
+      checkBoot(t, second, { base, pristine: false, prior: first }, server);
+      t.equal(servedCount(server.log(), 'base@mc'), 5, 'the single-connection boot was the fifth connection to base@mc');
+      await checkOverlaysGone(t, overlays, second.name, ['named-base@mc.cow']);
 
-    await stopAndCheckBase(t, server, base);
-  });
+      await stopAndCheckBase(t, server, base);
+    },
+  );
 
   t.test('nbd-client -C 4 on the plain (throwaway) export is refused by the kernel: no CAN_MULTI_CONN', async (t) => {
     const { guest, dir, overlays, base } = await setUpGuest(t);
@@ -90,11 +111,16 @@ if (requireGuestTools(t)) {
     });
     checkRefusedBoot(t, boot, /does_not_support_multiple_connections/, server);
     const conns = await settledRelayLog(relayLog);
-    t.comment(`relay connections: ${conns.map((c) => `pid ${c.pid}: ${c.toHost}/${c.toGuest} bytes, ${c.event} (${c.why ?? ''})`).join('; ')}`);
+    t.comment(
+      `relay connections: ${conns.map((c) => `pid ${c.pid}: ${c.toHost}/${c.toGuest} bytes, ${c.event} (${c.why ?? ''})`).join('; ')}`,
+    );
     t.equal(conns.length, 4, 'nbd-client negotiated all 4 connections before the kernel refused the device');
     const flags = servedFlags(server.log(), 'base');
     t.equal(flags.length, 4, 'the server served the plain export on 4 connections');
-    t.ok(flags.every((f) => (f & FLAG_CAN_MULTI_CONN) === 0), `none with CAN_MULTI_CONN (flags ${flags.map((f) => `0x${f.toString(16)}`).join(', ')})`);
+    t.ok(
+      flags.every((f) => (f & FLAG_CAN_MULTI_CONN) === 0),
+      `none with CAN_MULTI_CONN (flags ${flags.map((f) => `0x${f.toString(16)}`).join(', ')})`,
+    );
     await checkOverlaysGone(t, overlays, boot.name);
     t.ok(server.running(), 'the server is still running');
 

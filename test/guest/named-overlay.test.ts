@@ -7,11 +7,22 @@
 // base file's sha256 never changes.
 
 import t from 'tap';
-import { bootGuest, checkBoot, checkOverlayClean, checkOverlaysGone, FLAG_CAN_MULTI_CONN, servedFlags, setUpGuest, sha256File, startServer, stopAndCheckBase } from './guest.js';
+import {
+  bootGuest,
+  checkBoot,
+  checkOverlayClean,
+  checkOverlaysGone,
+  FLAG_CAN_MULTI_CONN,
+  servedFlags,
+  setUpGuest,
+  sha256File,
+  startServer,
+  stopAndCheckBase,
+} from './guest.js';
 import { requireGuestTools } from './tools.js';
 
 if (requireGuestTools(t)) {
-  t.test('QEMU -drive nbd://…/base@vm1: the second boot sees the first boot\'s file; plain base stays pristine', async (t) => {
+  t.test("QEMU -drive nbd://…/base@vm1: the second boot sees the first boot's file; plain base stays pristine", async (t) => {
     const { guest, overlays, base } = await setUpGuest(t);
     const server = await startServer(t, base.path, { overlayDir: overlays });
     const named = `${server.uri}@vm1`;
@@ -21,7 +32,10 @@ if (requireGuestTools(t)) {
     checkBoot(t, first, { base, pristine: true }, server);
     const flags = servedFlags(server.log(), 'base@vm1');
     t.equal(flags.length, 1, 'QEMU made one connection to base@vm1');
-    t.ok(flags.every((f) => (f & FLAG_CAN_MULTI_CONN) !== 0), `base@vm1 advertises CAN_MULTI_CONN (flags 0x${flags[0]?.toString(16) ?? '?'})`);
+    t.ok(
+      flags.every((f) => (f & FLAG_CAN_MULTI_CONN) !== 0),
+      `base@vm1 advertises CAN_MULTI_CONN (flags 0x${flags[0]?.toString(16) ?? '?'})`,
+    );
     await checkOverlaysGone(t, overlays, first.name, kept);
 
     const second = await bootGuest(t, guest, 'named-vm1-2', { mode: 'drive', uri: named, prior: 'present' });
@@ -38,30 +52,37 @@ if (requireGuestTools(t)) {
     await checkOverlayClean(t, `${overlays}/named-base@vm1.cow`, base);
   });
 
-  t.test('QEMU -drive nbd://…/base@vmr across a server restart: the second boot (new server) sees the first boot\'s file', async (t) => {
-    const { guest, overlays, base } = await setUpGuest(t);
-    const kept = ['named-base@vmr.cow'];
+  t.test(
+    "QEMU -drive nbd://…/base@vmr across a server restart: the second boot (new server) sees the first boot's file",
+    async (t) => {
+      const { guest, overlays, base } = await setUpGuest(t);
+      const kept = ['named-base@vmr.cow'];
 
-    const server1 = await startServer(t, base.path, { overlayDir: overlays });
-    const first = await bootGuest(t, guest, 'named-vmr-1', { mode: 'drive', uri: `${server1.uri}@vmr`, prior: 'absent' });
-    checkBoot(t, first, { base, pristine: true }, server1);
-    await checkOverlaysGone(t, overlays, first.name, kept);
-    const stopped1 = await server1.stop();
-    t.equal(stopped1.code, 0, 'the first server stops cleanly on SIGTERM');
-    t.equal(await sha256File(base.path), base.sha256, 'the base image is unchanged after the first server (sha256)');
+      const server1 = await startServer(t, base.path, { overlayDir: overlays });
+      const first = await bootGuest(t, guest, 'named-vmr-1', { mode: 'drive', uri: `${server1.uri}@vmr`, prior: 'absent' });
+      checkBoot(t, first, { base, pristine: true }, server1);
+      await checkOverlaysGone(t, overlays, first.name, kept);
+      const stopped1 = await server1.stop();
+      t.equal(stopped1.code, 0, 'the first server stops cleanly on SIGTERM');
+      t.equal(await sha256File(base.path), base.sha256, 'the base image is unchanged after the first server (sha256)');
 
-    // A new process (and a new port) on the same overlay directory.
-    const server2 = await startServer(t, base.path, { overlayDir: overlays });
-    t.not(server2.pid, server1.pid, 'a new server process');
-    const second = await bootGuest(t, guest, 'named-vmr-2-restarted', { mode: 'drive', uri: `${server2.uri}@vmr`, prior: 'present' });
-    checkBoot(t, second, { base, pristine: false, prior: first }, server2);
-    await checkOverlaysGone(t, overlays, second.name, kept);
-    t.notMatch(server2.log(), /not closed cleanly/, 'the restarted server found the overlay closed cleanly');
-    t.notMatch(server1.log() + server2.log(), /: (warn|error): /, 'neither server logged a warning or error');
+      // A new process (and a new port) on the same overlay directory.
+      const server2 = await startServer(t, base.path, { overlayDir: overlays });
+      t.not(server2.pid, server1.pid, 'a new server process');
+      const second = await bootGuest(t, guest, 'named-vmr-2-restarted', {
+        mode: 'drive',
+        uri: `${server2.uri}@vmr`,
+        prior: 'present',
+      });
+      checkBoot(t, second, { base, pristine: false, prior: first }, server2);
+      await checkOverlaysGone(t, overlays, second.name, kept);
+      t.notMatch(server2.log(), /not closed cleanly/, 'the restarted server found the overlay closed cleanly');
+      t.notMatch(server1.log() + server2.log(), /: (warn|error): /, 'neither server logged a warning or error');
 
-    const stopped2 = await server2.stop();
-    t.equal(stopped2.code, 0, 'the second server stops cleanly on SIGTERM');
-    await checkOverlayClean(t, `${overlays}/named-base@vmr.cow`, base);
-    t.equal(await sha256File(base.path), base.sha256, 'the base image is unchanged (sha256)');
-  });
+      const stopped2 = await server2.stop();
+      t.equal(stopped2.code, 0, 'the second server stops cleanly on SIGTERM');
+      await checkOverlayClean(t, `${overlays}/named-base@vmr.cow`, base);
+      t.equal(await sha256File(base.path), base.sha256, 'the base image is unchanged (sha256)');
+    },
+  );
 }

@@ -5,7 +5,16 @@
 // With a named overlay (-N base@vm2) the second boot finds what the first one wrote.
 
 import t from 'tap';
-import { bootGuest, checkBoot, checkOverlayClean, checkOverlaysGone, servedCount, setUpGuest, startServer, stopAndCheckBase } from './guest.js';
+import {
+  bootGuest,
+  checkBoot,
+  checkOverlayClean,
+  checkOverlaysGone,
+  servedCount,
+  setUpGuest,
+  startServer,
+  stopAndCheckBase,
+} from './guest.js';
 import { requireGuestTools } from './tools.js';
 
 if (requireGuestTools(t)) {
@@ -28,17 +37,27 @@ if (requireGuestTools(t)) {
     await stopAndCheckBase(t, server, base);
   });
 
-  t.test('nbd-client -N base@vm2 (a named overlay): the second boot sees the first boot\'s file', async (t) => {
+  t.test("nbd-client -N base@vm2 (a named overlay): the second boot sees the first boot's file", async (t) => {
     const { guest, overlays, base } = await setUpGuest(t);
     const server = await startServer(t, base.path, { overlayDir: overlays });
     if (server.port === undefined) throw new Error(`no TCP port in ${server.uri}`);
     const kept = ['named-base@vm2.cow'];
 
-    const first = await bootGuest(t, guest, 'nbd-client-vm2-1', { mode: 'client', port: server.port, exportName: 'base@vm2', prior: 'absent' });
+    const first = await bootGuest(t, guest, 'nbd-client-vm2-1', {
+      mode: 'client',
+      port: server.port,
+      exportName: 'base@vm2',
+      prior: 'absent',
+    });
     checkBoot(t, first, { base, pristine: true }, server);
     await checkOverlaysGone(t, overlays, first.name, kept);
 
-    const second = await bootGuest(t, guest, 'nbd-client-vm2-2', { mode: 'client', port: server.port, exportName: 'base@vm2', prior: 'present' });
+    const second = await bootGuest(t, guest, 'nbd-client-vm2-2', {
+      mode: 'client',
+      port: server.port,
+      exportName: 'base@vm2',
+      prior: 'present',
+    });
     checkBoot(t, second, { base, pristine: false, prior: first }, server);
     await checkOverlaysGone(t, overlays, second.name, kept);
     t.equal(servedCount(server.log(), 'base@vm2'), 2, 'one connection to base@vm2 per boot');

@@ -8,25 +8,28 @@ import { bootGuest, checkBoot, checkOverlaysGone, setUpGuest, socketDir, startSe
 import { requireGuestTools } from './tools.js';
 
 if (requireGuestTools(t)) {
-  t.test('QEMU -drive file=nbd://127.0.0.1:PORT/EXPORT: write, read back; a second boot (empty export name) sees the pristine base', async (t) => {
-    const { guest, overlays, base } = await setUpGuest(t);
-    const server = await startServer(t, base.path, { overlayDir: overlays });
-    t.match(server.uri, /^nbd:\/\/127\.0\.0\.1:\d+\/base$/, 'default export name is the base name');
+  t.test(
+    'QEMU -drive file=nbd://127.0.0.1:PORT/EXPORT: write, read back; a second boot (empty export name) sees the pristine base',
+    async (t) => {
+      const { guest, overlays, base } = await setUpGuest(t);
+      const server = await startServer(t, base.path, { overlayDir: overlays });
+      t.match(server.uri, /^nbd:\/\/127\.0\.0\.1:\d+\/base$/, 'default export name is the base name');
 
-    const first = await bootGuest(t, guest, 'drive-tcp-1', { mode: 'drive', uri: server.uri });
-    checkBoot(t, first, { base, pristine: true }, server);
-    await checkOverlaysGone(t, overlays, first.name);
-    t.ok(server.running(), 'the server is still running after the first guest');
+      const first = await bootGuest(t, guest, 'drive-tcp-1', { mode: 'drive', uri: server.uri });
+      checkBoot(t, first, { base, pristine: true }, server);
+      await checkOverlaysGone(t, overlays, first.name);
+      t.ok(server.running(), 'the server is still running after the first guest');
 
-    // The empty export name reaches the same export; a new connection gets a fresh overlay.
-    const emptyName = server.uri.replace(/\/base$/, '/');
-    const second = await bootGuest(t, guest, 'drive-tcp-2-empty-name', { mode: 'drive', uri: emptyName });
-    checkBoot(t, second, { base, pristine: true }, server);
-    await checkOverlaysGone(t, overlays, second.name);
-    t.not(second.markers.get('written-sha256'), first.markers.get('written-sha256'), 'each boot wrote its own data');
+      // The empty export name reaches the same export; a new connection gets a fresh overlay.
+      const emptyName = server.uri.replace(/\/base$/, '/');
+      const second = await bootGuest(t, guest, 'drive-tcp-2-empty-name', { mode: 'drive', uri: emptyName });
+      checkBoot(t, second, { base, pristine: true }, server);
+      await checkOverlaysGone(t, overlays, second.name);
+      t.not(second.markers.get('written-sha256'), first.markers.get('written-sha256'), 'each boot wrote its own data');
 
-    await stopAndCheckBase(t, server, base);
-  });
+      await stopAndCheckBase(t, server, base);
+    },
+  );
 
   t.test('QEMU -drive file=nbd+unix:///EXPORT?socket=PATH with -x NAME', async (t) => {
     const { guest, overlays, base } = await setUpGuest(t, 'disk.raw');

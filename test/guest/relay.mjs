@@ -29,7 +29,10 @@ let done = false;
 function note(event, extra = {}) {
   if (logFile === undefined) return;
   try {
-    appendFileSync(logFile, `${JSON.stringify({ pid: process.pid, event, ms: Date.now() - started, toHost, toGuest, ...extra })}\n`);
+    appendFileSync(
+      logFile,
+      `${JSON.stringify({ pid: process.pid, event, ms: Date.now() - started, toHost, toGuest, ...extra })}\n`,
+    );
   } catch {
     // nowhere to say it
   }

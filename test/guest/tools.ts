@@ -47,8 +47,8 @@ export function requireGuestTools(t: Test, names: readonly string[] = GUEST_TOOL
   }
   if (absent.length === 0) return true;
   const pkgs = [...new Set(absent.map((n) => TOOL_PACKAGES[n]).filter((p) => p !== undefined))];
-  const reason = `guest tests need ${absent.join(', ')}` + (pkgs.length > 0 ? ` (apt-get install ${pkgs.join(' ')})` : '');
-  if (process.env.CI !== undefined && process.env.CI !== '' && process.env.CI !== 'false' && process.env.CI !== '0') {
+  const reason = `guest tests need ${absent.join(', ')}${pkgs.length > 0 ? ` (apt-get install ${pkgs.join(' ')})` : ''}`;
+  if (process.env['CI'] !== undefined && process.env['CI'] !== '' && process.env['CI'] !== 'false' && process.env['CI'] !== '0') {
     t.fail(reason);
   } else {
     t.plan(0, reason);

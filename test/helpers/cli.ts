@@ -3,10 +3,10 @@
 //
 // Every process started here has a timeout and is killed in t.teardown, by its own pid.
 
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { accessSync, createReadStream, existsSync, constants as fsConstants, readdirSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { accessSync, constants as fsConstants, createReadStream, existsSync, readdirSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -15,7 +15,7 @@ import { writePatternImage } from '../../lib/demo-image.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 /** The CLI under test; NBD_COW_CLI overrides it (e.g. an installed nbd-cow). */
-export const CLI = process.env.NBD_COW_CLI ?? join(ROOT, 'bin', 'nbd-cow');
+export const CLI = process.env['NBD_COW_CLI'] ?? join(ROOT, 'bin', 'nbd-cow');
 export const HELPERS = fileURLToPath(new URL('./', import.meta.url));
 
 export type TestLike = Test;
@@ -30,7 +30,7 @@ const SERVER_TIMEOUT_MS = 240_000;
 
 /** Absolute path of `name` on PATH (then in `extraDirs`), or undefined. */
 export function which(name: string, extraDirs: readonly string[] = []): string | undefined {
-  for (const dir of [...(process.env.PATH ?? '').split(delimiter), ...extraDirs]) {
+  for (const dir of [...(process.env['PATH'] ?? '').split(delimiter), ...extraDirs]) {
     if (dir === '') continue;
     const path = join(dir, name);
     try {
@@ -73,16 +73,12 @@ export function pythonWithNbd(): string | undefined {
  * Skip the whole test file (plan 0 with a reason) unless every binary is installed, and
  * python3-libnbd too when `python` is set. Returns true when the test can go on.
  */
-export function requireClients(
-  t: Test,
-  names: string[],
-  python = false,
-): boolean {
+export function requireClients(t: Test, names: string[], python = false): boolean {
   const absent = missing(...names);
   if (python && pythonWithNbd() === undefined) absent.push('python3-libnbd');
   if (absent.length === 0) return true;
   // In CI the set-up installs every client: a missing one is an install bug, not a skip.
-  if (process.env.CI !== undefined && process.env.CI !== '' && process.env.CI !== 'false') {
+  if (process.env['CI'] !== undefined && process.env['CI'] !== '' && process.env['CI'] !== 'false') {
     t.fail(`not installed: ${absent.join(', ')} (make deps-test installs them)`);
     return false;
   }
@@ -263,6 +259,12 @@ export function run(command: string, args: readonly string[], options: RunOption
   });
 }
 
+/** The pid of a child that was spawned; throws when spawning failed (no pid). */
+export function pidOf(child: ChildProcess): number {
+  if (child.pid === undefined) throw new Error(`${child.spawnfile} did not start`);
+  return child.pid;
+}
+
 /** A one-line summary of a RunResult for assertion messages. */
 export function describeRun(r: RunResult): string {
   const how = r.timedOut ? 'timed out' : r.signal !== null ? `killed by ${r.signal}` : `exit ${r.code}`;
@@ -314,7 +316,7 @@ export async function startServe(t: TestLike, base: string, args: readonly strin
   t.teardown(() => stop());
 
   const uri = await new Promise<string>((resolve, reject) => {
-    const lines = createInterface({ input: child.stdout! });
+    const lines = createInterface({ input: child.stdout });
     const timer = setTimeout(() => reject(new Error(`server printed no URI in 30 s; stderr: ${stderr}`)), 30_000);
     lines.once('line', (line) => {
       clearTimeout(timer);
@@ -325,7 +327,7 @@ export async function startServe(t: TestLike, base: string, args: readonly strin
       reject(new Error(`server exited (${code ?? signal}) before printing its URI; stderr: ${stderr}`));
     });
   });
-  return { uri, pid: child.pid!, child, stderr: () => stderr, exited, stop };
+  return { uri, pid: pidOf(child), child, stderr: () => stderr, exited, stop };
 }
 
 /** `bin/nbd-cow ARGS…` to completion (for error cases and `run`). */
@@ -340,6 +342,19 @@ export interface PyReply {
   readonly ok: boolean;
   readonly error?: string;
   readonly errno?: number;
+  /** connect, info */
+  readonly size?: number;
+  /** info: one flag per libnbd can_* / is_* query */
+  readonly can_multi_conn?: boolean;
+  /** info: context name → negotiated; block_status: context name → [length, flags] pairs */
+  readonly contexts?: unknown;
+  /** pread: base64 */
+  readonly data?: string;
+  /** sha256: hex digest of the whole export */
+  readonly sha256?: string;
+  /** pwrite_file: bytes sent as WRITE and as WRITE_ZEROES */
+  readonly written?: number;
+  readonly zeroed?: number;
   readonly [key: string]: unknown;
 }
 
@@ -371,7 +386,7 @@ export function pySession(t: TestLike, timeoutMs = 120_000): PySession {
     }
   });
   const waiting: Array<(reply: PyReply) => void> = [];
-  createInterface({ input: child.stdout! }).on('line', (line) => {
+  createInterface({ input: child.stdout }).on('line', (line) => {
     const resolve = waiting.shift();
     resolve?.(JSON.parse(line) as PyReply);
   });
@@ -383,11 +398,11 @@ export function pySession(t: TestLike, timeoutMs = 120_000): PySession {
   const call = (request: Record<string, unknown>): Promise<PyReply> =>
     new Promise((resolve) => {
       waiting.push(resolve);
-      child.stdin!.write(`${JSON.stringify(request)}\n`);
+      child.stdin?.write(`${JSON.stringify(request)}\n`);
     });
   const ok = async (request: Record<string, unknown>): Promise<PyReply> => {
     const reply = await call(request);
-    if (!reply.ok) throw new Error(`${String(request.op)} failed: ${reply.error ?? '?'}`);
+    if (!reply.ok) throw new Error(`${String(request['op'])} failed: ${reply.error ?? '?'}`);
     return reply;
   };
   return {
@@ -395,7 +410,7 @@ export function pySession(t: TestLike, timeoutMs = 120_000): PySession {
     ok,
     pread: async (h, offset, length) => Buffer.from((await ok({ op: 'pread', h, offset, length })).data as string, 'base64'),
     end: () => {
-      child.stdin!.end();
+      child.stdin?.end();
       return exited;
     },
   };

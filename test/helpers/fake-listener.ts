@@ -4,8 +4,8 @@
 import type { Test } from 'tap';
 import type { BlockDevice } from '../../lib/block/device.js';
 import { createLogger } from '../../lib/log.js';
-import { DEFAULT_LIMITS, type ConnectionLimits } from '../../lib/server/connection.js';
-import { singleExportRegistry, type Export } from '../../lib/server/exports.js';
+import { type ConnectionLimits, DEFAULT_LIMITS } from '../../lib/server/connection.js';
+import { type Export, singleExportRegistry } from '../../lib/server/exports.js';
 import { NbdListener } from '../../lib/server/server.js';
 import { within } from './nbd-raw.js';
 

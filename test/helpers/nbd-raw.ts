@@ -2,8 +2,8 @@
 // reads exact byte counts (every read bounded by a timeout, so a hang fails instead of blocking),
 // and an in-memory BlockDevice whose calls can be held at a gate to keep requests in flight.
 
-import { connect, type Socket } from 'node:net';
 import { writeFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import type { BlockDevice, Extent, ExtentState, WriteOptions, ZeroOptions } from '../../lib/block/device.js';
 import type { ListenAddress } from '../../lib/server/server.js';
@@ -280,7 +280,10 @@ export interface Negotiated {
 
 /** Connect and negotiate with fixed newstyle + GO; the client is in transmission afterwards. */
 export async function negotiate(address: ListenAddress, options: NegotiateOptions = {}): Promise<Negotiated> {
-  const client = await RawClient.connect(address, options.allowHalfOpen === undefined ? {} : { allowHalfOpen: options.allowHalfOpen });
+  const client = await RawClient.connect(
+    address,
+    options.allowHalfOpen === undefined ? {} : { allowHalfOpen: options.allowHalfOpen },
+  );
   await greet(client);
   const contextIds = new Map<string, number>();
   if (options.structured === true) {

@@ -1,12 +1,12 @@
 // A real nbd-cow (startServer) on a small deterministic base in the test's dir, with raw
 // clients that are destroyed, and the server stopped, at teardown. Shared by the socket tests.
 
-import type { Test } from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startServer, type ListenAddress, type RunningServer, type ServerOptions } from '../../lib/index.js';
-import { RawClient, negotiate, within, writeBaseFile, type NegotiateOptions, type Negotiated } from './nbd-raw.js';
+import type { Test } from 'tap';
+import { type ListenAddress, type RunningServer, type ServerOptions, startServer } from '../../lib/index.js';
+import { type Negotiated, type NegotiateOptions, negotiate, RawClient, within, writeBaseFile } from './nbd-raw.js';
 
 export interface ServerFixture {
   readonly server: RunningServer;

@@ -42,7 +42,8 @@ export function parseTranscript(text: string): TranscriptStep[] {
     const match = LINE.exec(line);
     const dir = match?.[1] as Direction | undefined;
     const body = match?.[2];
-    if (dir === undefined || body === undefined) throw new Error(`transcript line ${index + 1}: cannot parse ${JSON.stringify(line)}`);
+    if (dir === undefined || body === undefined)
+      throw new Error(`transcript line ${index + 1}: cannot parse ${JSON.stringify(line)}`);
     const last = drafts[drafts.length - 1];
     if (body === 'end') {
       drafts.push({ dir, kind: 'end', hex: '', label: label ?? '', line: index + 1 });

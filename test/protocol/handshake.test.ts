@@ -1,11 +1,7 @@
 import t, { type Test } from 'tap';
-import { testParseGenerate } from '../helpers/codec.js';
-import { hex } from '../helpers/hex.js';
+import { OptionError, ProtocolError } from '../../lib/protocol/errors.js';
 import {
   CLIENT_FLAGS_SIZE,
-  GREETING_SIZE,
-  OPTION_HEADER_SIZE,
-  OPTION_REPLY_HEADER_SIZE,
   decodeClientFlags,
   decodeInfoRequest,
   decodeMetaContextRequest,
@@ -22,8 +18,12 @@ import {
   encodeOptionHeader,
   encodeOptionReply,
   encodeServerReplyPayload,
+  GREETING_SIZE,
+  OPTION_HEADER_SIZE,
+  OPTION_REPLY_HEADER_SIZE,
 } from '../../lib/protocol/handshake.js';
-import { OptionError, ProtocolError } from '../../lib/protocol/errors.js';
+import { testParseGenerate } from '../helpers/codec.js';
+import { hex } from '../helpers/hex.js';
 
 const ERR_INVALID = 0x80000003;
 
@@ -298,11 +298,7 @@ t.test('malformed meta context requests are NBD_REP_ERR_INVALID', async (t) => {
     ['trailing bytes', hex`00000000 00000000 00`, /longer than its fields/],
     ['NUL in the export name', hex`00000001 00 00000000`, /NUL/],
     ['NUL in a query', hex`00000000 00000001 00000006 626173653a00`, /NUL/],
-    [
-      '4097-byte query',
-      Buffer.concat([hex`00000000 00000001 00001001`, Buffer.alloc(4097, 0x61)]),
-      /query is longer than 4096/,
-    ],
+    ['4097-byte query', Buffer.concat([hex`00000000 00000001 00001001`, Buffer.alloc(4097, 0x61)]), /query is longer than 4096/],
     ['query count 0xffffffff with no queries', hex`00000000 ffffffff`, /too short for query length/],
   ];
   for (const [name, bytes, message] of cases) {

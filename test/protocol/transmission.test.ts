@@ -1,10 +1,6 @@
 import t from 'tap';
-import { testParseGenerate } from '../helpers/codec.js';
-import { hex } from '../helpers/hex.js';
+import { ProtocolError } from '../../lib/protocol/errors.js';
 import {
-  REQUEST_SIZE,
-  SIMPLE_REPLY_SIZE,
-  STRUCTURED_HEADER_SIZE,
   decodeRequest,
   decodeSimpleReply,
   decodeStructuredChunkHeader,
@@ -15,10 +11,14 @@ import {
   encodeOffsetHoleChunk,
   encodeRequest,
   encodeSimpleReply,
+  REQUEST_SIZE,
   type Request,
+  SIMPLE_REPLY_SIZE,
+  STRUCTURED_HEADER_SIZE,
   type StructuredChunkHeader,
 } from '../../lib/protocol/transmission.js';
-import { ProtocolError } from '../../lib/protocol/errors.js';
+import { testParseGenerate } from '../helpers/codec.js';
+import { hex } from '../helpers/hex.js';
 
 /**
  * A structured chunk: the encoder's exact bytes, the header decoded from them, and the

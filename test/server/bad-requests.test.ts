@@ -3,8 +3,18 @@
 
 import t, { type Test } from 'tap';
 import { hex } from '../helpers/hex.js';
-import { startFixture, type ServerFixture } from '../helpers/server-fixture.js';
-import { RawClient, greet, infoRequestData, metaContextData, optionBytes, readChunk, readOptionReplies, readSimpleReply, requestBytes } from '../helpers/nbd-raw.js';
+import {
+  greet,
+  infoRequestData,
+  metaContextData,
+  optionBytes,
+  type RawClient,
+  readChunk,
+  readOptionReplies,
+  readSimpleReply,
+  requestBytes,
+} from '../helpers/nbd-raw.js';
+import { type ServerFixture, startFixture } from '../helpers/server-fixture.js';
 
 const SIZE = 64 * 1024;
 
@@ -65,7 +75,11 @@ t.test('zero-length requests succeed', async (t) => {
   const { client } = await f.connect();
   for (const type of [0, 1, 4, 5, 6]) {
     client.write(requestBytes({ type, cookie: BigInt(type + 1), offset: 100 }));
-    t.strictSame((await readSimpleReply(client)).bytes, Buffer.concat([hex`67446698 00000000`, requestBytes({ type, cookie: BigInt(type + 1) }).subarray(8, 16)]), `type ${type}`);
+    t.strictSame(
+      (await readSimpleReply(client)).bytes,
+      Buffer.concat([hex`67446698 00000000`, requestBytes({ type, cookie: BigInt(type + 1) }).subarray(8, 16)]),
+      `type ${type}`,
+    );
   }
   await stillServes(t, client, f.base.bytes);
 });
@@ -105,11 +119,19 @@ t.test('option errors keep negotiation going', async (t) => {
   for (const [name, bytes, replyType] of expectations) {
     client.write(bytes);
     const replies = await readOptionReplies(client);
-    t.strictSame(replies.map((r) => r.replyType), [replyType], name);
+    t.strictSame(
+      replies.map((r) => r.replyType),
+      [replyType],
+      name,
+    );
     t.equal(replies[0]?.option, bytes.readUInt32BE(8), `${name}: option echoed`);
   }
   client.write(optionBytes(7, infoRequestData('')));
-  t.strictSame((await readOptionReplies(client)).map((r) => r.replyType), [3, 1], 'GO still works');
+  t.strictSame(
+    (await readOptionReplies(client)).map((r) => r.replyType),
+    [3, 1],
+    'GO still works',
+  );
   await stillServes(t, client, f.base.bytes);
 });
 
@@ -132,13 +154,22 @@ t.test('a whole session fed one byte at a time', async (t) => {
       Buffer.from('abcdef'),
     ]),
   );
-  t.strictSame((await readOptionReplies(client)).map((r) => r.replyType), [0x80000001]);
-  t.strictSame((await readOptionReplies(client)).map((r) => r.replyType), [3, 1]);
+  t.strictSame(
+    (await readOptionReplies(client)).map((r) => r.replyType),
+    [0x80000001],
+  );
+  t.strictSame(
+    (await readOptionReplies(client)).map((r) => r.replyType),
+    [3, 1],
+  );
   t.strictSame((await readSimpleReply(client)).bytes, hex`67446698 00000000 0000000000000001`);
   // Requests in flight may complete in any order, so the READ goes after the WRITE's reply.
   await feed(requestBytes({ type: 0, cookie: 2n, offset: 8, length: 10 }));
   t.strictSame((await readSimpleReply(client)).bytes, hex`67446698 00000000 0000000000000002`);
-  t.strictSame(await client.read(10), Buffer.concat([f.base.bytes.subarray(8, 10), Buffer.from('abcdef'), f.base.bytes.subarray(16, 18)]));
+  t.strictSame(
+    await client.read(10),
+    Buffer.concat([f.base.bytes.subarray(8, 10), Buffer.from('abcdef'), f.base.bytes.subarray(16, 18)]),
+  );
 });
 
 t.test('closing in the middle of a WRITE payload is handled', async (t) => {

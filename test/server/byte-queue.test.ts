@@ -156,13 +156,21 @@ t.test('takeChunks returns the bytes as views of the chunks they arrived in', as
   for (const chunk of [a, b, c]) q.push(chunk);
   q.take(4); // a request that started mid-chunk
   const pieces = q.takeChunks(20);
-  t.same(pieces.map((p) => p.length), [6, 10, 4], 'the rest of a, all of b, the start of c');
+  t.same(
+    pieces.map((p) => p.length),
+    [6, 10, 4],
+    'the rest of a, all of b, the start of c',
+  );
   t.strictSame(Buffer.concat(pieces), FRAME.subarray(4, 24));
   t.equal(pieces[0]?.buffer, a.buffer, 'views, not copies');
   t.equal(pieces[2]?.buffer, c.buffer);
   t.equal(q.length, FRAME.length - 24, 'the rest stays queued');
   t.strictSame(q.take(q.length), FRAME.subarray(24));
   q.push(Buffer.from(FRAME));
-  t.same(q.takeChunks(8).map((p) => p.length), [8], 'inside one chunk: one view');
+  t.same(
+    q.takeChunks(8).map((p) => p.length),
+    [8],
+    'inside one chunk: one view',
+  );
   t.throws(() => q.takeChunks(FRAME.length), RangeError, 'more than is queued');
 });

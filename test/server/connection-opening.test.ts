@@ -2,17 +2,20 @@
 // with nothing parsed meanwhile. Opens here are held by the test, so bytes are provably
 // pipelined behind an open, and the client provably leaves (or the server stops) during one.
 
-import t, { type Test } from 'tap';
-import { join } from 'node:path';
 import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import t, { type Test } from 'tap';
+import { OptionError } from '../../lib/protocol/errors.js';
+import type { NbdListener } from '../../lib/server/server.js';
+import { settle, startFakeListener } from '../helpers/fake-listener.js';
 import { hex } from '../helpers/hex.js';
 import {
   FakeDevice,
-  RawClient,
   greet,
   infoRequestData,
   optionBytes,
   patternBuffer,
+  RawClient,
   readOptionReplies,
   readSimpleReply,
   requestBytes,
@@ -20,9 +23,6 @@ import {
   within,
 } from '../helpers/nbd-raw.js';
 import { startFixture } from '../helpers/server-fixture.js';
-import { OptionError } from '../../lib/protocol/errors.js';
-import type { NbdListener } from '../../lib/server/server.js';
-import { settle, startFakeListener } from '../helpers/fake-listener.js';
 
 const SIZE = 64 * 1024;
 const CMD = { READ: 0, WRITE: 1, DISC: 2 } as const;
@@ -49,7 +49,10 @@ async function start(t: Test): Promise<Fixture> {
     openDevice: () =>
       new Promise<FakeDevice>((resolve, reject) => {
         opens.push({
-          resolve: (device = new FakeDevice(SIZE, { data: patternBuffer(SIZE) })) => (resolve(device), device),
+          resolve: (device = new FakeDevice(SIZE, { data: patternBuffer(SIZE) })) => {
+            resolve(device);
+            return device;
+          },
           reject,
         });
       }),
@@ -87,11 +90,19 @@ t.test('GO waits for the open: no reply before it, pipelined requests are served
   await settle();
   t.equal(client.buffered, 0, 'nothing sent while the device opens');
   const device = open.resolve();
-  t.strictSame((await readOptionReplies(client)).map((r) => r.replyType), [3, 1], 'then INFO_EXPORT and ACK');
+  t.strictSame(
+    (await readOptionReplies(client)).map((r) => r.replyType),
+    [3, 1],
+    'then INFO_EXPORT and ACK',
+  );
   t.strictSame((await readSimpleReply(client)).bytes, hex`67446698 00000000 0000000000000001`, 'the queued WRITE');
   t.strictSame((await readSimpleReply(client)).cookie, 2n, 'the queued READ');
   t.strictSame(await client.read(8), Buffer.concat([hex`01020304`, patternBuffer(8).subarray(4)]), 'after the WRITE');
-  t.strictSame(device.calls.map((c) => c.op), ['write', 'read'], 'in order, on the opened device');
+  t.strictSame(
+    device.calls.map((c) => c.op),
+    ['write', 'read'],
+    'in order, on the opened device',
+  );
 });
 
 t.test('a refused open: the GO gets only its error, then the pipelined GO is parsed and served', async (t) => {
@@ -110,7 +121,10 @@ t.test('a refused open: the GO gets only its error, then the pipelined GO is par
   await settle();
   t.equal(client.buffered, 0, 'the second GO waits for its own open');
   second.resolve();
-  t.strictSame((await readOptionReplies(client)).map((r) => r.replyType), [3, 1]);
+  t.strictSame(
+    (await readOptionReplies(client)).map((r) => r.replyType),
+    [3, 1],
+  );
   t.equal((await readSimpleReply(client)).cookie, 3n);
   t.strictSame(await client.read(4), patternBuffer(104).subarray(100));
 });
@@ -145,7 +159,11 @@ t.test('a client that leaves during the open: the late device is closed, then th
     const device = open.resolve();
     await waitFor(() => f.listener.connectionCount === 0, `${how}: connection forgotten`);
     t.ok(device.closed, `${how}: the device opened too late is closed`);
-    t.strictSame(device.calls.map((c) => c.op), ['close'], `${how}: and never used`);
+    t.strictSame(
+      device.calls.map((c) => c.op),
+      ['close'],
+      `${how}: and never used`,
+    );
   }
   const client = await f.client();
   client.write(optionBytes(OPT.GO, infoRequestData('fake')));
@@ -159,7 +177,10 @@ t.test('a client that half-closes after pipelining GO and requests still gets ev
   const f = await start(t);
   const client = await f.client({ allowHalfOpen: true });
   client.socket.end(
-    Buffer.concat([optionBytes(OPT.GO, infoRequestData('fake')), requestBytes({ type: CMD.READ, cookie: 9n, offset: 8, length: 8 })]),
+    Buffer.concat([
+      optionBytes(OPT.GO, infoRequestData('fake')),
+      requestBytes({ type: CMD.READ, cookie: 9n, offset: 8, length: 8 }),
+    ]),
   );
   const open = await nextOpen(f);
   await settle();
@@ -168,7 +189,11 @@ t.test('a client that half-closes after pipelining GO and requests still gets ev
   const go = hex`0003e889045565a9 00000007 00000001 00000000`; // the ACK ends the GO replies
   const ackAt = all.indexOf(go);
   t.ok(ackAt > 0, 'GO replies, then');
-  t.strictSame(all.subarray(ackAt + go.length), Buffer.concat([hex`67446698 00000000 0000000000000009`, patternBuffer(16).subarray(8)]), 'the READ reply, then the close');
+  t.strictSame(
+    all.subarray(ackAt + go.length),
+    Buffer.concat([hex`67446698 00000000 0000000000000009`, patternBuffer(16).subarray(8)]),
+    'the READ reply, then the close',
+  );
   await waitFor(() => device.closed, 'device closed');
 });
 

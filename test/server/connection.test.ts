@@ -1,13 +1,26 @@
 // A real server (startServer) over TCP and a unix socket, driven by a raw client with
 // hand-written bytes: exact replies, and whether the socket stays open.
 
-import t, { type Test } from 'tap';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import t, { type Test } from 'tap';
+import { type ListenAddress, type ServerOptions, startServer } from '../../lib/index.js';
 import { hex } from '../helpers/hex.js';
-import { shortDir, startFixture, type ServerFixture } from '../helpers/server-fixture.js';
-import { RawClient, greet, infoRequestData, optionBytes, readChunk, readOptionReplies, readOptionReply, readSimpleReply, requestBytes, waitFor, within, writeBaseFile } from '../helpers/nbd-raw.js';
-import { startServer, type ListenAddress, type ServerOptions } from '../../lib/index.js';
+import {
+  greet,
+  infoRequestData,
+  optionBytes,
+  RawClient,
+  readChunk,
+  readOptionReplies,
+  readOptionReply,
+  readSimpleReply,
+  requestBytes,
+  waitFor,
+  within,
+  writeBaseFile,
+} from '../helpers/nbd-raw.js';
+import { type ServerFixture, shortDir, startFixture } from '../helpers/server-fixture.js';
 
 const SIZE = 64 * 1024;
 const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7 } as const;
@@ -22,7 +35,14 @@ function start(t: Test, options: Partial<ServerOptions> = {}, listen?: (dir: str
 }
 
 /** Send a READ and check the simple reply and its data. */
-async function readBack(t: Test, client: RawClient, offset: number, length: number, expected: Buffer, cookie = 0x77n): Promise<void> {
+async function readBack(
+  t: Test,
+  client: RawClient,
+  offset: number,
+  length: number,
+  expected: Buffer,
+  cookie = 0x77n,
+): Promise<void> {
   client.write(requestBytes({ type: CMD.READ, cookie, offset, length }));
   const reply = await readSimpleReply(client);
   t.equal(reply.error, 0, `READ ${offset}+${length} succeeds`);
@@ -65,23 +85,23 @@ t.test('unix socket file is removed by stop()', async (t) => {
   t.notOk(readdirSync(dir).includes('nbd.sock'));
 });
 
-t.test(
-  'a unix socket path longer than sun_path is refused with a clear error',
-  async (t) => {
-    const dir = shortDir(t);
-    const base = writeBaseFile(dir, SIZE);
-    const path = join(dir, `${'s'.repeat(120)}.sock`);
-    const server = await startServer({ base: base.path, listen: { kind: 'unix', path }, overlayDir: join(dir, 'o'), logLevel: 'silent' }).catch(
-      (err: unknown) => err as Error,
-    );
-    if (!(server instanceof Error)) {
-      await server.stop();
-      t.fail(`listened; the socket files are ${readdirSync(dir).join(', ')}`);
-      return;
-    }
-    t.match(server.message, /too long/);
-  },
-);
+t.test('a unix socket path longer than sun_path is refused with a clear error', async (t) => {
+  const dir = shortDir(t);
+  const base = writeBaseFile(dir, SIZE);
+  const path = join(dir, `${'s'.repeat(120)}.sock`);
+  const server = await startServer({
+    base: base.path,
+    listen: { kind: 'unix', path },
+    overlayDir: join(dir, 'o'),
+    logLevel: 'silent',
+  }).catch((err: unknown) => err as Error);
+  if (!(server instanceof Error)) {
+    await server.stop();
+    t.fail(`listened; the socket files are ${readdirSync(dir).join(', ')}`);
+    return;
+  }
+  t.match(server.message, /too long/);
+});
 
 t.test('unknown client flags close the connection', async (t) => {
   const f = await start(t);
@@ -99,7 +119,10 @@ t.test('client flags 0 (plain newstyle) are accepted', async (t) => {
   const client = await f.raw();
   await greet(client, 0);
   client.write(optionBytes(7, infoRequestData('')));
-  t.strictSame((await readOptionReplies(client)).map((r) => r.replyType), [3, 1]);
+  t.strictSame(
+    (await readOptionReplies(client)).map((r) => r.replyType),
+    [3, 1],
+  );
 });
 
 t.test('unknown option: ERR_UNSUP, its data skipped, a following GO works', async (t) => {
@@ -114,7 +137,10 @@ t.test('unknown option: ERR_UNSUP, its data skipped, a following GO works', asyn
   t.equal((await readOptionReply(client)).replyType, 0x80000001, 'EXTENDED_HEADERS: ERR_UNSUP');
   client.write(optionBytes(7, infoRequestData('')));
   const go = await readOptionReplies(client);
-  t.strictSame(go.map((r) => r.replyType), [3, 1]);
+  t.strictSame(
+    go.map((r) => r.replyType),
+    [3, 1],
+  );
   t.strictSame(go[0]?.bytes.subarray(0, 22), hex`0003e889045565a9 00000007 00000003 0000000c 0000`, 'NBD_INFO_EXPORT');
   t.equal(Number(go[0]?.payload.readBigUInt64BE(2)), SIZE);
   await readBack(t, client, 0, 16, f.base.bytes.subarray(0, 16));
@@ -214,7 +240,10 @@ t.test('EXPORT_NAME with and without NO_ZEROES: 134 vs 10 bytes', async (t) => {
     t.equal(flags & 0x0001, 1, 'HAS_FLAGS');
     t.equal(flags & 0x0100, 0, 'no CAN_MULTI_CONN');
     t.equal(flags & 0x0080, 0, 'no DF without structured replies');
-    t.ok(reply.subarray(10).every((b) => b === 0), 'zero padding');
+    t.ok(
+      reply.subarray(10).every((b) => b === 0),
+      'zero padding',
+    );
     await readBack(t, client, 0, 32, f.base.bytes.subarray(0, 32));
     t.equal(client.buffered, 0, `exactly ${length} bytes before the READ reply`);
   }
@@ -230,7 +259,10 @@ t.test('WRITE past end: ENOSPC, payload consumed, the next request works', async
   client.write(requestBytes({ type: CMD.WRITE, cookie: 1n, offset: SIZE - 2, length: 4 }), hex`aaaaaaaa`);
   client.write(requestBytes({ type: CMD.WRITE, cookie: 2n, offset: SIZE, length: 512 }), Buffer.alloc(512, 0x25));
   const replies = [await readSimpleReply(client), await readSimpleReply(client)].sort((a, b) => Number(a.cookie - b.cookie));
-  t.strictSame(replies.map((r) => r.bytes), [hex`67446698 0000001c 0000000000000001`, hex`67446698 0000001c 0000000000000002`]);
+  t.strictSame(
+    replies.map((r) => r.bytes),
+    [hex`67446698 0000001c 0000000000000001`, hex`67446698 0000001c 0000000000000002`],
+  );
   await readBack(t, client, SIZE - 4, 4, f.base.bytes.subarray(SIZE - 4), 3n);
 });
 
@@ -349,7 +381,10 @@ t.test('64 pipelined requests are answered with matching cookies', async (t) => 
     }
   }
   t.equal(seen.size, 64, 'every cookie answered once, unchanged');
-  t.ok([...seen].some((c) => c >= 0x8000000000000000n), 'high-bit cookies among them');
+  t.ok(
+    [...seen].some((c) => c >= 0x8000000000000000n),
+    'high-bit cookies among them',
+  );
 });
 
 t.test('writes land in the overlay; the base file never changes', async (t) => {
@@ -358,7 +393,13 @@ t.test('writes land in the overlay; the base file never changes', async (t) => {
   const payload = Buffer.alloc(5000, 0xab);
   client.write(requestBytes({ type: CMD.WRITE, cookie: 1n, offset: 3000, length: payload.length }), payload);
   t.equal((await readSimpleReply(client)).error, 0);
-  await readBack(t, client, 2990, 5020, Buffer.concat([f.base.bytes.subarray(2990, 3000), payload, f.base.bytes.subarray(8000, 8010)]));
+  await readBack(
+    t,
+    client,
+    2990,
+    5020,
+    Buffer.concat([f.base.bytes.subarray(2990, 3000), payload, f.base.bytes.subarray(8000, 8010)]),
+  );
   client.write(requestBytes({ type: CMD.WRITE_ZEROES, cookie: 2n, offset: 0, length: 100 }));
   t.equal((await readSimpleReply(client)).error, 0);
   client.write(requestBytes({ type: CMD.TRIM, cookie: 3n, offset: 8192, length: 4096 }));
@@ -423,7 +464,10 @@ t.test('DISC with requests in flight: every reply arrives before the close', asy
 
 t.test('BLOCK_STATUS over the wire after SET_META_CONTEXT', async (t) => {
   const f = await start(t);
-  const { client, contextIds } = await f.connect({ structured: true, metaContexts: ['base:allocation', 'qemu:allocation-depth'] });
+  const { client, contextIds } = await f.connect({
+    structured: true,
+    metaContexts: ['base:allocation', 'qemu:allocation-depth'],
+  });
   const depthId = contextIds.get('qemu:allocation-depth');
   const allocId = contextIds.get('base:allocation');
   t.ok(depthId !== undefined && allocId !== undefined && depthId !== allocId, 'two distinct ids');
@@ -433,7 +477,11 @@ t.test('BLOCK_STATUS over the wire after SET_META_CONTEXT', async (t) => {
   t.equal((await readChunk(client)).type, 0);
   client.write(requestBytes({ type: CMD.BLOCK_STATUS, cookie: 3n, offset: 0, length: SIZE }));
   const chunks = [await readChunk(client), await readChunk(client)];
-  t.strictSame(chunks.map((c) => c.flags), [0, 1], 'DONE only on the last chunk');
+  t.strictSame(
+    chunks.map((c) => c.flags),
+    [0, 1],
+    'DONE only on the last chunk',
+  );
   const byId = new Map(chunks.map((c) => [c.payload.readUInt32BE(0), c]));
   const descriptors = (id: number | undefined): [number, number][] => {
     const payload = byId.get(id ?? -1)?.payload ?? Buffer.alloc(4);
@@ -456,7 +504,10 @@ t.test('BLOCK_STATUS over the wire after SET_META_CONTEXT', async (t) => {
   client.write(requestBytes({ type: CMD.BLOCK_STATUS, flags: 0x08, cookie: 4n, offset: 100, length: SIZE - 100 }));
   const one = [await readChunk(client), await readChunk(client)];
   for (const c of one) t.equal(c.payload.length, 12, 'REQ_ONE: one descriptor');
-  t.ok(one.every((c) => c.payload.readUInt32BE(4) === 3996), 'up to the end of the first block');
+  t.ok(
+    one.every((c) => c.payload.readUInt32BE(4) === 3996),
+    'up to the end of the first block',
+  );
 });
 
 async function checkEmptyBlockStatus(t: Test, offsets: readonly number[]): Promise<void> {
@@ -480,9 +531,8 @@ async function checkEmptyBlockStatus(t: Test, offsets: readonly number[]): Promi
 // qemu's client treats a zero-length status descriptor as a protocol error and disconnects.
 t.test('BLOCK_STATUS of length 0 inside the export describes at least one byte', (t) => checkEmptyBlockStatus(t, [0, SIZE - 1]));
 
-t.test(
-  'BLOCK_STATUS of length 0 at the end of the export sends no zero-length descriptor',
-  (t) => checkEmptyBlockStatus(t, [SIZE]),
+t.test('BLOCK_STATUS of length 0 at the end of the export sends no zero-length descriptor', (t) =>
+  checkEmptyBlockStatus(t, [SIZE]),
 );
 
 t.test('BLOCK_STATUS without a negotiated context: EINVAL, connection alive', async (t) => {

@@ -1,7 +1,7 @@
 import t from 'tap';
-import { FakeDevice } from '../helpers/nbd-raw.js';
 import { OptionError } from '../../lib/protocol/errors.js';
-import { overlayExportRegistry, singleExportRegistry, transmissionFlags, type Export } from '../../lib/server/exports.js';
+import { type Export, overlayExportRegistry, singleExportRegistry, transmissionFlags } from '../../lib/server/exports.js';
+import { FakeDevice } from '../helpers/nbd-raw.js';
 
 const HAS_FLAGS = 0x0001;
 const READ_ONLY = 0x0002;
@@ -80,13 +80,22 @@ t.test('overlayExportRegistry: EXPORT, EXPORT@NAME, policies and refusals', asyn
   const named = both.lookup('golden@alice');
   t.equal(named?.name, 'golden@alice');
   t.equal(named?.multiConn, true);
-  t.equal(transmissionFlags(named as Export, false) & CAN_MULTI_CONN, CAN_MULTI_CONN, 'a named overlay advertises CAN_MULTI_CONN');
+  t.equal(
+    transmissionFlags(named as Export, false) & CAN_MULTI_CONN,
+    CAN_MULTI_CONN,
+    'a named overlay advertises CAN_MULTI_CONN',
+  );
   t.equal(transmissionFlags(plain, true) & CAN_MULTI_CONN, 0, 'plain never does');
   t.same(attached, [], 'lookup (INFO) opens nothing');
   await named?.openDevice();
   t.same(attached, ['alice'], 'openDevice attaches');
 
-  const refusal = (registry: ReturnType<typeof overlayExportRegistry>, name: string, replyType: number, message: RegExp): void => {
+  const refusal = (
+    registry: ReturnType<typeof overlayExportRegistry>,
+    name: string,
+    replyType: number,
+    message: RegExp,
+  ): void => {
     t.throws(() => registry.lookup(name), new OptionError(replyType, ''), name);
     try {
       registry.lookup(name);
@@ -100,13 +109,23 @@ t.test('overlayExportRegistry: EXPORT, EXPORT@NAME, policies and refusals', asyn
   for (const bad of ['golden@', 'golden@../x', 'golden@.x', 'golden@a b', `golden@${'x'.repeat(65)}`]) {
     refusal(both, bad, ERR_INVALID, /invalid overlay name/);
   }
-  refusal(overlayExportRegistry({ plain, policy: 'throwaway', attachNamed }), 'golden@a', ERR_POLICY, /named overlays are disabled/);
+  refusal(
+    overlayExportRegistry({ plain, policy: 'throwaway', attachNamed }),
+    'golden@a',
+    ERR_POLICY,
+    /named overlays are disabled/,
+  );
   const namedOnly = overlayExportRegistry({ plain, policy: 'named', attachNamed });
   refusal(namedOnly, 'golden', ERR_POLICY, /only serves named overlays: connect to golden@NAME/);
   refusal(namedOnly, '', ERR_POLICY, /only serves named overlays/);
   t.equal(namedOnly.lookup('golden@a')?.name, 'golden@a');
   refusal(overlayExportRegistry({ plain: makeExport(true), policy: 'both' }), 'golden@a', ERR_POLICY, /read-only/);
-  refusal(overlayExportRegistry({ plain: makeExport(false, 'my disk'), policy: 'both', attachNamed }), 'my disk@a', ERR_UNKNOWN, /cannot have named overlays/);
+  refusal(
+    overlayExportRegistry({ plain: makeExport(false, 'my disk'), policy: 'both', attachNamed }),
+    'my disk@a',
+    ERR_UNKNOWN,
+    /cannot have named overlays/,
+  );
 
   const failing = overlayExportRegistry({
     plain,
@@ -116,5 +135,9 @@ t.test('overlayExportRegistry: EXPORT, EXPORT@NAME, policies and refusals', asyn
     },
   });
   const b = failing.lookup('golden@b') as Export;
-  await t.rejects(b.openDevice(), new OptionError(ERR_UNKNOWN, 'named overlay golden@b is in use by process 1'), 'open failures become ERR_UNKNOWN with the message');
+  await t.rejects(
+    b.openDevice(),
+    new OptionError(ERR_UNKNOWN, 'named overlay golden@b is in use by process 1'),
+    'open failures become ERR_UNKNOWN with the message',
+  );
 });

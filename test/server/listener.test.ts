@@ -1,30 +1,30 @@
 // NbdListener and Connection over loopback with an in-memory device whose calls can be held
 // at a gate, so requests are provably in flight when DISC, a half-close, a drop or stop() comes.
 
-import t, { type Test } from 'tap';
-import { createServer } from 'node:net';
 import { spawnSync } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
+import t, { type Test } from 'tap';
+import type { ConnectionLimits } from '../../lib/server/connection.js';
+import type { NbdListener } from '../../lib/server/server.js';
+import { createFakeListener, settle, startFakeListener } from '../helpers/fake-listener.js';
 import { hex } from '../helpers/hex.js';
 import {
   FakeDevice,
-  RawClient,
   greet,
   infoRequestData,
+  type Negotiated,
   negotiate,
   optionBytes,
   patternBuffer,
+  RawClient,
   readOptionReplies,
   readSimpleReply,
   requestBytes,
   waitFor,
   within,
-  type Negotiated,
 } from '../helpers/nbd-raw.js';
-import type { ConnectionLimits } from '../../lib/server/connection.js';
-import type { NbdListener } from '../../lib/server/server.js';
-import { createFakeListener, settle, startFakeListener } from '../helpers/fake-listener.js';
 import { shortDir } from '../helpers/server-fixture.js';
 
 const SIZE = 64 * 1024;
@@ -80,7 +80,11 @@ function readReplies(t: Test, all: Buffer, length: number): bigint[] {
     t.equal(all.readUInt32BE(at + 4), 0, 'no error');
     const cookie = all.readBigUInt64BE(at + 8);
     const offset = Number(cookie - 1n) * length;
-    t.strictSame(all.subarray(at + 16, at + 16 + length), patternBuffer(SIZE).subarray(offset, offset + length), `data for ${cookie}`);
+    t.strictSame(
+      all.subarray(at + 16, at + 16 + length),
+      patternBuffer(SIZE).subarray(offset, offset + length),
+      `data for ${cookie}`,
+    );
     cookies.push(cookie);
   }
   return cookies;
@@ -102,7 +106,10 @@ t.test('listening on a busy port fails with a readable error', async (t) => {
   await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
   t.teardown(() => new Promise<void>((resolve) => busy.close(() => resolve())));
   const address = busy.address();
-  if (address === null || typeof address === 'string') return t.fail('no port');
+  if (address === null || typeof address === 'string') {
+    t.fail('no port');
+    return;
+  }
   const listener = plainListener();
   await t.rejects(listener.listen({ kind: 'tcp', host: '127.0.0.1', port: address.port }), {
     message: `cannot listen on 127.0.0.1:${address.port}: address already in use`,
@@ -113,9 +120,13 @@ t.test('listening on a busy port fails with a readable error', async (t) => {
 t.test('unix socket: a stale socket file left by a dead server is replaced', async (t) => {
   const path = join(shortDir(t), 'nbd.sock');
   // A process that dies (SIGKILL) while listening leaves its socket file behind.
-  spawnSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(path)}, () => process.kill(process.pid, 'SIGKILL'))`], {
-    timeout: 10_000,
-  });
+  spawnSync(
+    process.execPath,
+    ['-e', `require('net').createServer().listen(${JSON.stringify(path)}, () => process.kill(process.pid, 'SIGKILL'))`],
+    {
+      timeout: 10_000,
+    },
+  );
   t.ok(existsSync(path), 'stale socket file exists');
   const listener = plainListener();
   await listener.listen({ kind: 'unix', path });
@@ -302,7 +313,15 @@ t.test('random bytes into live connections: each closes or answers, the server s
     for (let i = 0; i < 8; i++) {
       if (phase === 2 && rand(2) === 0) {
         // A well-framed header with random fields, so validation paths are hit too.
-        parts.push(requestBytes({ type: rand(10), flags: rand(0x20), cookie: BigInt(rand(1000)), offset: rand(SIZE * 2), length: rand(4096) }));
+        parts.push(
+          requestBytes({
+            type: rand(10),
+            flags: rand(0x20),
+            cookie: BigInt(rand(1000)),
+            offset: rand(SIZE * 2),
+            length: rand(4096),
+          }),
+        );
       } else {
         const junk = Buffer.alloc(1 + rand(64));
         for (let j = 0; j < junk.length; j++) junk[j] = rand(256);
@@ -317,7 +336,10 @@ t.test('random bytes into live connections: each closes or answers, the server s
   }
   t.equal(closedByServer, ROUNDS, 'every connection ended');
   await waitFor(() => f.listener.connectionCount === 0, 'all connections gone');
-  t.ok(f.devices.every((device) => device.closed), 'every device of a fuzzed connection closed');
+  t.ok(
+    f.devices.every((device) => device.closed),
+    'every device of a fuzzed connection closed',
+  );
   const { client } = await f.connect();
   client.write(reads(1));
   t.equal((await readSimpleReply(client)).error, 0, 'still serving');
@@ -328,9 +350,22 @@ t.test('a GO reply followed by requests in the same packet', async (t) => {
   const client = await RawClient.connect(f.listener.address);
   t.teardown(() => client.destroy());
   await client.read(18);
-  client.write(Buffer.concat([hex`00000003`, optionBytes(8), optionBytes(7, infoRequestData('fake')), requestBytes({ type: CMD.READ, cookie: 5n, length: 8 })]));
-  t.strictSame((await readOptionReplies(client)).map((r) => r.replyType), [1]);
-  t.strictSame((await readOptionReplies(client)).map((r) => r.replyType), [3, 1]);
+  client.write(
+    Buffer.concat([
+      hex`00000003`,
+      optionBytes(8),
+      optionBytes(7, infoRequestData('fake')),
+      requestBytes({ type: CMD.READ, cookie: 5n, length: 8 }),
+    ]),
+  );
+  t.strictSame(
+    (await readOptionReplies(client)).map((r) => r.replyType),
+    [1],
+  );
+  t.strictSame(
+    (await readOptionReplies(client)).map((r) => r.replyType),
+    [3, 1],
+  );
   const chunk = await client.read(20 + 8 + 8);
   t.strictSame(chunk.subarray(0, 28), hex`668e33ef 0001 0001 0000000000000005 00000010 0000000000000000`);
   t.strictSame(chunk.subarray(28), patternBuffer(8));

@@ -32,7 +32,10 @@ t.test('context ids are unique and non-zero', async (t) => {
 
 t.test('status values per extent state', async (t) => {
   const [base, depth] = listContexts([]);
-  if (base === undefined || depth === undefined) return t.fail('contexts missing');
+  if (base === undefined || depth === undefined) {
+    t.fail('contexts missing');
+    return;
+  }
   t.equal(base.status('data'), 0, 'base:allocation data -> 0');
   t.equal(base.status('base'), 0, 'base:allocation base -> 0');
   t.equal(base.status('zero'), 3, 'base:allocation zero -> HOLE|ZERO');

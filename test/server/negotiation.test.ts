@@ -1,10 +1,10 @@
 import t from 'tap';
-import { hex } from '../helpers/hex.js';
-import { FakeDevice, infoRequestData, metaContextData } from '../helpers/nbd-raw.js';
 import { OptionError } from '../../lib/protocol/errors.js';
 import { decodeOptionReply } from '../../lib/protocol/handshake.js';
+import { type Export, type ExportRegistry, overlayExportRegistry, singleExportRegistry } from '../../lib/server/exports.js';
 import { handleOption, type NegotiationState, type OptionContext, type SettledOutcome } from '../../lib/server/negotiation.js';
-import { overlayExportRegistry, singleExportRegistry, type Export, type ExportRegistry } from '../../lib/server/exports.js';
+import { hex } from '../helpers/hex.js';
+import { FakeDevice, infoRequestData, metaContextData } from '../helpers/nbd-raw.js';
 
 const ACK = 1;
 const REP_SERVER = 2;
@@ -197,7 +197,10 @@ t.test('GO/INFO with an unknown export: ERR_UNKNOWN and no INFO', async (t) => {
     const outcome = await handle(option, infoRequestData('nope'), context());
     t.equal(outcome.kind, 'continue');
     const r = replies(outcome);
-    t.strictSame(r.map((x) => x.replyType), [ERR_UNKNOWN]);
+    t.strictSame(
+      r.map((x) => x.replyType),
+      [ERR_UNKNOWN],
+    );
     t.match(r[0]?.payload.toString(), /unknown export "nope"/);
   }
 });
@@ -206,6 +209,7 @@ t.test('export names in messages are sanitized and truncated', async (t) => {
   const name = `\u0001evil\n${'x'.repeat(100)}`;
   const [r] = replies(await handle(OPT.GO, infoRequestData(name), context()));
   const message = r?.payload.toString() ?? '';
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: the point of the check
   t.notMatch(message, /[\x00-\x1f]/, 'no control characters');
   t.match(message, /"\?evil\?x+\.\.\."/);
   t.ok(message.length < 120, 'truncated');
@@ -264,11 +268,17 @@ t.test('DF appears in the flags only once structured replies are on', async (t) 
   const before = await handle(OPT.GO, infoRequestData(''), ctx);
   await handle(OPT.STRUCTURED_REPLY, Buffer.alloc(0), ctx);
   const after = await handle(OPT.GO, infoRequestData(''), ctx);
-  if (before.kind !== 'transmission' || after.kind !== 'transmission') return t.fail('GO failed');
+  if (before.kind !== 'transmission' || after.kind !== 'transmission') {
+    t.fail('GO failed');
+    return;
+  }
   t.equal(before.flags & 0x80, 0);
   t.equal(after.flags & 0x80, 0x80);
   const exportName = await handle(OPT.EXPORT_NAME, Buffer.alloc(0), ctx);
-  if (exportName.kind !== 'transmission') return t.fail('EXPORT_NAME failed');
+  if (exportName.kind !== 'transmission') {
+    t.fail('EXPORT_NAME failed');
+    return;
+  }
   t.equal(exportName.flags & 0x80, 0x80, 'EXPORT_NAME too');
   t.equal(exportName.replies[0]?.readUInt16BE(8), exportName.flags);
 });
@@ -285,10 +295,14 @@ t.test('LIST_META_CONTEXT', async (t) => {
   const sr = { structuredReplies: true };
   const list = (queries: string[]): SettledOutcome =>
     settledNow(handleOption(OPT.LIST_META_CONTEXT, metaContextData('', queries), context(undefined, sr)));
-  t.strictSame(metaContexts(list([])), [
-    [0, 'base:allocation'],
-    [0, 'qemu:allocation-depth'],
-  ], 'zero queries list every context, with id 0');
+  t.strictSame(
+    metaContexts(list([])),
+    [
+      [0, 'base:allocation'],
+      [0, 'qemu:allocation-depth'],
+    ],
+    'zero queries list every context, with id 0',
+  );
   t.strictSame(types(list([])).at(-1), ACK);
   t.strictSame(metaContexts(list(['base:'])), [[0, 'base:allocation']], '"base:" lists the base namespace');
   t.strictSame(metaContexts(list(['qemu:'])), [[0, 'qemu:allocation-depth']]);
@@ -310,12 +324,18 @@ t.test('SET_META_CONTEXT selects with unique non-zero ids', async (t) => {
   const chosen = metaContexts(both);
   t.strictSame(chosen.map(([, name]) => name).sort(), ['base:allocation', 'qemu:allocation-depth']);
   const ids = chosen.map(([id]) => id);
-  t.ok(ids.every((id) => id !== 0), 'non-zero ids');
+  t.ok(
+    ids.every((id) => id !== 0),
+    'non-zero ids',
+  );
   t.equal(new Set(ids).size, 2, 'unique ids');
   t.strictSame(ctx.state.metaContexts?.contexts.map((c) => c.name).sort(), ['base:allocation', 'qemu:allocation-depth']);
 
   const go = await handle(OPT.GO, infoRequestData('golden'), ctx);
-  if (go.kind !== 'transmission') return t.fail('GO failed');
+  if (go.kind !== 'transmission') {
+    t.fail('GO failed');
+    return;
+  }
   t.strictSame(
     go.contexts.map((c) => [c.id, c.name]).sort(),
     chosen.slice().sort(),
@@ -328,7 +348,11 @@ t.test('SET_META_CONTEXT replaces the selection, even when it fails', async (t) 
   await handle(OPT.SET_META_CONTEXT, metaContextData('', ['base:allocation']), ctx);
   t.equal(ctx.state.metaContexts?.contexts.length, 1);
   await handle(OPT.SET_META_CONTEXT, metaContextData('', ['qemu:allocation-depth']), ctx);
-  t.strictSame(ctx.state.metaContexts?.contexts.map((c) => c.name), ['qemu:allocation-depth'], 'replaced');
+  t.strictSame(
+    ctx.state.metaContexts?.contexts.map((c) => c.name),
+    ['qemu:allocation-depth'],
+    'replaced',
+  );
 
   const failed = await handle(OPT.SET_META_CONTEXT, metaContextData('nope', ['base:allocation']), ctx);
   t.strictSame(types(failed), [ERR_UNKNOWN]);
@@ -346,7 +370,10 @@ t.test('SET_META_CONTEXT replaces the selection, even when it fails', async (t) 
   const bare = await handle(OPT.SET_META_CONTEXT, metaContextData('', ['base:']), ctx);
   t.strictSame(types(bare), [ACK], '"base:" is ignored in SET');
   const go = await handle(OPT.GO, infoRequestData(''), ctx);
-  if (go.kind !== 'transmission') return t.fail('GO failed');
+  if (go.kind !== 'transmission') {
+    t.fail('GO failed');
+    return;
+  }
   t.strictSame(go.contexts, []);
 });
 
@@ -360,13 +387,22 @@ t.test('a selection only holds for the export it named', async (t) => {
   const ctx = context(registry, { structuredReplies: true });
   await handle(OPT.SET_META_CONTEXT, metaContextData('a', ['base:allocation']), ctx);
   const goB = await handle(OPT.GO, infoRequestData('b'), ctx);
-  if (goB.kind !== 'transmission') return t.fail('GO b failed');
+  if (goB.kind !== 'transmission') {
+    t.fail('GO b failed');
+    return;
+  }
   t.strictSame(goB.contexts, [], 'GO on another export: no contexts');
   const goDefault = await handle(OPT.GO, infoRequestData(''), ctx);
-  if (goDefault.kind !== 'transmission') return t.fail('GO default failed');
+  if (goDefault.kind !== 'transmission') {
+    t.fail('GO default failed');
+    return;
+  }
   t.equal(goDefault.contexts.length, 1, 'the default name reaching the same export keeps them');
   const byName = await handle(OPT.EXPORT_NAME, Buffer.from('b'), ctx);
-  if (byName.kind !== 'transmission') return t.fail('EXPORT_NAME b failed');
+  if (byName.kind !== 'transmission') {
+    t.fail('EXPORT_NAME b failed');
+    return;
+  }
   t.strictSame(byName.contexts, []);
   t.equal(types(await handle(OPT.LIST, Buffer.alloc(0), ctx)).filter((x) => x === REP_SERVER).length, 2);
 });
@@ -415,12 +451,19 @@ t.test('named overlays: GO opens the device at GO, refusals become replies, cont
   const ctx = context(registry, { structuredReplies: true });
   const info = await handle(OPT.INFO, infoRequestData('golden@x'), ctx);
   t.strictSame(types(info), [REP_INFO, ACK]);
-  t.equal(replies(info)[0]?.payload.readUInt16BE(10) ?? 0, 0x0001 | 0x0004 | 0x0008 | 0x0020 | 0x0040 | 0x0100 | 0x0400 | 0x0800 | 0x0080, 'INFO: CAN_MULTI_CONN among the flags');
+  t.equal(
+    replies(info)[0]?.payload.readUInt16BE(10) ?? 0,
+    0x0001 | 0x0004 | 0x0008 | 0x0020 | 0x0040 | 0x0100 | 0x0400 | 0x0800 | 0x0080,
+    'INFO: CAN_MULTI_CONN among the flags',
+  );
   t.equal(opened, 0, 'INFO opens nothing');
 
   await handle(OPT.SET_META_CONTEXT, metaContextData('golden@x', ['base:allocation']), ctx);
   const go = await handle(OPT.GO, infoRequestData('golden@x'), ctx);
-  if (go.kind !== 'transmission') return t.fail('GO failed');
+  if (go.kind !== 'transmission') {
+    t.fail('GO failed');
+    return;
+  }
   t.equal(opened, 1, 'GO opened the device');
   t.equal(go.device, device, 'connection.ts gets that device');
   t.equal(go.contexts.length, 1, 'SET_META_CONTEXT on golden@x holds for GO golden@x');
@@ -481,7 +524,10 @@ function slowExport(): { exp: Export; opens: number; resolve: (d: FakeDevice) =>
 t.test('GO: the INFO replies and ACK come only with the opened device', async (t) => {
   const slow = slowExport();
   const outcome = handleOption(OPT.GO, infoRequestData('golden', [1]), context(singleExportRegistry(slow.exp)));
-  if (outcome.kind !== 'opening') return t.fail('GO did not open a device');
+  if (outcome.kind !== 'opening') {
+    t.fail('GO did not open a device');
+    return;
+  }
   t.equal(slow.opens, 1, 'the open started at GO');
   let settled: SettledOutcome | null = null;
   void outcome.settled.then((o) => (settled = o));
@@ -491,7 +537,10 @@ t.test('GO: the INFO replies and ACK come only with the opened device', async (t
   slow.resolve(device);
   const go = await outcome.settled;
   t.strictSame(types(go), [REP_INFO, REP_INFO, ACK]);
-  if (go.kind !== 'transmission') return t.fail('GO failed');
+  if (go.kind !== 'transmission') {
+    t.fail('GO failed');
+    return;
+  }
   t.equal(go.device, device, 'the transmission outcome carries the device');
 });
 
@@ -500,14 +549,19 @@ t.test('a refused open: GO gets the NBD_REP_ERR_* with its message, EXPORT_NAME 
     const slow = slowExport();
     const data = option === OPT.GO ? infoRequestData('golden') : Buffer.from('golden');
     const outcome = handleOption(option, data, context(singleExportRegistry(slow.exp)));
-    if (outcome.kind !== 'opening') return t.fail('no open');
+    if (outcome.kind !== 'opening') {
+      t.fail('no open');
+      return;
+    }
     slow.reject(new OptionError(ERR_UNKNOWN, 'named overlay golden@x is in use by process 1'));
     const refused = await outcome.settled;
     if (option === OPT.GO) {
       t.equal(refused.kind, 'continue', 'GO: negotiation goes on');
-      t.strictSame(replies(refused).map((r) => [r.option, r.replyType, r.payload.toString()]), [
-        [OPT.GO, ERR_UNKNOWN, 'named overlay golden@x is in use by process 1'],
-      ], 'GO: only the error, no INFO and no ACK');
+      t.strictSame(
+        replies(refused).map((r) => [r.option, r.replyType, r.payload.toString()]),
+        [[OPT.GO, ERR_UNKNOWN, 'named overlay golden@x is in use by process 1']],
+        'GO: only the error, no INFO and no ACK',
+      );
     } else {
       t.equal(refused.kind, 'close', 'EXPORT_NAME: close');
       t.strictSame(refused.replies, [], 'without a byte');
@@ -519,7 +573,10 @@ t.test('a refused open: GO gets the NBD_REP_ERR_* with its message, EXPORT_NAME 
 t.test('an unexpected open failure rejects the outcome (the connection closes)', async (t) => {
   const slow = slowExport();
   const outcome = handleOption(OPT.GO, infoRequestData('golden'), context(singleExportRegistry(slow.exp)));
-  if (outcome.kind !== 'opening') return t.fail('no open');
+  if (outcome.kind !== 'opening') {
+    t.fail('no open');
+    return;
+  }
   slow.reject(new Error('EIO on the overlay'));
   await t.rejects(outcome.settled, { message: 'EIO on the overlay' });
 });

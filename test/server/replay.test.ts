@@ -6,12 +6,12 @@
 // Nothing needs masking: the base is the same deterministic pattern image, the export name and
 // description come from its file name, and the cookies are the client's own, echoed back.
 
-import t from 'tap';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startServer } from '../../lib/index.js';
+import t from 'tap';
 import { writePatternImage } from '../../lib/demo-image.js';
+import { startServer } from '../../lib/index.js';
 import { RawClient } from '../helpers/nbd-raw.js';
 import { parseTranscript, type TranscriptStep } from '../helpers/transcript.js';
 
@@ -21,7 +21,9 @@ const BASE_SIZE = 4 * 1024 * 1024;
 const STEP_TIMEOUT_MS = 5000;
 
 const DIR = fileURLToPath(new URL('../../fixtures/transcripts/', import.meta.url));
-const files = readdirSync(DIR).filter((f) => f.endsWith('.hex')).sort();
+const files = readdirSync(DIR)
+  .filter((f) => f.endsWith('.hex'))
+  .sort();
 
 const where = (step: TranscriptStep): string => `${step.label || 'unlabelled step'} (line ${step.line})`;
 

@@ -1,5 +1,5 @@
-import t from 'tap';
 import type { Socket } from 'node:net';
+import t from 'tap';
 import { BufferPool, POOL_MIN_BYTES } from '../../lib/server/buffer-pool.js';
 import { ReplyBatcher } from '../../lib/server/reply-batcher.js';
 

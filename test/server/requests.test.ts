@@ -1,11 +1,11 @@
 import t from 'tap';
-import { hex } from '../helpers/hex.js';
-import { FakeDevice, patternBuffer } from '../helpers/nbd-raw.js';
 import { createLogger } from '../../lib/log.js';
 import { NbdError } from '../../lib/protocol/errors.js';
 import { decodeSimpleReply, decodeStructuredChunkHeader, type Request } from '../../lib/protocol/transmission.js';
-import { listContexts, selectContexts, type MetaContext } from '../../lib/server/meta-contexts.js';
-import { errorReply, serveRequest, validateRequest, type Session } from '../../lib/server/requests.js';
+import { listContexts, type MetaContext, selectContexts } from '../../lib/server/meta-contexts.js';
+import { errorReply, type Session, serveRequest, validateRequest } from '../../lib/server/requests.js';
+import { hex } from '../helpers/hex.js';
+import { FakeDevice, patternBuffer } from '../helpers/nbd-raw.js';
 
 const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7 } as const;
 const FLAG = { FUA: 1, NO_HOLE: 2, DF: 4, REQ_ONE: 8, FAST_ZERO: 16 } as const;
@@ -25,7 +25,10 @@ function session(
 ): Session & { device: FakeDevice } {
   const size = options.size ?? SIZE;
   return {
-    device: new FakeDevice(size, { writable: options.writable ?? true, data: size <= MiB ? patternBuffer(size) : Buffer.alloc(size) }),
+    device: new FakeDevice(size, {
+      writable: options.writable ?? true,
+      data: size <= MiB ? patternBuffer(size) : Buffer.alloc(size),
+    }),
     structuredReplies: options.structured ?? false,
     contexts: options.contexts ?? [],
     log,
@@ -98,7 +101,10 @@ t.test('validateRequest: every rule', async (t) => {
 });
 
 t.test('refusal messages name the command', async (t) => {
-  t.match(validateRequest(req(CMD.WRITE, { length: 1 }), session({ writable: false }))?.message, /NBD_CMD_WRITE on a read-only export/);
+  t.match(
+    validateRequest(req(CMD.WRITE, { length: 1 }), session({ writable: false }))?.message,
+    /NBD_CMD_WRITE on a read-only export/,
+  );
   t.match(validateRequest(req(9), session())?.message, /unknown command 9/);
   t.match(validateRequest(req(CMD.READ, { offset: SIZE, length: 1 }), session())?.message, /past the end/);
 });
@@ -162,7 +168,9 @@ t.test('WRITE stores the payload and passes FUA', async (t) => {
   t.strictSame(s.device.data.subarray(10, 15), payload);
   t.strictSame(s.device.calls, [{ op: 'write', offset: 10, length: 5, options: { fua: true } }]);
   const sr = session({ structured: true });
-  t.strictSame(await serveRequest(req(CMD.WRITE, { length: 1 }), hex`ff`, sr), [hex`668e33ef 0001 0000 1122334455667788 00000000`]);
+  t.strictSame(await serveRequest(req(CMD.WRITE, { length: 1 }), hex`ff`, sr), [
+    hex`668e33ef 0001 0000 1122334455667788 00000000`,
+  ]);
 });
 
 t.test('WRITE with a payload in pieces: writev when the device has it, else joined', async (t) => {
@@ -215,7 +223,10 @@ t.test('FLUSH, TRIM, CACHE and WRITE_ZEROES reach the device with their flags', 
     { op: 'zero', offset: 2048, length: 512, options: { fua: true, noHole: true } },
     { op: 'zero', offset: 3072, length: 512, options: { fua: false, noHole: false } },
   ]);
-  t.ok(s.device.data.subarray(1024, 1536).every((b) => b === 0), 'zeroed');
+  t.ok(
+    s.device.data.subarray(1024, 1536).every((b) => b === 0),
+    'zeroed',
+  );
 });
 
 t.test('FAST_ZERO with NO_HOLE fails fast with ENOTSUP and leaves data alone', async (t) => {
@@ -235,7 +246,13 @@ t.test('block-layer errors map through the errno table', async (t) => {
     ['EROFS on write', req(CMD.WRITE, { length: 1 }), 'write', coded('EROFS'), EPERM],
     ['EOVERFLOW on read without DF', req(CMD.READ, { length: 1 }), 'read', coded('EOVERFLOW'), EINVAL],
     ['ENOTSUP on zero without FAST_ZERO', req(CMD.WRITE_ZEROES, { length: 1 }), 'zero', coded('ENOTSUP'), EINVAL],
-    ['ENOTSUP on zero with FAST_ZERO', req(CMD.WRITE_ZEROES, { length: 1, flags: FLAG.FAST_ZERO }), 'zero', coded('ENOTSUP'), ENOTSUP],
+    [
+      'ENOTSUP on zero with FAST_ZERO',
+      req(CMD.WRITE_ZEROES, { length: 1, flags: FLAG.FAST_ZERO }),
+      'zero',
+      coded('ENOTSUP'),
+      ENOTSUP,
+    ],
     ['unknown code', req(CMD.WRITE, { length: 1 }), 'write', coded('EWEIRD'), EINVAL],
     ['a thrown string', req(CMD.WRITE, { length: 1 }), 'write', 'oops', EIO],
     ['an NbdError', req(CMD.WRITE, { length: 1 }), 'write', new NbdError(EOVERFLOW, 'x'), EOVERFLOW],
@@ -277,7 +294,11 @@ t.test('BLOCK_STATUS: REQ_ONE gives one extent no longer than the request', asyn
   const reply = await serveRequest(req(CMD.BLOCK_STATUS, { length: 512, flags: FLAG.REQ_ONE }), undefined, s);
   t.strictSame(reply, [hex`668e33ef 0001 0005 1122334455667788 0000000c 00000001 00000200 00000000`]);
   const whole = await serveRequest(req(CMD.BLOCK_STATUS, { offset: 1000, length: 3096, flags: FLAG.REQ_ONE }), undefined, s);
-  t.strictSame(whole, [hex`668e33ef 0001 0005 1122334455667788 0000000c 00000001 00000018 00000000`], 'stops at the state change');
+  t.strictSame(
+    whole,
+    [hex`668e33ef 0001 0005 1122334455667788 0000000c 00000001 00000018 00000000`],
+    'stops at the state change',
+  );
 });
 
 t.test('BLOCK_STATUS of length 0 still describes at least one byte', async (t) => {
