@@ -10,7 +10,7 @@ import {
   startServer,
   validateBlockSize,
 } from '../lib/index.js';
-import { within } from './helpers/nbd-raw.js';
+import { within } from './helpers/wait.js';
 
 t.test('defaults', async (t) => {
   t.equal(DEFAULT_BLOCK_SIZE, 4096);

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { openBase } from '../../lib/block/base-image.js';
 import { NamedOverlays } from '../../lib/block/named-overlays.js';
-import { deadPid } from '../helpers/cli.js';
+import { deadPid } from '../helpers/processes.js';
 import { makeBase, sha256File } from './helpers.js';
 
 const W = { fua: false };

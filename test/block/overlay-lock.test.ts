@@ -2,7 +2,7 @@ import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'no
 import { join } from 'node:path';
 import t from 'tap';
 import { acquireOverlayLock, lockHolder } from '../../lib/block/overlay-lock.js';
-import { deadPid } from '../helpers/cli.js';
+import { deadPid } from '../helpers/processes.js';
 
 t.test('taken, refused while held by a live process, released', async (t) => {
   const path = join(t.testdir(), 'x.cow.lock');

@@ -3,7 +3,10 @@
 // 2 for the base. Unaligned zeroes fill partial blocks with data. A new connection is pristine.
 
 import t from 'tap';
-import { coalesce, flagsAt, pySession, requireClients, servePatternBase } from '../helpers/cli.js';
+import { requireClients } from '../helpers/clients.js';
+import { coalesce, flagsAt } from '../helpers/extents.js';
+import { pySession } from '../helpers/py-session.js';
+import { servePatternBase } from '../helpers/server-process.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

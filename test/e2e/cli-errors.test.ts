@@ -4,7 +4,9 @@ import { mkdirSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { describeRun, makePatternBase, type RunResult, runCli } from '../helpers/cli.js';
+import { makePatternBase } from '../helpers/bases.js';
+import { describeRun, type RunResult } from '../helpers/processes.js';
+import { runCli } from '../helpers/server-process.js';
 
 function expectOneLineError(t: Test, r: RunResult, pattern: RegExp): void {
   t.not(r.code, 0, `exit ≠ 0 (${describeRun(r)})`);

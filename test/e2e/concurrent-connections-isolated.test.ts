@@ -2,7 +2,11 @@
 // or not) never show in B, and B's own writes never show in A. Each has its own overlay.
 
 import t from 'tap';
-import { pySession, requireClients, servePatternBase, sha256, waitForDir, waitForEmptyDir } from '../helpers/cli.js';
+import { sha256 } from '../helpers/bases.js';
+import { requireClients } from '../helpers/clients.js';
+import { waitForDir, waitForEmptyDir } from '../helpers/files.js';
+import { pySession } from '../helpers/py-session.js';
+import { servePatternBase } from '../helpers/server-process.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB + 1536;

@@ -5,7 +5,10 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
-import { describeRun, requireClients, run, servePatternBase, waitForEmptyDir } from '../helpers/cli.js';
+import { requireClients } from '../helpers/clients.js';
+import { waitForEmptyDir } from '../helpers/files.js';
+import { describeRun, run } from '../helpers/processes.js';
+import { servePatternBase } from '../helpers/server-process.js';
 
 interface FioJob {
   jobname: string;

@@ -1,10 +1,14 @@
 // -b ::1: the server listens on the IPv6 loopback and prints nbd://[::1]:PORT/NAME.
-// Skipped when this machine cannot bind ::1.
+// Skipped (failed under CI) when this machine cannot bind ::1.
 
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import t from 'tap';
-import { describeRun, makePatternBase, missing, run, startServe } from '../helpers/cli.js';
+import { makePatternBase } from '../helpers/bases.js';
+import { requireAll } from '../helpers/ci.js';
+import { missing } from '../helpers/clients.js';
+import { describeRun, run } from '../helpers/processes.js';
+import { startServe } from '../helpers/server-process.js';
 
 async function canBindIpv6Loopback(): Promise<boolean> {
   return new Promise((resolve) => {
@@ -15,11 +19,8 @@ async function canBindIpv6Loopback(): Promise<boolean> {
 }
 
 const absent = missing('nbdinfo', 'qemu-img');
-if (absent.length > 0) {
-  t.plan(0, `not installed: ${absent.join(', ')}`);
-} else if (!(await canBindIpv6Loopback())) {
-  t.plan(0, 'IPv6 loopback (::1) is not available here');
-} else {
+if (!(await canBindIpv6Loopback())) absent.push('the IPv6 loopback (::1)');
+if (requireAll(t, absent, 'make deps-test installs the clients; ::1 needs IPv6 enabled on lo')) {
   t.test('serve on ::1', async (t) => {
     const dir = t.testdir();
     const base = await makePatternBase(dir, 8 * 1024 * 1024);

@@ -4,19 +4,12 @@
 
 import { join } from 'node:path';
 import t from 'tap';
-import {
-  describeRun,
-  guardBase,
-  HELPERS,
-  makePatternBase,
-  makeRandomBase,
-  pySession,
-  pythonWithNbd,
-  requireClients,
-  run,
-  startServe,
-  waitForEmptyDir,
-} from '../helpers/cli.js';
+import { guardBase, makePatternBase, makeRandomBase } from '../helpers/bases.js';
+import { pythonWithNbd, requireClients } from '../helpers/clients.js';
+import { waitForEmptyDir } from '../helpers/files.js';
+import { describeRun, run } from '../helpers/processes.js';
+import { HELPERS, pySession } from '../helpers/py-session.js';
+import { startServe } from '../helpers/server-process.js';
 
 interface Counts {
   pwrite: number;

@@ -12,17 +12,11 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import t from 'tap';
 import { seededRandom } from '../block/helpers.js';
-import {
-  describeRun,
-  guardBase,
-  HELPERS,
-  makeRandomBase,
-  pythonWithNbd,
-  requireClients,
-  run,
-  runCli,
-  startServe,
-} from '../helpers/cli.js';
+import { guardBase, makeRandomBase } from '../helpers/bases.js';
+import { pythonWithNbd, requireClients } from '../helpers/clients.js';
+import { describeRun, run } from '../helpers/processes.js';
+import { HELPERS } from '../helpers/py-session.js';
+import { runCli, startServe } from '../helpers/server-process.js';
 
 const SIZE = 4 * 1024 * 1024;
 const OPS = 800;

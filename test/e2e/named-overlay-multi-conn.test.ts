@@ -5,7 +5,11 @@
 
 import { join } from 'node:path';
 import t from 'tap';
-import { describeRun, makeRandomBase, pySession, requireClients, run, sha256, sha256File, startServe } from '../helpers/cli.js';
+import { makeRandomBase, sha256, sha256File } from '../helpers/bases.js';
+import { requireClients } from '../helpers/clients.js';
+import { describeRun, run } from '../helpers/processes.js';
+import { pySession } from '../helpers/py-session.js';
+import { startServe } from '../helpers/server-process.js';
 
 const SIZE = 32 * 1024 * 1024;
 

@@ -8,17 +8,11 @@
 import { copyFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
-import {
-  guardBase,
-  listDir,
-  makePatternBase,
-  makeRandomBase,
-  pySession,
-  requireClients,
-  sha256File,
-  startServe,
-  waitForDir,
-} from '../helpers/cli.js';
+import { guardBase, makePatternBase, makeRandomBase, sha256File } from '../helpers/bases.js';
+import { requireClients } from '../helpers/clients.js';
+import { listDir, waitForDir } from '../helpers/files.js';
+import { pySession } from '../helpers/py-session.js';
+import { startServe } from '../helpers/server-process.js';
 
 const SIZE = 8 * 1024 * 1024;
 const b64 = (b: Buffer): string => b.toString('base64');

@@ -7,17 +7,12 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
-import {
-  describeRun,
-  listDir,
-  pySession,
-  requireClients,
-  run,
-  servePatternBase,
-  sha256,
-  sha256File,
-  waitForEmptyDir,
-} from '../helpers/cli.js';
+import { sha256, sha256File } from '../helpers/bases.js';
+import { requireClients } from '../helpers/clients.js';
+import { listDir, waitForEmptyDir } from '../helpers/files.js';
+import { describeRun, run } from '../helpers/processes.js';
+import { pySession } from '../helpers/py-session.js';
+import { servePatternBase } from '../helpers/server-process.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB + 1536;

@@ -3,7 +3,10 @@
 
 import { join } from 'node:path';
 import t from 'tap';
-import { describeRun, makePatternBase, requireClients, run, startServe } from '../helpers/cli.js';
+import { makePatternBase } from '../helpers/bases.js';
+import { requireClients } from '../helpers/clients.js';
+import { describeRun, run } from '../helpers/processes.js';
+import { startServe } from '../helpers/server-process.js';
 
 const SIZE = 16 * 1024 * 1024 + 1536;
 

@@ -8,7 +8,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { fillPattern } from '../../lib/demo-image.js';
-import { guardBase, makePatternBase, pySession, requireClients, startServe, waitForEmptyDir } from '../helpers/cli.js';
+import { guardBase, makePatternBase } from '../helpers/bases.js';
+import { requireAll } from '../helpers/ci.js';
+import { requireClients } from '../helpers/clients.js';
+import { waitForEmptyDir } from '../helpers/files.js';
+import { pySession } from '../helpers/py-session.js';
+import { startServe } from '../helpers/server-process.js';
 
 const MiB = 1024 * 1024;
 
@@ -22,9 +27,8 @@ if (requireClients(t, [], true)) {
     const dir = t.testdir();
     // Outside the test dir: tap removes that before teardowns run, and a mount point there is busy.
     const overlays = mkdtempSync(join(tmpdir(), 'nbd-cow-full-'));
-    if (!mountTmpfs(overlays, '2m')) {
+    if (!requireAll(t, mountTmpfs(overlays, '2m') ? [] : ['a tmpfs mount (needs root)'], 'run the tests as root')) {
       rmSync(overlays, { recursive: true, force: true });
-      t.plan(0, 'cannot mount a tmpfs here (needs root)');
       return;
     }
     t.teardown(() => {

@@ -3,7 +3,10 @@
 // connection disconnects.
 
 import t from 'tap';
-import { listDir, pySession, requireClients, servePatternBase, waitForEmptyDir } from '../helpers/cli.js';
+import { requireClients } from '../helpers/clients.js';
+import { listDir, waitForEmptyDir } from '../helpers/files.js';
+import { pySession } from '../helpers/py-session.js';
+import { servePatternBase } from '../helpers/server-process.js';
 
 if (requireClients(t, [], true)) {
   t.test('overlay created at the first write, deleted at disconnect', async (t) => {

@@ -4,7 +4,10 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
-import { deadPid, listDir, makePatternBase, startServe } from '../helpers/cli.js';
+import { makePatternBase } from '../helpers/bases.js';
+import { listDir } from '../helpers/files.js';
+import { deadPid } from '../helpers/processes.js';
+import { startServe } from '../helpers/server-process.js';
 
 t.test('leftover overlays of a dead pid are removed at start', async (t) => {
   const dir = t.testdir();

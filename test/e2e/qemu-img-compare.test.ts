@@ -4,7 +4,10 @@
 import { closeSync, copyFileSync, openSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
-import { describeRun, guardBase, makePatternBase, makeRandomBase, requireClients, run, startServe } from '../helpers/cli.js';
+import { guardBase, makePatternBase, makeRandomBase } from '../helpers/bases.js';
+import { requireClients } from '../helpers/clients.js';
+import { describeRun, run } from '../helpers/processes.js';
+import { startServe } from '../helpers/server-process.js';
 
 if (requireClients(t, ['qemu-img'])) {
   t.test('pattern base of odd size compares identical', async (t) => {

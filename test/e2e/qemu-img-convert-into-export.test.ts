@@ -6,7 +6,10 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
-import { describeRun, requireClients, run, servePatternBase, waitForEmptyDir } from '../helpers/cli.js';
+import { requireClients } from '../helpers/clients.js';
+import { waitForEmptyDir } from '../helpers/files.js';
+import { describeRun, run } from '../helpers/processes.js';
+import { servePatternBase } from '../helpers/server-process.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB + 1536;

@@ -3,16 +3,10 @@
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
-import {
-  describeRun,
-  guardBase,
-  makePatternBase,
-  makeRandomBase,
-  requireClients,
-  run,
-  sha256File,
-  startServe,
-} from '../helpers/cli.js';
+import { guardBase, makePatternBase, makeRandomBase, sha256File } from '../helpers/bases.js';
+import { requireClients } from '../helpers/clients.js';
+import { describeRun, run } from '../helpers/processes.js';
+import { startServe } from '../helpers/server-process.js';
 
 if (requireClients(t, ['qemu-img'])) {
   for (const [name, size, make] of [

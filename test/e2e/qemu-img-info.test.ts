@@ -1,7 +1,10 @@
 // qemu-img info over NBD reports the base's exact size, even one that is not a multiple of 4 KiB.
 
 import t from 'tap';
-import { describeRun, makePatternBase, requireClients, run, startServe } from '../helpers/cli.js';
+import { makePatternBase } from '../helpers/bases.js';
+import { requireClients } from '../helpers/clients.js';
+import { describeRun, run } from '../helpers/processes.js';
+import { startServe } from '../helpers/server-process.js';
 
 const SIZE = 16 * 1024 * 1024 + 1536;
 

@@ -9,7 +9,10 @@
 
 import { join } from 'node:path';
 import t from 'tap';
-import { describeRun, guardBase, makePatternBase, requireClients, run, startServe } from '../helpers/cli.js';
+import { guardBase, makePatternBase } from '../helpers/bases.js';
+import { requireClients } from '../helpers/clients.js';
+import { describeRun, run } from '../helpers/processes.js';
+import { startServe } from '../helpers/server-process.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB + 1536;

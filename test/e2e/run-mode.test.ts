@@ -5,57 +5,59 @@
 
 import { join } from 'node:path';
 import t from 'tap';
-import { describeRun, guardBase, listDir, makePatternBase, missing, runCli } from '../helpers/cli.js';
+import { guardBase, makePatternBase } from '../helpers/bases.js';
+import { requireClients } from '../helpers/clients.js';
+import { listDir } from '../helpers/files.js';
+import { describeRun } from '../helpers/processes.js';
+import { runCli } from '../helpers/server-process.js';
 
 const SIZE = 16 * 1024 * 1024 + 1536;
 
-t.test('qemu-img info {uri}', { skip: missing('qemu-img').length > 0 ? 'qemu-img not installed' : false }, async (t) => {
-  const dir = t.testdir();
-  const base = await makePatternBase(dir, SIZE);
-  // Options before BASE, then `--`: only the separator is under test here.
-  const r = await runCli(['run', '--overlay-dir', join(dir, 'ov'), base, '--', 'qemu-img', 'info', '{uri}']);
-  t.equal(r.code, 0, describeRun(r));
-  t.match(r.stdout, `virtual size: 16 MiB (${SIZE} bytes)`);
-  t.match(r.stdout, /image: nbd\+unix:\/\/\/base\?socket=/);
-});
+if (requireClients(t, ['qemu-img', 'qemu-io', 'nbdinfo'])) {
+  t.test('qemu-img info {uri}', async (t) => {
+    const dir = t.testdir();
+    const base = await makePatternBase(dir, SIZE);
+    // Options before BASE, then `--`: only the separator is under test here.
+    const r = await runCli(['run', '--overlay-dir', join(dir, 'ov'), base, '--', 'qemu-img', 'info', '{uri}']);
+    t.equal(r.code, 0, describeRun(r));
+    t.match(r.stdout, `virtual size: 16 MiB (${SIZE} bytes)`);
+    t.match(r.stdout, /image: nbd\+unix:\/\/\/base\?socket=/);
+  });
 
-t.test('the command’s exit status is ours', async (t) => {
-  const dir = t.testdir();
-  const base = await makePatternBase(dir, 8 * 1024 * 1024);
-  const three = await runCli(['run', base, '--overlay-dir', join(dir, 'ov'), '--', 'sh', '-c', 'exit 3']);
-  t.equal(three.code, 3, describeRun(three));
-  const zero = await runCli(['run', base, '--overlay-dir', join(dir, 'ov'), '--', 'true']);
-  t.equal(zero.code, 0, describeRun(zero));
-  const missingCmd = await runCli(['run', base, '--overlay-dir', join(dir, 'ov'), '--', join(dir, 'no-such-command')]);
-  t.not(missingCmd.code, 0, 'a command that cannot start fails');
-  t.match(missingCmd.stderr, /no-such-command/);
-});
+  t.test('the command’s exit status is ours', async (t) => {
+    const dir = t.testdir();
+    const base = await makePatternBase(dir, 8 * 1024 * 1024);
+    const three = await runCli(['run', base, '--overlay-dir', join(dir, 'ov'), '--', 'sh', '-c', 'exit 3']);
+    t.equal(three.code, 3, describeRun(three));
+    const zero = await runCli(['run', base, '--overlay-dir', join(dir, 'ov'), '--', 'true']);
+    t.equal(zero.code, 0, describeRun(zero));
+    const missingCmd = await runCli(['run', base, '--overlay-dir', join(dir, 'ov'), '--', join(dir, 'no-such-command')]);
+    t.not(missingCmd.code, 0, 'a command that cannot start fails');
+    t.match(missingCmd.stderr, /no-such-command/);
+  });
 
-t.test('NBD_URI in the environment', async (t) => {
-  const dir = t.testdir();
-  const base = await makePatternBase(dir, 8 * 1024 * 1024);
-  const r = await runCli([
-    'run',
-    base,
-    '--overlay-dir',
-    join(dir, 'ov'),
-    '--',
-    'sh',
-    '-c',
-    'printf "%s|%s\\n" "$NBD_URI" "$1"',
-    'sh',
-    '{uri}',
-  ]);
-  t.equal(r.code, 0, describeRun(r));
-  const [env, arg] = r.stdout.trim().split('|');
-  t.match(env, /^nbd\+unix:\/\/\/base\?socket=.+/, 'NBD_URI is the server URI');
-  t.equal(arg, env, '{uri} is replaced by the same URI');
-});
+  t.test('NBD_URI in the environment', async (t) => {
+    const dir = t.testdir();
+    const base = await makePatternBase(dir, 8 * 1024 * 1024);
+    const r = await runCli([
+      'run',
+      base,
+      '--overlay-dir',
+      join(dir, 'ov'),
+      '--',
+      'sh',
+      '-c',
+      'printf "%s|%s\\n" "$NBD_URI" "$1"',
+      'sh',
+      '{uri}',
+    ]);
+    t.equal(r.code, 0, describeRun(r));
+    const [env, arg] = r.stdout.trim().split('|');
+    t.match(env, /^nbd\+unix:\/\/\/base\?socket=.+/, 'NBD_URI is the server URI');
+    t.equal(arg, env, '{uri} is replaced by the same URI');
+  });
 
-t.test(
-  'writes through run are thrown away',
-  { skip: missing('qemu-io').length > 0 ? 'qemu-io not installed' : false },
-  async (t) => {
+  t.test('writes through run are thrown away', async (t) => {
     const dir = t.testdir();
     const overlays = join(dir, 'ov');
     const base = await makePatternBase(dir, 8 * 1024 * 1024);
@@ -68,17 +70,13 @@ t.test(
     t.notMatch(r.stdout, /Pattern verification failed/);
     t.same(listDir(overlays), [], 'no overlay left after run');
     await guard.check();
-  },
-);
+  });
 
-t.test(
-  'run with an explicit TCP port 0',
-  { skip: missing('nbdinfo').length > 0 ? 'nbdinfo not installed' : false },
-  async (t) => {
+  t.test('run with an explicit TCP port 0', async (t) => {
     const dir = t.testdir();
     const base = await makePatternBase(dir, 8 * 1024 * 1024);
     const r = await runCli(['run', base, '-p', '0', '--overlay-dir', join(dir, 'ov'), '--', 'nbdinfo', '--size', '{uri}']);
     t.equal(r.code, 0, describeRun(r));
     t.equal(r.stdout.trim(), String(8 * 1024 * 1024));
-  },
-);
+  });
+}

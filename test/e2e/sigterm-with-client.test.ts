@@ -2,7 +2,10 @@
 // directory is empty; the client's connection is closed.
 
 import t from 'tap';
-import { listDir, pySession, requireClients, servePatternBase } from '../helpers/cli.js';
+import { requireClients } from '../helpers/clients.js';
+import { listDir } from '../helpers/files.js';
+import { pySession } from '../helpers/py-session.js';
+import { servePatternBase } from '../helpers/server-process.js';
 
 if (requireClients(t, [], true)) {
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {

@@ -4,7 +4,10 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
-import { describeRun, guardBase, makePatternBase, requireClients, run, startServe } from '../helpers/cli.js';
+import { guardBase, makePatternBase } from '../helpers/bases.js';
+import { requireClients } from '../helpers/clients.js';
+import { describeRun, run } from '../helpers/processes.js';
+import { startServe } from '../helpers/server-process.js';
 
 const SIZE = 16 * 1024 * 1024 + 1536;
 

@@ -27,7 +27,7 @@ import {
 } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { run } from '../helpers/cli.js';
+import { run } from '../helpers/processes.js';
 import { findTool, log, ROOT } from './tools.js';
 
 /** Bump when the recipe below changes in a way the hash would not see. */
@@ -64,7 +64,7 @@ interface Exec {
   stderr: string;
 }
 
-/** run() (test/helpers/cli.ts) with a 5-minute default, a timeout noted on stderr. */
+/** run() (test/helpers/processes.ts) with a 5-minute default, a timeout noted on stderr. */
 async function exec(
   cmd: string,
   args: readonly string[],

@@ -22,7 +22,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Test } from 'tap';
-import { pidOf, run, sha256, sha256File, waitForDir } from '../helpers/cli.js';
+import { sha256, sha256File } from '../helpers/bases.js';
+import { waitForDir } from '../helpers/files.js';
+import { pidOf, run } from '../helpers/processes.js';
 import { cacheRoot, ensureGuest, type Guest } from './build.js';
 import { findTool, log, ROOT, tool } from './tools.js';
 

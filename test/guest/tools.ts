@@ -2,7 +2,9 @@
 // fail loudly when CI is set, skip with the reason otherwise.
 
 import type { Test } from 'tap';
-import { ROOT, which } from '../helpers/cli.js';
+import { requireAll } from '../helpers/ci.js';
+import { which } from '../helpers/clients.js';
+import { ROOT } from '../helpers/processes.js';
 
 export { ROOT };
 
@@ -37,23 +39,16 @@ export function tool(name: string): string {
 }
 
 /**
- * True when every guest tool is there. Otherwise: with CI set, a failing assertion naming the
- * missing tools and packages; without it, the file is skipped (plan 0) with that reason.
+ * True when every guest tool is there; otherwise the file is skipped or, under CI, fails,
+ * naming the missing tools and their packages (ci.ts).
  */
 export function requireGuestTools(t: Test, names: readonly string[] = GUEST_TOOLS): boolean {
   const absent = names.filter((n) => findTool(n) === undefined);
   if (process.platform !== 'linux' || process.arch !== 'x64') {
     absent.push(`a linux x64 host (this is ${process.platform} ${process.arch})`);
   }
-  if (absent.length === 0) return true;
   const pkgs = [...new Set(absent.map((n) => TOOL_PACKAGES[n]).filter((p) => p !== undefined))];
-  const reason = `guest tests need ${absent.join(', ')}${pkgs.length > 0 ? ` (apt-get install ${pkgs.join(' ')})` : ''}`;
-  if (process.env['CI'] !== undefined && process.env['CI'] !== '' && process.env['CI'] !== 'false' && process.env['CI'] !== '0') {
-    t.fail(reason);
-  } else {
-    t.plan(0, reason);
-  }
-  return false;
+  return requireAll(t, absent, pkgs.length > 0 ? `apt-get install ${pkgs.join(' ')}` : 'make deps-test');
 }
 
 /** Progress lines on stderr (tap shows them), prefixed so they are easy to find. */

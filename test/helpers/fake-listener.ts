@@ -7,7 +7,7 @@ import { createLogger } from '../../lib/log.js';
 import { type ConnectionLimits, DEFAULT_LIMITS } from '../../lib/server/connection.js';
 import { type Export, singleExportRegistry } from '../../lib/server/exports.js';
 import { NbdListener } from '../../lib/server/server.js';
-import { within } from './nbd-raw.js';
+import { within } from './wait.js';
 
 export interface FakeListenerOptions {
   readonly size: number;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-# A line-oriented driver for python3-libnbd, used by the end-to-end tests (test/helpers/cli.ts).
+# A line-oriented driver for python3-libnbd, used by the end-to-end tests (test/helpers/py-session.ts).
 # Each stdin line is one JSON request; each request gets exactly one JSON line on stdout:
 #   {"ok": true, ...result}  or  {"ok": false, "error": "...", "errno": N}
 # Several connections can be open at once, named by "h" (default "a"); a connection and its

@@ -6,7 +6,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Test } from 'tap';
 import { type ListenAddress, type RunningServer, type ServerOptions, startServer } from '../../lib/index.js';
-import { type Negotiated, type NegotiateOptions, negotiate, RawClient, within, writeBaseFile } from './nbd-raw.js';
+import { writeBaseFile } from './bases.js';
+import { RawClient } from './raw-nbd/client.js';
+import { type Negotiated, type NegotiateOptions, negotiate } from './raw-nbd/negotiate.js';
+import { within } from './wait.js';
 
 export interface ServerFixture {
   readonly server: RunningServer;

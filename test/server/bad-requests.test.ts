@@ -3,17 +3,10 @@
 
 import t, { type Test } from 'tap';
 import { hex } from '../helpers/hex.js';
-import {
-  greet,
-  infoRequestData,
-  metaContextData,
-  optionBytes,
-  type RawClient,
-  readChunk,
-  readOptionReplies,
-  readSimpleReply,
-  requestBytes,
-} from '../helpers/nbd-raw.js';
+import type { RawClient } from '../helpers/raw-nbd/client.js';
+import { greet } from '../helpers/raw-nbd/negotiate.js';
+import { readChunk, readOptionReplies, readSimpleReply } from '../helpers/raw-nbd/replies.js';
+import { infoRequestData, metaContextData, optionBytes, requestBytes } from '../helpers/raw-nbd/wire.js';
 import { type ServerFixture, startFixture } from '../helpers/server-fixture.js';
 
 const SIZE = 64 * 1024;

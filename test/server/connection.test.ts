@@ -5,22 +5,14 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { type ListenAddress, type ServerOptions, startServer } from '../../lib/index.js';
+import { writeBaseFile } from '../helpers/bases.js';
 import { hex } from '../helpers/hex.js';
-import {
-  greet,
-  infoRequestData,
-  optionBytes,
-  RawClient,
-  readChunk,
-  readOptionReplies,
-  readOptionReply,
-  readSimpleReply,
-  requestBytes,
-  waitFor,
-  within,
-  writeBaseFile,
-} from '../helpers/nbd-raw.js';
+import { RawClient } from '../helpers/raw-nbd/client.js';
+import { greet } from '../helpers/raw-nbd/negotiate.js';
+import { readChunk, readOptionReplies, readOptionReply, readSimpleReply } from '../helpers/raw-nbd/replies.js';
+import { infoRequestData, optionBytes, requestBytes } from '../helpers/raw-nbd/wire.js';
 import { type ServerFixture, shortDir, startFixture } from '../helpers/server-fixture.js';
+import { waitFor, within } from '../helpers/wait.js';
 
 const SIZE = 64 * 1024;
 const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7 } as const;

@@ -1,7 +1,7 @@
 import t from 'tap';
 import { OptionError } from '../../lib/protocol/errors.js';
 import { type Export, overlayExportRegistry, singleExportRegistry, transmissionFlags } from '../../lib/server/exports.js';
-import { FakeDevice } from '../helpers/nbd-raw.js';
+import { FakeDevice } from '../helpers/fake-device.js';
 
 const HAS_FLAGS = 0x0001;
 const READ_ONLY = 0x0002;

@@ -8,24 +8,16 @@ import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import type { ConnectionLimits } from '../../lib/server/connection.js';
 import type { NbdListener } from '../../lib/server/server.js';
+import { patternBuffer } from '../helpers/bases.js';
+import { FakeDevice } from '../helpers/fake-device.js';
 import { createFakeListener, settle, startFakeListener } from '../helpers/fake-listener.js';
 import { hex } from '../helpers/hex.js';
-import {
-  FakeDevice,
-  greet,
-  infoRequestData,
-  type Negotiated,
-  negotiate,
-  optionBytes,
-  patternBuffer,
-  RawClient,
-  readOptionReplies,
-  readSimpleReply,
-  requestBytes,
-  waitFor,
-  within,
-} from '../helpers/nbd-raw.js';
+import { RawClient } from '../helpers/raw-nbd/client.js';
+import { greet, type Negotiated, negotiate } from '../helpers/raw-nbd/negotiate.js';
+import { readOptionReplies, readSimpleReply } from '../helpers/raw-nbd/replies.js';
+import { infoRequestData, optionBytes, requestBytes } from '../helpers/raw-nbd/wire.js';
 import { shortDir } from '../helpers/server-fixture.js';
+import { waitFor, within } from '../helpers/wait.js';
 
 const SIZE = 64 * 1024;
 const CMD = { READ: 0, WRITE: 1, DISC: 2 } as const;

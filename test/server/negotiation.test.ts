@@ -3,8 +3,9 @@ import { OptionError } from '../../lib/protocol/errors.js';
 import { decodeOptionReply } from '../../lib/protocol/handshake.js';
 import { type Export, type ExportRegistry, overlayExportRegistry, singleExportRegistry } from '../../lib/server/exports.js';
 import { handleOption, type NegotiationState, type OptionContext, type SettledOutcome } from '../../lib/server/negotiation.js';
+import { FakeDevice } from '../helpers/fake-device.js';
 import { hex } from '../helpers/hex.js';
-import { FakeDevice, infoRequestData, metaContextData } from '../helpers/nbd-raw.js';
+import { infoRequestData, metaContextData } from '../helpers/raw-nbd/wire.js';
 
 const ACK = 1;
 const REP_SERVER = 2;

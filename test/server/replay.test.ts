@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { writePatternImage } from '../../lib/demo-image.js';
 import { startServer } from '../../lib/index.js';
-import { RawClient } from '../helpers/nbd-raw.js';
+import { RawClient } from '../helpers/raw-nbd/client.js';
 import { parseTranscript, type TranscriptStep } from '../helpers/transcript.js';
 
 // Must match fixtures/record-transcript.mjs.

@@ -4,8 +4,9 @@ import { NbdError } from '../../lib/protocol/errors.js';
 import { decodeSimpleReply, decodeStructuredChunkHeader, type Request } from '../../lib/protocol/transmission.js';
 import { listContexts, type MetaContext, selectContexts } from '../../lib/server/meta-contexts.js';
 import { errorReply, type Session, serveRequest, validateRequest } from '../../lib/server/requests.js';
+import { patternBuffer } from '../helpers/bases.js';
+import { FakeDevice } from '../helpers/fake-device.js';
 import { hex } from '../helpers/hex.js';
-import { FakeDevice, patternBuffer } from '../helpers/nbd-raw.js';
 
 const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7 } as const;
 const FLAG = { FUA: 1, NO_HOLE: 2, DF: 4, REQ_ONE: 8, FAST_ZERO: 16 } as const;

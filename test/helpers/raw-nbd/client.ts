@@ -1,0 +1,141 @@
+// A raw NBD socket client: sends hand-made bytes and reads exact byte counts (every read bounded
+// by a timeout, so a hang fails instead of blocking), and notices when the server closes.
+
+import { connect, type Socket } from 'node:net';
+import type { ListenAddress } from '../../../lib/server/server.js';
+import { DEFAULT_TIMEOUT, TimeoutError } from '../wait.js';
+
+interface Waiter {
+  readonly n: number;
+  readonly resolve: (buf: Buffer) => void;
+  readonly reject: (err: Error) => void;
+  readonly timer: NodeJS.Timeout;
+}
+
+/** A raw client: exact reads with timeouts, writes of hand-made bytes, close detection. */
+export class RawClient {
+  readonly socket: Socket;
+  #chunks: Buffer[] = [];
+  #length = 0;
+  #waiter: Waiter | null = null;
+  #ended = false;
+  #closedPromise: Promise<void>;
+
+  private constructor(socket: Socket) {
+    this.socket = socket;
+    let resolveClosed: () => void = () => undefined;
+    this.#closedPromise = new Promise((resolve) => {
+      resolveClosed = resolve;
+    });
+    socket.on('data', (chunk: Buffer) => {
+      this.#chunks.push(chunk);
+      this.#length += chunk.length;
+      this.#serve();
+    });
+    const onGone = (): void => {
+      if (this.#ended) return;
+      this.#ended = true;
+      resolveClosed();
+      this.#serve();
+    };
+    socket.on('end', onGone);
+    socket.on('close', onGone);
+    // A reset from the server is a form of closing; the tests look at `closed`, not at errors.
+    socket.on('error', () => undefined);
+  }
+
+  /** Connect to a listener; `allowHalfOpen` keeps our side writable after the server's FIN. */
+  static connect(address: ListenAddress, options: { allowHalfOpen?: boolean; timeout?: number } = {}): Promise<RawClient> {
+    const timeout = options.timeout ?? DEFAULT_TIMEOUT;
+    return new Promise((resolve, reject) => {
+      const socket =
+        address.kind === 'tcp'
+          ? connect({ host: address.host, port: address.port, allowHalfOpen: options.allowHalfOpen ?? false })
+          : connect({ path: address.path, allowHalfOpen: options.allowHalfOpen ?? false });
+      socket.setNoDelay(true);
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new TimeoutError(`connect timed out after ${timeout} ms`));
+      }, timeout);
+      socket.once('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+      socket.once('connect', () => {
+        clearTimeout(timer);
+        resolve(new RawClient(socket));
+      });
+    });
+  }
+
+  /** Bytes received and not read yet. */
+  get buffered(): number {
+    return this.#length;
+  }
+
+  /** Whether the server closed (FIN or reset) the connection. */
+  get isClosed(): boolean {
+    return this.#ended;
+  }
+
+  write(...bufs: Buffer[]): void {
+    for (const buf of bufs) this.socket.write(buf);
+  }
+
+  /** Exactly `n` bytes; rejects on timeout or if the connection closes first. */
+  read(n: number, timeout = DEFAULT_TIMEOUT): Promise<Buffer> {
+    if (this.#waiter !== null) return Promise.reject(new Error('concurrent read on a RawClient'));
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiter = null;
+        reject(new TimeoutError(`read(${n}) timed out after ${timeout} ms with ${this.#length} bytes buffered`));
+      }, timeout);
+      this.#waiter = { n, resolve, reject, timer };
+      this.#serve();
+    });
+  }
+
+  /** Resolves true once the server closes the connection, false if it is still open after `timeout`. */
+  async closed(timeout = DEFAULT_TIMEOUT): Promise<boolean> {
+    if (this.#ended) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), timeout);
+    });
+    const result = await Promise.race([this.#closedPromise.then(() => true), expired]);
+    clearTimeout(timer);
+    return result;
+  }
+
+  /** Everything the server sends until it closes (bounded by `timeout`). */
+  async readToEnd(timeout = DEFAULT_TIMEOUT): Promise<Buffer> {
+    if (!(await this.closed(timeout))) throw new TimeoutError(`connection still open after ${timeout} ms`);
+    const all = Buffer.concat(this.#chunks);
+    this.#chunks = [];
+    this.#length = 0;
+    return all;
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  #serve(): void {
+    const waiter = this.#waiter;
+    if (waiter === null) return;
+    if (this.#length >= waiter.n) {
+      this.#waiter = null;
+      clearTimeout(waiter.timer);
+      const all = Buffer.concat(this.#chunks);
+      const out = all.subarray(0, waiter.n);
+      const rest = all.subarray(waiter.n);
+      this.#chunks = rest.length > 0 ? [rest] : [];
+      this.#length = rest.length;
+      waiter.resolve(out);
+    } else if (this.#ended) {
+      this.#waiter = null;
+      clearTimeout(waiter.timer);
+      waiter.reject(new Error(`connection closed with ${this.#length} of ${waiter.n} bytes`));
+    }
+  }
+}

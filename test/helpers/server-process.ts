@@ -1,0 +1,95 @@
+// The server under test as a real process: the built CLI started with `serve`, its URI line
+// awaited, stopped by its own pid in t.teardown; `runCli` for one-shot commands.
+
+import { type ChildProcess, spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import type { Test } from 'tap';
+import { type BaseGuard, guardBase, makePatternBase } from './bases.js';
+import { pidOf, ROOT, type RunOptions, type RunResult, run } from './processes.js';
+
+/** The CLI under test; NBD_COW_CLI overrides it (e.g. an installed nbd-cow). */
+export const CLI = process.env['NBD_COW_CLI'] ?? join(ROOT, 'bin', 'nbd-cow');
+
+/** Safety net: a server still running after this long is killed. */
+const SERVER_TIMEOUT_MS = 240_000;
+
+export interface ServerProcess {
+  readonly uri: string;
+  readonly pid: number;
+  readonly child: ChildProcess;
+  /** Everything the server wrote on stderr so far. */
+  stderr(): string;
+  /** Resolves with the exit status once the process has exited. */
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Send `signal` (SIGTERM by default) to the server's pid and wait for it to exit. */
+  stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/**
+ * Start `bin/nbd-cow serve BASE ARGS…` and wait for the URI line on stdout. Pass `-p 0` or
+ * `-k PATH` in `args` (this adds `-p 0` unless -p/-k is there). Stopped in t.teardown.
+ */
+export async function startServe(t: Test, base: string, args: readonly string[] = []): Promise<ServerProcess> {
+  const hasListen = args.some((a) => a === '-p' || a === '--port' || a === '-k' || a === '--socket');
+  const argv = ['serve', base, ...(hasListen ? [] : ['-p', '0']), ...args];
+  // bin/nbd-cow execs node, so the pid is the server's own.
+  const child = spawn(CLI, argv, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr?.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.on('exit', (code, signal) => resolve({ code, signal }));
+  });
+  const safety = setTimeout(() => child.kill('SIGKILL'), SERVER_TIMEOUT_MS);
+  void exited.then(() => clearTimeout(safety));
+
+  const stop = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<{ code: number | null; signal: NodeJS.Signals | null }> => {
+    if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
+      process.kill(child.pid, signal);
+      const killer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+      const status = await exited;
+      clearTimeout(killer);
+      return status;
+    }
+    return exited;
+  };
+  t.teardown(() => stop());
+
+  const uri = await new Promise<string>((resolve, reject) => {
+    const lines = createInterface({ input: child.stdout });
+    const timer = setTimeout(() => reject(new Error(`server printed no URI in 30 s; stderr: ${stderr}`)), 30_000);
+    lines.once('line', (line) => {
+      clearTimeout(timer);
+      resolve(line.trim());
+    });
+    void exited.then(({ code, signal }) => {
+      clearTimeout(timer);
+      reject(new Error(`server exited (${code ?? signal}) before printing its URI; stderr: ${stderr}`));
+    });
+  });
+  return { uri, pid: pidOf(child), child, stderr: () => stderr, exited, stop };
+}
+
+/** `bin/nbd-cow ARGS…` to completion (for error cases and `run`). */
+export function runCli(args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
+  return run(CLI, args, options);
+}
+
+export interface PatternServe {
+  readonly dir: string;
+  /** The server's --overlay-dir. */
+  readonly overlays: string;
+  readonly base: string;
+  readonly guard: BaseGuard;
+  readonly server: ServerProcess;
+}
+
+/** The usual start of an e2e test: a pattern base of `size` bytes, guarded, served by the CLI. */
+export async function servePatternBase(t: Test, size: number): Promise<PatternServe> {
+  const dir = t.testdir();
+  const overlays = join(dir, 'overlays');
+  const base = await makePatternBase(dir, size);
+  const guard = await guardBase(t, base);
+  const server = await startServe(t, base, ['--overlay-dir', overlays]);
+  return { dir, overlays, base, guard, server };
+}
