@@ -19,14 +19,14 @@ import { MAX_BLOCK_SIZE, MIN_BLOCK_SIZE } from './block/overlay-file.js';
 import { createLogger, type Logger, type LogLevel, levelFromEnv } from './log.js';
 import { type ConnectionLimits, DEFAULT_LIMITS } from './server/connection.js';
 import { type Export, type OverlayPolicy, overlayExportRegistry } from './server/exports.js';
-import { type ListenAddress, NbdListener } from './server/server.js';
+import { type ListenAddress, NbdListener } from './server/listener.js';
 
 export { type CheckReport, checkOverlay } from './block/overlay-check.js';
 export type { LogLevel } from './log.js';
 export type { ConnectionLimits } from './server/connection.js';
 export type { OverlayPolicy } from './server/exports.js';
 export { OVERLAY_POLICIES } from './server/exports.js';
-export type { ListenAddress } from './server/server.js';
+export type { ListenAddress } from './server/listener.js';
 
 /** Overlay block size when none is given: 4 KiB first writes need no copy-up from the base. */
 export const DEFAULT_BLOCK_SIZE = 4096;

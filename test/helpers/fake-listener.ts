@@ -6,7 +6,7 @@ import type { BlockDevice } from '../../lib/block/device.js';
 import { createLogger } from '../../lib/log.js';
 import { type ConnectionLimits, DEFAULT_LIMITS } from '../../lib/server/connection.js';
 import { type Export, singleExportRegistry } from '../../lib/server/exports.js';
-import { NbdListener } from '../../lib/server/server.js';
+import { NbdListener } from '../../lib/server/listener.js';
 import { within } from './wait.js';
 
 export interface FakeListenerOptions {

@@ -6,7 +6,7 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { OptionError } from '../../lib/protocol/errors.js';
-import type { NbdListener } from '../../lib/server/server.js';
+import type { NbdListener } from '../../lib/server/listener.js';
 import { patternBuffer } from '../helpers/bases.js';
 import { FakeDevice } from '../helpers/fake-device.js';
 import { settle, startFakeListener } from '../helpers/fake-listener.js';

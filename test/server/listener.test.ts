@@ -7,7 +7,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import type { ConnectionLimits } from '../../lib/server/connection.js';
-import type { NbdListener } from '../../lib/server/server.js';
+import type { NbdListener } from '../../lib/server/listener.js';
 import { patternBuffer } from '../helpers/bases.js';
 import { FakeDevice } from '../helpers/fake-device.js';
 import { createFakeListener, settle, startFakeListener } from '../helpers/fake-listener.js';

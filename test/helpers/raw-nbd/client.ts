@@ -2,7 +2,7 @@
 // by a timeout, so a hang fails instead of blocking), and notices when the server closes.
 
 import { connect, type Socket } from 'node:net';
-import type { ListenAddress } from '../../../lib/server/server.js';
+import type { ListenAddress } from '../../../lib/server/listener.js';
 import { DEFAULT_TIMEOUT, TimeoutError } from '../wait.js';
 
 interface Waiter {

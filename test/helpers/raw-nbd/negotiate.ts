@@ -1,7 +1,7 @@
 // The handshake as a test drives it: the greeting answered by hand, then fixed newstyle with
 // STRUCTURED_REPLY, SET_META_CONTEXT and GO as asked; the client is in transmission afterwards.
 
-import type { ListenAddress } from '../../../lib/server/server.js';
+import type { ListenAddress } from '../../../lib/server/listener.js';
 import { RawClient } from './client.js';
 import { readOptionReplies } from './replies.js';
 import { IHAVEOPT, infoRequestData, metaContextData, NBDMAGIC, optionBytes, u32 } from './wire.js';
