@@ -15,13 +15,14 @@ import { type BaseImage, openBase } from './block/base-image.js';
 import { CowDevice, ephemeralOverlayName, sweepEphemeralOverlays } from './block/cow-device.js';
 import type { BlockDevice } from './block/device.js';
 import { NamedOverlays } from './block/named-overlays.js';
-import { MAX_BLOCK_SIZE, MIN_BLOCK_SIZE } from './block/overlay-file.js';
+import { validateBlockSize } from './block/overlay-layout.js';
 import { createLogger, type Logger, type LogLevel, levelFromEnv } from './log.js';
 import { type ConnectionLimits, DEFAULT_LIMITS } from './server/connection.js';
 import { type Export, type OverlayPolicy, overlayExportRegistry } from './server/exports.js';
 import { type ListenAddress, NbdListener } from './server/listener.js';
 
 export { type CheckReport, checkOverlay } from './block/overlay-check.js';
+export { validateBlockSize } from './block/overlay-layout.js';
 export type { LogLevel } from './log.js';
 export type { ConnectionLimits } from './server/connection.js';
 export type { OverlayPolicy } from './server/exports.js';
@@ -81,15 +82,6 @@ export function formatUri(address: ListenAddress, exportName: string): string {
   if (address.kind === 'unix') return `nbd+unix:///${name}?socket=${encodeURIComponent(address.path)}`;
   const host = address.host.includes(':') ? `[${address.host}]` : address.host;
   return `nbd://${host}:${address.port}/${name}`;
-}
-
-export function validateBlockSize(blockSize: number): void {
-  const ok =
-    Number.isInteger(blockSize) &&
-    blockSize >= MIN_BLOCK_SIZE &&
-    blockSize <= Math.min(MAX_BLOCK_SIZE, 1024 * 1024) &&
-    (blockSize & (blockSize - 1)) === 0;
-  if (!ok) throw new Error(`block size ${blockSize} is not a power of two from 512 to 1048576`);
 }
 
 async function prepareOverlayDir(dir: string): Promise<void> {

@@ -9,8 +9,9 @@
 
 import { createHash } from 'node:crypto';
 import { codedError } from './coded-error.js';
+import { DataFile } from './data-file.js';
 import type { BlockDevice, Extent } from './device.js';
-import { closeFile, type Fd, O_RDONLY, openFile, readAt, statFile } from './file.js';
+import { O_RDONLY } from './syscalls.js';
 
 export interface BaseIdentity {
   readonly size: number;
@@ -43,7 +44,7 @@ export function fingerprintWindows(size: number): number[] {
 }
 
 /** sha256 over the tag, the size and each sampled window (its offset, then its bytes). */
-export async function fingerprintFile(fd: Fd, size: number): Promise<string> {
+export async function fingerprintFile(file: DataFile, size: number): Promise<string> {
   const hash = createHash('sha256');
   const u64 = Buffer.alloc(8);
   hash.update(FINGERPRINT_TAG, 'latin1');
@@ -52,7 +53,7 @@ export async function fingerprintFile(fd: Fd, size: number): Promise<string> {
   const whole = size <= (FINGERPRINT_INNER_WINDOWS + 2) * FINGERPRINT_WINDOW;
   const buf = Buffer.allocUnsafe(whole ? size : FINGERPRINT_WINDOW);
   for (const start of fingerprintWindows(size)) {
-    await readAt(fd, buf, start);
+    await file.read(buf, start);
     u64.writeBigUInt64BE(BigInt(start));
     hash.update(u64);
     hash.update(buf);
@@ -77,18 +78,18 @@ function describe(err: unknown): { code: string; cause: string } {
 
 /** Open the base image read-only; errors are one line naming the path and the cause. */
 export async function openBase(path: string): Promise<BaseImage> {
-  let fd: Fd | undefined;
+  let file: DataFile | undefined;
   try {
-    fd = await openFile(path, O_RDONLY);
-    const stats = await statFile(fd);
+    file = await DataFile.open(path, O_RDONLY);
+    const stats = await file.stat();
     if (stats.isDirectory()) throw codedError('EISDIR', 'is a directory');
     if (!stats.isFile() && !stats.isBlockDevice()) throw codedError('EINVAL', 'not a regular file');
     // A block device reports size 0 in stat; serving one is for a later issue.
     if (stats.isBlockDevice()) throw codedError('EINVAL', 'block devices are not supported yet');
-    const fingerprint = await fingerprintFile(fd, stats.size);
-    return new BaseFile(path, fd, { size: stats.size, fingerprint });
+    const fingerprint = await fingerprintFile(file, stats.size);
+    return new BaseFile(path, file, { size: stats.size, fingerprint });
   } catch (err) {
-    if (fd !== undefined) await closeFile(fd).catch(() => undefined);
+    if (file !== undefined) await file.close().catch(() => undefined);
     const { code, cause } = describe(err);
     throw codedError(code, `cannot open base image ${path}: ${cause} (${code})`);
   }
@@ -98,12 +99,12 @@ class BaseFile implements BaseImage {
   readonly path: string;
   readonly identity: BaseIdentity;
   readonly writable = false;
-  #fd: Fd;
+  readonly #file: DataFile;
   #closed = false;
 
-  constructor(path: string, fd: Fd, identity: BaseIdentity) {
+  constructor(path: string, file: DataFile, identity: BaseIdentity) {
     this.path = path;
-    this.#fd = fd;
+    this.#file = file;
     this.identity = identity;
   }
 
@@ -113,7 +114,7 @@ class BaseFile implements BaseImage {
 
   read(offset: number, dest: Buffer): Promise<void> {
     if (this.#closed) return Promise.reject(codedError('ESHUTDOWN', `base image ${this.path} is closed`));
-    return readAt(this.#fd, dest, offset);
+    return this.#file.read(dest, offset);
   }
 
   write(): Promise<void> {
@@ -145,7 +146,7 @@ class BaseFile implements BaseImage {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await closeFile(this.#fd);
+    await this.#file.close();
   }
 
   async #readOnly(): Promise<void> {

@@ -1,9 +1,9 @@
 // Asynchronous file calls for the control path: lock files, publishing new overlays, directory
-// fsync. Callback `fs` wrapped in promises, as file.ts does for the data path; each call runs
+// fsync. Callback `fs` wrapped in promises, as syscalls.ts does; each call runs
 // once per overlay open, create or close, never per request, and never blocks the event loop.
 
 import fs from 'node:fs';
-import { closeFile, O_RDONLY, openFile, unlinkFile } from './file.js';
+import { closeFile, O_RDONLY, openFile, unlinkFile } from './syscalls.js';
 
 /** Temporary names made by this process, so concurrent creates never share one. */
 let tmpSeq = 0;

@@ -13,8 +13,8 @@
 //   - a partial block in state "data" is written in place; one in state "base" or "zero" is
 //     read-modify-written (the rest of the block from the base, or zeros), then set to "data".
 // Data always reaches the overlay before the map changes. A write that needs none of that care
-// (overlay ready, no copy-up, nothing in flight on its blocks, file.ts allows synchronous I/O) is
-// done at once with no promise in between (#writeNow): most writes once a workload has warmed
+// (overlay ready, no copy-up, nothing in flight on its blocks, the data file allows inline I/O) is
+// done at once with no promise in between (#writeInline): most writes once a workload has warmed
 // up, worth about 10 % of random 4 KiB write throughput here. trim and zero turn whole blocks into
 // "zero" without writing data and zero-fill partial blocks by RMW; zero with noHole writes real
 // zeros in bounded chunks. FUA is a full flush after the write.
@@ -23,7 +23,8 @@ import type { BaseImage } from './base-image.js';
 import { type Bitmap, BLOCK_BASE, BLOCK_DATA, BLOCK_ZERO } from './bitmap.js';
 import { codedError } from './coded-error.js';
 import type { BlockDevice, Extent, ExtentState, WriteOptions, ZeroOptions } from './device.js';
-import { OverlayFile, overlayGeometry } from './overlay-file.js';
+import { OverlayFile } from './overlay-file.js';
+import { overlayGeometry } from './overlay-layout.js';
 import { RangeLock, type Release } from './range-lock.js';
 import { blockOf, blockSpan, type PartialBlock, roundDown, splitRange } from './ranges.js';
 
@@ -33,7 +34,7 @@ export { ephemeralOverlayName, ephemeralOverlayPid, sweepEphemeralOverlays } fro
 export interface CowDeviceOptions {
   /** The shared base; not closed by the device. */
   readonly base: BaseImage;
-  /** Overlay block size: a power of two from 512 B to 16 MiB. */
+  /** Overlay block size: a power of two from 512 B to 1 MiB. */
   readonly blockSize: number;
   /** Where to create the overlay file at the first write-type call; must not exist. */
   readonly overlayPath: string;
@@ -121,7 +122,7 @@ export class CowDevice implements BlockDevice {
 
   write(offset: number, data: Buffer, options: WriteOptions): Promise<void> {
     try {
-      if (this.#writeNow(offset, data)) return options.fua ? this.flush() : DONE;
+      if (this.#writeInline(offset, data)) return options.fua ? this.flush() : DONE;
     } catch (err) {
       return Promise.reject(err);
     }
@@ -135,13 +136,13 @@ export class CowDevice implements BlockDevice {
 
   /**
    * The common write done at once, with no promise: the overlay is ready, no write in flight
-   * overlaps, nothing needs a read-modify-write, and file.ts allows synchronous I/O. Returns
+   * overlaps, nothing needs a read-modify-write, and the data file allows inline I/O. Returns
    * false (having done nothing) when any of that fails; the general path then runs.
    */
-  #writeNow(offset: number, data: Buffer): boolean {
+  #writeInline(offset: number, data: Buffer): boolean {
     const overlay = this.#ready;
     if (overlay === undefined || this.#closing !== undefined || data.length === 0) return false;
-    if (!overlay.canWriteNow(data.length)) return false;
+    if (!overlay.canWriteDataInline(data.length)) return false;
     const { head, body, tail } = splitRange(offset, data.length, this.#blockSize, this.size);
     const map = overlay.map;
     if (
@@ -154,7 +155,7 @@ export class CowDevice implements BlockDevice {
     const release = this.#lock.tryHold(first, last);
     if (release === null) return false;
     try {
-      overlay.writeDataNow(offset, data);
+      overlay.writeDataInline(offset, data);
       if (body !== undefined) map.setRange(body.first, body.count, BLOCK_DATA);
     } finally {
       release();
@@ -261,7 +262,7 @@ export class CowDevice implements BlockDevice {
     if (length === 0) return;
     const [first, last] = blockSpan(offset, length, this.#blockSize);
     // Queue for the blocks now, before waiting for anything: requests keep their issue order,
-    // and a later write cannot slip past this one on the fast path (#writeNow).
+    // and a later write cannot slip past this one on the fast path (#writeInline).
     const acquired = this.#lock.acquire(first, last);
     let release: Release | undefined;
     try {

@@ -5,8 +5,8 @@
 // A recycled pid keeps its files until that process is gone too: harmless, and never wrong.
 
 import { join } from 'node:path';
-import { listDirectory, unlinkFile } from './file.js';
 import { processExists } from './process-alive.js';
+import { listDirectory, unlinkFile } from './syscalls.js';
 
 const EPHEMERAL_NAME = /^eph-(\d+)-(\d+)\.cow$/;
 

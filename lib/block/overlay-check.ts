@@ -17,11 +17,12 @@
 import { type BaseImage, openBase } from './base-image.js';
 import { BLOCK_DATA, BLOCK_ZERO } from './bitmap.js';
 import { codedError } from './coded-error.js';
-import { closeFile, type Fd, O_RDONLY, O_RDWR, openFile, statFile, syncData, truncateFile, writeAt } from './file.js';
+import { DataFile } from './data-file.js';
 import { readOverlayHeader, readOverlayMap } from './overlay-file.js';
 import { encodeOverlayHeader, OVERLAY_HEADER_LENGTH } from './overlay-header.js';
 import { checkBaseBinding } from './overlay-layout.js';
 import { lockHolder } from './overlay-lock.js';
+import { O_RDONLY, O_RDWR } from './syscalls.js';
 
 export type CheckStatus = 'clean' | 'repaired' | 'not-clean' | 'corrupt' | 'error';
 
@@ -62,36 +63,36 @@ export async function checkOverlay(path: string, options: CheckOptions): Promise
   if (holder?.alive === true && repair) {
     return report('not-clean', [`${path} is in use by process ${holder.pid}: stop that server before --repair`]);
   }
-  let fd: Fd;
+  let file: DataFile;
   try {
-    fd = await openFile(path, repair ? O_RDWR : O_RDONLY);
+    file = await DataFile.open(path, repair ? O_RDWR : O_RDONLY);
   } catch (err) {
     return report('error', [`cannot check: cannot open overlay ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`]);
   }
   try {
-    return await checkOpen(path, fd, identity, repair, holder?.alive === true ? holder.pid : undefined, lines);
+    return await checkOpen(path, file, identity, repair, holder?.alive === true ? holder.pid : undefined, lines);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EINVAL') return report('corrupt', [...lines, `CORRUPT: ${(err as Error).message}`]);
     return report('error', [...lines, `cannot check: ${(err as Error).message}`]);
   } finally {
-    await closeFile(fd);
+    await file.close();
   }
 }
 
 async function checkOpen(
   path: string,
-  fd: number,
+  file: DataFile,
   identity: { size: number; fingerprint: string },
   repair: boolean,
   inUseBy: number | undefined,
   lines: string[],
 ): Promise<CheckReport> {
-  const { size: fileLength } = await statFile(fd);
+  const { size: fileLength } = await file.stat();
   if (fileLength < OVERLAY_HEADER_LENGTH) {
     throw codedError('EINVAL', `file is ${fileLength} bytes, too short for an overlay header`);
   }
-  const { header, geometry: g } = await readOverlayHeader(fd, path);
+  const { header, geometry: g } = await readOverlayHeader(file);
   lines.push(`header: ok (version 1, block size ${g.blockSize}, virtual size ${g.size} bytes = ${g.blocks} blocks, checksum ok)`);
   checkBaseBinding(path, header, identity);
   if (header.virtualSize !== identity.size) {
@@ -101,7 +102,7 @@ async function checkOpen(
   if (fileLength < g.dataOffset) {
     throw codedError('EINVAL', `file is ${fileLength} bytes, shorter than its header and map (${g.dataOffset})`);
   }
-  const map = await readOverlayMap(fd, path, g);
+  const map = await readOverlayMap(file, g);
   let data = 0;
   let zero = 0;
   let lastData = -1;
@@ -143,9 +144,9 @@ async function checkOpen(
     lines.push('run with --repair to mark it clean');
     return report('not-clean', lines);
   }
-  if (excess) await truncateFile(fd, limit);
-  if (header.dirty) await writeAt(fd, encodeOverlayHeader({ ...header, dirty: false }), 0);
-  await syncData(fd);
+  if (excess) await file.truncate(limit);
+  if (header.dirty) await file.write(encodeOverlayHeader({ ...header, dirty: false }), 0);
+  await file.sync();
   lines.push(
     `repaired: ${[excess ? 'cut the bytes past the data region' : '', header.dirty ? 'cleared the dirty flag' : ''].filter(Boolean).join(', ')}`,
   );

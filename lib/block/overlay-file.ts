@@ -17,21 +17,7 @@ import { dirname } from 'node:path';
 import type { BaseIdentity } from './base-image.js';
 import { Bitmap, MAP_PAGE_SIZE } from './bitmap.js';
 import { publish, removeFile, syncDirectory } from './control-file.js';
-import {
-  canTransferNow,
-  closeFile,
-  type Fd,
-  O_CREAT_EXCL_RDWR,
-  O_RDWR,
-  openFile,
-  readAt,
-  syncData,
-  truncateFile,
-  unlinkFile,
-  writeAt,
-  writeAtNow,
-  writevAt,
-} from './file.js';
+import { DataFile } from './data-file.js';
 import { encodeOverlayHeader, OVERLAY_HEADER_LENGTH, type OverlayHeader } from './overlay-header.js';
 import {
   checkBaseBinding,
@@ -40,8 +26,7 @@ import {
   parseOverlayHeader,
   parseOverlayMap,
 } from './overlay-layout.js';
-
-export { MAP_OFFSET, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, type OverlayGeometry, overlayGeometry } from './overlay-layout.js';
+import { O_CREAT_EXCL_RDWR, O_RDWR, unlinkFile } from './syscalls.js';
 
 export interface CreateOverlayOptions {
   readonly blockSize: number;
@@ -52,18 +37,18 @@ export interface CreateOverlayOptions {
   readonly atomic?: boolean;
 }
 
-/** Read and check the header of the overlay open at `fd` (EINVAL-coded errors name `path`). */
-export async function readOverlayHeader(fd: Fd, path: string): Promise<{ header: OverlayHeader; geometry: OverlayGeometry }> {
+/** Read and check the header of an open overlay (EINVAL-coded errors name its path). */
+export async function readOverlayHeader(file: DataFile): Promise<{ header: OverlayHeader; geometry: OverlayGeometry }> {
   const buf = Buffer.alloc(OVERLAY_HEADER_LENGTH);
-  await readAt(fd, buf, 0);
-  return parseOverlayHeader(path, buf);
+  await file.read(buf, 0);
+  return parseOverlayHeader(file.path, buf);
 }
 
-/** Read and check the map of the overlay open at `fd`, laid out as `geometry` says. */
-export async function readOverlayMap(fd: Fd, path: string, geometry: OverlayGeometry): Promise<Bitmap> {
+/** Read and check the map of an open overlay, laid out as `geometry` says. */
+export async function readOverlayMap(file: DataFile, geometry: OverlayGeometry): Promise<Bitmap> {
   const buf = Buffer.alloc(geometry.mapLength);
-  await readAt(fd, buf, geometry.mapOffset);
-  return parseOverlayMap(path, geometry, buf);
+  await file.read(buf, geometry.mapOffset);
+  return parseOverlayMap(file.path, geometry, buf);
 }
 
 export class OverlayFile {
@@ -71,7 +56,7 @@ export class OverlayFile {
   readonly geometry: OverlayGeometry;
   readonly map: Bitmap;
   readonly #baseIdentity: BaseIdentity;
-  #fd: Fd;
+  readonly #file: DataFile;
   #dirty: boolean;
   #closed = false;
   /** Tail of the flush chain: flushes and header writes run one after another. */
@@ -80,10 +65,10 @@ export class OverlayFile {
   /** The dirty flag when this object was made: for open(), set means not closed cleanly. */
   readonly wasDirty: boolean;
 
-  private constructor(path: string, fd: Fd, geometry: OverlayGeometry, map: Bitmap, base: BaseIdentity, dirty: boolean) {
+  private constructor(path: string, file: DataFile, geometry: OverlayGeometry, map: Bitmap, base: BaseIdentity, dirty: boolean) {
     this.path = path;
     this.wasDirty = dirty;
-    this.#fd = fd;
+    this.#file = file;
     this.geometry = geometry;
     this.map = map;
     this.#baseIdentity = base;
@@ -100,20 +85,20 @@ export class OverlayFile {
     const atomic = options.atomic ?? false;
     const where = atomic ? `${path}.new` : path;
     if (atomic) await removeFile(where); // left by a crash during an earlier create; the caller holds the lock
-    const fd = await openFile(where, O_CREAT_EXCL_RDWR, 0o600);
+    const file = await DataFile.open(where, O_CREAT_EXCL_RDWR, 0o600);
     const map = new Bitmap(geometry.blocks, Buffer.alloc(geometry.mapLength));
-    const overlay = new OverlayFile(path, fd, geometry, map, options.baseIdentity, true);
+    const overlay = new OverlayFile(path, file, geometry, map, options.baseIdentity, true);
     try {
-      await writeAt(fd, overlay.#header(true), 0);
+      await file.write(overlay.#header(true), 0);
       // The map and data region are a hole: zeros, that is every block in state "base".
-      await truncateFile(fd, geometry.dataOffset);
+      await file.truncate(geometry.dataOffset);
       if (atomic) {
-        await syncData(fd);
+        await file.sync();
         await publish(where, path);
         await syncDirectory(dirname(path));
       }
     } catch (err) {
-      await closeFile(fd).catch(() => undefined);
+      await file.close().catch(() => undefined);
       await unlinkFile(where).catch(() => undefined);
       throw err;
     }
@@ -126,14 +111,14 @@ export class OverlayFile {
    * Reads the header and the whole map (2 bits per block: 640 KiB for 10 GiB in 4 KiB blocks).
    */
   static async open(path: string, base: BaseIdentity): Promise<OverlayFile> {
-    const fd = await openFile(path, O_RDWR);
+    const file = await DataFile.open(path, O_RDWR);
     try {
-      const { header, geometry } = await readOverlayHeader(fd, path);
+      const { header, geometry } = await readOverlayHeader(file);
       checkBaseBinding(path, header, base);
-      const map = await readOverlayMap(fd, path, geometry);
-      return new OverlayFile(path, fd, geometry, map, base, header.dirty);
+      const map = await readOverlayMap(file, geometry);
+      return new OverlayFile(path, file, geometry, map, base, header.dirty);
     } catch (err) {
-      await closeFile(fd).catch(() => undefined);
+      await file.close().catch(() => undefined);
       throw err;
     }
   }
@@ -148,27 +133,27 @@ export class OverlayFile {
 
   /** Read data-region bytes for virtual offset `offset` into `dest`. */
   readData(offset: number, dest: Buffer): Promise<void> {
-    return readAt(this.#fd, dest, this.geometry.dataOffset + offset);
+    return this.#file.read(dest, this.geometry.dataOffset + offset);
   }
 
   /** Write `data` at virtual offset `offset` in the data region. The map is not touched. */
   writeData(offset: number, data: Buffer): Promise<void> {
-    return writeAt(this.#fd, data, this.geometry.dataOffset + offset);
+    return this.#file.write(data, this.geometry.dataOffset + offset);
   }
 
-  /** Whether writeDataNow() of `length` bytes may run now (file.ts's fast-path guard). */
-  canWriteNow(length: number): boolean {
-    return canTransferNow(this.#fd, length);
+  /** Whether writeDataInline() of `length` bytes may run now (the data file's inline I/O guard). */
+  canWriteDataInline(length: number): boolean {
+    return this.#file.canWriteInline(length);
   }
 
-  /** writeData(), synchronously; only after canWriteNow() said yes. Throws on failure. */
-  writeDataNow(offset: number, data: Buffer): void {
-    writeAtNow(this.#fd, data, this.geometry.dataOffset + offset);
+  /** writeData() on the event loop, with no promise; only after canWriteDataInline() said yes. Throws on failure. */
+  writeDataInline(offset: number, data: Buffer): void {
+    this.#file.writeInline(data, this.geometry.dataOffset + offset);
   }
 
   /** writeData() for a payload in pieces, written as they are (pwritev). */
   writeDataChunks(offset: number, chunks: readonly Buffer[]): Promise<void> {
-    return writevAt(this.#fd, chunks, this.geometry.dataOffset + offset);
+    return this.#file.writev(chunks, this.geometry.dataOffset + offset);
   }
 
   /** Make all completed writes durable: data first, then the map pages that describe it. */
@@ -196,7 +181,7 @@ export class OverlayFile {
     if (this.#closed) return;
     this.#closed = true;
     await this.#flushing;
-    await closeFile(this.#fd);
+    await this.#file.close();
   }
 
   /** Close and remove the file. Idempotent. */
@@ -223,12 +208,12 @@ export class OverlayFile {
     // Snapshot now: blocks that become "data" after this point may not be durable yet.
     const copies = pages.map((p) => Buffer.from(this.map.buffer.subarray(p * MAP_PAGE_SIZE, (p + 1) * MAP_PAGE_SIZE)));
     try {
-      await syncData(this.#fd);
+      await this.#file.sync();
       if (pages.length === 0) return;
       const { mapOffset } = this.geometry;
       // copies[i] exists: copies was mapped from pages.
-      await Promise.all(pages.map((p, i) => writeAt(this.#fd, copies[i] as Buffer, mapOffset + p * MAP_PAGE_SIZE)));
-      await syncData(this.#fd);
+      await Promise.all(pages.map((p, i) => this.#file.write(copies[i] as Buffer, mapOffset + p * MAP_PAGE_SIZE)));
+      await this.#file.sync();
     } catch (err) {
       this.map.markPagesDirty(pages);
       throw err;
@@ -236,8 +221,8 @@ export class OverlayFile {
   }
 
   async #writeHeader(dirty: boolean): Promise<void> {
-    await writeAt(this.#fd, this.#header(dirty), 0);
-    await syncData(this.#fd);
+    await this.#file.write(this.#header(dirty), 0);
+    await this.#file.sync();
     this.#dirty = dirty;
   }
 

@@ -11,7 +11,8 @@ import { blockCount, roundUp } from './ranges.js';
 
 export const MAP_OFFSET = 4096;
 export const MIN_BLOCK_SIZE = 512;
-export const MAX_BLOCK_SIZE = 16 * 1024 * 1024;
+/** Largest block: a partial write copies up at most this much, and a block is one buffer in memory. */
+export const MAX_BLOCK_SIZE = 1024 * 1024;
 
 export interface OverlayGeometry {
   readonly blockSize: number;
@@ -22,13 +23,17 @@ export interface OverlayGeometry {
   readonly dataOffset: number;
 }
 
-/** Layout for an image of `size` bytes in blocks of `blockSize` (a power of two, 512 B-16 MiB). */
-export function overlayGeometry(blockSize: number, size: number): OverlayGeometry {
+/** Refuse (EINVAL) a block size that is not a power of two from MIN_BLOCK_SIZE to MAX_BLOCK_SIZE. */
+export function validateBlockSize(blockSize: number): void {
   const inRange = Number.isInteger(blockSize) && blockSize >= MIN_BLOCK_SIZE && blockSize <= MAX_BLOCK_SIZE;
   if (!inRange || (blockSize & (blockSize - 1)) !== 0) {
-    const limits = `from ${MIN_BLOCK_SIZE} to ${MAX_BLOCK_SIZE}`;
-    throw codedError('EINVAL', `block size ${blockSize} must be a power of two ${limits}`);
+    throw codedError('EINVAL', `block size ${blockSize} is not a power of two from ${MIN_BLOCK_SIZE} to ${MAX_BLOCK_SIZE}`);
   }
+}
+
+/** Layout for an image of `size` bytes in blocks of `blockSize` (a power of two, 512 B-1 MiB). */
+export function overlayGeometry(blockSize: number, size: number): OverlayGeometry {
+  validateBlockSize(blockSize);
   if (!Number.isSafeInteger(size) || size < 0) throw codedError('EINVAL', `bad image size ${size}`);
   const blocks = blockCount(size, blockSize);
   const mapLength = Math.max(MAP_PAGE_SIZE, roundUp(mapBytesFor(blocks), MAP_PAGE_SIZE));

@@ -2,8 +2,9 @@ import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { BLOCK_DATA, BLOCK_ZERO } from '../../lib/block/bitmap.js';
-import { OverlayFile, overlayGeometry } from '../../lib/block/overlay-file.js';
+import { OverlayFile } from '../../lib/block/overlay-file.js';
 import { decodeOverlayHeader } from '../../lib/block/overlay-header.js';
+import { overlayGeometry } from '../../lib/block/overlay-layout.js';
 
 const identity = { size: 100_000, fingerprint: 'ab'.repeat(32) };
 
