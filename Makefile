@@ -8,22 +8,31 @@ SERVE_ARGS ?=
 COVERAGE_FLOOR ?= 90
 BRANCH_FLOOR ?= 85
 
-.PHONY: all build serve test test-only test-guest deps-test deps-bench bench typecheck lint format clean
+.PHONY: all build serve pack test test-only test-guest deps-test deps-bench bench typecheck lint format clean
 
 all: build
 
+# --ignore-scripts: without it npm ci would also run package.json's `prepare` (the build, for
+# npm pack and git installs); here dist/.built builds, so a compile error does not cost another
+# npm ci. No dependency has install scripts (no "hasInstallScript" in package-lock.json).
 node_modules/.installed: package.json package-lock.json
-	npm ci --no-audit --no-fund
+	npm ci --no-audit --no-fund --ignore-scripts
 	touch $@
 
 dist/.built: node_modules/.installed tsconfig.json $(shell find lib bin -name '*.ts')
-	npx tsc -p tsconfig.json
+	npm run --silent build
 	touch $@
 
 build: dist/.built
 
 serve: build
-	bin/nbd-cow serve $(BASE) $(SERVE_ARGS)
+	node dist/bin/nbd-cow.js serve $(BASE) $(SERVE_ARGS)
+
+# The npm package (what `npm install -g ./nbd-cow-X.tgz` installs), built from an empty dist/ so
+# that no output of a renamed or deleted source is shipped.
+pack: node_modules/.installed
+	rm -rf dist
+	npm pack
 
 # Debian packages the end-to-end and guest tests drive (real NBD clients, QEMU, a guest's
 # nbd-client and tools to build its disk). Installed only when missing.
@@ -70,4 +79,4 @@ test-guest: build deps-test
 	npx tap test/guest/*.test.ts
 
 clean:
-	rm -rf dist coverage .tap
+	rm -rf dist coverage .tap nbd-cow-*.tgz

@@ -1,6 +1,8 @@
+#!/usr/bin/env node
 // The nbd-cow command line: parse flags into ServerOptions, start the server or the scripted
 // `run` mode, translate signals and errors into exit codes. No serving logic lives here.
 
+import { readFileSync } from 'node:fs';
 import { mkdir, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,6 +21,15 @@ import {
 import { runWithServer } from '../lib/run-command.js';
 
 const DEMO_SIZE = 64 * 1024 * 1024;
+
+/**
+ * The version in the package's own package.json, read at run time two levels above the compiled
+ * dist/bin/nbd-cow.js, so an installed copy reports the version it was installed as.
+ */
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
 
 interface CliOptions {
   bind: string;
@@ -144,6 +155,7 @@ function fail(err: unknown): never {
 
 const program = new Command('nbd-cow')
   .description('NBD server: one read-only base image; a private throwaway or a named, kept copy-on-write overlay per client')
+  .version(packageVersion(), '-V, --version', 'print the version and exit')
   .enablePositionalOptions();
 
 addServeOptions(

@@ -28,7 +28,7 @@ import { pidOf, run } from '../helpers/processes.js';
 import { cacheRoot, ensureGuest, type Guest } from './build.js';
 import { findTool, log, ROOT, tool } from './tools.js';
 
-const CLI = join(ROOT, 'bin', 'nbd-cow');
+const CLI = join(ROOT, 'dist', 'bin', 'nbd-cow.js');
 
 /** One boot may take this long before QEMU is killed (TCG boots take ~10 s). */
 export const BOOT_TIMEOUT_MS = Number(process.env['NBD_COW_GUEST_BOOT_TIMEOUT_MS'] ?? 60_000);
@@ -155,13 +155,13 @@ export interface ServerOptions {
   readonly overlayDir: string;
 }
 
-/** `bin/nbd-cow serve BASE …` (verbose), once it has printed its URI; stopped in t.teardown. */
+/** `nbd-cow serve BASE …` (verbose), once it has printed its URI; stopped in t.teardown. */
 export async function startServer(t: Test, base: string, opts: ServerOptions): Promise<Server> {
   const args = ['serve', base, '-v', '--overlay-dir', opts.overlayDir];
   if (opts.socket !== undefined) args.push('-k', opts.socket);
   else args.push('-b', '127.0.0.1', '-p', '0');
   if (opts.exportName !== undefined) args.push('-x', opts.exportName);
-  // bin/nbd-cow execs node, and setpriv execs it: the pid is the server's own.
+  // dist/bin/nbd-cow.js runs through its shebang (env execs node), and setpriv execs it: the pid is the server's own.
   const [cmd, argv] = contained([CLI, ...args]);
   const child = spawn(cmd, argv, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';

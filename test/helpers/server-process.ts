@@ -8,8 +8,11 @@ import type { Test } from 'tap';
 import { type BaseGuard, guardBase, makePatternBase } from './bases.js';
 import { pidOf, ROOT, type RunOptions, type RunResult, run } from './processes.js';
 
-/** The CLI under test; NBD_COW_CLI overrides it (e.g. an installed nbd-cow). */
-export const CLI = process.env['NBD_COW_CLI'] ?? join(ROOT, 'bin', 'nbd-cow');
+/**
+ * The CLI under test: the built dist/bin/nbd-cow.js, started through its `#!/usr/bin/env node`
+ * line as an installed nbd-cow is. NBD_COW_CLI overrides it (e.g. an installed nbd-cow).
+ */
+export const CLI = process.env['NBD_COW_CLI'] ?? join(ROOT, 'dist', 'bin', 'nbd-cow.js');
 
 /** Safety net: a server still running after this long is killed. */
 const SERVER_TIMEOUT_MS = 240_000;
@@ -27,14 +30,14 @@ export interface ServerProcess {
 }
 
 /**
- * Start `bin/nbd-cow serve BASE ARGS…` and wait for the URI line on stdout. Pass `-p 0` or
- * `-k PATH` in `args` (this adds `-p 0` unless -p/-k is there). Stopped in t.teardown.
+ * Start `nbd-cow serve BASE ARGS…` (`cli`, CLI by default) and wait for the URI line on stdout.
+ * Pass `-p 0` or `-k PATH` in `args` (this adds `-p 0` unless -p/-k is there). Stopped in t.teardown.
  */
-export async function startServe(t: Test, base: string, args: readonly string[] = []): Promise<ServerProcess> {
+export async function startServe(t: Test, base: string, args: readonly string[] = [], cli = CLI): Promise<ServerProcess> {
   const hasListen = args.some((a) => a === '-p' || a === '--port' || a === '-k' || a === '--socket');
   const argv = ['serve', base, ...(hasListen ? [] : ['-p', '0']), ...args];
-  // bin/nbd-cow execs node, so the pid is the server's own.
-  const child = spawn(CLI, argv, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  // The kernel runs the shebang's /usr/bin/env, which execs node: the pid is the server's own.
+  const child = spawn(cli, argv, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr?.setEncoding('utf8').on('data', (s: string) => (stderr += s));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
@@ -70,7 +73,7 @@ export async function startServe(t: Test, base: string, args: readonly string[] 
   return { uri, pid: pidOf(child), child, stderr: () => stderr, exited, stop };
 }
 
-/** `bin/nbd-cow ARGS…` to completion (for error cases and `run`). */
+/** `nbd-cow ARGS…` (CLI) to completion (for error cases and `run`). */
 export function runCli(args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
   return run(CLI, args, options);
 }
