@@ -56,8 +56,10 @@ deps-bench:
 bench: build deps-bench
 	bench/run.sh
 
+# The library, CLI and tests; then the benchmark and fixture scripts (bench/run.sh compiles those).
 typecheck: node_modules/.installed
 	npx tsc -p tsconfig.test.json
+	npx tsc -p tsconfig.bench.json --noEmit
 
 # Biome: formatting and lint rules (biome.json). `make format` applies its safe fixes.
 lint: node_modules/.installed

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # make bench: benchmark nbd-cow against anchor NBD servers. See bench/README.md.
 #
-# Raises the open-file limit for the scale run, runs bench/bench.mjs and, whatever happens,
-# stops every server it started by PID (each PID is registered with its start time, so a
-# recycled PID is never signalled).
+# Compiles bench/ (tsconfig.bench.json: bench/bench.ts -> dist/bench/bench.js), raises the
+# open-file limit for the scale run, runs it and, whatever happens, stops every server it
+# started by PID (each PID is registered with its start time, so a recycled PID is never
+# signalled).
 
 set -u -o pipefail
 
@@ -18,6 +19,7 @@ done
 node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' ||
   { log "error: Node 20 or later is needed"; exit 1; }
 [[ -f $ROOT/dist/bin/nbd-cow.js ]] || { log "error: $ROOT/dist/bin/nbd-cow.js missing; run 'make build' first"; exit 1; }
+(cd "$ROOT" && npx tsc -p tsconfig.bench.json >&2) || { log "error: compiling bench/ (npx tsc -p tsconfig.bench.json) failed"; exit 1; }
 
 # The scale run holds SCALE_CONNECTIONS sockets in the client and as many sockets plus
 # overlay files in the server (both inherit this limit).
@@ -70,7 +72,7 @@ trap 'on_signal INT' INT
 trap 'on_signal TERM' TERM
 trap 'on_signal HUP' HUP
 
-node "$HERE/bench.mjs" &
+node "$ROOT/dist/bench/bench.js" &
 NODE_PID=$!
 wait "$NODE_PID"
 rc=$?

@@ -1,5 +1,5 @@
 // Parser for the recorded client transcripts in fixtures/transcripts/*.hex (written by
-// fixtures/record-transcript.mjs): `> hex` client to server, `< hex` server to client,
+// fixtures/record-transcript.ts): `> hex` client to server, `< hex` server to client,
 // `> end` / `< end` that side closing, `#` comment lines naming the message that follows.
 
 export type Direction = '>' | '<';

@@ -1,7 +1,7 @@
 // Replays the real-client transcripts in fixtures/transcripts/*.hex against a live server and
 // asserts that every server reply is byte-identical to the recorded one. These are regression
 // golden files: when a change to the server's replies is intended, regenerate them with
-// `npx tsc -p tsconfig.json && node fixtures/record-transcript.mjs` and review the diff.
+// `npx tsc -p tsconfig.bench.json && node dist/fixtures/record-transcript.js` and review the diff.
 //
 // Nothing needs masking: the base is the same deterministic pattern image, the export name and
 // description come from its file name, and the cookies are the client's own, echoed back.
@@ -15,7 +15,7 @@ import { startServer } from '../../lib/index.js';
 import { RawClient } from '../helpers/raw-nbd/client.js';
 import { parseTranscript, type TranscriptStep } from '../helpers/transcript.js';
 
-// Must match fixtures/record-transcript.mjs.
+// Must match fixtures/record-transcript.ts.
 const BASE_NAME = 'pattern.img';
 const BASE_SIZE = 4 * 1024 * 1024;
 const STEP_TIMEOUT_MS = 5000;

@@ -126,16 +126,39 @@ export class RawClient {
     if (this.#length >= waiter.n) {
       this.#waiter = null;
       clearTimeout(waiter.timer);
-      const all = Buffer.concat(this.#chunks);
-      const out = all.subarray(0, waiter.n);
-      const rest = all.subarray(waiter.n);
-      this.#chunks = rest.length > 0 ? [rest] : [];
-      this.#length = rest.length;
-      waiter.resolve(out);
+      waiter.resolve(this.#take(waiter.n));
     } else if (this.#ended) {
       this.#waiter = null;
       clearTimeout(waiter.timer);
       waiter.reject(new Error(`connection closed with ${this.#length} of ${waiter.n} bytes`));
     }
+  }
+
+  /**
+   * The first `n` buffered bytes (n <= #length): a view of the first chunk when it holds them
+   * all (a session's small replies usually do), else one copy of exactly `n` bytes.
+   */
+  #take(n: number): Buffer {
+    if (n === 0) return Buffer.alloc(0);
+    const chunks = this.#chunks;
+    this.#length -= n;
+    // #length counted at least n > 0 bytes, so chunks[0] exists.
+    const first = chunks[0] as Buffer;
+    if (first.length >= n) {
+      if (first.length === n) chunks.shift();
+      else chunks[0] = first.subarray(n);
+      return first.subarray(0, n);
+    }
+    const out = Buffer.allocUnsafe(n);
+    let done = 0;
+    while (done < n) {
+      const chunk = chunks[0] as Buffer;
+      const k = Math.min(chunk.length, n - done);
+      chunk.copy(out, done, 0, k);
+      if (k === chunk.length) chunks.shift();
+      else chunks[0] = chunk.subarray(k);
+      done += k;
+    }
+    return out;
   }
 }

@@ -4,7 +4,21 @@
 import type { ListenAddress } from '../../../lib/server/listener.js';
 import { RawClient } from './client.js';
 import { readOptionReplies } from './replies.js';
-import { IHAVEOPT, infoRequestData, metaContextData, NBDMAGIC, optionBytes, u32 } from './wire.js';
+import {
+  IHAVEOPT,
+  infoRequestData,
+  metaContextData,
+  NBD_INFO_EXPORT,
+  NBD_OPT_GO,
+  NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STRUCTURED_REPLY,
+  NBD_REP_ACK,
+  NBD_REP_INFO,
+  NBD_REP_META_CONTEXT,
+  NBDMAGIC,
+  optionBytes,
+  u32,
+} from './wire.js';
 
 /** Read the 18-byte greeting (checked) and answer with client flags. */
 export async function greet(client: RawClient, clientFlags = 0b11): Promise<Buffer> {
@@ -41,25 +55,26 @@ export async function negotiate(address: ListenAddress, options: NegotiateOption
   await greet(client);
   const contextIds = new Map<string, number>();
   if (options.structured === true) {
-    client.write(optionBytes(8));
+    client.write(optionBytes(NBD_OPT_STRUCTURED_REPLY));
     const [ack] = await readOptionReplies(client);
-    if (ack?.replyType !== 1) throw new Error('STRUCTURED_REPLY not acknowledged');
+    if (ack?.replyType !== NBD_REP_ACK) throw new Error('STRUCTURED_REPLY not acknowledged');
   }
   if (options.metaContexts !== undefined) {
-    client.write(optionBytes(10, metaContextData(options.exportName ?? '', options.metaContexts)));
+    client.write(optionBytes(NBD_OPT_SET_META_CONTEXT, metaContextData(options.exportName ?? '', options.metaContexts)));
     for (const reply of await readOptionReplies(client)) {
-      if (reply.replyType === 4) contextIds.set(reply.payload.subarray(4).toString('utf8'), reply.payload.readUInt32BE(0));
-      else if (reply.replyType !== 1) throw new Error(`SET_META_CONTEXT failed: 0x${reply.replyType.toString(16)}`);
+      if (reply.replyType === NBD_REP_META_CONTEXT)
+        contextIds.set(reply.payload.subarray(4).toString('utf8'), reply.payload.readUInt32BE(0));
+      else if (reply.replyType !== NBD_REP_ACK) throw new Error(`SET_META_CONTEXT failed: 0x${reply.replyType.toString(16)}`);
     }
   }
-  client.write(optionBytes(7, infoRequestData(options.exportName ?? '')));
+  client.write(optionBytes(NBD_OPT_GO, infoRequestData(options.exportName ?? '')));
   let size = -1;
   let flags = -1;
   for (const reply of await readOptionReplies(client)) {
-    if (reply.replyType === 3 && reply.payload.readUInt16BE(0) === 0) {
+    if (reply.replyType === NBD_REP_INFO && reply.payload.readUInt16BE(0) === NBD_INFO_EXPORT) {
       size = Number(reply.payload.readBigUInt64BE(2));
       flags = reply.payload.readUInt16BE(10);
-    } else if (reply.replyType !== 3 && reply.replyType !== 1) {
+    } else if (reply.replyType !== NBD_REP_INFO && reply.replyType !== NBD_REP_ACK) {
       throw new Error(`GO failed: 0x${reply.replyType.toString(16)} ${reply.payload.toString()}`);
     }
   }

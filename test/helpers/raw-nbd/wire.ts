@@ -7,6 +7,19 @@ export const REP_MAGIC = 0x3e889045565a9n;
 export const REQUEST_MAGIC = 0x25609513;
 export const SIMPLE_MAGIC = 0x67446698;
 export const STRUCTURED_MAGIC = 0x668e33ef;
+export const NBD_FLAG_FIXED_NEWSTYLE = 1;
+export const NBD_FLAG_NO_ZEROES = 2;
+export const NBD_OPT_GO = 7;
+export const NBD_OPT_STRUCTURED_REPLY = 8;
+export const NBD_OPT_SET_META_CONTEXT = 10;
+export const NBD_REP_ACK = 1;
+export const NBD_REP_INFO = 3;
+export const NBD_REP_META_CONTEXT = 4;
+export const NBD_REP_FLAG_ERROR = 0x80000000;
+export const NBD_INFO_EXPORT = 0;
+export const NBD_CMD_READ = 0;
+export const NBD_CMD_WRITE = 1;
+export const NBD_CMD_DISC = 2;
 
 export function u32(n: number): Buffer {
   const buf = Buffer.alloc(4);

@@ -1,11 +1,20 @@
 // The workloads: fio with its nbd engine, throwaway sessions and the scale run's clients.
 
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, readSync } from 'node:fs';
-import { NbdConnection } from './nbd-client.mjs';
+import type { ListenAddress } from '../../lib/server/listener.js';
+import { NbdSession } from '../../test/helpers/raw-nbd/session.js';
 
-export const FIO_WORKLOADS = {
+export interface FioWorkload {
+  readonly rw: 'read' | 'write' | 'randread' | 'randwrite';
+  readonly bs: string;
+  readonly iodepth: number;
+  /** Time-based with a ramp; otherwise one pass capped at RUNTIME. */
+  readonly timed: boolean;
+}
+
+export const FIO_WORKLOADS: Readonly<Record<string, FioWorkload>> = {
   'seq-read': { rw: 'read', bs: '1M', iodepth: 8, timed: true },
   // One pass over the whole export into an empty overlay, capped at RUNTIME, no ramp:
   // every write is a first write.
@@ -15,11 +24,63 @@ export const FIO_WORKLOADS = {
   'rand-read-qd1': { rw: 'randread', bs: '4k', iodepth: 1, timed: true },
 };
 
-export const round = (x, d = 1) => (x === null || x === undefined || Number.isNaN(x) ? null : Math.round(x * 10 ** d) / 10 ** d);
+export const round = (x: number | null | undefined, d = 1): number | null =>
+  x === null || x === undefined || Number.isNaN(x) ? null : Math.round(x * 10 ** d) / 10 ** d;
+
+/** The message of anything thrown. */
+export const errorText = (err: unknown): string => (err instanceof Error ? err.message : String(err));
+
+export interface FioResult {
+  readonly MiB_per_s: number | null;
+  readonly iops: number;
+  readonly lat_mean_us: number | null;
+  readonly lat_p50_us: number | null;
+  readonly lat_p99_us: number | null;
+  readonly lat_p999_us: number | null;
+  readonly lat_max_us: number | null;
+  readonly io_bytes: number;
+  readonly measured_s: number | null;
+  readonly fio_error: number;
+  readonly fio_args: string;
+}
+
+/** fio failed after it wrote its JSON: the numbers it has are in `partial`. */
+export class FioError extends Error {
+  readonly partial: FioResult;
+
+  constructor(message: string, partial: FioResult) {
+    super(message);
+    this.partial = partial;
+  }
+}
+
+/** The parts of fio's --output-format=json that are read here. */
+interface FioSide {
+  readonly bw_bytes: number;
+  readonly iops: number;
+  readonly io_bytes: number;
+  readonly runtime: number;
+  readonly lat_ns?: { readonly mean?: number; readonly max?: number; readonly percentile?: Readonly<Record<string, number>> };
+}
+
+interface FioJson {
+  readonly jobs?: readonly { readonly error?: number; readonly read: FioSide; readonly write: FioSide }[];
+}
+
+export interface FioOptions {
+  readonly runtime: number;
+  readonly ramp: number;
+  readonly outFile: string;
+  readonly logFd: number;
+  /** fio processes running now, so a signal can stop them. */
+  readonly clients?: Set<ChildProcess>;
+}
 
 /** Run one fio job against `uri`; resolves with parsed numbers or throws with fio's output. */
-export function runFio(workload, uri, { runtime, ramp, outFile, logFd, clients = new Set() }) {
+export function runFio(workload: string, uri: string, options: FioOptions): Promise<FioResult> {
+  const { runtime, ramp, outFile, logFd, clients = new Set<ChildProcess>() } = options;
   const w = FIO_WORKLOADS[workload];
+  if (w === undefined) return Promise.reject(new Error(`unknown fio workload '${workload}'`));
   const args = [
     `--name=${workload}`,
     '--ioengine=nbd',
@@ -47,20 +108,23 @@ export function runFio(workload, uri, { runtime, ramp, outFile, logFd, clients =
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
       clients.delete(child);
-      let data;
+      let data: FioJson;
       try {
-        data = JSON.parse(readFileSync(outFile, 'utf8'));
+        data = JSON.parse(readFileSync(outFile, 'utf8')) as FioJson;
       } catch {
         reject(new Error(`fio exited with ${code ?? signal} and wrote no JSON`));
         return;
       }
       const job = data.jobs?.[0];
-      if (!job) return reject(new Error('fio JSON has no job'));
+      if (!job) {
+        reject(new Error('fio JSON has no job'));
+        return;
+      }
       const side = w.rw.includes('write') ? job.write : job.read;
       const lat = side.lat_ns ?? {};
       const pct = lat.percentile ?? {};
-      const us = (ns) => (ns === undefined ? null : round(ns / 1000));
-      const result = {
+      const us = (ns: number | undefined): number | null => (ns === undefined ? null : round(ns / 1000));
+      const result: FioResult = {
         MiB_per_s: round(side.bw_bytes / 1048576),
         iops: Math.round(side.iops),
         lat_mean_us: us(lat.mean),
@@ -74,23 +138,22 @@ export function runFio(workload, uri, { runtime, ramp, outFile, logFd, clients =
         fio_args: args.filter((a) => !a.startsWith('--uri=') && !a.startsWith('--output=')).join(' '),
       };
       if (code !== 0 || result.fio_error !== 0) {
-        const e = new Error(`fio exited with ${code ?? signal}, job error ${result.fio_error}`);
-        e.partial = result;
-        return reject(e);
+        reject(new FioError(`fio exited with ${code ?? signal}, job error ${result.fio_error}`, result));
+        return;
       }
       resolve(result);
     });
   });
 }
 
-function percentile(sorted, pct) {
+function percentile(sorted: readonly number[], pct: number): number | null {
   if (sorted.length === 0) return null;
   const rank = Math.max(1, Math.round((pct / 100) * sorted.length));
-  return sorted[Math.min(rank, sorted.length) - 1];
+  return sorted[Math.min(rank, sorted.length) - 1] ?? null;
 }
 
 /** Reads `length` bytes of the base at `offset` (for checking what the server returned). */
-export function baseBytes(baseFd, offset, length) {
+export function baseBytes(baseFd: number, offset: number, length: number): Buffer {
   const buf = Buffer.alloc(length);
   let done = 0;
   while (done < length) {
@@ -101,27 +164,52 @@ export function baseBytes(baseFd, offset, length) {
   return buf;
 }
 
-const randomOffset = (size, length, align = 4096) => Math.floor(Math.random() * Math.floor((size - length) / align + 1)) * align;
+const randomOffset = (size: number, length: number, align = 4096): number =>
+  Math.floor(Math.random() * Math.floor((size - length) / align + 1)) * align;
+
+export interface SessionsOptions {
+  readonly target: ListenAddress;
+  readonly exportName: string;
+  readonly seconds: number;
+  /** The base, to compare every read with; null: not compared. */
+  readonly baseFd: number | null;
+  readonly expectSize: number;
+  readonly bytes?: number;
+}
+
+export interface SessionsResult {
+  readonly sessions: number;
+  readonly measured_s: number | null;
+  readonly sessions_per_s: number | null;
+  readonly lat_mean_us: number | null;
+  readonly lat_p50_us: number | null;
+  readonly lat_p99_us: number | null;
+  readonly errors: number;
+  readonly mismatches: number;
+  readonly verified: boolean;
+  readonly last_error: string | null;
+}
 
 /**
  * Throwaway sessions for `seconds`: connect, handshake, read 4 KiB at a random aligned
  * offset, NBD_CMD_DISC, wait for the close; one at a time. With `baseFd`, every read is
  * compared with the base.
  */
-export async function runSessions({ target, exportName, seconds, baseFd, expectSize, bytes = 4096 }) {
-  const lat = [];
+export async function runSessions(options: SessionsOptions): Promise<SessionsResult> {
+  const { target, exportName, seconds, baseFd, expectSize, bytes = 4096 } = options;
+  const lat: number[] = [];
   let errors = 0;
   let mismatches = 0;
   let consecutive = 0;
-  let lastError = null;
+  let lastError: string | null = null;
   const start = performance.now();
   const deadline = start + seconds * 1000;
   while (performance.now() < deadline) {
     const t0 = performance.now();
-    let data;
-    let offset;
+    let data: Buffer;
+    let offset: number;
     try {
-      const c = await NbdConnection.open(target, exportName);
+      const c = await NbdSession.open(target, exportName);
       if (c.size !== expectSize) {
         c.destroy();
         throw new Error(`export size ${c.size}, expected ${expectSize}`);
@@ -131,7 +219,7 @@ export async function runSessions({ target, exportName, seconds, baseFd, expectS
       await c.disconnect();
     } catch (err) {
       errors++;
-      lastError = String(err.message ?? err);
+      lastError = errorText(err);
       if (++consecutive >= 50) break;
       continue;
     }
@@ -156,9 +244,9 @@ export async function runSessions({ target, exportName, seconds, baseFd, expectS
 }
 
 /** Run `fn(i)` for i in [0, n) with at most `limit` in flight. */
-export async function pool(n, limit, fn) {
+export async function pool(n: number, limit: number, fn: (i: number) => Promise<void>): Promise<void> {
   let next = 0;
-  const worker = async () => {
+  const worker = async (): Promise<void> => {
     while (next < n) {
       const i = next++;
       await fn(i);
@@ -167,23 +255,44 @@ export async function pool(n, limit, fn) {
   await Promise.all(Array.from({ length: Math.min(limit, n) }, worker));
 }
 
+export interface OpenManyOptions {
+  readonly target: ListenAddress;
+  readonly exportName: string;
+  readonly n: number;
+  readonly concurrency: number;
+  readonly mode: 'write' | 'read';
+  readonly writeMinKiB: number;
+  readonly writeMaxKiB: number;
+  readonly baseFd: number | null;
+}
+
+export interface OpenedMany {
+  readonly conns: NbdSession[];
+  readonly errors: number;
+  readonly mismatches: number;
+  readonly bytesWritten: number;
+  readonly firstError: string | null;
+  readonly openSeconds: number;
+}
+
 /**
  * Open `n` connections and keep them. mode 'write': each writes a random-sized
  * (writeMin..writeMax KiB, 4 KiB multiples) block of random bytes at a random aligned
  * offset and reads it back; mode 'read': each reads 4 KiB at a random offset and checks it
  * against the base. Returns the open connections and counts.
  */
-export async function openMany({ target, exportName, n, concurrency, mode, writeMinKiB, writeMaxKiB, baseFd }) {
-  const conns = [];
+export async function openMany(options: OpenManyOptions): Promise<OpenedMany> {
+  const { target, exportName, n, concurrency, mode, writeMinKiB, writeMaxKiB, baseFd } = options;
+  const conns: NbdSession[] = [];
   let errors = 0;
   let mismatches = 0;
   let bytesWritten = 0;
-  let firstError = null;
+  let firstError: string | null = null;
   const t0 = performance.now();
   await pool(n, concurrency, async () => {
-    let c = null;
+    let c: NbdSession | null = null;
     try {
-      c = await NbdConnection.open(target, exportName, { timeoutMs: 30000 });
+      c = await NbdSession.open(target, exportName, { timeoutMs: 30000 });
       if (mode === 'write') {
         const blocks = writeMinKiB / 4 + Math.floor(Math.random() * ((writeMaxKiB - writeMinKiB) / 4 + 1));
         const data = randomBytes(blocks * 4096);
@@ -200,7 +309,7 @@ export async function openMany({ target, exportName, n, concurrency, mode, write
       conns.push(c);
     } catch (err) {
       errors++;
-      firstError ??= String(err.message ?? err);
+      firstError ??= errorText(err);
       c?.destroy();
     }
   });

@@ -1,15 +1,15 @@
 // Process helpers: start, watch and stop server processes by PID, and read /proc.
 
-import { spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { appendFileSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
 const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
 
-export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Fields of /proc/PID/stat after the command name (index 0 = state), or null. */
-function statFields(pid) {
+function statFields(pid: number): string[] | null {
   try {
     const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
     return s.slice(s.lastIndexOf(')') + 2).split(' ');
@@ -19,19 +19,19 @@ function statFields(pid) {
 }
 
 /** True while the process exists and is not a zombie. */
-export function alive(pid) {
+export function alive(pid: number): boolean {
   const f = statFields(pid);
   return f !== null && f[0] !== 'Z' && f[0] !== 'X';
 }
 
 /** Start time of a process in clock ticks since boot (identifies it across PID reuse). */
-export function startTime(pid) {
+export function startTime(pid: number): string | null {
   const f = statFields(pid);
-  return f === null ? null : f[19];
+  return f === null ? null : (f[19] ?? null);
 }
 
 /** utime + stime of the process and its reaped children, in seconds, or null. */
-export function cpuSeconds(pid) {
+export function cpuSeconds(pid: number): number | null {
   const f = statFields(pid);
   if (f === null) return null;
   // stat fields 14..17 (1-based) are utime, stime, cutime, cstime; here index = field - 3.
@@ -39,7 +39,7 @@ export function cpuSeconds(pid) {
 }
 
 /** A field of /proc/PID/status in KiB (VmRSS, VmHWM, ...), or null. */
-export function statusKiB(pid, field) {
+export function statusKiB(pid: number, field: string): number | null {
   try {
     const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) : null;
@@ -48,8 +48,14 @@ export function statusKiB(pid, field) {
   }
 }
 
-export function childPids(pid) {
-  const out = [];
+/** The last 3 lines of a log file on one line (at most 300 characters), for failure notes. */
+export function tail(file: string): string {
+  const r = spawnSync('tail', ['-n', '3', file], { encoding: 'utf8' });
+  return (r.stdout ?? '').replace(/\s+/g, ' ').trim().slice(0, 300);
+}
+
+export function childPids(pid: number): number[] {
+  const out: number[] = [];
   try {
     for (const tid of readdirSync(`/proc/${pid}/task`)) {
       const c = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim();
@@ -61,7 +67,7 @@ export function childPids(pid) {
   return out;
 }
 
-export function openFdCount(pid) {
+export function openFdCount(pid: number): number | null {
   try {
     return readdirSync(`/proc/${pid}/fd`).length;
   } catch {
@@ -69,14 +75,19 @@ export function openFdCount(pid) {
   }
 }
 
+export interface OpenFiles {
+  readonly files: number;
+  readonly bytes: number;
+}
+
 /**
  * Bytes allocated on disk by regular files the process holds open under `dir`, counting
  * files that were already unlinked (which du cannot see).
  */
-export function openFilesAllocated(pid, dir) {
+export function openFilesAllocated(pid: number, dir: string): OpenFiles | null {
   let bytes = 0;
   let files = 0;
-  let fds;
+  let fds: string[];
   try {
     fds = readdirSync(`/proc/${pid}/fd`);
   } catch {
@@ -97,19 +108,28 @@ export function openFilesAllocated(pid, dir) {
   return { files, bytes };
 }
 
+export interface DiskUsage {
+  readonly allocated_bytes: number | null;
+  readonly apparent_bytes: number | null;
+  readonly du_allocated_bytes_raw: number | null;
+  readonly files: number | null;
+}
+
 /** `du -s` of a directory: allocated and apparent bytes, and the number of files in it. */
-export function diskUsage(dir) {
+export function diskUsage(dir: string): DiskUsage {
   const alloc = spawnSync('du', ['-s', '-B1', dir], { encoding: 'utf8' });
   const apparent = spawnSync('du', ['-s', '-B1', '--apparent-size', dir], { encoding: 'utf8' });
-  let files = 0;
-  const walk = (d) => {
+  let files: number | null = 0;
+  let counted = 0;
+  const walk = (d: string): void => {
     for (const e of readdirSync(d, { withFileTypes: true })) {
       if (e.isDirectory()) walk(join(d, e.name));
-      else files++;
+      else counted++;
     }
   };
   try {
     walk(dir);
+    files = counted;
   } catch {
     files = null;
   }
@@ -120,7 +140,8 @@ export function diskUsage(dir) {
   } catch {
     // gone: du failed too
   }
-  const num = (r) => (r.status === 0 ? Number(r.stdout.split(/\s/)[0]) : null);
+  const num = (r: { status: number | null; stdout: string }): number | null =>
+    r.status === 0 ? Number(r.stdout.split(/\s/)[0]) : null;
   const a = num(alloc);
   const ap = num(apparent);
   return {
@@ -135,11 +156,17 @@ export function diskUsage(dir) {
  * Remember a started process in the wrapper's registry ("pid starttime" per line), so the
  * shell wrapper can stop it by PID even if this Node process is killed.
  */
-export function registerPid(pid) {
-  const file = process.env.BENCH_PID_REGISTRY;
+export function registerPid(pid: number): void {
+  const file = process.env['BENCH_PID_REGISTRY'];
   if (!file || !pid) return;
   const st = startTime(pid);
   if (st !== null) appendFileSync(file, `${pid} ${st}\n`);
+}
+
+export interface StopOptions {
+  readonly graceMs?: number;
+  readonly child?: ChildProcess | null;
+  readonly log?: (msg: string) => void;
 }
 
 /**
@@ -147,11 +174,15 @@ export function registerPid(pid) {
  * the process that started at `startedAt` (its startTime() when it was started), so a
  * recycled PID is never signalled. Resolves once it is gone (or a zombie of ours).
  */
-export async function stopPid(pid, startedAt, { graceMs = 5000, child = null, log = () => {} } = {}) {
-  const running = () => alive(pid) && startTime(pid) === startedAt;
+export async function stopPid(pid: number, startedAt: string | null, options: StopOptions = {}): Promise<void> {
+  const { graceMs = 5000, child = null, log = () => undefined } = options;
+  const running = (): boolean => alive(pid) && startTime(pid) === startedAt;
   if (!pid || startedAt === null || !running()) return;
   const exited = child
-    ? new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', r)))
+    ? new Promise<void>((r) => {
+        if (child.exitCode !== null || child.signalCode !== null) r();
+        else child.once('exit', () => r());
+      })
     : null;
   try {
     process.kill(pid, 'SIGTERM');
@@ -171,8 +202,16 @@ export async function stopPid(pid, startedAt, { graceMs = 5000, child = null, lo
   if (exited) await Promise.race([exited, sleep(2000)]);
 }
 
+export interface SpawnLoggedOptions {
+  readonly env?: NodeJS.ProcessEnv;
+  readonly logFd: number;
+  /** 'pipe': stdout readable by the caller; 'log' (default): stdout to the log too. */
+  readonly stdout?: 'log' | 'pipe';
+}
+
 /** spawn() with stdout/stderr to a log file descriptor, and the PID registered. */
-export function spawnLogged(cmd, args, { env, logFd, stdout = 'log' } = {}) {
+export function spawnLogged(cmd: string, args: readonly string[], options: SpawnLoggedOptions): ChildProcess {
+  const { env, logFd, stdout = 'log' } = options;
   const child = spawn(cmd, args, {
     env: env ?? process.env,
     stdio: ['ignore', stdout === 'pipe' ? 'pipe' : logFd, logFd],
