@@ -11,14 +11,23 @@ import { writePatternImage } from '../lib/demo-image.js';
 import {
   checkOverlay,
   DEFAULT_BLOCK_SIZE,
+  DEFAULT_BUFFER_MEMORY,
+  DEFAULT_MAX_CONNECTIONS,
   DEFAULT_PORT,
+  MAX_PAYLOAD,
+  NAMED_OVERLAY_OWNERS,
+  type NamedOverlayOwner,
   OVERLAY_POLICIES,
   type OverlayPolicy,
   type ServerOptions,
   startServer,
+  TLS_MODES,
+  type TlsMode,
   validateBlockSize,
 } from '../lib/index.js';
 import { runWithServer } from '../lib/run-command.js';
+import { AccessList } from '../lib/server/access-list.js';
+import { parseByteSize } from '../lib/size.js';
 
 const DEMO_SIZE = 64 * 1024 * 1024;
 
@@ -44,6 +53,21 @@ interface CliOptions {
   quiet?: boolean;
   maxInFlight?: number;
   overlays: OverlayPolicy;
+  allow?: string[];
+  maxConnections?: number;
+  socketMode?: number;
+  socketGroup?: string;
+  user?: string;
+  group?: string;
+  maxOverlaySize?: number;
+  maxOverlayDirSize?: number;
+  tls: TlsMode;
+  tlsCertificates?: string;
+  tlsPsk?: string;
+  tlsVerifyPeer?: boolean;
+  namedOverlaysOwner: NamedOverlayOwner;
+  handshakeTimeout?: number;
+  bufferMemory?: number;
 }
 
 function parsePort(value: string): number {
@@ -52,17 +76,53 @@ function parsePort(value: string): number {
   return port;
 }
 
-function parseSize(value: string): number {
-  const match = /^(\d+)([kKmM]?)$/.exec(value);
-  if (match === null) throw new InvalidArgumentError('expected a size such as 4096, 64K or 1M');
-  const unit = (match[2] ?? '').toLowerCase();
-  const size = Number(match[1]) * (unit === 'k' ? 1024 : unit === 'm' ? 1024 * 1024 : 1);
+/** A size as parseByteSize reads it, then checked by `check` (which throws with a message). */
+function sizeParser(check: (bytes: number) => void): (value: string) => number {
+  return (value) => {
+    try {
+      const bytes = parseByteSize(value);
+      check(bytes);
+      return bytes;
+    } catch (err) {
+      throw new InvalidArgumentError((err as Error).message);
+    }
+  };
+}
+
+const parseBlockSize = sizeParser(validateBlockSize);
+
+const parseBufferMemory = sizeParser((bytes) => {
+  if (bytes < MAX_PAYLOAD) throw new RangeError(`expected at least ${MAX_PAYLOAD >> 20}M, the largest request`);
+});
+
+/** Seconds, whole or not (0.5), as milliseconds. */
+function parseSeconds(value: string): number {
+  const seconds = Number(value);
+  if (!/^\d+(\.\d+)?$/.test(value) || seconds <= 0 || seconds > 86_400) {
+    throw new InvalidArgumentError('expected a number of seconds above 0, at most 86400');
+  }
+  return Math.round(seconds * 1000);
+}
+
+const parseLimit = sizeParser((bytes) => {
+  if (bytes === 0) throw new RangeError('expected a limit of at least 1 byte (omit the option for no limit)');
+});
+
+/** One --allow range, checked now (a bad one is one line and exit 1), added to the earlier ones. */
+function collectAllowed(value: string, previous: string[] | undefined): string[] {
   try {
-    validateBlockSize(size);
+    new AccessList([value]);
   } catch (err) {
     throw new InvalidArgumentError((err as Error).message);
   }
-  return size;
+  return [...(previous ?? []), value];
+}
+
+/** An octal permission mode as chmod takes it: 660, 0660 or 0o660. */
+function parseOctalMode(value: string): number {
+  const match = /^(?:0o?)?([0-7]{1,3})$/.exec(value);
+  if (match?.[1] === undefined) throw new InvalidArgumentError('expected an octal mode from 0 to 0777, such as 0660');
+  return Number.parseInt(match[1], 8);
 }
 
 function parsePositive(value: string): number {
@@ -79,7 +139,7 @@ function addServeOptions(cmd: Command): Command {
     .option('-x, --export-name <name>', "export name (default: the base file's name without extension)")
     .option('-D, --description <text>', 'export description shown by nbdinfo')
     .option('--overlay-dir <dir>', 'where overlay files live (default: a directory under the temp dir)')
-    .option('--block-size <n>', 'overlay block size, power of two from 512 to 1M', parseSize, DEFAULT_BLOCK_SIZE)
+    .option('--block-size <n>', 'overlay block size, power of two from 512 to 1M', parseBlockSize, DEFAULT_BLOCK_SIZE)
     .option('-r, --read-only', 'serve the base read-only, with no overlay at all')
     .addOption(
       new Option(
@@ -91,6 +151,56 @@ function addServeOptions(cmd: Command): Command {
         .default('both'),
     )
     .addOption(new Option('--max-in-flight <n>', 'requests in flight per connection').argParser(parsePositive))
+    .addOption(
+      new Option(
+        '--max-overlay-size <size>',
+        'most data one overlay may hold, e.g. 10G (K/M/G/T: powers of 1024); writes past it get ENOSPC (default: no limit)',
+      ).argParser(parseLimit),
+    )
+    .addOption(
+      new Option(
+        '--max-overlay-dir-size <size>',
+        'most data all overlays open in the overlay dir may hold together, e.g. 100G; writes past it get ENOSPC (default: no limit)',
+      ).argParser(parseLimit),
+    )
+    .addOption(
+      new Option(
+        '--tls <mode>',
+        'TLS (NBD_OPT_STARTTLS): "off", "on" (each client chooses; clients without TLS are still served) or ' +
+          '"require" (no option but STARTTLS before TLS); on and require need --tls-certificates or --tls-psk, ' +
+          'and any --tls-* flag with off is an error',
+      )
+        .choices(TLS_MODES)
+        .default('off'),
+    )
+    .option(
+      '--tls-certificates <dir>',
+      "X.509 credentials: DIR/server-cert.pem and DIR/server-key.pem (nbdkit's layout; DIR/ca-cert.pem for --tls-verify-peer)",
+    )
+    .option('--tls-psk <file>', 'pre-shared keys instead of certificates: username:hexkey lines, as psktool writes them')
+    .option('--tls-verify-peer', 'with --tls-certificates: refuse clients without a certificate signed by DIR/ca-cert.pem')
+    .addOption(
+      new Option(
+        '--named-overlays-owner <who>',
+        'who may open EXPORT@NAME: "anyone", or "tls-identity": only the client whose TLS identity ' +
+          '(PSK username, or verified certificate CN) is NAME',
+      )
+        .choices(NAMED_OVERLAY_OWNERS)
+        .default('anyone'),
+    )
+    .addOption(
+      new Option(
+        '--handshake-timeout <seconds>',
+        'a client must choose an export (TLS handshake included) within this, or it is dropped (default: 10)',
+      ).argParser(parseSeconds),
+    )
+    .addOption(
+      new Option(
+        '--buffer-memory <size>',
+        `most memory all clients together may hold in the server: request payloads and replies not yet read ` +
+          `(default: ${DEFAULT_BUFFER_MEMORY >> 20}M; at least ${MAX_PAYLOAD >> 20}M)`,
+      ).argParser(parseBufferMemory),
+    )
     .option('-v, --verbose', 'log every connection and option')
     .option('-q, --quiet', 'log errors only');
 }
@@ -106,8 +216,51 @@ function toServerOptions(base: string, opts: CliOptions): Omit<ServerOptions, 'l
     ...(opts.exportName !== undefined ? { exportName: opts.exportName } : {}),
     ...(opts.description !== undefined ? { description: opts.description } : {}),
     ...(opts.overlayDir !== undefined ? { overlayDir: opts.overlayDir } : {}),
-    ...(opts.maxInFlight !== undefined ? { limits: { maxInFlight: opts.maxInFlight } } : {}),
+    limits: {
+      ...(opts.maxInFlight !== undefined ? { maxInFlight: opts.maxInFlight } : {}),
+      ...(opts.handshakeTimeout !== undefined ? { handshakeTimeoutMs: opts.handshakeTimeout } : {}),
+    },
+    namedOverlayOwner: opts.namedOverlaysOwner,
+    ...(opts.bufferMemory !== undefined ? { bufferMemory: opts.bufferMemory } : {}),
+    ...(opts.maxOverlaySize !== undefined ? { maxOverlaySize: opts.maxOverlaySize } : {}),
+    ...(opts.maxOverlayDirSize !== undefined ? { maxOverlayDirSize: opts.maxOverlayDirSize } : {}),
+    ...(opts.allow !== undefined ? { allow: opts.allow } : {}),
+    ...(opts.maxConnections !== undefined ? { maxConnections: opts.maxConnections } : {}),
+    ...(opts.socketMode !== undefined ? { socketMode: opts.socketMode } : {}),
+    ...(opts.socketGroup !== undefined ? { socketGroup: opts.socketGroup } : {}),
+    ...(opts.user !== undefined ? { user: opts.user } : {}),
+    ...(opts.group !== undefined ? { group: opts.group } : {}),
+    tls: {
+      mode: opts.tls,
+      ...(opts.tlsCertificates !== undefined ? { certificates: opts.tlsCertificates } : {}),
+      ...(opts.tlsPsk !== undefined ? { pskFile: opts.tlsPsk } : {}),
+      ...(opts.tlsVerifyPeer === true ? { verifyPeer: true } : {}),
+    },
   };
+}
+
+/** Who may connect and who the server runs as (serve only: `run` keeps its socket private). */
+function addAccessOptions(cmd: Command): Command {
+  return cmd
+    .option(
+      '--allow <cidr>',
+      'TCP clients that may connect: an address or CIDR range (10.0.0.0/8, ::1/128); repeat for more ' +
+        '(default: everyone; clients of a unix socket are not checked)',
+      collectAllowed,
+    )
+    .addOption(
+      new Option('--max-connections <n>', 'connections served at once; more are closed before the greeting')
+        .argParser(parsePositive)
+        .default(DEFAULT_MAX_CONNECTIONS),
+    )
+    .option(
+      '--socket-mode <mode>',
+      'permission bits of the unix socket file, octal such as 0660 (default: from the umask)',
+      parseOctalMode,
+    )
+    .option('--socket-group <group>', 'group (name or gid) of the unix socket file')
+    .option('--user <user>', 'once listening, run as this user (name or uid; needs root)')
+    .option('--group <group>', "once listening, run as this group (name or gid; default: the user's primary group)");
 }
 
 /** The demo image served when no base is given: made once, deterministic. */
@@ -158,11 +311,13 @@ const program = new Command('nbd-cow')
   .version(packageVersion(), '-V, --version', 'print the version and exit')
   .enablePositionalOptions();
 
-addServeOptions(
-  program
-    .command('serve')
-    .description('serve BASE (or a generated demo image) until SIGINT/SIGTERM')
-    .argument('[base]', 'base image (raw); a demo image is generated when omitted'),
+addAccessOptions(
+  addServeOptions(
+    program
+      .command('serve')
+      .description('serve BASE (or a generated demo image) until SIGINT/SIGTERM')
+      .argument('[base]', 'base image (raw); a demo image is generated when omitted'),
+  ),
 ).action((base: string | undefined, opts: CliOptions) => serve(base, opts).catch(fail));
 
 addServeOptions(

@@ -16,22 +16,39 @@ import { CowDevice, ephemeralOverlayName, sweepEphemeralOverlays } from './block
 import type { BlockDevice } from './block/device.js';
 import { NamedOverlays } from './block/named-overlays.js';
 import { validateBlockSize } from './block/overlay-layout.js';
+import { spaceLimits } from './block/space-budget.js';
 import { createLogger, type Logger, type LogLevel, levelFromEnv } from './log.js';
+import { MAX_PAYLOAD } from './protocol/constants.js';
+import { resolveAccess } from './server/access-options.js';
 import { type ConnectionLimits, DEFAULT_LIMITS } from './server/connection.js';
-import { type Export, type OverlayPolicy, overlayExportRegistry } from './server/exports.js';
+import { type Export, type NamedOverlayOwner, type OverlayPolicy, overlayExportRegistry } from './server/exports.js';
 import { type ListenAddress, NbdListener } from './server/listener.js';
+import { MemoryBudget } from './server/memory-budget.js';
+import { dropPrivileges, handOverCreatedDirs, type PrivilegeTarget } from './server/privileges.js';
+import { loadTlsSettings, type TlsMode } from './server/tls-credentials.js';
 
 export { type CheckReport, checkOverlay } from './block/overlay-check.js';
 export { validateBlockSize } from './block/overlay-layout.js';
 export type { LogLevel } from './log.js';
+export { MAX_PAYLOAD } from './protocol/constants.js';
 export type { ConnectionLimits } from './server/connection.js';
-export type { OverlayPolicy } from './server/exports.js';
-export { OVERLAY_POLICIES } from './server/exports.js';
+export type { NamedOverlayOwner, OverlayPolicy } from './server/exports.js';
+export { NAMED_OVERLAY_OWNERS, OVERLAY_POLICIES } from './server/exports.js';
 export type { ListenAddress } from './server/listener.js';
+export { TLS_MODES, type TlsMode } from './server/tls-credentials.js';
 
 /** Overlay block size when none is given: 4 KiB first writes need no copy-up from the base. */
 export const DEFAULT_BLOCK_SIZE = 4096;
 export const DEFAULT_PORT = 10809;
+/** What clients together may buffer in the server when ServerOptions.bufferMemory is not given. */
+export const DEFAULT_BUFFER_MEMORY = 256 * 1024 * 1024;
+/**
+ * Connections served at once when ServerOptions.maxConnections is not given. A cap bounds what a
+ * flood of connections can take (make bench measured 90 KiB of RSS per writing connection, and
+ * each holds a socket and an overlay file descriptor): 1024 is about 90 MiB and 2,050 fds, and
+ * still admits the bench's scale run (1,000 connections plus a probe session).
+ */
+export const DEFAULT_MAX_CONNECTIONS = 1024;
 
 export interface ServerOptions {
   /** Path of the base image; opened read-only and never written. */
@@ -48,6 +65,49 @@ export interface ServerOptions {
   readonly readOnly?: boolean;
   /** Which overlays clients may use: `EXPORT` (throwaway), `EXPORT@NAME` (named), or both (default). */
   readonly overlays?: OverlayPolicy;
+  /** Most bytes of data one overlay (throwaway or named) may hold; past it writes fail with ENOSPC. */
+  readonly maxOverlaySize?: number;
+  /** Most bytes of data every overlay this server has open may hold together; past it writes fail with ENOSPC. */
+  readonly maxOverlayDirSize?: number;
+  /**
+   * Bytes all clients together may hold in the server: READ and WRITE payloads in flight and
+   * replies not yet read (default 256 MiB; at least MAX_PAYLOAD, the largest request).
+   */
+  readonly bufferMemory?: number;
+  /** Who may open `EXPORT@NAME`: anyone (default), or only the client whose TLS identity is NAME. */
+  readonly namedOverlayOwner?: NamedOverlayOwner;
+  /**
+   * TLS (NBD_OPT_STARTTLS), as nbdkit's flags: `mode` off (default), on (the client chooses) or
+   * require; with on/require exactly one of `certificates` (a directory with ca-cert.pem,
+   * server-cert.pem, server-key.pem) or `pskFile` (`username:hexkey` lines); `verifyPeer`
+   * (certificates only) asks clients for a certificate signed by ca-cert.pem. Loaded and checked
+   * at start: a missing or bad file fails startServer.
+   */
+  readonly tls?: {
+    readonly mode: TlsMode;
+    readonly certificates?: string;
+    readonly pskFile?: string;
+    readonly verifyPeer?: boolean;
+  };
+  /**
+   * TCP clients that may connect: CIDR ranges or addresses (`10.0.0.0/8`, `::1`); IPv4-mapped
+   * IPv6 peers match IPv4 ranges. Others are closed before the greeting. Default: everyone.
+   * Unix-socket clients are not checked.
+   */
+  readonly allow?: readonly string[];
+  /** Connections served at once (TCP and unix); one more is closed before the greeting. Default 1024. */
+  readonly maxConnections?: number;
+  /** Permission bits of the unix socket file (e.g. 0o660); default: what the umask gives. */
+  readonly socketMode?: number;
+  /** Group (name or gid) of the unix socket file; default: the server's. */
+  readonly socketGroup?: string | number;
+  /**
+   * User (name or uid) to become once the listener is bound, the base opened and the overlay
+   * directory made; needs root. Its primary group is taken unless `group` is given.
+   */
+  readonly user?: string | number;
+  /** Group (name or gid) to become, with `user` or alone; supplementary groups are dropped. */
+  readonly group?: string | number;
   readonly logLevel?: LogLevel;
   readonly logger?: Logger;
   readonly limits?: Partial<ConnectionLimits>;
@@ -60,6 +120,8 @@ export interface RunningServer {
   readonly exportName: string;
   readonly overlayDir: string;
   readonly connectionCount: number;
+  /** Bytes clients hold in the server now: payloads in flight and replies not yet read. */
+  readonly bufferedBytes: number;
   /** Stop accepting, finish in-flight requests, delete ephemeral overlays, close (keep) named ones, release the base. */
   stop(): Promise<void>;
 }
@@ -71,22 +133,25 @@ export function defaultExportName(basePath: string): string {
   return stem === '' ? name : stem;
 }
 
-export function defaultOverlayDir(): string {
-  const uid = typeof process.getuid === 'function' ? process.getuid() : 0;
+/** `$TMPDIR/nbd-cow-UID` for the user the server runs as (`uid`: the one it will become). */
+export function defaultOverlayDir(uid = typeof process.getuid === 'function' ? process.getuid() : 0): string {
   return join(tmpdir(), `nbd-cow-${uid}`);
 }
 
-/** The URI a client uses for `address` and `exportName` (qemu/libnbd URI syntax). */
-export function formatUri(address: ListenAddress, exportName: string): string {
+/** The URI a client uses for `address` and `exportName` (qemu/libnbd URI syntax; nbds: with TLS). */
+export function formatUri(address: ListenAddress, exportName: string, tls = false): string {
   const name = encodeURIComponent(exportName);
-  if (address.kind === 'unix') return `nbd+unix:///${name}?socket=${encodeURIComponent(address.path)}`;
+  const scheme = tls ? 'nbds' : 'nbd';
+  if (address.kind === 'unix') return `${scheme}+unix:///${name}?socket=${encodeURIComponent(address.path)}`;
   const host = address.host.includes(':') ? `[${address.host}]` : address.host;
-  return `nbd://${host}:${address.port}/${name}`;
+  return `${scheme}://${host}:${address.port}/${name}`;
 }
 
-async function prepareOverlayDir(dir: string): Promise<void> {
+/** Make `dir`; what start-up creates belongs to the user the server will become (`target`). */
+async function prepareOverlayDir(dir: string, target: PrivilegeTarget | null): Promise<void> {
   try {
-    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const firstCreated = await mkdir(dir, { recursive: true, mode: 0o700 });
+    if (target !== null) await handOverCreatedDirs(dir, firstCreated, target);
     await access(dir, fsConstants.W_OK | fsConstants.X_OK);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? '';
@@ -114,10 +179,21 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const log = options.logger ?? createLogger(options.logLevel ?? levelFromEnv('info'));
   const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
   validateBlockSize(blockSize);
-  const overlayDir = resolve(options.overlayDir ?? defaultOverlayDir());
+  const access = await resolveAccess(options, options.maxConnections ?? DEFAULT_MAX_CONNECTIONS, log);
+  const overlayDir = resolve(options.overlayDir ?? defaultOverlayDir(access.target?.uid));
   const exportName = options.exportName ?? defaultExportName(options.base);
   const readOnly = options.readOnly ?? false;
-  if (!readOnly) await prepareOverlayDir(overlayDir);
+  const bufferMemory = options.bufferMemory ?? DEFAULT_BUFFER_MEMORY;
+  if (!Number.isSafeInteger(bufferMemory) || bufferMemory < MAX_PAYLOAD) {
+    throw new Error(`buffer memory ${bufferMemory} is less than the largest request (${MAX_PAYLOAD} bytes)`);
+  }
+  const namedOwner = options.namedOverlayOwner ?? 'anyone';
+  const space = spaceLimits(options.maxOverlaySize, options.maxOverlayDirSize);
+  const tls = await loadTlsSettings(options.tls);
+  if (namedOwner === 'tls-identity' && tls.mode === 'off') {
+    throw new Error('named overlays owned by the TLS identity need TLS: add --tls require (or on) with credentials');
+  }
+  if (!readOnly) await prepareOverlayDir(overlayDir, access.target);
   const base = await openBase(options.base);
   try {
     if (!readOnly) {
@@ -125,7 +201,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       if (removed > 0) log.info(`removed ${removed} overlay file(s) left by a server that is gone`);
     }
     let overlaySeq = 0;
-    const named = new NamedOverlays({ base, blockSize, dir: overlayDir, warn: (message) => log.warn(message) });
+    const named = new NamedOverlays({
+      base,
+      blockSize,
+      dir: overlayDir,
+      warn: (message) => log.warn(message),
+      ...(space !== undefined ? { space } : {}),
+    });
     const exp: Export = {
       name: exportName,
       description: options.description ?? `${basename(options.base)} with a private copy-on-write overlay`,
@@ -139,27 +221,49 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
               base,
               blockSize,
               overlayPath: join(overlayDir, ephemeralOverlayName(process.pid, ++overlaySeq)),
+              ...(space !== undefined ? { space } : {}),
             }),
     };
     const registry = overlayExportRegistry({
       plain: exp,
       policy: options.overlays ?? 'both',
+      namedOwner,
       ...(readOnly ? {} : { attachNamed: (name: string) => named.attach(exportName, name) }),
     });
+    const limits = { ...DEFAULT_LIMITS, ...options.limits };
+    const budget = new MemoryBudget({ limit: bufferMemory, stallMs: limits.replyStallMs });
     const listener = new NbdListener({
       registry,
       log,
-      limits: { ...DEFAULT_LIMITS, ...options.limits },
+      limits,
+      budget,
+      tls,
+      admission: access.admission,
+      ...(access.socketPermissions !== undefined ? { socketPermissions: access.socketPermissions } : {}),
     });
     const address = await listener.listen(options.listen);
+    // In the same turn as listen(): no client is accepted before the switch.
+    if (access.target !== null) {
+      try {
+        dropPrivileges(access.target, readOnly ? undefined : overlayDir);
+      } catch (err) {
+        await listener.stop();
+        throw err;
+      }
+      log.info(`running as ${access.target.who}`);
+    }
     let stopping: Promise<void> | null = null;
     return {
-      uri: formatUri(address, exportName),
+      // Under --tls require only a TLS client gets in: the URI says so (as nbdkit's does).
+      uri: formatUri(address, exportName, tls.mode === 'require'),
       address,
       exportName,
       overlayDir,
       get connectionCount() {
         return listener.connectionCount;
+      },
+      get bufferedBytes() {
+        return budget.used;
       },
       stop: () => {
         stopping ??= listener

@@ -35,6 +35,7 @@ t.test('defaultExportName: the file name without its extension', async (t) => {
 
 t.test('formatUri: TCP', async (t) => {
   t.equal(formatUri({ kind: 'tcp', host: '127.0.0.1', port: 10809 }, 'golden'), 'nbd://127.0.0.1:10809/golden');
+  t.equal(formatUri({ kind: 'tcp', host: '127.0.0.1', port: 10809 }, 'golden', true), 'nbds://127.0.0.1:10809/golden', 'TLS');
   t.equal(formatUri({ kind: 'tcp', host: 'localhost', port: 1 }, ''), 'nbd://localhost:1/');
   t.equal(formatUri({ kind: 'tcp', host: '::1', port: 10809 }, 'golden'), 'nbd://[::1]:10809/golden', 'IPv6 in brackets');
   t.equal(formatUri({ kind: 'tcp', host: '0.0.0.0', port: 5 }, 'a b/c?d'), 'nbd://0.0.0.0:5/a%20b%2Fc%3Fd', 'name escaped');
@@ -48,6 +49,7 @@ t.test('formatUri: TCP', async (t) => {
 t.test('formatUri: unix socket (nbd+unix:///name?socket=path)', async (t) => {
   const uri = formatUri({ kind: 'unix', path: '/tmp/my dir/nbd.sock' }, 'golden');
   t.match(uri, /^nbd\+unix:\/\/\/golden\?socket=/);
+  t.match(formatUri({ kind: 'unix', path: '/s' }, 'golden', true), /^nbds\+unix:\/\/\/golden\?socket=%2Fs$/, 'TLS');
   const parsed = new URL(uri);
   t.equal(parsed.protocol, 'nbd+unix:');
   t.equal(parsed.pathname, '/golden');

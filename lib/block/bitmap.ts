@@ -19,6 +19,13 @@ export type BlockState = typeof BLOCK_BASE | typeof BLOCK_DATA | typeof BLOCK_ZE
 /** Granularity of dirty tracking and of map writes. */
 export const MAP_PAGE_SIZE = 4096;
 
+/** For each byte value, how many of its four 2-bit fields are 00 (countState() XORs first). */
+const ZERO_FIELDS = Uint8Array.from({ length: 256 }, (_, byte) => {
+  let n = 0;
+  for (let shift = 0; shift < 8; shift += 2) if (((byte >> shift) & 3) === 0) n++;
+  return n;
+});
+
 /** Bytes of map needed for `blocks` blocks. */
 export function mapBytesFor(blocks: number): number {
   return Math.ceil(blocks / 4);
@@ -92,6 +99,26 @@ export class Bitmap {
     while (b + 4 <= end && this.#byte(b >> 2) === pattern) b += 4;
     for (; b < end; b++) if (this.get(b) !== state) return b - start;
     return max;
+  }
+
+  /** How many of blocks [first, first + count) are in `state`: four blocks per byte (ZERO_FIELDS). */
+  countState(first: number, count: number, state: BlockState): number {
+    checkState(state);
+    if (count <= 0) return 0;
+    this.#check(first, count);
+    const end = first + count;
+    let n = 0;
+    let b = first;
+    for (; b < end && (b & 3) !== 0; b++) if (this.get(b) === state) n++;
+    const wholeEnd = end - (end & 3);
+    if (b < wholeEnd) {
+      const pattern = state * 0x55;
+      // A field equal to `state` is 00 after the XOR; the index is a byte, so in the table.
+      for (let i = b >> 2; i < wholeEnd >> 2; i++) n += ZERO_FIELDS[this.#byte(i) ^ pattern] as number;
+      b = wholeEnd;
+    }
+    for (; b < end; b++) if (this.get(b) === state) n++;
+    return n;
   }
 
   /** The first block holding the invalid state 3, or -1. */

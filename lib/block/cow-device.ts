@@ -18,6 +18,11 @@
 // up, worth about 10 % of random 4 KiB write throughput here. trim and zero turn whole blocks into
 // "zero" without writing data and zero-fill partial blocks by RMW; zero with noHole writes real
 // zeros in bounded chunks. FUA is a full flush after the write.
+//
+// Space limits (`space`, space-budget.ts): under the lock, before anything changes, a request
+// takes the space of the blocks it will turn into "data" (net of what a trim or zero frees),
+// or is refused whole with ENOSPC; a request that fails part way gives back what it did not
+// write. Without limits nothing is counted, and the inline path does one more comparison.
 
 import type { BaseImage } from './base-image.js';
 import { type Bitmap, BLOCK_BASE, BLOCK_DATA, BLOCK_ZERO } from './bitmap.js';
@@ -27,6 +32,7 @@ import { OverlayFile } from './overlay-file.js';
 import { overlayGeometry } from './overlay-layout.js';
 import { RangeLock, type Release } from './range-lock.js';
 import { blockOf, blockSpan, type PartialBlock, roundDown, splitRange } from './ranges.js';
+import { OverlaySpace, type SpaceLimits } from './space-budget.js';
 
 // The server names and sweeps overlays next to where it creates devices.
 export { ephemeralOverlayName, ephemeralOverlayPid, sweepEphemeralOverlays } from './ephemeral.js';
@@ -42,6 +48,8 @@ export interface CowDeviceOptions {
   readonly overlay?: OverlayFile;
   /** Keep the overlay at close (flushed, marked clean) instead of deleting it. */
   readonly keep?: boolean;
+  /** Limits on the data the overlay may hold; none when absent. */
+  readonly space?: SpaceLimits;
 }
 
 /** Upper bound on the buffers a single zero (noHole) or cache call allocates. */
@@ -53,6 +61,24 @@ const DONE: Promise<void> = Promise.resolve();
 
 function noop(): void {
   /* Promise.all's array of results is not needed */
+}
+
+/**
+ * Wait for every job, then fail with the first failure: a request holds its lock, and its
+ * space, until nothing of it is still writing (Promise.all would settle at the first failure).
+ */
+async function settleAll(jobs: readonly Promise<void>[]): Promise<void> {
+  if (jobs.length === 1) return jobs[0];
+  const results = await Promise.allSettled(jobs);
+  for (const result of results) if (result.status === 'rejected') throw result.reason;
+}
+
+/** How many of the partial blocks a trim or zero turns from "base" into "data" (zero-filled copies). */
+function baseEdges(map: Bitmap, head: PartialBlock | undefined, tail: PartialBlock | undefined): number {
+  return (
+    (head !== undefined && map.get(head.block) === BLOCK_BASE ? 1 : 0) +
+    (tail !== undefined && map.get(tail.block) === BLOCK_BASE ? 1 : 0)
+  );
 }
 
 /** Called for each run of equal block state: bytes [start, end) are in `state`. */
@@ -70,6 +96,8 @@ export class CowDevice implements BlockDevice {
   /** The overlay once ready to change (created, or flagged dirty): the fast write path's gate. */
   #ready: OverlayFile | undefined;
   #closing: Promise<void> | undefined;
+  /** The data the overlay holds against its limits; undefined when there are none. */
+  readonly #space: OverlaySpace | undefined;
 
   constructor(options: CowDeviceOptions) {
     overlayGeometry(options.blockSize, options.base.size); // validates the block size now
@@ -81,6 +109,10 @@ export class CowDevice implements BlockDevice {
     if (options.overlay !== undefined && options.overlay.geometry.blockSize !== options.blockSize) {
       throw codedError('EINVAL', `overlay ${this.#path} has block size ${options.overlay.geometry.blockSize}`);
     }
+    const map = options.overlay?.map;
+    const dataBlocks = map === undefined ? 0 : map.countState(0, map.blocks, BLOCK_DATA);
+    this.#space =
+      options.space === undefined ? undefined : new OverlaySpace(this.#path, options.space, this.#blockSize, dataBlocks);
   }
 
   get size(): number {
@@ -130,7 +162,9 @@ export class CowDevice implements BlockDevice {
   }
 
   async #writeLater(offset: number, data: Buffer, options: WriteOptions): Promise<void> {
-    await this.#locked(offset, data.length, (overlay) => this.#writeRange(overlay, offset, data));
+    await this.#locked(offset, data.length, (overlay) =>
+      this.#asData(overlay, offset, data.length, () => this.#writeRange(overlay, offset, data)),
+    );
     if (options.fua) await this.flush();
   }
 
@@ -154,9 +188,16 @@ export class CowDevice implements BlockDevice {
     const [first, last] = blockSpan(offset, data.length, this.#blockSize);
     const release = this.#lock.tryHold(first, last);
     if (release === null) return false;
+    const space = this.#space;
+    let taken = 0;
     try {
+      // Only the body can need space (head and tail hold data): refused before a byte is written.
+      if (space !== undefined && body !== undefined) taken = space.takeForData(map, body.first, body.count);
       overlay.writeDataInline(offset, data);
       if (body !== undefined) map.setRange(body.first, body.count, BLOCK_DATA);
+    } catch (err) {
+      space?.give(taken);
+      throw err;
     } finally {
       release();
     }
@@ -175,16 +216,20 @@ export class CowDevice implements BlockDevice {
     if (head !== undefined || tail !== undefined || body === undefined) {
       return this.write(offset, Buffer.concat(chunks, length), options);
     }
-    await this.#locked(offset, length, async (overlay) => {
-      await overlay.writeDataChunks(body.start, chunks);
-      overlay.map.setRange(body.first, body.count, BLOCK_DATA);
-    });
+    await this.#locked(offset, length, (overlay) =>
+      this.#asData(overlay, offset, length, async () => {
+        await overlay.writeDataChunks(body.start, chunks);
+        overlay.map.setRange(body.first, body.count, BLOCK_DATA);
+      }),
+    );
     if (options.fua) await this.flush();
   }
 
   async zero(offset: number, length: number, options: ZeroOptions): Promise<void> {
     await this.#locked(offset, length, (overlay) =>
-      options.noHole ? this.#writeZeros(overlay, offset, length) : this.#punch(overlay, offset, length),
+      options.noHole
+        ? this.#asData(overlay, offset, length, () => this.#writeZeros(overlay, offset, length))
+        : this.#punch(overlay, offset, length),
     );
     if (options.fua) await this.flush();
   }
@@ -225,7 +270,7 @@ export class CowDevice implements BlockDevice {
    * the server drains requests before calling it.
    */
   close(): Promise<void> {
-    this.#closing ??= this.#closeOnce();
+    this.#closing ??= this.#closeOnce().finally(() => this.#space?.release());
     return this.#closing;
   }
 
@@ -302,6 +347,23 @@ export class CowDevice implements BlockDevice {
     return this.#creating;
   }
 
+  /**
+   * Run `fn`, which makes every block of [offset, offset + length) "data", once the space of
+   * those that are not yet is taken (or refused, before anything is written). What a failed
+   * `fn` left unwritten is given back; the lock keeps every other request off these blocks.
+   * Not async: without limits it adds no promise to the write.
+   */
+  #asData(overlay: OverlayFile, offset: number, length: number, fn: () => Promise<void>): Promise<void> {
+    const space = this.#space;
+    if (space === undefined) return fn();
+    const [first, last] = blockSpan(offset, length, this.#blockSize);
+    space.takeForData(overlay.map, first, last - first + 1); // throws ENOSPC to #locked
+    return fn().catch((err: unknown) => {
+      space.giveUnwritten(overlay.map, first, last - first + 1);
+      throw err;
+    });
+  }
+
   async #writeRange(overlay: OverlayFile, offset: number, data: Buffer): Promise<void> {
     const { head, body, tail } = splitRange(offset, data.length, this.#blockSize, this.size);
     const at = (start: number, end: number): Buffer => data.subarray(start - offset, end - offset);
@@ -312,7 +374,7 @@ export class CowDevice implements BlockDevice {
       jobs.push(written.then(() => overlay.map.setRange(body.first, body.count, BLOCK_DATA)));
     }
     if (tail) jobs.push(this.#writePartial(overlay, tail, at(tail.start, tail.end)));
-    await Promise.all(jobs);
+    await settleAll(jobs);
   }
 
   /** Write part of one block: in place if it holds data, else read-modify-write. */
@@ -328,17 +390,30 @@ export class CowDevice implements BlockDevice {
     overlay.map.set(piece.block, BLOCK_DATA);
   }
 
-  /** trim and zero without noHole: whole blocks become "zero", partial blocks are zero-filled. */
+  /**
+   * trim and zero without noHole: whole blocks become "zero", partial blocks are zero-filled.
+   * Space is settled first, net of the data the whole blocks free, so a refusal changes nothing.
+   */
   async #punch(overlay: OverlayFile, offset: number, length: number): Promise<void> {
     const { head, body, tail } = splitRange(offset, length, this.#blockSize, this.size);
-    if (body) overlay.map.setRange(body.first, body.count, BLOCK_ZERO);
+    const map = overlay.map;
+    const space = this.#space;
+    if (space !== undefined) {
+      space.exchange(baseEdges(map, head, tail), body ? map.countState(body.first, body.count, BLOCK_DATA) : 0);
+    }
+    if (body) map.setRange(body.first, body.count, BLOCK_ZERO);
     const jobs: Promise<void>[] = [];
     for (const piece of [head, tail]) {
-      if (piece && overlay.map.get(piece.block) !== BLOCK_ZERO) {
+      if (piece && map.get(piece.block) !== BLOCK_ZERO) {
         jobs.push(this.#writePartial(overlay, piece, Buffer.alloc(piece.end - piece.start)));
       }
     }
-    await Promise.all(jobs);
+    try {
+      await settleAll(jobs);
+    } catch (err) {
+      space?.give(baseEdges(map, head, tail));
+      throw err;
+    }
   }
 
   /** zero with noHole: real zero bytes (state "data"), at most CHUNK bytes allocated. */

@@ -24,6 +24,7 @@ import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from './device.js
 import { OverlayFile } from './overlay-file.js';
 import { acquireOverlayLock, type OverlayLock } from './overlay-lock.js';
 import { lockFileName, namedOverlayFileName } from './overlay-names.js';
+import type { SpaceLimits } from './space-budget.js';
 
 export interface NamedOverlaysOptions {
   readonly base: BaseImage;
@@ -32,6 +33,8 @@ export interface NamedOverlaysOptions {
   readonly dir: string;
   /** Told about overlays that were not closed cleanly, and refused opens. */
   readonly warn?: (message: string) => void;
+  /** Limits on the data each overlay holds; an overlay opened from disk counts what its map holds. */
+  readonly space?: SpaceLimits;
 }
 
 interface Opened {
@@ -176,13 +179,14 @@ export class NamedOverlays {
   }
 
   #core(path: string, overlay: OverlayFile | undefined): CowDevice {
-    const { base, blockSize } = this.#options;
+    const { base, blockSize, space } = this.#options;
     return new CowDevice({
       base,
       blockSize: overlay?.blockSize ?? blockSize,
       overlayPath: path,
       keep: true,
       ...(overlay !== undefined ? { overlay } : {}),
+      ...(space !== undefined ? { space } : {}),
     });
   }
 }

@@ -112,8 +112,11 @@ export const CONTEXT_QEMU_ALLOCATION_DEPTH = 'qemu:allocation-depth';
 
 // proto.md: strings MUST be at most 4096 bytes.
 export const MAX_STRING_LENGTH = 4096;
-// proto.md: a server SHOULD accept payloads up to 32 MiB; we serve exactly that much.
-export const MAX_PAYLOAD = 32 * 1024 * 1024;
+// proto.md: a server SHOULD accept payloads up to 32 MiB. That is the maximum we advertise in
+// NBD_INFO_BLOCK_SIZE; a client that never asks (the reference implementation's test client sends
+// up to 48 MiB) may send up to MAX_PAYLOAD, as nbdkit and nbd-server accept 64 MiB.
+export const MAX_PAYLOAD_ADVERTISED = 32 * 1024 * 1024;
+export const MAX_PAYLOAD = 64 * 1024 * 1024;
 
 export const OPTION_NAMES: Readonly<Record<number, string>> = {
   [NBD_OPT_EXPORT_NAME]: 'NBD_OPT_EXPORT_NAME',

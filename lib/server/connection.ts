@@ -1,6 +1,11 @@
 // One client connection: a state machine over received bytes
-//   client-flags → option-header ⇄ option-data [⇄ opening] → request-header ⇄ write-payload | discard-payload
+//   client-flags → option-header ⇄ option-data [⇄ opening | → tls-handshake → option-header]
+//     → request-header [⇄ waiting-memory] ⇄ write-payload | discard-payload
 // ending in closing (DISC or shutdown: finish in-flight requests, then end) or closed.
+// tls-handshake: NBD_OPT_STARTTLS was acknowledged; the socket is upgraded (tls-upgrade.ts) and
+// negotiation starts over once the handshake succeeds. The whole handshake, TLS included, must
+// end within handshakeTimeoutMs. waiting-memory: the next READ or WRITE waits in line for the
+// server-wide memory budget (memory-budget.ts), with the socket paused.
 // opening: GO or EXPORT_NAME is opening the device (negotiation.ts). The socket is paused and
 // nothing is parsed until the open settles; bytes the client pipelined after the option stay
 // queued and are parsed then, under the outcome (transmission, or the GO's error reply), and a
@@ -12,6 +17,7 @@
 // buffer, the socket is paused and parsing stops until there is room again.
 
 import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import type { BlockDevice } from '../block/device.js';
 import type { Logger } from '../log.js';
 import {
@@ -23,9 +29,12 @@ import {
   NBD_FLAG_C_NO_ZEROES,
   NBD_FLAG_FIXED_NEWSTYLE,
   NBD_FLAG_NO_ZEROES,
+  NBD_OPT_ABORT,
+  NBD_REP_ERR_INVALID,
+  NBD_REP_ERR_UNSUP,
   optionName,
 } from '../protocol/constants.js';
-import { ProtocolError } from '../protocol/errors.js';
+import { type OptionError, ProtocolError } from '../protocol/errors.js';
 import {
   CLIENT_FLAGS_SIZE,
   decodeClientFlags,
@@ -38,16 +47,21 @@ import { decodeRequest, REQUEST_SIZE, type Request } from '../protocol/transmiss
 import { type BufferPool, POOL_MIN_BYTES } from './buffer-pool.js';
 import { ByteQueue } from './byte-queue.js';
 import type { ExportRegistry } from './exports.js';
+import type { BudgetHolder, MemoryBudget } from './memory-budget.js';
 import { handleOption, type NegotiationState, type SettledOutcome } from './negotiation.js';
 import { ReplyBatcher } from './reply-batcher.js';
 import { errorReply, type Payload, type Session, serveRequest, validateRequest } from './requests.js';
+import type { TlsCredentials, TlsMode } from './tls-credentials.js';
+import { startTls } from './tls-upgrade.js';
 
 type State =
   | 'client-flags'
   | 'option-header'
   | 'option-data'
   | 'opening'
+  | 'tls-handshake'
   | 'request-header'
+  | 'waiting-memory'
   | 'write-payload'
   | 'discard-payload'
   | 'closing'
@@ -64,6 +78,13 @@ export interface ConnectionLimits {
   readonly maxOptionLength: number;
   /** Options allowed before an export is chosen. */
   readonly maxOptions: number;
+  /** From accept to transmission (TLS handshake included), or the connection is dropped. */
+  readonly handshakeTimeoutMs: number;
+  /**
+   * While others wait for the memory budget, a connection whose unsent replies have not moved
+   * for this long is dropped (memory-budget.ts).
+   */
+  readonly replyStallMs: number;
 }
 
 export const DEFAULT_LIMITS: ConnectionLimits = {
@@ -72,7 +93,18 @@ export const DEFAULT_LIMITS: ConnectionLimits = {
   maxQueuedReplyBytes: 16 * 1024 * 1024,
   maxOptionLength: 64 * 1024,
   maxOptions: 256,
+  // qemu-nbd's handshake limit (NBD_DEFAULT_HANDSHAKE_MAX_SECS).
+  handshakeTimeoutMs: 10_000,
+  replyStallMs: 10_000,
 };
+
+/** What the server does about TLS: the mode, and the credentials when it is not off. */
+export interface TlsSettings {
+  readonly mode: TlsMode;
+  readonly credentials: TlsCredentials | null;
+}
+
+export const NO_TLS: TlsSettings = { mode: 'off', credentials: null };
 
 export interface ConnectionOptions {
   readonly registry: ExportRegistry;
@@ -82,9 +114,12 @@ export interface ConnectionOptions {
   readonly label: string;
   /** Large READ reply buffers come from here and go back once written. */
   readonly buffers: BufferPool;
+  /** Bytes of payloads and unsent replies, shared by every connection. */
+  readonly budget: MemoryBudget;
+  readonly tls: TlsSettings;
 }
 
-export class Connection {
+export class Connection implements BudgetHolder {
   readonly label: string;
   /** Resolves once the socket is gone and the device (and its overlay) is closed. */
   readonly closed: Promise<void>;
@@ -96,7 +131,13 @@ export class Connection {
   #state: State = 'client-flags';
   #option: OptionHeader = { option: 0, length: 0 };
   #optionCount = 0;
-  #negotiation: NegotiationState = { structuredReplies: false, metaContexts: null, noZeroes: false };
+  #negotiation: NegotiationState = {
+    structuredReplies: false,
+    metaContexts: null,
+    noZeroes: false,
+    tls: false,
+    tlsIdentity: undefined,
+  };
   #session: Session | null = null;
   /** The connection's device, from the end of a successful open; closed by #close. */
   #device: BlockDevice | null = null;
@@ -106,11 +147,17 @@ export class Connection {
   #opened: SettledOutcome | null = null;
   /** The client's FIN arrived during the open, after everything it sent. */
   #endedWhileOpening = false;
+  /** Until transmission starts: drops a client that takes too long to choose an export. */
+  #handshakeTimer: NodeJS.Timeout | null;
   #pendingWrite: Request | null = null;
+  /** In waiting-memory: the READ or WRITE waiting for its bytes of the budget. */
+  #waitingRequest: Request | null = null;
   #allocate: (length: number) => Buffer;
   #discardRemaining = 0;
   #inFlight = 0;
   #inFlightBytes = 0;
+  /** Bytes this connection counts against the budget: in-flight payloads plus unsent replies. */
+  #charged = 0;
   #waitingDrain = false;
   #paused = false;
   #shuttingDown = false;
@@ -127,26 +174,50 @@ export class Connection {
     this.closed = new Promise((resolve) => {
       this.#resolveClosed = resolve;
     });
+    const timeout = options.limits.handshakeTimeoutMs;
+    this.#handshakeTimer = setTimeout(() => this.#close(`no export chosen within ${timeout / 1000} s`), timeout);
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => {
-      this.#queue.push(chunk);
-      this.#process();
-    });
-    socket.on('drain', () => {
-      this.#waitingDrain = false;
-      this.#process();
-    });
-    // The server socket allows half-open connections: a client may send DISC and then FIN,
-    // and still gets the replies to its in-flight requests (proto.md: the server MUST handle
-    // all outstanding requests).
-    socket.on('end', () => {
-      if (this.#state === 'opening') this.#endedWhileOpening = true;
-      else if (this.#session !== null && this.#inFlight > 0) this.#beginClosing('client closed its side');
-      else this.#close('client closed the connection');
-    });
-    socket.on('error', (err) => this.#close(`socket error: ${err.message}`));
-    socket.on('close', () => this.#close('socket closed'));
+    this.#listen(socket);
     socket.write(encodeGreeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES));
+  }
+
+  readonly #onData = (chunk: Buffer): void => {
+    this.#queue.push(chunk);
+    this.#process();
+  };
+
+  readonly #onDrain = (): void => {
+    this.#waitingDrain = false;
+    this.#chargeQueuedReplies();
+    this.#process();
+  };
+
+  // The server socket allows half-open connections: a client may send DISC and then FIN, and
+  // still gets the replies to its in-flight requests (proto.md: the server MUST handle all
+  // outstanding requests).
+  readonly #onEnd = (): void => {
+    if (this.#state === 'opening') this.#endedWhileOpening = true;
+    else if (this.#session !== null && this.#inFlight > 0) this.#beginClosing('client closed its side');
+    else this.#close('client closed the connection');
+  };
+
+  readonly #onError = (err: Error): void => this.#close(`socket error: ${err.message}`);
+  readonly #onClose = (): void => this.#close('socket closed');
+
+  #listen(socket: Socket): void {
+    socket.on('data', this.#onData);
+    socket.on('drain', this.#onDrain);
+    socket.on('end', this.#onEnd);
+    socket.on('error', this.#onError);
+    socket.on('close', this.#onClose);
+  }
+
+  #unlisten(socket: Socket): void {
+    socket.off('data', this.#onData);
+    socket.off('drain', this.#onDrain);
+    socket.off('end', this.#onEnd);
+    socket.off('error', this.#onError);
+    socket.off('close', this.#onClose);
   }
 
   /** Drop the socket at once, whatever is still queued for it (end of a shutdown grace period). */
@@ -158,6 +229,17 @@ export class Connection {
   /** Whether the connection reached transmission (an export was chosen). */
   get inTransmission(): boolean {
     return this.#session !== null;
+  }
+
+  /** Reply bytes waiting in the socket for the client to read them (BudgetHolder). */
+  queuedBytes(): number {
+    return this.#socket.writableLength;
+  }
+
+  /** The budget's watchdog found this client not reading while others wait (BudgetHolder). */
+  evict(reason: string): void {
+    this.#log.warn(`${this.label}: dropped: ${reason}`);
+    this.destroy();
   }
 
   /**
@@ -222,6 +304,8 @@ export class Connection {
         if (this.#discardRemaining > 0) return false;
         this.#state = 'request-header';
         return true;
+      case 'tls-handshake':
+      case 'waiting-memory':
       case 'closing':
       case 'closed':
         return false;
@@ -258,6 +342,7 @@ export class Connection {
       registry: this.#options.registry,
       state: this.#negotiation,
       shuttingDown: this.#shuttingDown,
+      tlsMode: this.#options.tls.mode,
     });
     if (outcome.kind !== 'opening') return this.#onOutcome(outcome);
     this.#state = 'opening';
@@ -285,16 +370,20 @@ export class Connection {
   }
 
   #onOutcome(outcome: SettledOutcome): boolean {
+    if (outcome.kind === 'starttls') return this.#startTls(outcome.replies);
     this.#writeAll(outcome.replies);
     switch (outcome.kind) {
       case 'continue':
+        if (outcome.refused !== undefined) this.#logRefusal(outcome.refused);
         this.#state = 'option-header';
         return true;
       case 'close':
-        this.#log.debug(`${this.label}: ${outcome.reason}`);
+        if (this.#option.option === NBD_OPT_ABORT) this.#log.debug(`${this.label}: ${outcome.reason}`);
+        else this.#log.info(`${this.label}: ${outcome.reason}`);
         this.#beginClosing(outcome.reason);
         return false;
       case 'transmission':
+        this.#clearHandshakeTimer();
         this.#device = outcome.device;
         this.#session = {
           device: outcome.device,
@@ -303,10 +392,68 @@ export class Connection {
           log: this.#log,
           allocate: this.#allocate,
         };
+        this.#options.budget.register(this);
         this.#log.debug(`${this.label}: serving export "${outcome.exp.name}" flags 0x${outcome.flags.toString(16)}`);
         this.#state = 'request-header';
         return true;
     }
+  }
+
+  /**
+   * Refusals that concern access (policy, TLS required, no such export or in use) are logged
+   * with the peer; an option this server does not know or a malformed one only at debug.
+   */
+  #logRefusal(refused: OptionError): void {
+    const line = `${this.label}: refused ${optionName(this.#option.option)}: ${refused.message}`;
+    if (refused.replyType === NBD_REP_ERR_UNSUP || refused.replyType === NBD_REP_ERR_INVALID) this.#log.debug(line);
+    else this.#log.info(line);
+  }
+
+  /** NBD_OPT_STARTTLS was accepted: send the ACK in clear, then upgrade the socket. */
+  #startTls(replies: readonly Buffer[]): boolean {
+    const credentials = this.#options.tls.credentials;
+    if (credentials === null) throw new Error('STARTTLS accepted without TLS credentials');
+    this.#state = 'tls-handshake';
+    this.#replies.flush();
+    const plain = this.#socket;
+    startTls(plain, Buffer.concat(replies), credentials, {
+      upgrading: () => {
+        if (this.#state !== 'tls-handshake') return false;
+        // proto.md: the client upgrades once it has the ACK; bytes before that are not TLS.
+        if (this.#queue.length > 0) {
+          this.#close('protocol error: data after NBD_OPT_STARTTLS before the TLS handshake');
+          return false;
+        }
+        this.#unlisten(plain);
+        return true;
+      },
+      secure: (socket, identity) => this.#onSecure(socket, identity),
+      failed: (reason) => this.#close(reason),
+    });
+    return false;
+  }
+
+  /** The TLS handshake succeeded: serve over `secure`, negotiating from scratch (proto.md). */
+  #onSecure(secure: TLSSocket, identity: string | undefined): void {
+    if (this.#state !== 'tls-handshake') {
+      secure.destroy();
+      return;
+    }
+    this.#socket = secure;
+    this.#replies = new ReplyBatcher(secure, this.#options.buffers);
+    this.#listen(secure);
+    this.#negotiation = {
+      structuredReplies: false,
+      metaContexts: null,
+      noZeroes: this.#negotiation.noZeroes,
+      tls: true,
+      tlsIdentity: identity,
+    };
+    this.#log.debug(
+      `${this.label}: TLS ${secure.getProtocol() ?? ''} ${secure.getCipher().name}, identity ${identity ?? '(none)'}`,
+    );
+    this.#state = 'option-header';
+    this.#process();
   }
 
   #onRequest(req: Request): boolean {
@@ -315,17 +462,47 @@ export class Connection {
       this.#beginClosing('client sent NBD_CMD_DISC');
       return false;
     }
-    if (req.type !== NBD_CMD_WRITE || req.length === 0) {
+    const buffered = req.type === NBD_CMD_READ || (req.type === NBD_CMD_WRITE && req.length > 0);
+    if (!buffered || req.length > MAX_PAYLOAD) {
+      if (req.type === NBD_CMD_WRITE && req.length > 0) return this.#discardPayload(req, session);
       this.#dispatch(req, undefined);
       return true;
     }
-    if (req.length <= MAX_PAYLOAD) {
-      // Even a write that will be refused has its payload read, so framing survives.
-      this.#pendingWrite = req;
-      this.#state = 'write-payload';
+    // A READ's reply or a WRITE's payload will be held in memory: take its bytes from the budget
+    // first, or wait in line for them with the socket paused.
+    if (!this.#options.budget.take(req.length, this.#memoryGranted)) {
+      this.#waitingRequest = req;
+      this.#state = 'waiting-memory';
+      return false;
+    }
+    return this.#admit(req);
+  }
+
+  /** The budget took the waiting request's bytes for this connection (#close leaves the line first). */
+  readonly #memoryGranted = (): void => {
+    const req = this.#waitingRequest as Request; // set whenever the state is waiting-memory
+    this.#waitingRequest = null;
+    this.#state = 'request-header';
+    this.#admit(req);
+    this.#process();
+  };
+
+  /** The request's bytes are taken from the budget: read its payload or dispatch it. */
+  #admit(req: Request): boolean {
+    this.#charged += req.length;
+    this.#inFlightBytes += req.length;
+    if (req.type === NBD_CMD_READ) {
+      this.#dispatch(req, undefined);
       return true;
     }
-    // Too big to buffer: answer now and stream the payload away without keeping it.
+    // Even a write that will be refused has its payload read, so framing survives.
+    this.#pendingWrite = req;
+    this.#state = 'write-payload';
+    return true;
+  }
+
+  /** A WRITE too big to buffer: answer now and stream the payload away without keeping it. */
+  #discardPayload(req: Request, session: Session): boolean {
     const invalid = validateRequest(req, session);
     if (invalid !== null) this.#writeAll(errorReply(req, invalid, session));
     this.#discardRemaining = req.length;
@@ -335,9 +512,8 @@ export class Connection {
 
   #dispatch(req: Request, payload: Payload | undefined): void {
     const session = this.#session as Session; // requests are only dispatched with a session
-    const cost = req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE ? req.length : 0;
+    const cost = (req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE) && req.length <= MAX_PAYLOAD ? req.length : 0;
     this.#inFlight++;
-    this.#inFlightBytes += cost;
     serveRequest(req, payload, session).then(
       (reply) => this.#finish(cost, reply),
       (err: unknown) => {
@@ -352,12 +528,24 @@ export class Connection {
     this.#inFlight--;
     this.#inFlightBytes -= cost;
     if (reply !== null) this.#writeAll(reply);
+    this.#chargeQueuedReplies();
     if (this.#inFlight === 0 && this.#onIdle !== null) {
       const onIdle = this.#onIdle;
       this.#onIdle = null;
       onIdle();
     }
     if (this.#state === 'request-header' || this.#state === 'write-payload') this.#process();
+  }
+
+  /**
+   * Count against the budget what this connection holds now: in-flight payloads and the replies
+   * its socket has not written yet (a reply's bytes stay counted until the client takes them).
+   */
+  #chargeQueuedReplies(): void {
+    const holding = this.#state === 'closed' ? 0 : this.#inFlightBytes + this.#socket.writableLength;
+    if (holding === this.#charged) return;
+    this.#options.budget.adjust(holding - this.#charged);
+    this.#charged = holding;
   }
 
   #mustWait(): boolean {
@@ -367,8 +555,14 @@ export class Connection {
 
   /** Pause the socket while parsing must wait; resume when it may go on. */
   #updateFlow(): void {
-    if (this.#state === 'closed') return;
-    const wait = this.#state === 'closing' || this.#state === 'opening' || (this.#state === 'request-header' && this.#mustWait());
+    const state = this.#state;
+    // During the TLS handshake the socket belongs to the handshake: it must keep reading.
+    if (state === 'closed' || state === 'tls-handshake') return;
+    const wait =
+      state === 'closing' ||
+      state === 'opening' ||
+      state === 'waiting-memory' ||
+      (state === 'request-header' && this.#mustWait());
     if (wait && !this.#paused) {
       this.#paused = true;
       this.#socket.pause();
@@ -387,6 +581,7 @@ export class Connection {
   /** Stop reading; once every in-flight request has replied, end the socket. */
   #beginClosing(reason: string): void {
     if (this.#state === 'closing' || this.#state === 'closed') return;
+    this.#leaveMemoryLine();
     this.#state = 'closing';
     this.#updateFlow();
     this.#whenIdle().then(
@@ -411,6 +606,19 @@ export class Connection {
     });
   }
 
+  /** A request waiting for memory will never be served: take it out of the budget's line. */
+  #leaveMemoryLine(): void {
+    if (this.#waitingRequest === null) return;
+    this.#waitingRequest = null;
+    this.#options.budget.cancel(this.#memoryGranted);
+  }
+
+  #clearHandshakeTimer(): void {
+    if (this.#handshakeTimer === null) return;
+    clearTimeout(this.#handshakeTimer);
+    this.#handshakeTimer = null;
+  }
+
   /**
    * The one place a connection ends. Idempotent. The device closes after in-flight I/O, and
    * after a device open in progress (whose device is then closed unused).
@@ -418,16 +626,25 @@ export class Connection {
   #close(reason: string): void {
     if (this.#state === 'closed') return;
     const graceful = this.#state === 'closing';
+    this.#leaveMemoryLine();
     this.#state = 'closed';
+    this.#clearHandshakeTimer();
     this.#queue.clear();
     this.#log.debug(`${this.label}: closed (${reason})`);
     if (!graceful) this.#socket.destroy();
     else if (this.#socket.writableEnded) this.#socket.destroySoon();
     else this.#socket.end(() => this.#socket.destroy());
+    const budget = this.#options.budget;
+    budget.unregister(this);
     void this.#whenIdle()
       .then(() => this.#opening)
       .then(() => this.#device?.close())
       .catch((err: unknown) => this.#log.warn(`${this.label}: closing device: ${String(err)}`))
-      .finally(() => this.#resolveClosed());
+      .finally(() => {
+        // Every request has replied and the socket is gone: nothing is held any more.
+        budget.adjust(-this.#charged);
+        this.#charged = 0;
+        this.#resolveClosed();
+      });
   }
 }

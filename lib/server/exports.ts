@@ -43,16 +43,26 @@ export interface Export {
   openDevice(): Promise<BlockDevice>;
 }
 
+/** What a connection proved about its client, for exports that care. */
+export interface ClientIdentity {
+  /** The name the client proved in its TLS handshake (PSK user, certificate name), if any. */
+  readonly tlsIdentity: string | undefined;
+}
+
 export interface ExportRegistry {
   /** Every export, for NBD_OPT_LIST. */
   list(): readonly Export[];
   /** The export a client named (the empty name reaches the default export); may throw OptionError. */
-  lookup(name: string): Export | undefined;
+  lookup(name: string, client?: ClientIdentity): Export | undefined;
 }
 
 /** Which overlays clients may use: private throwaway ones, named kept ones, or both. */
 export type OverlayPolicy = 'throwaway' | 'named' | 'both';
 export const OVERLAY_POLICIES: readonly OverlayPolicy[] = ['throwaway', 'named', 'both'];
+
+/** Who may open `EXPORT@NAME`: any client, or only the one whose TLS identity is NAME. */
+export type NamedOverlayOwner = 'anyone' | 'tls-identity';
+export const NAMED_OVERLAY_OWNERS: readonly NamedOverlayOwner[] = ['anyone', 'tls-identity'];
 
 /** Export names in messages: printable, truncated, as qemu does. */
 export function quoteName(name: string): string {
@@ -74,6 +84,8 @@ export interface OverlayRegistryOptions {
   readonly policy: OverlayPolicy;
   /** Open one connection's device on named overlay `overlayName`; absent: none (read-only). */
   readonly attachNamed?: (overlayName: string) => Promise<BlockDevice>;
+  /** Who may open a named overlay (default: anyone). */
+  readonly namedOwner?: NamedOverlayOwner;
 }
 
 /**
@@ -82,9 +94,10 @@ export interface OverlayRegistryOptions {
  */
 export function overlayExportRegistry(options: OverlayRegistryOptions): ExportRegistry {
   const { plain, policy, attachNamed } = options;
+  const ownedByIdentity = options.namedOwner === 'tls-identity';
   return {
     list: () => [plain],
-    lookup: (name) => {
+    lookup: (name, client) => {
       if (name === '' || name === plain.name) {
         if (policy === 'named' && !plain.readOnly) {
           throw new OptionError(
@@ -110,6 +123,14 @@ export function overlayExportRegistry(options: OverlayRegistryOptions): ExportRe
       }
       if (!isValidNamePart(split.overlayName)) {
         throw new OptionError(NBD_REP_ERR_INVALID, `invalid overlay name ${quoteName(split.overlayName)}: use ${NAME_RULE}`);
+      }
+      const identity = client?.tlsIdentity;
+      if (ownedByIdentity && identity !== split.overlayName) {
+        const proved = identity === undefined ? 'no TLS identity' : `the TLS identity ${quoteName(identity)}`;
+        throw new OptionError(
+          NBD_REP_ERR_POLICY,
+          `named overlay ${quoteName(name)} belongs to the TLS identity ${quoteName(split.overlayName)}; this connection has ${proved}`,
+        );
       }
       return namedExport(plain, split.overlayName, attachNamed);
     },

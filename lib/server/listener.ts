@@ -5,9 +5,12 @@
 import { lstat, unlink } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import type { Logger } from '../log.js';
+import { Admission, type AdmissionPolicy } from './admission.js';
 import { BufferPool } from './buffer-pool.js';
-import { Connection, type ConnectionLimits } from './connection.js';
+import { Connection, type ConnectionLimits, type TlsSettings } from './connection.js';
 import type { ExportRegistry } from './exports.js';
+import type { MemoryBudget } from './memory-budget.js';
+import { applySocketPermissions, bindOwnerOnly, type SocketPermissions } from './socket-permissions.js';
 
 /** How long stop() lets queued replies drain before it drops the sockets. */
 const SHUTDOWN_GRACE_MS = 2000;
@@ -23,6 +26,13 @@ export interface NbdListenerOptions {
   readonly registry: ExportRegistry;
   readonly log: Logger;
   readonly limits: ConnectionLimits;
+  /** Bytes buffered for clients, shared by every connection (and every listener of a server). */
+  readonly budget: MemoryBudget;
+  readonly tls: TlsSettings;
+  /** Who may connect (TCP allow list) and how many at once; absent: anyone, no cap. */
+  readonly admission?: AdmissionPolicy;
+  /** Mode and group of a unix socket file; absent: as the umask makes it. */
+  readonly socketPermissions?: SocketPermissions;
 }
 
 export class NbdListener {
@@ -34,9 +44,11 @@ export class NbdListener {
   #nextId = 1;
   #address: ListenAddress | null = null;
   #stopping: Promise<void> | null = null;
+  #admission: Admission;
 
   constructor(options: NbdListenerOptions) {
     this.#options = options;
+    this.#admission = new Admission(options.admission ?? {}, options.log);
     this.#server = createServer({ noDelay: true, allowHalfOpen: true }, (socket) => this.#accept(socket));
   }
 
@@ -70,12 +82,24 @@ export class NbdListener {
   }
 
   #listenOnce(address: ListenAddress): Promise<ListenAddress> {
+    const permissions = this.#options.socketPermissions;
+    /** The socket file's mode under the umask, the default when only a group is asked for. */
+    let umaskMode = 0o777;
     return new Promise((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException): void => reject(describeListenError(err, address));
       this.#server.once('error', onError);
       const onListening = (): void => {
         this.#server.off('error', onError);
         this.#server.on('error', (err) => this.#options.log.error(`listener: ${err.message}`));
+        if (address.kind === 'unix' && permissions !== undefined) {
+          try {
+            applySocketPermissions(address.path, permissions.mode ?? umaskMode, permissions.gid);
+          } catch (err) {
+            this.#server.close();
+            reject(err);
+            return;
+          }
+        }
         const bound = this.#server.address();
         this.#address =
           address.kind === 'tcp' && bound !== null && typeof bound === 'object'
@@ -84,7 +108,9 @@ export class NbdListener {
         resolve(this.#address);
       };
       if (address.kind === 'tcp') this.#server.listen({ host: address.host, port: address.port }, onListening);
-      else this.#server.listen({ path: address.path }, onListening);
+      else if (permissions === undefined) this.#server.listen({ path: address.path }, onListening);
+      // Owner-only until the mode and group are set, so nobody connects in between.
+      else umaskMode = bindOwnerOnly(() => this.#server.listen({ path: address.path }, onListening));
     });
   }
 
@@ -108,6 +134,7 @@ export class NbdListener {
     clearTimeout(timer);
     for (const conn of connections) conn.destroy();
     await closedListener;
+    this.#admission.flush();
     if (this.#address?.kind === 'unix') await unlink(this.#address.path).catch(() => undefined);
   }
 
@@ -116,6 +143,7 @@ export class NbdListener {
       socket.destroy();
       return;
     }
+    if (!this.#admission.admit(socket, this.#connections.size, this.#address?.kind === 'tcp')) return;
     const id = this.#nextId++;
     const peer = socket.remoteAddress !== undefined ? `${socket.remoteAddress}:${socket.remotePort ?? ''}` : 'unix';
     const conn = new Connection(socket, {
@@ -124,6 +152,8 @@ export class NbdListener {
       limits: this.#options.limits,
       label: `conn ${id} (${peer})`,
       buffers: this.#buffers,
+      budget: this.#options.budget,
+      tls: this.#options.tls,
     });
     this.#connections.add(conn);
     this.#options.log.debug(`${conn.label}: accepted`);

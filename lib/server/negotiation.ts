@@ -9,10 +9,17 @@
 // the GO's INFO replies and ACK (or its error) are sent only once the open has succeeded (or
 // failed), and connection.ts parses nothing more meanwhile. Every other option is answered at
 // once.
+//
+// TLS (proto.md "TLS support"): with --tls off, STARTTLS is refused (NOTLS). With `on`, the client
+// may upgrade when it likes and every option works either way (SELECTIVETLS with no TLS-only
+// export). With `require` (FORCEDTLS), every option but STARTTLS and ABORT gets
+// NBD_REP_ERR_TLS_REQD until TLS runs, so LIST and INFO name no export, and EXPORT_NAME, which
+// cannot carry an error, closes the connection. STARTTLS answers ACK and connection.ts upgrades
+// the socket; negotiation then starts over (structured replies and meta contexts are forgotten).
 
 import type { BlockDevice } from '../block/device.js';
 import {
-  MAX_PAYLOAD,
+  MAX_PAYLOAD_ADVERTISED,
   NBD_INFO_BLOCK_SIZE,
   NBD_INFO_DESCRIPTION,
   NBD_INFO_NAME,
@@ -29,6 +36,7 @@ import {
   NBD_REP_ERR_INVALID,
   NBD_REP_ERR_POLICY,
   NBD_REP_ERR_SHUTDOWN,
+  NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
@@ -50,6 +58,7 @@ import {
 } from '../protocol/handshake.js';
 import { type Export, type ExportRegistry, quoteName, transmissionFlags } from './exports.js';
 import { isWellFormedQuery, listContexts, type MetaContext, selectContexts } from './meta-contexts.js';
+import type { TlsMode } from './tls-credentials.js';
 
 export interface NegotiationState {
   structuredReplies: boolean;
@@ -57,11 +66,18 @@ export interface NegotiationState {
   metaContexts: { readonly exp: Export; readonly contexts: readonly MetaContext[] } | null;
   /** The client set NBD_FLAG_C_NO_ZEROES. */
   readonly noZeroes: boolean;
+  /** TLS runs on this connection (a STARTTLS succeeded). */
+  readonly tls: boolean;
+  /** The identity the client proved in its TLS handshake (PSK user, certificate name), if any. */
+  readonly tlsIdentity: string | undefined;
 }
 
 /** What to do after an option, once any device open it started is over. */
 export type SettledOutcome =
-  | { readonly kind: 'continue'; readonly replies: Buffer[] }
+  /** Send the replies and go on; `refused` is the option's refusal, for the log. */
+  | { readonly kind: 'continue'; readonly replies: Buffer[]; readonly refused?: OptionError }
+  /** Send the ACK, then upgrade the socket to TLS and start negotiating again. */
+  | { readonly kind: 'starttls'; readonly replies: Buffer[] }
   /** Send the replies (if any), then close: ABORT, or an EXPORT_NAME that cannot be served. */
   | { readonly kind: 'close'; readonly replies: Buffer[]; readonly reason: string }
   /** Send the replies, then enter transmission on `exp` with `device` (now the connection's). */
@@ -86,6 +102,7 @@ export interface OptionContext {
   readonly registry: ExportRegistry;
   readonly state: NegotiationState;
   readonly shuttingDown: boolean;
+  readonly tlsMode: TlsMode;
 }
 
 type Handler = (payload: Buffer, option: number, ctx: OptionContext) => OptionOutcome;
@@ -93,7 +110,7 @@ type Handler = (payload: Buffer, option: number, ctx: OptionContext) => OptionOu
 const ack = (option: number): Buffer => encodeOptionReply(option, NBD_REP_ACK);
 
 function requireExport(ctx: OptionContext, name: string): Export {
-  const exp = ctx.registry.lookup(name);
+  const exp = ctx.registry.lookup(name, { tlsIdentity: ctx.state.tlsIdentity });
   if (exp === undefined) throw new OptionError(NBD_REP_ERR_UNKNOWN, `unknown export ${quoteName(name)}`);
   return exp;
 }
@@ -109,7 +126,11 @@ function contextsFor(ctx: OptionContext, exp: Export): readonly MetaContext[] {
 
 /** An option refused: its NBD_REP_ERR_* reply with the message, and negotiation goes on. */
 function refusal(option: number, err: OptionError): SettledOutcome {
-  return { kind: 'continue', replies: [encodeOptionReply(option, err.replyType, Buffer.from(err.message, 'utf8'))] };
+  return {
+    kind: 'continue',
+    replies: [encodeOptionReply(option, err.replyType, Buffer.from(err.message, 'utf8'))],
+    refused: err,
+  };
 }
 
 /**
@@ -139,7 +160,7 @@ const handleExportName: Handler = (payload, _option, ctx) => {
   if (ctx.shuttingDown || payload.includes(0)) return refuse('unknown export');
   let exp: Export | undefined;
   try {
-    exp = ctx.registry.lookup(name);
+    exp = ctx.registry.lookup(name, { tlsIdentity: ctx.state.tlsIdentity });
   } catch (err) {
     if (err instanceof OptionError) return refuse(err.message);
     throw err;
@@ -170,8 +191,12 @@ const handleList: Handler = (payload, option, ctx) => {
   return { kind: 'continue', replies };
 };
 
-const handleStartTls: Handler = () => {
-  throw new OptionError(NBD_REP_ERR_POLICY, 'TLS is not available on this server');
+const handleStartTls: Handler = (payload, option, ctx) => {
+  if (ctx.tlsMode === 'off') throw new OptionError(NBD_REP_ERR_POLICY, 'TLS is not enabled on this server');
+  requireEmpty(payload, option);
+  // proto.md: STARTTLS once TLS runs MUST get NBD_REP_ERR_INVALID.
+  if (ctx.state.tls) throw new OptionError(NBD_REP_ERR_INVALID, 'TLS is already running');
+  return { kind: 'starttls', replies: [ack(option)] };
 };
 
 const handleInfoOrGo: Handler = (payload, option, ctx) => {
@@ -188,7 +213,7 @@ const handleInfoOrGo: Handler = (payload, option, ctx) => {
     replies.push(encodeOptionReply(option, NBD_REP_INFO, encodeInfoText(NBD_INFO_DESCRIPTION, exp.description)));
   }
   if (wanted.has(NBD_INFO_BLOCK_SIZE)) {
-    const info = encodeInfoBlockSize(1, Math.max(512, exp.preferredBlockSize), MAX_PAYLOAD);
+    const info = encodeInfoBlockSize(1, Math.max(512, exp.preferredBlockSize), MAX_PAYLOAD_ADVERTISED);
     replies.push(encodeOptionReply(option, NBD_REP_INFO, info));
   }
   replies.push(ack(option));
@@ -251,6 +276,11 @@ export function handleOption(option: number, payload: Buffer, ctx: OptionContext
   try {
     if (ctx.shuttingDown && option !== NBD_OPT_ABORT && option !== NBD_OPT_EXPORT_NAME) {
       throw new OptionError(NBD_REP_ERR_SHUTDOWN, 'server is shutting down');
+    }
+    if (ctx.tlsMode === 'require' && !ctx.state.tls && option !== NBD_OPT_STARTTLS && option !== NBD_OPT_ABORT) {
+      // proto.md FORCEDTLS: EXPORT_NAME cannot be refused with a reply, so the session ends.
+      if (option === NBD_OPT_EXPORT_NAME) return { kind: 'close', replies: [], reason: 'NBD_OPT_EXPORT_NAME before STARTTLS' };
+      throw new OptionError(NBD_REP_ERR_TLS_REQD, 'this server requires TLS: send NBD_OPT_STARTTLS first');
     }
     if (handler === undefined) {
       throw new OptionError(NBD_REP_ERR_UNSUP, `${optionName(option)} is not supported`);

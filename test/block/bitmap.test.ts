@@ -95,6 +95,55 @@ t.test('runOf agrees with a naive scan on random maps', async (t) => {
   t.pass('agrees');
 });
 
+t.test('countState counts blocks in a state, inside a byte, across bytes and by whole bytes', async (t) => {
+  const map = new Bitmap(40);
+  map.setRange(2, 20, BLOCK_DATA); // blocks 2..21 data
+  map.setRange(9, 3, BLOCK_ZERO); // blocks 9..11 zero
+  map.set(39, BLOCK_DATA);
+  // [first, count, data, zero, base]
+  const cases: [number, number, number, number, number][] = [
+    [0, 40, 18, 3, 19],
+    [0, 1, 0, 0, 1],
+    [2, 1, 1, 0, 0],
+    [1, 2, 1, 0, 1], // inside byte 0
+    [3, 6, 6, 0, 0], // across bytes 0..2
+    [4, 8, 5, 3, 0], // whole bytes 1..2
+    [8, 16, 11, 3, 2],
+    [22, 18, 1, 0, 17], // to the end of the map
+    [39, 1, 1, 0, 0],
+    [5, 0, 0, 0, 0],
+  ];
+  for (const [first, count, data, zero, base] of cases) {
+    t.same(
+      ([BLOCK_DATA, BLOCK_ZERO, BLOCK_BASE] as BlockState[]).map((state) => map.countState(first, count, state)),
+      [data, zero, base],
+      `countState(${first}, ${count})`,
+    );
+  }
+  t.throws(() => map.countState(30, 11, BLOCK_DATA), RangeError, 'past the end');
+  t.throws(() => map.countState(0, 1, 3 as BlockState), RangeError, 'invalid state');
+});
+
+t.test('countState agrees with a naive scan on random maps', async (t) => {
+  const rand = seededRandom(7);
+  for (let round = 0; round < 200; round++) {
+    const blocks = 1 + randomInt(rand, 70);
+    const map = new Bitmap(blocks);
+    for (let i = 0; i < 6; i++) {
+      const first = randomInt(rand, blocks);
+      map.setRange(first, randomInt(rand, blocks - first + 1), randomInt(rand, 3) as BlockState);
+    }
+    const first = randomInt(rand, blocks);
+    const count = randomInt(rand, blocks - first + 1);
+    const state = randomInt(rand, 3) as BlockState;
+    let naive = 0;
+    for (let b = first; b < first + count; b++) if (map.get(b) === state) naive++;
+    if (map.countState(first, count, state) !== naive)
+      t.fail(`round ${round}: countState(${first}, ${count}, ${state}) != ${naive}`);
+  }
+  t.pass('agrees');
+});
+
 t.test('dirty pages of the map', async (t) => {
   const blocksPerPage = MAP_PAGE_SIZE * 4;
   const map = new Bitmap(blocksPerPage * 3 + 10, Buffer.alloc(MAP_PAGE_SIZE * 4));

@@ -5,6 +5,7 @@ import { type BaseImage, openBase } from '../../lib/block/base-image.js';
 import { CowDevice } from '../../lib/block/cow-device.js';
 import type { Extent } from '../../lib/block/device.js';
 import { decodeOverlayHeader } from '../../lib/block/overlay-header.js';
+import { SpaceBudget } from '../../lib/block/space-budget.js';
 import { makeBase, patternBytes, randomInt, seededRandom, sha256File } from './helpers.js';
 
 const W = { fua: false };
@@ -377,4 +378,160 @@ t.test('cache leaves contents alone; a bad block size is refused', async (t) => 
   await s.dev.cache(0, 3 * 1024 * 1024);
   await checkModel(t, s.dev, s.model, 'unchanged');
   t.throws(() => new CowDevice({ base: s.base, blockSize: 3000, overlayPath: `${s.overlayPath}2` }), { code: 'EINVAL' });
+});
+
+/** A device limited to `blocks` 4 KiB blocks of data, counted in a roomy shared budget so the tests can see the count. */
+async function limited(t: Test, blocks: number, size = 64 * 1024): Promise<Setup & { budget: SpaceBudget }> {
+  const dir = t.testdir();
+  const { path, bytes } = makeBase(dir, size);
+  const base = await openBase(path);
+  const overlayPath = join(dir, 'overlay.cow');
+  const budget = new SpaceBudget(1024 * 1024 * 1024);
+  const dev = new CowDevice({ base, blockSize: 4096, overlayPath, space: { perOverlay: blocks * 4096, shared: budget } });
+  t.teardown(async () => {
+    await dev.close();
+    await base.close();
+  });
+  return { base, basePath: path, model: Buffer.from(bytes), dev, overlayPath, budget };
+}
+
+/** Bytes in state "data" according to the device's extents. */
+async function dataBytes(dev: CowDevice): Promise<number> {
+  const ext = await dev.extents(0, dev.size, 100_000);
+  return ext.filter((e) => e.state === 'data').reduce((n, e) => n + e.length, 0);
+}
+
+t.test('a write past the overlay limit fails with ENOSPC and changes nothing; at the limit overwrites work', async (t) => {
+  const s = await limited(t, 3);
+  const write = async (offset: number, data: Buffer): Promise<void> => {
+    await s.dev.write(offset, data, W);
+    data.copy(s.model, offset);
+  };
+  await write(0, patternBytes(8192, 2)); // blocks 0-1
+  await t.rejects(s.dev.write(8192, Buffer.alloc(8192, 3), W), { code: 'ENOSPC', message: /no room for 8192 more bytes/ });
+  await checkModel(t, s.dev, s.model, 'a refused two-block write wrote neither block, though one would fit');
+  t.equal(states(await s.dev.extents(0, s.dev.size, 10)), 'data:8192 base:57344');
+  await write(8192, patternBytes(4096, 4)); // block 2: exactly at the limit
+  t.equal(s.budget.used, 3 * 4096, 'three blocks counted');
+
+  // At the limit: every kind of request that needs a new block is refused whole.
+  const refusals: [string, () => Promise<void>][] = [
+    ['a whole-block write', () => s.dev.write(4096 * 5, Buffer.alloc(4096, 5), W)],
+    ['a partial write that needs a copy-up', () => s.dev.write(4096 * 6 + 10, Buffer.alloc(10, 5), W)],
+    ['a write from a data block into a new one', () => s.dev.write(4096 * 2 + 100, Buffer.alloc(8000, 5), W)],
+    ['a write of pieces', () => s.dev.writev(4096 * 4, [Buffer.alloc(4096, 5), Buffer.alloc(4096, 6)], W)],
+    ['a noHole zero', () => s.dev.zero(4096 * 2, 8192, { fua: false, noHole: true })],
+    ['a trim whose partial block needs a copy-up', () => s.dev.trim(4096 * 7 + 100, 100, W)],
+  ];
+  for (const [what, request] of refusals) {
+    await t.rejects(request(), { code: 'ENOSPC' }, what);
+    await checkModel(t, s.dev, s.model, `${what}: nothing changed`);
+  }
+  t.equal(states(await s.dev.extents(0, s.dev.size, 10)), 'data:12288 base:53248', 'the map did not change');
+  t.equal(s.budget.used, 3 * 4096, 'refusals left the count alone');
+
+  // Overwrites of data blocks need no space, whole or partial, inline or not.
+  await write(0, patternBytes(12288, 7));
+  await write(4096 + 5, patternBytes(3000, 8));
+  await s.dev.writev(4096, [patternBytes(4096, 9)], W);
+  patternBytes(4096, 9).copy(s.model, 4096);
+  await s.dev.zero(100, 200, { fua: false, noHole: true });
+  s.model.fill(0, 100, 300);
+  await checkModel(t, s.dev, s.model, 'overwrites at the limit');
+
+  // Trim and zero free whole data blocks: the space comes back.
+  await s.dev.trim(4096, 4096, W);
+  s.model.fill(0, 4096, 8192);
+  t.equal(s.budget.used, 2 * 4096, 'a trimmed block is no longer counted');
+  await write(4096 * 8, patternBytes(4096, 10));
+  await s.dev.zero(4096 * 8, 4096, Z);
+  s.model.fill(0, 4096 * 8, 4096 * 9);
+  // A trim whose body frees a block may copy up a partial block at its edge.
+  await s.dev.trim(4096 * 2, 4096 + 50, W);
+  s.model.fill(0, 4096 * 2, 4096 * 3 + 50);
+  await checkModel(t, s.dev, s.model, 'after trims and zeros');
+  t.equal(states(await s.dev.extents(0, 4096 * 4, 10)), 'data:4096 zero:8192 data:4096');
+  t.equal(s.budget.used, await dataBytes(s.dev), 'the count is the data blocks of the map');
+});
+
+t.test('concurrent writes racing for the last blocks: exactly the limit is written', async (t) => {
+  const s = await limited(t, 5);
+  await s.dev.write(0, Buffer.alloc(4096, 1), W); // the overlay exists: the rest can take the inline path
+  const results = await Promise.allSettled(
+    Array.from({ length: 15 }, (_, i) => s.dev.write(4096 * (i + 1), Buffer.alloc(i % 2 === 0 ? 4096 : 100, i + 2), W)),
+  );
+  const written = results.filter((r) => r.status === 'fulfilled').length;
+  t.equal(written, 4, 'four of fifteen new blocks fit');
+  t.ok(
+    results.every((r) => r.status === 'fulfilled' || (r.reason as NodeJS.ErrnoException).code === 'ENOSPC'),
+    'the others are ENOSPC',
+  );
+  t.equal(await dataBytes(s.dev), 5 * 4096, 'five data blocks in the map');
+  t.equal(s.budget.used, 5 * 4096, 'and five counted');
+  for (const [i, r] of results.entries()) {
+    const got = Buffer.alloc(100);
+    await s.dev.read(4096 * (i + 1), got);
+    const want = r.status === 'fulfilled' ? Buffer.alloc(100, i + 2) : s.model.subarray(4096 * (i + 1), 4096 * (i + 1) + 100);
+    if (!got.equals(want)) t.fail(`block ${i + 1} (${r.status})`);
+  }
+});
+
+t.test('a directory budget is shared by devices and comes back when one is deleted', async (t) => {
+  const dir = t.testdir();
+  const { path } = makeBase(dir, 64 * 1024);
+  const base = await openBase(path);
+  const budget = new SpaceBudget(4 * 4096);
+  const space = { perOverlay: Infinity, shared: budget };
+  const a = new CowDevice({ base, blockSize: 4096, overlayPath: join(dir, 'a.cow'), space });
+  const b = new CowDevice({ base, blockSize: 4096, overlayPath: join(dir, 'b.cow'), space });
+  t.teardown(async () => {
+    await a.close();
+    await b.close();
+    await base.close();
+  });
+  await a.write(0, Buffer.alloc(3 * 4096, 1), W);
+  await b.write(0, Buffer.alloc(4096, 2), W);
+  t.equal(budget.used, 4 * 4096);
+  await t.rejects(b.write(4096, Buffer.alloc(4096, 2), W), {
+    code: 'ENOSPC',
+    message: /overlay directory holds 16384 of its 16384/,
+  });
+  await t.rejects(a.write(4096 * 3, Buffer.alloc(4096, 1), W), { code: 'ENOSPC' }, 'a is refused too');
+  await b.write(0, Buffer.alloc(4096, 3), W);
+  t.pass('an overwrite still works');
+  await a.trim(0, 4096, W);
+  t.equal(budget.used, 3 * 4096, "a's trim returns a block");
+  await b.write(4096, Buffer.alloc(4096, 2), W);
+  t.pass('which b can use');
+  await a.close();
+  t.equal(budget.used, 2 * 4096, "deleting a returns a's blocks");
+  await b.write(4096 * 2, Buffer.alloc(2 * 4096, 2), W);
+  t.equal(budget.used, 4 * 4096, 'b uses them');
+  await b.close();
+  t.equal(budget.used, 0, 'nothing counted once both are closed');
+});
+
+t.test('a request that fails part way keeps the space of what it wrote and gives back the rest', async (t) => {
+  const s = await limited(t, 8);
+  await s.dev.write(0, Buffer.alloc(4096, 1), W); // block 0
+  // The copy-up of block 3 fails (its base read) at once; the copy-up of block 1 finishes a
+  // turn of the event loop later, after that failure: the request still counts it.
+  const read = s.base.read.bind(s.base);
+  s.base.read = (offset, dest) => {
+    if (offset === 4096 * 3) return Promise.reject(Object.assign(new Error('injected'), { code: 'EIO' }));
+    return new Promise((resolve) => setImmediate(resolve)).then(() => read(offset, dest));
+  };
+  t.teardown(() => {
+    s.base.read = read;
+  });
+  await t.rejects(s.dev.write(4096 + 100, Buffer.alloc(2 * 4096, 2), W), { code: 'EIO' }, 'block 1 partial, 2 whole, 3 partial');
+  t.equal(states(await s.dev.extents(0, 4096 * 4, 10)), 'data:12288 base:4096', 'blocks 1 and 2 were written');
+  t.equal(s.budget.used, 3 * 4096, 'counted: blocks 0-2, not the failed copy-up of block 3');
+  await t.rejects(s.dev.trim(4096 * 3 + 100, 4096, W), { code: 'EIO' }, 'a trim whose partial edge cannot be copied up');
+  t.equal(states(await s.dev.extents(0, 4096 * 5, 10)), 'data:12288 base:4096 data:4096', 'its other edge was zero-filled');
+  t.equal(s.budget.used, 4 * 4096, 'and counted; the failed edge is not');
+  s.base.read = read;
+  await s.dev.write(4096 * 5, Buffer.alloc(4 * 4096, 3), W);
+  t.equal(s.budget.used, 8 * 4096, 'what was given back can be used: exactly the limit');
+  t.equal(await dataBytes(s.dev), 8 * 4096);
 });

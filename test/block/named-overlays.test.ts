@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { openBase } from '../../lib/block/base-image.js';
 import { NamedOverlays } from '../../lib/block/named-overlays.js';
+import { SpaceBudget } from '../../lib/block/space-budget.js';
 import { deadPid } from '../helpers/processes.js';
 import { makeBase, sha256File } from './helpers.js';
 
@@ -253,4 +254,38 @@ t.test('two registries in one process on one directory refuse each other', async
   await b.read(0, got);
   t.equal(got.toString(), 'kept', 'once released, the other registry opens it with its data');
   await b.close();
+});
+
+t.test('space limits: a named overlay reopened from disk counts the data its map holds', async (t) => {
+  const dir = t.testdir();
+  const { path } = makeBase(dir, 64 * 1024);
+  const base = await openBase(path);
+  const budget = new SpaceBudget(5 * 4096);
+  const named = new NamedOverlays({ base, blockSize: 4096, dir, space: { perOverlay: 3 * 4096, shared: budget } });
+  t.teardown(async () => {
+    await named.closeAll();
+    await base.close();
+  });
+  const a = await named.attach('golden', 'q');
+  await a.write(0, Buffer.alloc(3 * 4096, 1), W);
+  await a.trim(4096 * 5, 4096, W); // a zero block: costs nothing
+  t.equal(budget.used, 3 * 4096);
+  await t.rejects(a.write(4096 * 3, Buffer.alloc(4096, 1), W), { code: 'ENOSPC', message: /it holds 12288 of its 12288/ });
+  await a.close();
+  t.equal(budget.used, 0, 'a closed named overlay leaves the directory budget');
+
+  const b = await named.attach('golden', 'b');
+  await b.write(0, Buffer.alloc(2 * 4096, 2), W);
+  const again = await named.attach('golden', 'q');
+  t.equal(budget.used, 5 * 4096, 'reopened: its three data blocks count again, beside b');
+  await t.rejects(again.write(4096 * 3, Buffer.alloc(4096, 1), W), { code: 'ENOSPC' }, 'still at its own limit');
+  await again.write(4096, Buffer.alloc(4096, 3), W);
+  t.pass('an overwrite works');
+  await t.rejects(b.write(4096 * 2, Buffer.alloc(4096, 2), W), { code: 'ENOSPC', message: /overlay directory holds 20480/ });
+  await again.trim(0, 4096, W);
+  await b.write(4096 * 2, Buffer.alloc(4096, 2), W);
+  t.equal(budget.used, 5 * 4096, "b took the block q's trim gave back");
+  await again.close();
+  await b.close();
+  t.equal(budget.used, 0);
 });

@@ -4,9 +4,10 @@
 import type { Test } from 'tap';
 import type { BlockDevice } from '../../lib/block/device.js';
 import { createLogger } from '../../lib/log.js';
-import { type ConnectionLimits, DEFAULT_LIMITS } from '../../lib/server/connection.js';
+import { type ConnectionLimits, DEFAULT_LIMITS, NO_TLS, type TlsSettings } from '../../lib/server/connection.js';
 import { type Export, singleExportRegistry } from '../../lib/server/exports.js';
 import { NbdListener } from '../../lib/server/listener.js';
+import { MemoryBudget } from '../../lib/server/memory-budget.js';
 import { within } from './wait.js';
 
 export interface FakeListenerOptions {
@@ -15,6 +16,9 @@ export interface FakeListenerOptions {
   /** Called at each GO / EXPORT_NAME. */
   readonly openDevice: () => Promise<BlockDevice>;
   readonly limits?: Partial<ConnectionLimits> | undefined;
+  /** The memory budget shared by the connections (default: 256 MiB, stall limit from `limits`). */
+  readonly budget?: MemoryBudget;
+  readonly tls?: TlsSettings;
   /** Runs at teardown after the clients are destroyed, before the listener stops. */
   readonly beforeStop?: () => void;
 }
@@ -35,10 +39,13 @@ export function createFakeListener(options: Omit<FakeListenerOptions, 'beforeSto
     preferredBlockSize: 4096,
     openDevice: options.openDevice,
   };
+  const limits = { ...DEFAULT_LIMITS, ...options.limits };
   return new NbdListener({
     registry: singleExportRegistry(exp),
     log: createLogger('silent'),
-    limits: { ...DEFAULT_LIMITS, ...options.limits },
+    limits,
+    budget: options.budget ?? new MemoryBudget({ limit: 256 * 1024 * 1024, stallMs: limits.replyStallMs }),
+    tls: options.tls ?? NO_TLS,
   });
 }
 

@@ -87,7 +87,8 @@ const SPEC: Readonly<Record<string, number | bigint | string>> = {
   CONTEXT_BASE_ALLOCATION: 'base:allocation',
   CONTEXT_QEMU_ALLOCATION_DEPTH: 'qemu:allocation-depth',
   MAX_STRING_LENGTH: 4096,
-  MAX_PAYLOAD: 33554432,
+  MAX_PAYLOAD_ADVERTISED: 33554432,
+  MAX_PAYLOAD: 67108864,
 };
 
 t.test('every constant has the value proto.md gives it', async (t) => {

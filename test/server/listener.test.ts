@@ -2,12 +2,18 @@
 // at a gate, so requests are provably in flight when DISC, a half-close, a drop or stop() comes.
 
 import { spawnSync } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { existsSync, statSync, writeFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import type { ConnectionLimits } from '../../lib/server/connection.js';
-import type { NbdListener } from '../../lib/server/listener.js';
+import { createLogger } from '../../lib/log.js';
+import { AccessList } from '../../lib/server/access-list.js';
+import type { AdmissionPolicy } from '../../lib/server/admission.js';
+import { type ConnectionLimits, DEFAULT_LIMITS, NO_TLS } from '../../lib/server/connection.js';
+import { singleExportRegistry } from '../../lib/server/exports.js';
+import { type ListenAddress, NbdListener } from '../../lib/server/listener.js';
+import { MemoryBudget } from '../../lib/server/memory-budget.js';
+import type { SocketPermissions } from '../../lib/server/socket-permissions.js';
 import { patternBuffer } from '../helpers/bases.js';
 import { FakeDevice } from '../helpers/fake-device.js';
 import { createFakeListener, settle, startFakeListener } from '../helpers/fake-listener.js';
@@ -15,7 +21,7 @@ import { hex } from '../helpers/hex.js';
 import { RawClient } from '../helpers/raw-nbd/client.js';
 import { greet, type Negotiated, negotiate } from '../helpers/raw-nbd/negotiate.js';
 import { readOptionReplies, readSimpleReply } from '../helpers/raw-nbd/replies.js';
-import { infoRequestData, optionBytes, requestBytes } from '../helpers/raw-nbd/wire.js';
+import { infoRequestData, NBDMAGIC, optionBytes, requestBytes } from '../helpers/raw-nbd/wire.js';
 import { shortDir } from '../helpers/server-fixture.js';
 import { waitFor, within } from '../helpers/wait.js';
 
@@ -391,4 +397,203 @@ t.test('stop() finishes even when a client never reads its replies', async (t) =
   t.ok(devices[0]?.closed, 'device closed');
   client.destroy();
   await within(listener.stop(), 10_000, 'listener.stop() after the client left');
+});
+
+// ---- Who may connect, how many at once, and the socket file's permissions.
+
+/** A listener on the pattern device with an admission policy and socket permissions; its warnings go to `lines`. */
+async function startGuarded(
+  t: Test,
+  address: ListenAddress,
+  options: { admission?: AdmissionPolicy; socketPermissions?: SocketPermissions } = {},
+): Promise<{ listener: NbdListener; lines: string[] }> {
+  const lines: string[] = [];
+  const listener = new NbdListener({
+    registry: singleExportRegistry({
+      name: 'fake',
+      description: '',
+      size: SIZE,
+      readOnly: false,
+      preferredBlockSize: 4096,
+      openDevice: async () => new FakeDevice(SIZE, { data: patternBuffer(SIZE) }),
+    }),
+    log: createLogger('warn', (line) => lines.push(line.trimEnd())),
+    limits: DEFAULT_LIMITS,
+    budget: new MemoryBudget({ limit: 256 * 1024 * 1024, stallMs: DEFAULT_LIMITS.replyStallMs }),
+    tls: NO_TLS,
+    ...(options.admission !== undefined ? { admission: options.admission } : {}),
+    ...(options.socketPermissions !== undefined ? { socketPermissions: options.socketPermissions } : {}),
+  });
+  await listener.listen(address);
+  t.teardown(() => within(listener.stop(), 10_000, 'listener.stop()'));
+  return { listener, lines };
+}
+
+/**
+ * What a TCP client connecting to `listener` (from `localAddress`) meets first: `greeting` (the
+ * 18-byte NBDMAGIC IHAVEOPT), or `closed without a byte`. The client then leaves.
+ */
+function firstContact(listener: NbdListener, options: { host?: string; localAddress?: string } = {}): Promise<string> {
+  const address = listener.address;
+  if (address.kind !== 'tcp') throw new Error('a TCP listener was expected');
+  return new Promise((resolve, reject) => {
+    const socket = connect({
+      host: options.host ?? address.host,
+      port: address.port,
+      ...(options.localAddress !== undefined ? { localAddress: options.localAddress } : {}),
+    });
+    let received = Buffer.alloc(0);
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`no greeting and no close within 5 s (${received.length} bytes)`));
+    }, 5000);
+    const finish = (what: string): void => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(what);
+    };
+    socket.on('data', (chunk: Buffer) => {
+      received = Buffer.concat([received, chunk]);
+      if (received.length >= 18)
+        finish(received.readBigUInt64BE(0) === NBDMAGIC ? 'greeting' : `bytes ${received.toString('hex')}`);
+    });
+    socket.on('close', () => finish(received.length === 0 ? 'closed without a byte' : `closed after ${received.length} bytes`));
+    // A reset is one way of being closed; 'close' follows.
+    socket.on('error', () => undefined);
+  });
+}
+
+/** Refusals in log lines: one per "refused a connection", N per "refused N more". */
+function refusalsLogged(lines: readonly string[]): number {
+  let total = 0;
+  for (const line of lines) {
+    const more = /refused (\d+) more connection/.exec(line);
+    total += more !== null ? Number(more[1]) : line.includes('refused a connection from') ? 1 : 0;
+  }
+  return total;
+}
+
+async function canBindIpv6(): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = createServer();
+    probe.once('error', () => resolve(false));
+    probe.listen({ host: '::1', port: 0 }, () => probe.close(() => resolve(true)));
+  });
+}
+const NO_IPV6 = (await canBindIpv6()) ? false : 'the IPv6 loopback (::1) is not available';
+
+t.test('--allow 127.0.0.2/32: 127.0.0.1 is closed before the greeting, 127.0.0.2 is greeted', async (t) => {
+  const { listener, lines } = await startGuarded(
+    t,
+    { kind: 'tcp', host: '127.0.0.1', port: 0 },
+    {
+      admission: { allow: new AccessList(['127.0.0.2/32']) },
+    },
+  );
+  t.equal(await firstContact(listener), 'closed without a byte', 'from 127.0.0.1');
+  t.equal(listener.connectionCount, 0, 'no connection was made for it');
+  // 127.0.0.0/8 is all loopback on Linux: the client can bind any of it.
+  t.equal(await firstContact(listener, { localAddress: '127.0.0.2' }), 'greeting', 'from 127.0.0.2');
+  t.match(lines, [/^nbd-cow: warn: refused a connection from 127\.0\.0\.1:\d+: address not in the allow list$/]);
+});
+
+t.test('allow list over IPv6: ::1 allowed or refused; IPv4-mapped peers match IPv4 ranges', { skip: NO_IPV6 }, async (t) => {
+  const v6 = await startGuarded(t, { kind: 'tcp', host: '::1', port: 0 }, { admission: { allow: new AccessList(['::1/128']) } });
+  t.equal(await firstContact(v6.listener), 'greeting', '::1 in ::1/128');
+  const v4Only = await startGuarded(
+    t,
+    { kind: 'tcp', host: '::1', port: 0 },
+    {
+      admission: { allow: new AccessList(['127.0.0.0/8']) },
+    },
+  );
+  t.equal(await firstContact(v4Only.listener), 'closed without a byte', '::1 is not in 127.0.0.0/8');
+  t.match(v4Only.lines, [/refused a connection from \[::1\]:\d+: address not in the allow list/]);
+
+  // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d.
+  const dual = await startGuarded(
+    t,
+    { kind: 'tcp', host: '::', port: 0 },
+    {
+      admission: { allow: new AccessList(['127.0.0.2', '::1']) },
+    },
+  );
+  t.equal(await firstContact(dual.listener, { host: '127.0.0.1', localAddress: '127.0.0.2' }), 'greeting', '::ffff:127.0.0.2');
+  t.equal(await firstContact(dual.listener, { host: '127.0.0.1' }), 'closed without a byte', '::ffff:127.0.0.1');
+  t.equal(await firstContact(dual.listener, { host: '::1' }), 'greeting', '::1');
+  t.match(dual.lines, [/refused a connection from \[::ffff:127\.0\.0\.1\]:\d+/]);
+});
+
+t.test('connection cap: the N+1th is closed before the greeting; once one leaves, a new one gets in', async (t) => {
+  const { listener, lines } = await startGuarded(
+    t,
+    { kind: 'tcp', host: '127.0.0.1', port: 0 },
+    {
+      admission: { maxConnections: 2 },
+    },
+  );
+  const clients: RawClient[] = [];
+  t.teardown(() => {
+    for (const c of clients) c.destroy();
+  });
+  const open = async (): Promise<RawClient> => {
+    const client = await RawClient.connect(listener.address);
+    clients.push(client);
+    return client;
+  };
+  const first = await open();
+  await greet(first);
+  await greet(await open());
+  t.equal(listener.connectionCount, 2);
+
+  const third = await open();
+  t.ok(await third.closed(), 'the third is closed');
+  t.equal(third.buffered, 0, 'without a byte');
+  t.match(lines, [/^nbd-cow: warn: refused a connection from 127\.0\.0\.1:\d+: too many connections \(limit 2\)$/]);
+
+  // A burst past the cap: every one refused, their log lines rate-limited (counted at stop).
+  const burst = await Promise.all(Array.from({ length: 20 }, () => open()));
+  for (const client of burst) t.ok(await client.closed(), 'burst connection closed');
+  t.ok(
+    burst.every((client) => client.buffered === 0),
+    'no burst connection got a byte',
+  );
+
+  first.destroy();
+  await waitFor(() => listener.connectionCount === 1, 'the first connection gone');
+  const next = await open();
+  await greet(next);
+  t.equal(listener.connectionCount, 2, 'a new one got in');
+
+  await within(listener.stop(), 10_000, 'stop');
+  t.equal(refusalsLogged(lines), 21, 'every refusal counted in the log');
+});
+
+t.test('unix socket: the mode and group asked for; allow lists do not apply', async (t) => {
+  const dir = shortDir(t);
+  // Root may give any group; anyone may give a group of their own.
+  const gid = process.getuid?.() === 0 ? 65534 : (process.getgid?.() ?? 0);
+  const path = join(dir, 'modes.sock');
+  const { listener } = await startGuarded(
+    t,
+    { kind: 'unix', path },
+    {
+      admission: { allow: new AccessList(['127.0.0.2']) },
+      socketPermissions: { mode: 0o640, gid },
+    },
+  );
+  t.equal((statSync(path).mode & 0o777).toString(8), '640');
+  t.equal(statSync(path).gid, gid);
+  const client = await RawClient.connect(listener.address);
+  t.teardown(() => client.destroy());
+  await greet(client);
+  t.pass('a unix client is greeted although it is in no allow list');
+
+  // Group alone: the mode stays what the umask gives a plain listener's socket.
+  const plainPath = join(dir, 'plain.sock');
+  await startGuarded(t, { kind: 'unix', path: plainPath });
+  const groupOnly = join(dir, 'group.sock');
+  await startGuarded(t, { kind: 'unix', path: groupOnly }, { socketPermissions: { gid } });
+  t.equal((statSync(groupOnly).mode & 0o777).toString(8), (statSync(plainPath).mode & 0o777).toString(8));
+  t.equal(statSync(groupOnly).gid, gid);
 });

@@ -1,103 +1,30 @@
 import t from 'tap';
 import { OptionError } from '../../lib/protocol/errors.js';
-import { decodeOptionReply } from '../../lib/protocol/handshake.js';
 import { type Export, type ExportRegistry, overlayExportRegistry, singleExportRegistry } from '../../lib/server/exports.js';
-import { handleOption, type NegotiationState, type OptionContext, type SettledOutcome } from '../../lib/server/negotiation.js';
+import { handleOption, type SettledOutcome } from '../../lib/server/negotiation.js';
 import { FakeDevice } from '../helpers/fake-device.js';
 import { hex } from '../helpers/hex.js';
+import {
+  ACK,
+  context,
+  ERR_INVALID,
+  ERR_POLICY,
+  ERR_SHUTDOWN,
+  ERR_UNKNOWN,
+  ERR_UNSUP,
+  handle,
+  infoTypes,
+  makeExport,
+  metaContexts,
+  OPT,
+  REP_INFO,
+  REP_SERVER,
+  replies,
+  SIZE,
+  settledNow,
+  types,
+} from '../helpers/negotiation.js';
 import { infoRequestData, metaContextData } from '../helpers/raw-nbd/wire.js';
-
-const ACK = 1;
-const REP_SERVER = 2;
-const REP_INFO = 3;
-const REP_META_CONTEXT = 4;
-const ERR_UNSUP = 0x80000001;
-const ERR_POLICY = 0x80000002;
-const ERR_INVALID = 0x80000003;
-const ERR_UNKNOWN = 0x80000006;
-const ERR_SHUTDOWN = 0x80000007;
-
-const OPT = {
-  EXPORT_NAME: 1,
-  ABORT: 2,
-  LIST: 3,
-  PEEK_EXPORT: 4,
-  STARTTLS: 5,
-  INFO: 6,
-  GO: 7,
-  STRUCTURED_REPLY: 8,
-  LIST_META_CONTEXT: 9,
-  SET_META_CONTEXT: 10,
-  EXTENDED_HEADERS: 11,
-} as const;
-
-const SIZE = 1 << 20;
-
-function makeExport(name = 'golden', options: { readOnly?: boolean; blockSize?: number } = {}): Export {
-  return {
-    name,
-    description: `${name} disk`,
-    size: SIZE,
-    readOnly: options.readOnly ?? false,
-    preferredBlockSize: options.blockSize ?? 4096,
-    openDevice: async () => new FakeDevice(SIZE),
-  };
-}
-
-function context(
-  registry: ExportRegistry = singleExportRegistry(makeExport()),
-  state: Partial<NegotiationState> = {},
-  shuttingDown = false,
-): OptionContext & { state: NegotiationState } {
-  return {
-    registry,
-    state: { structuredReplies: false, metaContexts: null, noZeroes: false, ...state },
-    shuttingDown,
-  };
-}
-
-/** handleOption, with the device open of a GO or EXPORT_NAME awaited. */
-async function handle(option: number, payload: Buffer, ctx: OptionContext): Promise<SettledOutcome> {
-  const outcome = handleOption(option, payload, ctx);
-  return outcome.kind === 'opening' ? outcome.settled : outcome;
-}
-
-/** The outcome of an option answered at once (anything but GO and EXPORT_NAME). */
-function settledNow(outcome: ReturnType<typeof handleOption>): SettledOutcome {
-  if (outcome.kind === 'opening') throw new Error('answered only after a device open');
-  return outcome;
-}
-
-interface Reply {
-  option: number;
-  replyType: number;
-  payload: Buffer;
-}
-
-function replies(outcome: SettledOutcome): Reply[] {
-  return outcome.replies.map((r) => {
-    const d = decodeOptionReply(r);
-    t.equal(r.length, 20 + d.payload.length, 'each reply is exactly one message');
-    return { option: d.option, replyType: d.replyType, payload: Buffer.from(d.payload) };
-  });
-}
-
-function types(outcome: SettledOutcome): number[] {
-  return replies(outcome).map((r) => r.replyType);
-}
-
-/** The info type of each NBD_REP_INFO reply. */
-function infoTypes(outcome: SettledOutcome): number[] {
-  return replies(outcome)
-    .filter((r) => r.replyType === REP_INFO)
-    .map((r) => r.payload.readUInt16BE(0));
-}
-
-function metaContexts(outcome: SettledOutcome): [number, string][] {
-  return replies(outcome)
-    .filter((r) => r.replyType === REP_META_CONTEXT)
-    .map((r) => [r.payload.readUInt32BE(0), r.payload.subarray(4).toString('utf8')]);
-}
 
 t.test('every reply echoes the option it answers', async (t) => {
   for (const option of [OPT.LIST, OPT.INFO, OPT.STRUCTURED_REPLY, 99, OPT.STARTTLS]) {

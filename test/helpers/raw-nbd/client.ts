@@ -5,6 +5,10 @@ import { connect, type Socket } from 'node:net';
 import type { ListenAddress } from '../../../lib/server/listener.js';
 import { DEFAULT_TIMEOUT, TimeoutError } from '../wait.js';
 
+function ignore(): void {
+  /* see the constructor */
+}
+
 interface Waiter {
   readonly n: number;
   readonly resolve: (buf: Buffer) => void;
@@ -27,21 +31,40 @@ export class RawClient {
     this.#closedPromise = new Promise((resolve) => {
       resolveClosed = resolve;
     });
-    socket.on('data', (chunk: Buffer) => {
-      this.#chunks.push(chunk);
-      this.#length += chunk.length;
-      this.#serve();
-    });
-    const onGone = (): void => {
+    this.#onGone = (): void => {
       if (this.#ended) return;
       this.#ended = true;
       resolveClosed();
       this.#serve();
     };
-    socket.on('end', onGone);
-    socket.on('close', onGone);
+    socket.on('data', this.#onData);
+    socket.on('end', this.#onGone);
+    socket.on('close', this.#onGone);
     // A reset from the server is a form of closing; the tests look at `closed`, not at errors.
-    socket.on('error', () => undefined);
+    socket.on('error', ignore);
+  }
+
+  readonly #onData = (chunk: Buffer): void => {
+    this.#chunks.push(chunk);
+    this.#length += chunk.length;
+    this.#serve();
+  };
+
+  readonly #onGone: () => void;
+
+  /** A raw client over a socket that is already connected (a TLS socket after STARTTLS). */
+  static over(socket: Socket): RawClient {
+    return new RawClient(socket);
+  }
+
+  /** Stop listening to the socket and hand it over (to a TLS client after STARTTLS's ACK). */
+  release(): Socket {
+    if (this.#length > 0) throw new Error(`${this.#length} bytes still buffered`);
+    this.socket.off('data', this.#onData);
+    this.socket.off('end', this.#onGone);
+    this.socket.off('close', this.#onGone);
+    this.socket.off('error', ignore);
+    return this.socket;
   }
 
   /** Connect to a listener; `allowHalfOpen` keeps our side writable after the server's FIN. */

@@ -1,0 +1,53 @@
+// NBD_OPT_STARTTLS's upgrade of a plain socket to a server-side TLS socket (node:tls does the
+// cryptography). The ACK goes out in clear text first; the upgrade starts once it has reached
+// the kernel, so no earlier reply is left behind in the plain socket's buffer.
+
+import type { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
+import type { TlsCredentials } from './tls-credentials.js';
+
+export interface TlsUpgradeEvents {
+  /**
+   * The ACK is written: let go of the plain socket (stop listening to it) and say whether to go
+   * on (false: the connection closed meanwhile, or the client sent bytes before the handshake).
+   */
+  upgrading(): boolean;
+  /** The handshake succeeded; `identity` is what the client proved (credentials.identityOf). */
+  secure(socket: TLSSocket, identity: string | undefined): void;
+  /** The ACK could not be written, or the handshake failed: the connection must close. */
+  failed(reason: string): void;
+}
+
+function ignore(): void {
+  /* reported by the TLS socket */
+}
+
+/** Write `ack` on `socket`, then wrap it in TLS with `credentials`; the outcome goes to `events`. */
+export function startTls(socket: Socket, ack: Buffer, credentials: TlsCredentials, events: TlsUpgradeEvents): void {
+  socket.write(ack, (err) => {
+    if (err !== undefined && err !== null) {
+      events.failed(`writing the STARTTLS reply: ${err.message}`);
+      return;
+    }
+    if (socket.destroyed || !events.upgrading()) return;
+    // From here the TLS socket reports the connection's errors; one left on the plain socket
+    // with no listener would crash the process.
+    socket.on('error', ignore);
+    const secure = new TLSSocket(socket, credentials.socketOptions());
+    const onError = (error: Error): void => {
+      secure.destroy();
+      events.failed(`TLS handshake failed: ${error.message}`);
+    };
+    secure.on('error', onError);
+    secure.once('secure', () => {
+      secure.off('error', onError);
+      const refused = credentials.refusal(secure);
+      if (refused !== undefined) {
+        secure.destroy();
+        events.failed(`TLS handshake refused: ${refused}`);
+        return;
+      }
+      events.secure(secure, credentials.identityOf(secure));
+    });
+  });
+}

@@ -1,0 +1,107 @@
+import t from 'tap';
+import { type BudgetHolder, MemoryBudget } from '../../lib/server/memory-budget.js';
+import { waitFor } from '../helpers/wait.js';
+
+const MiB = 1024 * 1024;
+
+t.test('take fits or queues; adjust gives back and grants the line in order', async (t) => {
+  const budget = new MemoryBudget({ limit: 10 * MiB, stallMs: 60_000 });
+  const granted: string[] = [];
+  t.ok(
+    budget.take(6 * MiB, () => granted.push('never')),
+    'fits',
+  );
+  t.equal(budget.used, 6 * MiB);
+  t.notOk(
+    budget.take(6 * MiB, () => granted.push('big')),
+    'does not fit: waits',
+  );
+  t.notOk(
+    budget.take(1 * MiB, () => granted.push('small')),
+    'fits, but someone waits before it: waits too (no overtaking)',
+  );
+  t.equal(budget.waiting, 2);
+  budget.adjust(-1 * MiB);
+  t.same(granted, [], '5 MiB taken: the 6 MiB at the head still does not fit, nor may the 1 MiB pass it');
+  budget.adjust(-4 * MiB);
+  t.same(granted, ['big', 'small'], 'both granted, in order');
+  t.equal(budget.used, 8 * MiB, 'their bytes are taken for them');
+  t.equal(budget.waiting, 0);
+  budget.adjust(3 * MiB);
+  t.equal(budget.used, 11 * MiB, 'adjust up is never refused');
+});
+
+t.test('cancel leaves the line and lets the next one through', async (t) => {
+  const budget = new MemoryBudget({ limit: 4 * MiB, stallMs: 60_000 });
+  const granted: string[] = [];
+  budget.take(3 * MiB, () => undefined);
+  const big = (): void => {
+    granted.push('big');
+  };
+  budget.take(4 * MiB, big);
+  budget.take(1 * MiB, () => granted.push('small'));
+  t.same(granted, []);
+  budget.cancel(big);
+  t.same(granted, ['small'], 'the small one fits once the big one left');
+  t.equal(budget.used, 4 * MiB);
+});
+
+class FakeHolder implements BudgetHolder {
+  queued: number;
+  evicted: string | null = null;
+  constructor(queued: number) {
+    this.queued = queued;
+  }
+  queuedBytes(): number {
+    return this.queued;
+  }
+  evict(reason: string): void {
+    this.evicted = reason;
+  }
+}
+
+t.test('while someone waits, a holder whose replies do not move is evicted; one that drains is not', async (t) => {
+  const budget = new MemoryBudget({ limit: 8 * MiB, stallMs: 200, checkMs: 20 });
+  const stuck = new FakeHolder(4 * MiB);
+  const slow = new FakeHolder(4 * MiB);
+  const idle = new FakeHolder(0);
+  for (const h of [stuck, slow, idle]) budget.register(h);
+  budget.adjust(8 * MiB);
+  let granted = false;
+  budget.take(1 * MiB, () => {
+    granted = true;
+  });
+  // `slow` keeps making progress: its queue shrinks a little at every look.
+  const drain = setInterval(() => {
+    slow.queued = Math.max(1, slow.queued - 64 * 1024);
+  }, 10);
+  t.teardown(() => clearInterval(drain));
+  await waitFor(() => stuck.evicted !== null, 'the stuck holder is evicted', 5000);
+  t.match(stuck.evicted, /have not been read for 200 ms while others wait for memory/);
+  t.equal(slow.evicted, null, 'a client that reads slowly is left alone');
+  t.equal(idle.evicted, null, 'a holder with nothing queued is left alone');
+  // The evicted connection's bytes come back when it closes: the waiter gets in.
+  budget.adjust(-4 * MiB);
+  t.ok(granted, 'granted once the evicted connection released its bytes');
+  clearInterval(drain);
+});
+
+t.test('nobody waiting: nobody is evicted, however long replies sit', async (t) => {
+  const budget = new MemoryBudget({ limit: 8 * MiB, stallMs: 50, checkMs: 10 });
+  const stuck = new FakeHolder(4 * MiB);
+  budget.register(stuck);
+  budget.adjust(4 * MiB);
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  t.equal(stuck.evicted, null);
+  budget.unregister(stuck);
+  let granted = false;
+  budget.adjust(4 * MiB);
+  budget.take(1, () => {
+    granted = true;
+  });
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  t.equal(stuck.evicted, null, 'an unregistered holder is never evicted');
+  t.notOk(granted);
+  budget.adjust(-1);
+  t.ok(granted);
+});
