@@ -46,12 +46,14 @@ import {
 import { decodeRequest, REQUEST_SIZE, type Request } from '../protocol/transmission.js';
 import { type BufferPool, POOL_MIN_BYTES } from './buffer-pool.js';
 import { ByteQueue } from './byte-queue.js';
+import type { ConnectionLimits } from './connection-limits.js';
 import type { ExportRegistry } from './exports.js';
 import type { BudgetHolder, MemoryBudget } from './memory-budget.js';
 import { handleOption, type NegotiationState, type SettledOutcome } from './negotiation.js';
 import { ReplyBatcher } from './reply-batcher.js';
+import { RequestFlow } from './request-flow.js';
 import { errorReply, type Payload, type Session, serveRequest, validateRequest } from './requests.js';
-import type { TlsCredentials, TlsMode } from './tls-credentials.js';
+import type { TlsSettings } from './tls-credentials.js';
 import { startTls } from './tls-upgrade.js';
 
 type State =
@@ -66,45 +68,6 @@ type State =
   | 'discard-payload'
   | 'closing'
   | 'closed';
-
-export interface ConnectionLimits {
-  /** Requests in flight before the socket is paused (the Linux client sends up to 128). */
-  readonly maxInFlight: number;
-  /** Payload bytes held by in-flight requests before the socket is paused. */
-  readonly maxInFlightBytes: number;
-  /** Reply bytes queued in the socket before parsing pauses until 'drain'. */
-  readonly maxQueuedReplyBytes: number;
-  /** Largest option payload accepted; a bigger one is treated as an attack and closes. */
-  readonly maxOptionLength: number;
-  /** Options allowed before an export is chosen. */
-  readonly maxOptions: number;
-  /** From accept to transmission (TLS handshake included), or the connection is dropped. */
-  readonly handshakeTimeoutMs: number;
-  /**
-   * While others wait for the memory budget, a connection whose unsent replies have not moved
-   * for this long is dropped (memory-budget.ts).
-   */
-  readonly replyStallMs: number;
-}
-
-export const DEFAULT_LIMITS: ConnectionLimits = {
-  maxInFlight: 128,
-  maxInFlightBytes: 64 * 1024 * 1024,
-  maxQueuedReplyBytes: 16 * 1024 * 1024,
-  maxOptionLength: 64 * 1024,
-  maxOptions: 256,
-  // qemu-nbd's handshake limit (NBD_DEFAULT_HANDSHAKE_MAX_SECS).
-  handshakeTimeoutMs: 10_000,
-  replyStallMs: 10_000,
-};
-
-/** What the server does about TLS: the mode, and the credentials when it is not off. */
-export interface TlsSettings {
-  readonly mode: TlsMode;
-  readonly credentials: TlsCredentials | null;
-}
-
-export const NO_TLS: TlsSettings = { mode: 'off', credentials: null };
 
 export interface ConnectionOptions {
   readonly registry: ExportRegistry;
@@ -154,11 +117,8 @@ export class Connection implements BudgetHolder {
   #waitingRequest: Request | null = null;
   #allocate: (length: number) => Buffer;
   #discardRemaining = 0;
-  #inFlight = 0;
-  #inFlightBytes = 0;
-  /** Bytes this connection counts against the budget: in-flight payloads plus unsent replies. */
-  #charged = 0;
-  #waitingDrain = false;
+  /** Requests in flight and bytes held, against the limits and the memory budget. */
+  #flow: RequestFlow;
   #paused = false;
   #shuttingDown = false;
   #resolveClosed: () => void = () => undefined;
@@ -171,6 +131,7 @@ export class Connection implements BudgetHolder {
     this.#log = options.log;
     this.label = options.label;
     this.#allocate = (length) => options.buffers.acquire(length);
+    this.#flow = new RequestFlow(options.limits, options.budget);
     this.closed = new Promise((resolve) => {
       this.#resolveClosed = resolve;
     });
@@ -187,8 +148,7 @@ export class Connection implements BudgetHolder {
   };
 
   readonly #onDrain = (): void => {
-    this.#waitingDrain = false;
-    this.#chargeQueuedReplies();
+    this.#flow.drained(this.#queuedReplyBytes());
     this.#process();
   };
 
@@ -197,7 +157,7 @@ export class Connection implements BudgetHolder {
   // outstanding requests).
   readonly #onEnd = (): void => {
     if (this.#state === 'opening') this.#endedWhileOpening = true;
-    else if (this.#session !== null && this.#inFlight > 0) this.#beginClosing('client closed its side');
+    else if (this.#session !== null && this.#flow.inFlight > 0) this.#beginClosing('client closed its side');
     else this.#close('client closed the connection');
   };
 
@@ -287,7 +247,7 @@ export class Connection implements BudgetHolder {
         return this.#onOutcome(opened);
       }
       case 'request-header':
-        if (this.#mustWait() || queue.length < REQUEST_SIZE) return false;
+        if (this.#flow.mustWait || queue.length < REQUEST_SIZE) return false;
         return this.#onRequest(decodeRequest(queue.take(REQUEST_SIZE)));
       case 'write-payload': {
         const req = this.#pendingWrite as Request; // set whenever the state is write-payload
@@ -470,7 +430,7 @@ export class Connection implements BudgetHolder {
     }
     // A READ's reply or a WRITE's payload will be held in memory: take its bytes from the budget
     // first, or wait in line for them with the socket paused.
-    if (!this.#options.budget.take(req.length, this.#memoryGranted)) {
+    if (!this.#flow.reserve(req.length, this.#memoryGranted)) {
       this.#waitingRequest = req;
       this.#state = 'waiting-memory';
       return false;
@@ -489,8 +449,6 @@ export class Connection implements BudgetHolder {
 
   /** The request's bytes are taken from the budget: read its payload or dispatch it. */
   #admit(req: Request): boolean {
-    this.#charged += req.length;
-    this.#inFlightBytes += req.length;
     if (req.type === NBD_CMD_READ) {
       this.#dispatch(req, undefined);
       return true;
@@ -513,7 +471,7 @@ export class Connection implements BudgetHolder {
   #dispatch(req: Request, payload: Payload | undefined): void {
     const session = this.#session as Session; // requests are only dispatched with a session
     const cost = (req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE) && req.length <= MAX_PAYLOAD ? req.length : 0;
-    this.#inFlight++;
+    this.#flow.started();
     serveRequest(req, payload, session).then(
       (reply) => this.#finish(cost, reply),
       (err: unknown) => {
@@ -525,11 +483,9 @@ export class Connection implements BudgetHolder {
   }
 
   #finish(cost: number, reply: Buffer[] | null): void {
-    this.#inFlight--;
-    this.#inFlightBytes -= cost;
     if (reply !== null) this.#writeAll(reply);
-    this.#chargeQueuedReplies();
-    if (this.#inFlight === 0 && this.#onIdle !== null) {
+    this.#flow.finished(cost, this.#queuedReplyBytes());
+    if (this.#flow.inFlight === 0 && this.#onIdle !== null) {
       const onIdle = this.#onIdle;
       this.#onIdle = null;
       onIdle();
@@ -537,20 +493,9 @@ export class Connection implements BudgetHolder {
     if (this.#state === 'request-header' || this.#state === 'write-payload') this.#process();
   }
 
-  /**
-   * Count against the budget what this connection holds now: in-flight payloads and the replies
-   * its socket has not written yet (a reply's bytes stay counted until the client takes them).
-   */
-  #chargeQueuedReplies(): void {
-    const holding = this.#state === 'closed' ? 0 : this.#inFlightBytes + this.#socket.writableLength;
-    if (holding === this.#charged) return;
-    this.#options.budget.adjust(holding - this.#charged);
-    this.#charged = holding;
-  }
-
-  #mustWait(): boolean {
-    const limits = this.#options.limits;
-    return this.#inFlight >= limits.maxInFlight || this.#inFlightBytes >= limits.maxInFlightBytes || this.#waitingDrain;
+  /** Reply bytes waiting in the socket; none once the connection is closed (they will never go). */
+  #queuedReplyBytes(): number {
+    return this.#state === 'closed' ? 0 : this.#socket.writableLength;
   }
 
   /** Pause the socket while parsing must wait; resume when it may go on. */
@@ -562,7 +507,7 @@ export class Connection implements BudgetHolder {
       state === 'closing' ||
       state === 'opening' ||
       state === 'waiting-memory' ||
-      (state === 'request-header' && this.#mustWait());
+      (state === 'request-header' && this.#flow.mustWait);
     if (wait && !this.#paused) {
       this.#paused = true;
       this.#socket.pause();
@@ -575,7 +520,7 @@ export class Connection implements BudgetHolder {
   /** Send replies (each message whole, batched per event: reply-batcher.ts). */
   #writeAll(messages: readonly Buffer[]): void {
     if (this.#state === 'closed' || messages.length === 0) return;
-    if (this.#replies.write(messages) > this.#options.limits.maxQueuedReplyBytes) this.#waitingDrain = true;
+    this.#flow.written(this.#replies.write(messages));
   }
 
   /** Stop reading; once every in-flight request has replied, end the socket. */
@@ -596,7 +541,7 @@ export class Connection implements BudgetHolder {
   }
 
   #whenIdle(): Promise<void> {
-    if (this.#inFlight === 0) return Promise.resolve();
+    if (this.#flow.inFlight === 0) return Promise.resolve();
     return new Promise((resolve) => {
       const previous = this.#onIdle;
       this.#onIdle = () => {
@@ -608,9 +553,8 @@ export class Connection implements BudgetHolder {
 
   /** A request waiting for memory will never be served: take it out of the budget's line. */
   #leaveMemoryLine(): void {
-    if (this.#waitingRequest === null) return;
     this.#waitingRequest = null;
-    this.#options.budget.cancel(this.#memoryGranted);
+    this.#flow.cancelReservation();
   }
 
   #clearHandshakeTimer(): void {
@@ -634,16 +578,14 @@ export class Connection implements BudgetHolder {
     if (!graceful) this.#socket.destroy();
     else if (this.#socket.writableEnded) this.#socket.destroySoon();
     else this.#socket.end(() => this.#socket.destroy());
-    const budget = this.#options.budget;
-    budget.unregister(this);
+    this.#options.budget.unregister(this);
     void this.#whenIdle()
       .then(() => this.#opening)
       .then(() => this.#device?.close())
       .catch((err: unknown) => this.#log.warn(`${this.label}: closing device: ${String(err)}`))
       .finally(() => {
         // Every request has replied and the socket is gone: nothing is held any more.
-        budget.adjust(-this.#charged);
-        this.#charged = 0;
+        this.#flow.releaseAll();
         this.#resolveClosed();
       });
   }

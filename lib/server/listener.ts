@@ -7,10 +7,12 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 import type { Logger } from '../log.js';
 import { Admission, type AdmissionPolicy } from './admission.js';
 import { BufferPool } from './buffer-pool.js';
-import { Connection, type ConnectionLimits, type TlsSettings } from './connection.js';
+import { Connection } from './connection.js';
+import type { ConnectionLimits } from './connection-limits.js';
 import type { ExportRegistry } from './exports.js';
 import type { MemoryBudget } from './memory-budget.js';
 import { applySocketPermissions, bindOwnerOnly, type SocketPermissions } from './socket-permissions.js';
+import type { TlsSettings } from './tls-credentials.js';
 
 /** How long stop() lets queued replies drain before it drops the sockets. */
 const SHUTDOWN_GRACE_MS = 2000;

@@ -62,18 +62,17 @@ export class MemoryBudget {
     return this.#waiters.length;
   }
 
-  /**
-   * Take `bytes` now if they fit and nobody is waiting (true), else join the line (false):
-   * `granted` runs once they have been taken on the caller's behalf.
-   */
-  take(bytes: number, granted: () => void): boolean {
-    if (this.#waiters.length === 0 && this.#used + bytes <= this.limit) {
-      this.#used += bytes;
-      return true;
-    }
+  /** Take `bytes` if they fit and nobody is waiting in line before the caller. */
+  tryTake(bytes: number): boolean {
+    if (this.#waiters.length > 0 || this.#used + bytes > this.limit) return false;
+    this.#used += bytes;
+    return true;
+  }
+
+  /** Join the line for `bytes` (after tryTake said no): `granted` runs once they are taken for the caller. */
+  wait(bytes: number, granted: () => void): void {
     this.#waiters.push({ bytes, granted });
     this.#startWatchdog();
-    return false;
   }
 
   /** Change what is taken by `delta` bytes, e.g. replies queued (+) or written (−); never refused. */

@@ -2,18 +2,25 @@
 // pre-shared keys (the `username:hexkey` file libnbd, qemu and nbdkit use), loaded and checked
 // once at start, and the identity a client proved in its handshake.
 //
-// node:tls does the cryptography; node:crypto only parses the files at start, so that a bad one
-// is named with its problem instead of surfacing as an OpenSSL code at the first handshake.
+// node:tls does the cryptography; tls-credential-files.ts reads and checks the files.
 // Versions and cipher suites, and what the real clients negotiate with them: doc/tls.md.
 
-import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto';
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import tls from 'node:tls';
+import { MAX_IDENTITY_BYTES, readCertificates, readPrivateKey, readPskFile, unreadable } from './tls-credential-files.js';
 
 /** off: NOTLS; on: TLS at the client's choice (SELECTIVETLS); require: TLS before anything (FORCEDTLS). */
 export type TlsMode = 'off' | 'on' | 'require';
 export const TLS_MODES: readonly TlsMode[] = ['off', 'on', 'require'];
+
+/** What the server does about TLS: the mode, and the credentials when it is not off. */
+export interface TlsSettings {
+  readonly mode: TlsMode;
+  readonly credentials: TlsCredentials | null;
+}
+
+export const NO_TLS: TlsSettings = { mode: 'off', credentials: null };
 
 export interface TlsCredentials {
   /** How clients prove who they are: certificates or pre-shared keys. */
@@ -62,12 +69,6 @@ const PSK_CIPHERS = [
   'DHE-PSK-AES256-GCM-SHA384',
   'DHE-PSK-AES128-GCM-SHA256',
 ].join(':');
-/** RFC 4279 section 5.3: identities of up to 128 bytes MUST be supported; none longer is accepted. */
-const MAX_IDENTITY_BYTES = 128;
-/** 128 bits at least (psktool makes 256); at most 256 bytes, below every OpenSSL's limit. */
-const MIN_PSK_BYTES = 16;
-const MAX_PSK_BYTES = 256;
-
 /**
  * The server's TLS settings from its options: the mode, and the credentials loaded when it is not
  * off. Credentials with mode off, and on/require without credentials, are errors rather than
@@ -75,7 +76,7 @@ const MAX_PSK_BYTES = 256;
  */
 export async function loadTlsSettings(
   options: (TlsCredentialOptions & { readonly mode: TlsMode }) | undefined,
-): Promise<{ readonly mode: TlsMode; readonly credentials: TlsCredentials | null }> {
+): Promise<TlsSettings> {
   const mode = options?.mode ?? 'off';
   if (!TLS_MODES.includes(mode)) throw new Error(`TLS mode ${JSON.stringify(mode)} is not one of ${TLS_MODES.join(', ')}`);
   const given = options?.certificates !== undefined || options?.pskFile !== undefined || options?.verifyPeer === true;
@@ -212,59 +213,6 @@ function usableIdentity(name: string | undefined): string | undefined {
   return /\p{Cc}/u.test(name) ? undefined : name;
 }
 
-/** The reason a file could not be read, in words. */
-function unreadable(what: string, path: string, err: unknown): Error {
-  const code = (err as NodeJS.ErrnoException).code ?? '';
-  const reason =
-    code === 'ENOENT'
-      ? 'does not exist'
-      : code === 'EISDIR'
-        ? 'is a directory, not a file'
-        : code === 'EACCES' || code === 'EPERM'
-          ? 'cannot be read (permission denied)'
-          : `cannot be read (${code || String(err)})`;
-  return new Error(`${what} ${path} ${reason}`);
-}
-
-async function readText(what: string, path: string): Promise<string> {
-  try {
-    return await readFile(path, 'utf8');
-  } catch (err) {
-    throw unreadable(what, path, err);
-  }
-}
-
-const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
-
-/** Every certificate in a PEM file, parsed (a chain or a CA bundle holds several). */
-async function readCertificates(path: string): Promise<{ pem: string; certs: X509Certificate[] }> {
-  const pem = await readText('TLS certificate file', path);
-  const blocks = pem.match(PEM_CERTIFICATE) ?? [];
-  if (blocks.length === 0) throw new Error(`TLS certificate file ${path} holds no PEM certificate`);
-  const certs = blocks.map((block, i) => {
-    try {
-      return new X509Certificate(block);
-    } catch (err) {
-      throw new Error(`TLS certificate file ${path}: certificate ${i + 1} is not valid (${(err as Error).message})`);
-    }
-  });
-  return { pem, certs };
-}
-
-async function readPrivateKey(path: string): Promise<{ pem: string; key: KeyObject }> {
-  const pem = await readText('TLS key file', path);
-  // PKCS#8 and the older OpenSSL form; OpenSSL itself only says "interrupted or cancelled".
-  if (/-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: 4,ENCRYPTED/.test(pem)) {
-    throw new Error(`TLS key file ${path} is encrypted; nbd-cow needs it without a passphrase`);
-  }
-  try {
-    return { pem, key: createPrivateKey({ key: pem, format: 'pem' }) };
-  } catch (err) {
-    // OpenSSL's words name the problem, never the key's bytes.
-    throw new Error(`TLS key file ${path} holds no usable PEM private key (${(err as Error).message})`);
-  }
-}
-
 /** nbdkit's layout: server-cert.pem and server-key.pem; ca-cert.pem for verify-peer. */
 async function loadCertificates(dir: string, verifyPeer: boolean): Promise<tls.SecureContext> {
   const info = await stat(dir).catch((err: unknown) => {
@@ -291,40 +239,4 @@ async function loadCertificates(dir: string, verifyPeer: boolean): Promise<tls.S
   } catch (err) {
     throw new Error(`TLS certificates in ${dir} cannot be used: ${(err as Error).message}`);
   }
-}
-
-/**
- * psktool's file: one `username:hexkey` line per user. Blank lines and `#` comments are skipped.
- * Errors name the line, never its content: the key is secret.
- */
-async function readPskFile(path: string): Promise<Map<string, Buffer>> {
-  const text = await readText('TLS PSK file', path);
-  const keys = new Map<string, Buffer>();
-  const lineOf = new Map<string, number>();
-  const lines = text.split('\n');
-  for (const [index, raw] of lines.entries()) {
-    const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
-    if (line.trim() === '' || line.startsWith('#')) continue;
-    const at = `TLS PSK file ${path} line ${index + 1}`;
-    const colon = line.indexOf(':');
-    if (colon < 0) throw new Error(`${at}: expected username:hexkey`);
-    const user = line.slice(0, colon);
-    const hex = line.slice(colon + 1);
-    if (user === '' || /[\p{Cc}\s]/u.test(user))
-      throw new Error(`${at}: the username is empty or holds spaces or control characters`);
-    if (Buffer.byteLength(user) > MAX_IDENTITY_BYTES)
-      throw new Error(`${at}: the username is longer than ${MAX_IDENTITY_BYTES} bytes`);
-    const first = lineOf.get(user);
-    if (first !== undefined) throw new Error(`${at}: user ${user} is already on line ${first}`);
-    if (hex.length % 2 !== 0 || !/^[0-9a-fA-F]*$/.test(hex))
-      throw new Error(`${at}: the key is not an even number of hex digits`);
-    const bytes = hex.length / 2;
-    if (bytes < MIN_PSK_BYTES || bytes > MAX_PSK_BYTES) {
-      throw new Error(`${at}: the key is ${bytes} bytes; it must be ${MIN_PSK_BYTES} to ${MAX_PSK_BYTES} (psktool makes 32)`);
-    }
-    keys.set(user, Buffer.from(hex, 'hex'));
-    lineOf.set(user, index + 1);
-  }
-  if (keys.size === 0) throw new Error(`TLS PSK file ${path} holds no username:hexkey line`);
-  return keys;
 }

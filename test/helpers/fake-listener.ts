@@ -4,10 +4,11 @@
 import type { Test } from 'tap';
 import type { BlockDevice } from '../../lib/block/device.js';
 import { createLogger } from '../../lib/log.js';
-import { type ConnectionLimits, DEFAULT_LIMITS, NO_TLS, type TlsSettings } from '../../lib/server/connection.js';
+import { type ConnectionLimits, DEFAULT_LIMITS } from '../../lib/server/connection-limits.js';
 import { type Export, singleExportRegistry } from '../../lib/server/exports.js';
 import { NbdListener } from '../../lib/server/listener.js';
 import { MemoryBudget } from '../../lib/server/memory-budget.js';
+import { NO_TLS, type TlsSettings } from '../../lib/server/tls-credentials.js';
 import { within } from './wait.js';
 
 export interface FakeListenerOptions {

@@ -4,22 +4,30 @@ import { waitFor } from '../helpers/wait.js';
 
 const MiB = 1024 * 1024;
 
+/** What a connection does: take the bytes now, or wait in line for them. */
+function take(budget: MemoryBudget, bytes: number, granted: () => void): boolean {
+  if (budget.tryTake(bytes)) return true;
+  budget.wait(bytes, granted);
+  return false;
+}
+
 t.test('take fits or queues; adjust gives back and grants the line in order', async (t) => {
   const budget = new MemoryBudget({ limit: 10 * MiB, stallMs: 60_000 });
   const granted: string[] = [];
   t.ok(
-    budget.take(6 * MiB, () => granted.push('never')),
+    take(budget, 6 * MiB, () => granted.push('never')),
     'fits',
   );
   t.equal(budget.used, 6 * MiB);
   t.notOk(
-    budget.take(6 * MiB, () => granted.push('big')),
+    take(budget, 6 * MiB, () => granted.push('big')),
     'does not fit: waits',
   );
   t.notOk(
-    budget.take(1 * MiB, () => granted.push('small')),
+    take(budget, 1 * MiB, () => granted.push('small')),
     'fits, but someone waits before it: waits too (no overtaking)',
   );
+  t.notOk(budget.tryTake(1), 'tryTake refuses while anyone waits');
   t.equal(budget.waiting, 2);
   budget.adjust(-1 * MiB);
   t.same(granted, [], '5 MiB taken: the 6 MiB at the head still does not fit, nor may the 1 MiB pass it');
@@ -34,12 +42,12 @@ t.test('take fits or queues; adjust gives back and grants the line in order', as
 t.test('cancel leaves the line and lets the next one through', async (t) => {
   const budget = new MemoryBudget({ limit: 4 * MiB, stallMs: 60_000 });
   const granted: string[] = [];
-  budget.take(3 * MiB, () => undefined);
+  take(budget, 3 * MiB, () => undefined);
   const big = (): void => {
     granted.push('big');
   };
-  budget.take(4 * MiB, big);
-  budget.take(1 * MiB, () => granted.push('small'));
+  take(budget, 4 * MiB, big);
+  take(budget, 1 * MiB, () => granted.push('small'));
   t.same(granted, []);
   budget.cancel(big);
   t.same(granted, ['small'], 'the small one fits once the big one left');
@@ -68,7 +76,7 @@ t.test('while someone waits, a holder whose replies do not move is evicted; one 
   for (const h of [stuck, slow, idle]) budget.register(h);
   budget.adjust(8 * MiB);
   let granted = false;
-  budget.take(1 * MiB, () => {
+  take(budget, 1 * MiB, () => {
     granted = true;
   });
   // `slow` keeps making progress: its queue shrinks a little at every look.
@@ -96,7 +104,7 @@ t.test('nobody waiting: nobody is evicted, however long replies sit', async (t) 
   budget.unregister(stuck);
   let granted = false;
   budget.adjust(4 * MiB);
-  budget.take(1, () => {
+  take(budget, 1, () => {
     granted = true;
   });
   await new Promise((resolve) => setTimeout(resolve, 200));
