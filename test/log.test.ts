@@ -71,3 +71,19 @@ t.test('the default writer is stderr', async (t) => {
   }
   t.strictSame(writes, ['nbd-cow: warn: to stderr\n']);
 });
+
+t.test('a flood of lines is cut to the per-second limit and summed up; debug lines are not limited', async (t) => {
+  const lines: string[] = [];
+  const log = createLogger('debug', (line) => lines.push(line), 3);
+  for (let i = 0; i < 10; i++) log.warn(`w${i}`);
+  for (let i = 0; i < 5; i++) log.debug(`d${i}`);
+  t.strictSame(
+    lines.filter((l) => l.includes('warn: w')),
+    ['nbd-cow: warn: w0\n', 'nbd-cow: warn: w1\n', 'nbd-cow: warn: w2\n'],
+    'three lines in the first second',
+  );
+  t.equal(lines.filter((l) => l.includes('debug: d')).length, 5, 'every debug line');
+  await new Promise((resolve) => setTimeout(resolve, 1100));
+  log.info('later');
+  t.strictSame(lines.slice(-2), ['nbd-cow: warn: 7 log line(s) suppressed (more than 3 a second)\n', 'nbd-cow: later\n']);
+});

@@ -18,6 +18,13 @@ export interface TlsUpgradeEvents {
   failed(reason: string): void;
 }
 
+/** OpenSSL's reason ("tlsv1 alert unknown ca"), not its whole error string with codes and source lines. */
+function describeTlsError(error: Error): string {
+  const { reason, code } = error as Error & { reason?: unknown; code?: unknown };
+  if (typeof reason === 'string' && reason !== '') return typeof code === 'string' ? `${reason} (${code})` : reason;
+  return error.message;
+}
+
 function ignore(): void {
   /* reported by the TLS socket */
 }
@@ -36,7 +43,7 @@ export function startTls(socket: Socket, ack: Buffer, credentials: TlsCredential
     const secure = new TLSSocket(socket, credentials.socketOptions());
     const onError = (error: Error): void => {
       secure.destroy();
-      events.failed(`TLS handshake failed: ${error.message}`);
+      events.failed(`TLS handshake failed: ${describeTlsError(error)}`);
     };
     secure.on('error', onError);
     secure.once('secure', () => {
