@@ -7,7 +7,8 @@
 //
 // Reads go by runs of equal block state (one pread per run; base -> base file, data -> overlay,
 // zero -> fill) straight into subarrays of the caller's buffer. Write-type calls hold the range
-// lock over every block they touch and split the range into head/body/tail (ranges.ts):
+// lock over every block they touch; overlay-writes.ts then splits the range into head/body/tail
+// (ranges.ts):
 //   - the body of whole blocks is one pwrite (a block's place in the overlay is fixed, so
 //     consecutive blocks are contiguous), then the map says "data";
 //   - a partial block in state "data" is written in place; one in state "base" or "zero" is
@@ -25,13 +26,14 @@
 // write. Without limits nothing is counted, and the inline path does one more comparison.
 
 import type { BaseImage } from './base-image.js';
-import { type Bitmap, BLOCK_BASE, BLOCK_DATA, BLOCK_ZERO } from './bitmap.js';
+import { type Bitmap, BLOCK_BASE, BLOCK_DATA } from './bitmap.js';
 import { codedError } from './coded-error.js';
 import type { BlockDevice, Extent, ExtentState, WriteOptions, ZeroOptions } from './device.js';
 import { OverlayFile } from './overlay-file.js';
 import { overlayGeometry } from './overlay-layout.js';
+import { OverlayWriter } from './overlay-writes.js';
 import { RangeLock, type Release } from './range-lock.js';
-import { blockOf, blockSpan, type PartialBlock, roundDown, splitRange } from './ranges.js';
+import { blockOf, blockSpan, splitRange } from './ranges.js';
 import { OverlaySpace, type SpaceLimits } from './space-budget.js';
 
 // The server names and sweeps overlays next to where it creates devices.
@@ -52,7 +54,7 @@ export interface CowDeviceOptions {
   readonly space?: SpaceLimits;
 }
 
-/** Upper bound on the buffers a single zero (noHole) or cache call allocates. */
+/** Upper bound on the buffer a cache call allocates. */
 const CHUNK = 1024 * 1024;
 
 const STATE_NAMES: readonly ExtentState[] = ['base', 'data', 'zero'];
@@ -61,24 +63,6 @@ const DONE: Promise<void> = Promise.resolve();
 
 function noop(): void {
   /* Promise.all's array of results is not needed */
-}
-
-/**
- * Wait for every job, then fail with the first failure: a request holds its lock, and its
- * space, until nothing of it is still writing (Promise.all would settle at the first failure).
- */
-async function settleAll(jobs: readonly Promise<void>[]): Promise<void> {
-  if (jobs.length === 1) return jobs[0];
-  const results = await Promise.allSettled(jobs);
-  for (const result of results) if (result.status === 'rejected') throw result.reason;
-}
-
-/** How many of the partial blocks a trim or zero turns from "base" into "data" (zero-filled copies). */
-function baseEdges(map: Bitmap, head: PartialBlock | undefined, tail: PartialBlock | undefined): number {
-  return (
-    (head !== undefined && map.get(head.block) === BLOCK_BASE ? 1 : 0) +
-    (tail !== undefined && map.get(tail.block) === BLOCK_BASE ? 1 : 0)
-  );
 }
 
 /** Called for each run of equal block state: bytes [start, end) are in `state`. */
@@ -98,6 +82,7 @@ export class CowDevice implements BlockDevice {
   #closing: Promise<void> | undefined;
   /** The data the overlay holds against its limits; undefined when there are none. */
   readonly #space: OverlaySpace | undefined;
+  readonly #writer: OverlayWriter;
 
   constructor(options: CowDeviceOptions) {
     overlayGeometry(options.blockSize, options.base.size); // validates the block size now
@@ -113,6 +98,7 @@ export class CowDevice implements BlockDevice {
     const dataBlocks = map === undefined ? 0 : map.countState(0, map.blocks, BLOCK_DATA);
     this.#space =
       options.space === undefined ? undefined : new OverlaySpace(this.#path, options.space, this.#blockSize, dataBlocks);
+    this.#writer = new OverlayWriter(this.#base, this.#blockSize, this.#space);
   }
 
   get size(): number {
@@ -163,7 +149,7 @@ export class CowDevice implements BlockDevice {
 
   async #writeLater(offset: number, data: Buffer, options: WriteOptions): Promise<void> {
     await this.#locked(offset, data.length, (overlay) =>
-      this.#asData(overlay, offset, data.length, () => this.#writeRange(overlay, offset, data)),
+      this.#writer.asData(overlay, offset, data.length, () => this.#writer.writeRange(overlay, offset, data)),
     );
     if (options.fua) await this.flush();
   }
@@ -217,7 +203,7 @@ export class CowDevice implements BlockDevice {
       return this.write(offset, Buffer.concat(chunks, length), options);
     }
     await this.#locked(offset, length, (overlay) =>
-      this.#asData(overlay, offset, length, async () => {
+      this.#writer.asData(overlay, offset, length, async () => {
         await overlay.writeDataChunks(body.start, chunks);
         overlay.map.setRange(body.first, body.count, BLOCK_DATA);
       }),
@@ -228,14 +214,14 @@ export class CowDevice implements BlockDevice {
   async zero(offset: number, length: number, options: ZeroOptions): Promise<void> {
     await this.#locked(offset, length, (overlay) =>
       options.noHole
-        ? this.#asData(overlay, offset, length, () => this.#writeZeros(overlay, offset, length))
-        : this.#punch(overlay, offset, length),
+        ? this.#writer.asData(overlay, offset, length, () => this.#writer.writeZeros(overlay, offset, length))
+        : this.#writer.punch(overlay, offset, length),
     );
     if (options.fua) await this.flush();
   }
 
   async trim(offset: number, length: number, options: WriteOptions): Promise<void> {
-    await this.#locked(offset, length, (overlay) => this.#punch(overlay, offset, length));
+    await this.#locked(offset, length, (overlay) => this.#writer.punch(overlay, offset, length));
     if (options.fua) await this.flush();
   }
 
@@ -345,88 +331,6 @@ export class CowDevice implements BlockDevice {
       );
     }
     return this.#creating;
-  }
-
-  /**
-   * Run `fn`, which makes every block of [offset, offset + length) "data", once the space of
-   * those that are not yet is taken (or refused, before anything is written). What a failed
-   * `fn` left unwritten is given back; the lock keeps every other request off these blocks.
-   * Not async: without limits it adds no promise to the write.
-   */
-  #asData(overlay: OverlayFile, offset: number, length: number, fn: () => Promise<void>): Promise<void> {
-    const space = this.#space;
-    if (space === undefined) return fn();
-    const [first, last] = blockSpan(offset, length, this.#blockSize);
-    space.takeForData(overlay.map, first, last - first + 1); // throws ENOSPC to #locked
-    return fn().catch((err: unknown) => {
-      space.giveUnwritten(overlay.map, first, last - first + 1);
-      throw err;
-    });
-  }
-
-  async #writeRange(overlay: OverlayFile, offset: number, data: Buffer): Promise<void> {
-    const { head, body, tail } = splitRange(offset, data.length, this.#blockSize, this.size);
-    const at = (start: number, end: number): Buffer => data.subarray(start - offset, end - offset);
-    const jobs: Promise<void>[] = [];
-    if (head) jobs.push(this.#writePartial(overlay, head, at(head.start, head.end)));
-    if (body) {
-      const written = overlay.writeData(body.start, at(body.start, body.end));
-      jobs.push(written.then(() => overlay.map.setRange(body.first, body.count, BLOCK_DATA)));
-    }
-    if (tail) jobs.push(this.#writePartial(overlay, tail, at(tail.start, tail.end)));
-    await settleAll(jobs);
-  }
-
-  /** Write part of one block: in place if it holds data, else read-modify-write. */
-  async #writePartial(overlay: OverlayFile, piece: PartialBlock, bytes: Buffer): Promise<void> {
-    const state = overlay.map.get(piece.block);
-    if (state === BLOCK_DATA) return overlay.writeData(piece.start, bytes);
-    const blockStart = piece.block * this.#blockSize;
-    const block = Buffer.allocUnsafe(Math.min(blockStart + this.#blockSize, this.size) - blockStart);
-    if (state === BLOCK_BASE) await this.#base.read(blockStart, block);
-    else block.fill(0);
-    bytes.copy(block, piece.start - blockStart);
-    await overlay.writeData(blockStart, block);
-    overlay.map.set(piece.block, BLOCK_DATA);
-  }
-
-  /**
-   * trim and zero without noHole: whole blocks become "zero", partial blocks are zero-filled.
-   * Space is settled first, net of the data the whole blocks free, so a refusal changes nothing.
-   */
-  async #punch(overlay: OverlayFile, offset: number, length: number): Promise<void> {
-    const { head, body, tail } = splitRange(offset, length, this.#blockSize, this.size);
-    const map = overlay.map;
-    const space = this.#space;
-    if (space !== undefined) {
-      space.exchange(baseEdges(map, head, tail), body ? map.countState(body.first, body.count, BLOCK_DATA) : 0);
-    }
-    if (body) map.setRange(body.first, body.count, BLOCK_ZERO);
-    const jobs: Promise<void>[] = [];
-    for (const piece of [head, tail]) {
-      if (piece && map.get(piece.block) !== BLOCK_ZERO) {
-        jobs.push(this.#writePartial(overlay, piece, Buffer.alloc(piece.end - piece.start)));
-      }
-    }
-    try {
-      await settleAll(jobs);
-    } catch (err) {
-      space?.give(baseEdges(map, head, tail));
-      throw err;
-    }
-  }
-
-  /** zero with noHole: real zero bytes (state "data"), at most CHUNK bytes allocated. */
-  async #writeZeros(overlay: OverlayFile, offset: number, length: number): Promise<void> {
-    const chunk = Math.max(this.#blockSize, roundDown(CHUNK, this.#blockSize));
-    const zeros = Buffer.alloc(Math.min(chunk, length));
-    const end = offset + length;
-    // Chunk boundaries fall on multiples of `chunk`, hence on block boundaries.
-    for (let pos = offset; pos < end; ) {
-      const next = Math.min(roundDown(pos, chunk) + chunk, end);
-      await this.#writeRange(overlay, pos, zeros.subarray(0, next - pos));
-      pos = next;
-    }
   }
 
   #checkOpen(): void {
