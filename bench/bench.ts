@@ -251,6 +251,7 @@ async function measure(def: ServerDef, srv: RunningServer, base: string, transpo
         outFile: join(srv.run, 'fio.json'),
         logFd,
         clients,
+        env: srv.endpoint.clientEnv,
       });
       return { status: 'ok', transport, ...r };
     } finally {

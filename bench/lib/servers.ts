@@ -3,10 +3,11 @@
 // unix socket inside that directory.
 
 import { type ChildProcess, spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import type { ListenAddress } from '../../lib/server/listener.js';
+import { tlsFixtures } from '../../test/helpers/tls-fixtures.js';
 import { alive, registerPid, sleep, spawnLogged } from './proc.js';
 
 export type Transport = 'tcp' | 'unix';
@@ -17,6 +18,8 @@ export interface Endpoint {
   readonly uri: string;
   readonly socket: string | null;
   readonly port: number | null;
+  /** fio's environment when it needs one: libnbd reads TLS certificates from $HOME/.pki/libnbd. */
+  readonly clientEnv?: NodeJS.ProcessEnv;
 }
 
 /** What every start gets. */
@@ -240,16 +243,59 @@ async function startNbdkit(ctx: StartContext, pluginArgs: readonly string[]): Pr
   return { pid: child.pid ?? 0, child, endpoint: ep, cmd: cmdline('nbdkit', args, 'TMPDIR=OVERLAY_DIR '), overlayDir };
 }
 
+/**
+ * `def` with TLS on, X.509 (test/helpers/tls-fixtures.ts makes the CA and certificates): the
+ * server gets `--tls on` and the server certificate directory; fio connects with nbds:// and
+ * libnbd's default client certificate directory, $HOME/.pki/libnbd, in a HOME of the run dir
+ * (libnbd refuses files named in the URI unless the program allows it, which fio does not).
+ * Our own client (readiness probe, sessions) stays in clear text, which `--tls on` still serves.
+ */
+function overTls(
+  def: ServerDef,
+  notes: string,
+  start: (ctx: StartContext, serverDir: string) => Promise<StartedServer>,
+): ServerDef {
+  return {
+    ...def,
+    cow: false,
+    notes,
+    start: async (ctx) => {
+      const tls = await tlsFixtures();
+      const home = join(ctx.run, 'home');
+      const pki = join(home, '.pki', 'libnbd');
+      mkdirSync(pki, { recursive: true });
+      for (const file of ['ca-cert.pem', 'client-cert.pem', 'client-key.pem'])
+        copyFileSync(join(tls.alice.dir, file), join(pki, file));
+      const started = await start(ctx, tls.serverDir);
+      const { target } = started.endpoint;
+      if (target.kind !== 'tcp') throw new Error('the TLS rows run over TCP only');
+      const uri = `nbds://127.0.0.1:${target.port}/${ctx.exportName}`;
+      return { ...started, endpoint: { ...started.endpoint, uri, clientEnv: { ...process.env, HOME: home } } };
+    },
+  };
+}
+
+const NBD_COW: ServerDef = {
+  cow: true,
+  servesBase: true,
+  exportName: '',
+  binary: null, // dist/bin/nbd-cow.js of this checkout
+  notes: 'ours: a private overlay file per connection (ephemeral, deleted at disconnect)',
+  start: startOurs,
+};
+
+const NBDKIT_COW: ServerDef = {
+  cow: true,
+  servesBase: true,
+  exportName: '',
+  binary: 'nbdkit',
+  notes: 'nbdkit --filter=cow file: one overlay (unlinked temp file in TMPDIR, 64 KiB blocks) shared by all connections',
+  start: (ctx) => startNbdkit(ctx, ['--filter=cow', 'file', ctx.base]),
+};
+
 /** nbd-cow and the anchors, by the names SERVERS= takes. */
 export const SERVERS: Readonly<Record<string, ServerDef>> = {
-  'nbd-cow': {
-    cow: true,
-    servesBase: true,
-    exportName: '',
-    binary: null, // dist/bin/nbd-cow.js of this checkout
-    notes: 'ours: a private overlay file per connection (ephemeral, deleted at disconnect)',
-    start: startOurs,
-  },
+  'nbd-cow': NBD_COW,
 
   'nbd-server': {
     cow: true,
@@ -279,14 +325,7 @@ export const SERVERS: Readonly<Record<string, ServerDef>> = {
     start: startQemuNbdSnapshot,
   },
 
-  'nbdkit-cow': {
-    cow: true,
-    servesBase: true,
-    exportName: '',
-    binary: 'nbdkit',
-    notes: 'nbdkit --filter=cow file: one overlay (unlinked temp file in TMPDIR, 64 KiB blocks) shared by all connections',
-    start: (ctx) => startNbdkit(ctx, ['--filter=cow', 'file', ctx.base]),
-  },
+  'nbdkit-cow': NBDKIT_COW,
 
   'nbdkit-memory': {
     cow: false,
@@ -296,4 +335,15 @@ export const SERVERS: Readonly<Record<string, ServerDef>> = {
     notes: 'RAM only, no base (reads of unwritten areas are zeros): the cost of the protocol itself',
     start: (ctx) => startNbdkit(ctx, ['memory', `size=${ctx.baseMB}M`]),
   },
+
+  // TLS rows (SERVERS="nbd-cow-tls nbdkit-cow-tls"): the same servers with TLS on, X.509; not
+  // anchors of the CoW columns: compare them with each other.
+  'nbd-cow-tls': overTls(NBD_COW, 'nbd-cow --tls on --tls-certificates DIR, fio over nbds:// (X.509)', (ctx, dir) =>
+    startOurs({ ...ctx, oursArgs: [...ctx.oursArgs, '--tls', 'on', '--tls-certificates', dir] }),
+  ),
+  'nbdkit-cow-tls': overTls(
+    NBDKIT_COW,
+    'nbdkit --tls=on --tls-certificates=DIR --filter=cow file, fio over nbds:// (X.509)',
+    (ctx, dir) => startNbdkit(ctx, ['--tls=on', `--tls-certificates=${dir}`, '--filter=cow', 'file', ctx.base]),
+  ),
 };

@@ -74,6 +74,8 @@ export interface FioOptions {
   readonly logFd: number;
   /** fio processes running now, so a signal can stop them. */
   readonly clients?: Set<ChildProcess>;
+  /** fio's environment (default: ours); libnbd reads TLS certificates from $HOME/.pki/libnbd. */
+  readonly env?: NodeJS.ProcessEnv | undefined;
 }
 
 /** Run one fio job against `uri`; resolves with parsed numbers or throws with fio's output. */
@@ -97,7 +99,7 @@ export function runFio(workload: string, uri: string, options: FioOptions): Prom
   ];
   if (w.timed) args.push('--time_based', `--ramp_time=${ramp}`);
   return new Promise((resolve, reject) => {
-    const child = spawn('fio', args, { stdio: ['ignore', logFd, logFd] });
+    const child = spawn('fio', args, { stdio: ['ignore', logFd, logFd], env: options.env ?? process.env });
     clients.add(child);
     const limit = (runtime + ramp + 60) * 1000;
     const timer = setTimeout(() => child.kill('SIGKILL'), limit);
