@@ -197,7 +197,7 @@ function addServeOptions(cmd: Command): Command {
     .addOption(
       new Option(
         '--buffer-memory <size>',
-        `most memory all clients together may hold in the server: request payloads and replies not yet read ` +
+        `most bytes all clients together may hold in the server: request payloads and replies not yet read ` +
           `(default: ${DEFAULT_BUFFER_MEMORY >> 20}M; at least ${MAX_PAYLOAD >> 20}M)`,
       ).argParser(parseBufferMemory),
     )

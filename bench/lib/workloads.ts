@@ -148,7 +148,7 @@ export function runFio(workload: string, uri: string, options: FioOptions): Prom
   });
 }
 
-function percentile(sorted: readonly number[], pct: number): number | null {
+export function percentile(sorted: readonly number[], pct: number): number | null {
   if (sorted.length === 0) return null;
   const rank = Math.max(1, Math.round((pct / 100) * sorted.length));
   return sorted[Math.min(rank, sorted.length) - 1] ?? null;

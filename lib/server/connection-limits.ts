@@ -29,5 +29,5 @@ export const DEFAULT_LIMITS: ConnectionLimits = {
   maxOptions: 256,
   // qemu-nbd's handshake limit (NBD_DEFAULT_HANDSHAKE_MAX_SECS).
   handshakeTimeoutMs: 10_000,
-  replyStallMs: 10_000,
+  replyStallMs: 5_000,
 };

@@ -25,16 +25,23 @@ import {
   writeFileSync,
   writeSync,
 } from 'node:fs';
-import { dirname, join, relative } from 'node:path';
+import { join, relative } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { run } from '../helpers/processes.js';
+import { Cpio } from './cpio.js';
 import { findTool, log, ROOT } from './tools.js';
 
-/** Bump when the recipe below changes in a way the hash would not see. */
-const RECIPE = 4;
+/** Bump when the recipe below (or cpio.ts's output) changes in a way the hash would not see. */
+const RECIPE = 5;
 
-/** Modules the guest loads (their dependencies are added from each module's depends=). */
-const WANTED_MODULES = ['virtio_pci', 'virtio_blk', 'virtio_net', 'crc32c_generic', 'ext4', 'nbd'];
+/**
+ * Modules the guest loads (their dependencies are added from each module's depends=).
+ * virtio_rng: with `-device virtio-rng-pci` (guest.ts gives it to the TLS boots) the kernel's
+ * CRNG is ready at once; without it nbd-client's GnuTLS waited 1.2-2.5 s in getrandom() for
+ * "random: crng init done" (TCG has no RDRAND for the default CPU), inside the server's
+ * handshake deadline.
+ */
+const WANTED_MODULES = ['virtio_pci', 'virtio_blk', 'virtio_net', 'virtio_rng', 'crc32c_generic', 'ext4', 'nbd'];
 /** Parameters for insmod. */
 const MODULE_PARAMS: Record<string, string> = { nbd: 'nbds_max=2' };
 
@@ -238,6 +245,12 @@ async function collectModules(modulesDir: string): Promise<Array<{ name: string;
 
 // ---------------------------------------------------------------------------------------------
 // Host binaries and their libraries (ldd)
+//
+// This covers nbd-client's TLS (nbd-client-tls.test.ts): ldd lists libgnutls and everything it
+// needs (p11-kit, nettle, hogweed, gmp, tasn1, idn2, unistring, ffi). Under strace (2026-12-01,
+// `nbd-client -l … -enable-tls`), GnuTLS 3.7.9 opens no other file at run time than the PEM
+// files it is given and /etc/gnutls/config, which is optional and absent on Debian, and loads
+// no library by dlopen; its getrandom() waits for the guest kernel's CRNG, ready in time.
 
 async function sharedLibraries(binary: string): Promise<string[]> {
   const r = await exec('ldd', [binary], { timeoutMs: 30_000 });
@@ -251,56 +264,6 @@ async function sharedLibraries(binary: string): Promise<string[]> {
     if (m?.[1] !== undefined) libs.push(m[1]);
   }
   return libs;
-}
-
-// ---------------------------------------------------------------------------------------------
-// newc cpio writer (no cpio tool needed, and no root: device nodes are just headers)
-
-class Cpio {
-  private readonly parts: Buffer[] = [];
-  private ino = 1;
-  private readonly dirs = new Set<string>();
-
-  private entry(name: string, mode: number, data: Buffer, rdev: [number, number] = [0, 0]): void {
-    const fields = [this.ino++, mode, 0, 0, 1, 0, data.length, 0, 0, rdev[0], rdev[1], Buffer.byteLength(name) + 1, 0];
-    const header = `070701${fields.map((f) => f.toString(16).padStart(8, '0')).join('')}`;
-    const head = Buffer.from(`${header + name}\0`, 'latin1');
-    this.parts.push(head, Buffer.alloc((4 - (head.length % 4)) % 4));
-    this.parts.push(data, Buffer.alloc((4 - (data.length % 4)) % 4));
-  }
-
-  dir(path: string): void {
-    const parts = path.split('/').filter((p) => p !== '');
-    for (let i = 1; i <= parts.length; i++) {
-      const d = parts.slice(0, i).join('/');
-      if (this.dirs.has(d)) continue;
-      this.dirs.add(d);
-      this.entry(d, 0o040755, Buffer.alloc(0));
-    }
-  }
-
-  file(path: string, data: Buffer, perm = 0o644): void {
-    const p = path.replace(/^\/+/, '');
-    this.dir(dirname(p) === '.' ? '' : dirname(p));
-    this.entry(p, 0o100000 | perm, data);
-  }
-
-  symlink(path: string, target: string): void {
-    const p = path.replace(/^\/+/, '');
-    this.dir(dirname(p) === '.' ? '' : dirname(p));
-    this.entry(p, 0o120777, Buffer.from(target));
-  }
-
-  charDevice(path: string, major: number, minor: number, perm = 0o600): void {
-    const p = path.replace(/^\/+/, '');
-    this.dir(dirname(p));
-    this.entry(p, 0o020000 | perm, Buffer.alloc(0), [major, minor]);
-  }
-
-  finish(): Buffer {
-    this.entry('TRAILER!!!', 0, Buffer.alloc(0));
-    return Buffer.concat(this.parts);
-  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import {
   statSync,
   writeFileSync,
 } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -25,7 +25,9 @@ import type { Test } from 'tap';
 import { sha256, sha256File } from '../helpers/bases.js';
 import { waitForDir } from '../helpers/files.js';
 import { pidOf, run } from '../helpers/processes.js';
+import type { ClientCertificates } from '../helpers/tls-fixtures.js';
 import { cacheRoot, ensureGuest, type Guest } from './build.js';
+import { Cpio } from './cpio.js';
 import { findTool, log, ROOT, tool } from './tools.js';
 
 const CLI = join(ROOT, 'dist', 'bin', 'nbd-cow.js');
@@ -153,14 +155,20 @@ export interface ServerOptions {
   readonly socket?: string;
   readonly exportName?: string;
   readonly overlayDir: string;
+  /** More `serve` options, e.g. `--tls require --tls-certificates DIR`. */
+  readonly serveArgs?: readonly string[];
 }
 
 /** `nbd-cow serve BASE …` (verbose), once it has printed its URI; stopped in t.teardown. */
 export async function startServer(t: Test, base: string, opts: ServerOptions): Promise<Server> {
-  const args = ['serve', base, '-v', '--overlay-dir', opts.overlayDir];
+  // QEMU's `tcp:` chardev forwarding connects to the server as QEMU starts, long before the
+  // guest's nbd-client speaks: under TCG on a loaded host that can pass the default 10 s
+  // handshake deadline. A real client handshakes at once; the guest boots get a boot's time.
+  const args = ['serve', base, '-v', '--overlay-dir', opts.overlayDir, '--handshake-timeout', '120'];
   if (opts.socket !== undefined) args.push('-k', opts.socket);
   else args.push('-b', '127.0.0.1', '-p', '0');
   if (opts.exportName !== undefined) args.push('-x', opts.exportName);
+  if (opts.serveArgs !== undefined) args.push(...opts.serveArgs);
   // dist/bin/nbd-cow.js runs through its shebang (env execs node), and setpriv execs it: the pid is the server's own.
   const [cmd, argv] = contained([CLI, ...args]);
   const child = spawn(cmd, argv, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -187,7 +195,7 @@ export async function startServer(t: Test, base: string, opts: ServerOptions): P
       reject(new Error(`nbd-cow exited (${code ?? signal}) before printing its URI; stderr: ${stderr}`));
     });
   });
-  const port = uri.match(/^nbd:\/\/127\.0\.0\.1:(\d+)\//)?.[1];
+  const port = uri.match(/^nbds?:\/\/127\.0\.0\.1:(\d+)\//)?.[1];
   return {
     uri,
     port: port === undefined ? undefined : Number(port),
@@ -257,8 +265,8 @@ export function detectAccel(guest: Guest): Promise<Accel> {
   return accelCache;
 }
 
-function guestArgs(guest: Guest, cpus = 1): string[] {
-  return ['-nographic', '-no-reboot', '-m', '256', '-smp', String(cpus), '-kernel', guest.kernel, '-initrd', guest.initrd];
+function guestArgs(guest: Guest, cpus = 1, initrd = guest.initrd): string[] {
+  return ['-nographic', '-no-reboot', '-m', '256', '-smp', String(cpus), '-kernel', guest.kernel, '-initrd', initrd];
 }
 
 interface QemuRun {
@@ -316,10 +324,31 @@ interface BootCommon {
   readonly cpus?: number;
 }
 
+/** Credentials of QEMU's own TLS client (`-object tls-creds-…,endpoint=client`). */
+export type QemuTlsCredentials =
+  /** tls-creds-x509: `dir` holds ca-cert.pem, and client-cert.pem and client-key.pem to show when asked. */
+  | { readonly kind: 'x509'; readonly dir: string }
+  /** tls-creds-psk: `dir/keys.psk` holds `username:hexkey`. */
+  | { readonly kind: 'psk'; readonly dir: string; readonly username: string };
+
+/** TLS for the guest's nbd-client (-enable-tls): its certificates are copied into the guest. */
+export interface GuestTls {
+  readonly certificates: ClientCertificates;
+  /** nbd-client -tlshostname: the name the server's certificate must carry. */
+  readonly hostname: string;
+}
+
+/** Where the guest finds GuestTls's certificates (init.sh passes these paths to nbd-client). */
+export const GUEST_TLS_DIR = '/etc/nbd-cow/tls';
+
 export type BootTarget = BootCommon &
-  /** QEMU's own NBD client: -drive file=URI (nbd:// or nbd+unix://). */
+  /**
+   * QEMU's own NBD client. Without `tls`: -drive file=URI (nbd:// or nbd+unix://). With `tls`:
+   * URI is the nbds://HOST:PORT/EXPORT the server printed (QEMU 7.2 parses no nbds:// URI),
+   * and the disk is -blockdev driver=nbd,…,tls-creds=… on a virtio-blk device.
+   */
   (
-    | { readonly mode: 'drive'; readonly uri: string }
+    | { readonly mode: 'drive'; readonly uri: string; readonly tls?: QemuTlsCredentials }
     /** The guest kernel's NBD client via nbd-client, forwarded to 127.0.0.1:port. */
     | {
         readonly mode: 'client';
@@ -335,6 +364,8 @@ export type BootTarget = BootCommon &
          * which connects once when QEMU starts and so carries one guest connection.
          */
         readonly relayLog?: string;
+        /** nbd-client -enable-tls with these certificates. */
+        readonly tls?: GuestTls;
       }
   );
 
@@ -388,6 +419,23 @@ export function servedFlags(serverLog: string, exportName: string): number[] {
 
 export const servedCount = (serverLog: string, exportName: string): number => servedFlags(serverLog, exportName).length;
 
+/** One TLS session the server set up, from its -v log (`conn N (…): TLS TLSv1.3 CIPHER, identity NAME`). */
+export interface TlsSession {
+  readonly protocol: string;
+  readonly cipher: string;
+  /** The client's TLS identity, `(none)` when it proved none. */
+  readonly identity: string;
+}
+
+export function tlsSessions(serverLog: string): TlsSession[] {
+  const sessions: TlsSession[] = [];
+  for (const m of serverLog.matchAll(/: TLS (\S+) (\S+), identity (\S+)$/gm)) {
+    const [, protocol, cipher, identity] = m;
+    if (protocol !== undefined && cipher !== undefined && identity !== undefined) sessions.push({ protocol, cipher, identity });
+  }
+  return sessions;
+}
+
 /** NBD_FLAG_CAN_MULTI_CONN (transmission flag bit 8). */
 export const FLAG_CAN_MULTI_CONN = 1 << 8;
 
@@ -410,6 +458,53 @@ const qemuOpt = (s: string) => s.replace(/,/g, ',,');
 /** One word for g_shell_parse_argv (POSIX shell quoting rules). */
 const shellQuote = (s: string) => (/^[A-Za-z0-9_./@:=+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 
+/**
+ * QEMU's NBD client over TLS: the credentials object, the nbd block node and a virtio-blk device
+ * on it. QEMU checks the server's certificate against the host it connects to (the IP SAN).
+ */
+function tlsDriveArgs(uri: string, tls: QemuTlsCredentials): string[] {
+  const url = new URL(uri);
+  if (url.protocol !== 'nbds:') throw new Error(`a TLS drive needs the server's nbds:// URI, not ${uri}`);
+  const creds =
+    tls.kind === 'x509'
+      ? `tls-creds-x509,id=tls0,dir=${qemuOpt(tls.dir)},endpoint=client`
+      : `tls-creds-psk,id=tls0,dir=${qemuOpt(tls.dir)},username=${qemuOpt(tls.username)},endpoint=client`;
+  const server = `server.type=inet,server.host=${url.hostname},server.port=${url.port || '10809'}`;
+  const exportName = decodeURIComponent(url.pathname.slice(1));
+  return [
+    '-object',
+    creds,
+    '-blockdev',
+    `driver=nbd,node-name=nbd0,${server},export=${qemuOpt(exportName)},tls-creds=tls0`,
+    '-device',
+    'virtio-blk-pci,drive=nbd0',
+  ];
+}
+
+/** The files GuestTls puts in the guest: GUEST_TLS_DIR/{ca-cert,client-cert,client-key}.pem. */
+async function guestTlsFiles(certificates: ClientCertificates): Promise<Map<string, Buffer>> {
+  return new Map([
+    [`${GUEST_TLS_DIR}/ca-cert.pem`, await readFile(certificates.ca)],
+    [`${GUEST_TLS_DIR}/client-cert.pem`, await readFile(certificates.cert)],
+    [`${GUEST_TLS_DIR}/client-key.pem`, await readFile(certificates.key)],
+  ]);
+}
+
+/**
+ * The cached initramfs with `files` (guest path -> bytes) appended as a second cpio archive,
+ * in a private temp dir removed in t.teardown: the kernel unpacks both, so files made at test
+ * time (certificates) reach the guest without rebuilding the cached one.
+ */
+async function initrdWith(t: Test, guest: Guest, files: ReadonlyMap<string, Buffer>): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'nbdcow-initrd-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const extra = new Cpio();
+  for (const [path, bytes] of files) extra.file(path, bytes, 0o600);
+  const initrd = join(dir, 'initramfs.cpio');
+  await writeFile(initrd, Buffer.concat([await readFile(guest.initrd), extra.finish()]));
+  return initrd;
+}
+
 export async function bootGuest(
   t: Test,
   guest: Guest,
@@ -421,11 +516,20 @@ export async function bootGuest(
   const tag = `${name.replace(/[^A-Za-z0-9]+/g, '-')}-${process.pid}-${Date.now() % 1e6}`;
   const append = ['console=ttyS0', 'panic=-1', 'quiet', `nbdcow.mode=${target.mode}`, `nbdcow.tag=${tag}`];
   if (target.prior !== undefined) append.push(`nbdcow.prior=${target.prior}`);
-  const args = [...accel.args, ...guestArgs(guest, target.cpus)];
+  let initrd = guest.initrd;
+  const args: string[] = [];
   if (target.mode === 'drive') {
-    args.push('-nic', 'none', '-drive', `file=${qemuOpt(target.uri)},format=raw,if=virtio`);
+    args.push('-nic', 'none');
+    if (target.tls === undefined) args.push('-drive', `file=${qemuOpt(target.uri)},format=raw,if=virtio`);
+    else args.push(...tlsDriveArgs(target.uri, target.tls));
   } else {
     append.push(`nbdcow.export=${target.exportName}`);
+    if (target.tls !== undefined) {
+      append.push(`nbdcow.tls=${target.tls.hostname}`);
+      initrd = await initrdWith(t, guest, await guestTlsFiles(target.tls.certificates));
+      // Entropy for GnuTLS's getrandom(), which otherwise waits for the CRNG (build.ts).
+      args.push('-device', 'virtio-rng-pci');
+    }
     if (target.connections !== undefined) append.push(`nbdcow.conns=${target.connections}`);
     if (target.expectRefused === true) append.push('nbdcow.expect=refused');
     // `tcp:` is a chardev QEMU connects once, at start; `cmd:` is run (through
@@ -443,6 +547,7 @@ export async function bootGuest(
       'virtio-net-pci,netdev=n0,romfile=',
     );
   }
+  args.unshift(...accel.args, ...guestArgs(guest, target.cpus, initrd));
   args.push('-append', append.join(' '));
 
   const run = await runQemu(args, timeoutMs, t);
@@ -560,19 +665,20 @@ export function checkBoot(t: Test, boot: Boot, expect: Expectations, server?: Se
 
 /**
  * The checks of a boot whose nbd-client had to be refused (expectRefused): it was, the kernel
- * said why (its log line, as a marker), and the guest powered off.
+ * said why (its log line, as a marker) or, with `kernelReason` undefined, the refusal came
+ * before the kernel was given the device (a failed negotiation: the kernel logged nothing), and
+ * the guest powered off.
  */
-export function checkRefusedBoot(t: Test, boot: Boot, reason: RegExp, server?: Server): boolean {
+export function checkRefusedBoot(t: Test, boot: Boot, kernelReason: RegExp | undefined, server?: Server): boolean {
   const m = boot.markers;
+  const said = m.get('refused-by-kernel') ?? '';
   const results = [
     t.notOk(boot.timedOut, `${boot.name}: the boot finished within the timeout (${boot.ms} ms)`),
     t.equal(m.get('fail'), undefined, `${boot.name}: no step failed in the guest`),
     t.equal(m.get('nbd-client'), 'refused', `${boot.name}: nbd-client failed to set up /dev/nbd0`),
-    t.match(
-      m.get('refused-by-kernel') ?? '',
-      reason,
-      `${boot.name}: the kernel says why (refused-by-kernel=${m.get('refused-by-kernel') ?? ''})`,
-    ),
+    kernelReason === undefined
+      ? t.equal(said, 'none', `${boot.name}: refused in the negotiation, before the kernel had the device`)
+      : t.match(said, kernelReason, `${boot.name}: the kernel says why (refused-by-kernel=${said})`),
     t.equal(m.get('done'), 'ok', `${boot.name}: the guest script ran to the end`),
     t.equal(boot.exit.code, 0, `${boot.name}: QEMU exited 0 (guest powered off)`),
   ];

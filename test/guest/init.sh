@@ -8,6 +8,9 @@
 #                        network (guestfwd 10.0.2.100:10809 -> nbd-cow on the host's loopback)
 #   nbdcow.export=NAME   export name for nbd-client -N
 #   nbdcow.conns=N       nbd-client -C N: N connections for /dev/nbd0 (default 1)
+#   nbdcow.tls=HOSTNAME  nbd-client -enable-tls with the certificates guest.ts appended to the
+#                        initramfs in /etc/nbd-cow/tls (ca-cert.pem, client-cert.pem,
+#                        client-key.pem); the server's certificate must name HOSTNAME
 #   nbdcow.expect=refused  nbd-client must fail (e.g. -C 4 on an export without CAN_MULTI_CONN):
 #                        report the kernel's reason as refused-by-kernel=… and stop with done=ok
 #   nbdcow.prior=absent|present  what the disk must hold from an earlier boot (guest/ with
@@ -49,6 +52,7 @@ TAG=none
 CONNS=1
 EXPECT=ok
 PRIOR=any
+TLS_HOST=
 for word in $(cat /proc/cmdline); do
   case "$word" in
     nbdcow.mode=*) MODE="${word#*=}" ;;
@@ -57,6 +61,7 @@ for word in $(cat /proc/cmdline); do
     nbdcow.conns=*) CONNS="${word#*=}" ;;
     nbdcow.expect=*) EXPECT="${word#*=}" ;;
     nbdcow.prior=*) PRIOR="${word#*=}" ;;
+    nbdcow.tls=*) TLS_HOST="${word#*=}" ;;
   esac
 done
 say "boot=$MODE"
@@ -100,6 +105,19 @@ case "$MODE" in
     set --
     [ "$CONNS" -gt 1 ] && set -- -C "$CONNS"
     say "nbd-client-connections=$CONNS"
+    if [ -n "$TLS_HOST" ]; then
+      TLS_DIR=/etc/nbd-cow/tls
+      for f in ca-cert.pem client-cert.pem client-key.pem; do
+        [ -s "$TLS_DIR/$f" ] || fail "no-tls-$f"
+      done
+      # GnuTLS checks the certificates' dates against this clock (the RTC: the host's time).
+      say "clock=$(date +%s)"
+      set -- "$@" -enable-tls -cacertfile "$TLS_DIR/ca-cert.pem" -certfile "$TLS_DIR/client-cert.pem" \
+        -keyfile "$TLS_DIR/client-key.pem" -tlshostname "$TLS_HOST"
+      say "tls=$TLS_HOST"
+      # GnuTLS blocks in getrandom() until this is done (virtio-rng: at once).
+      say "crng-ready=$(dmesg | grep -q 'crng init done' && echo yes || echo no)"
+    fi
     if ! nbd-client 10.0.2.100 10809 "$DEV" -N "$EXPORT" -b 512 "$@"; then
       if [ "$EXPECT" = refused ]; then
         say nbd-client=refused

@@ -8,8 +8,8 @@ import { ROOT } from '../helpers/processes.js';
 
 export { ROOT };
 
-/** Debian package of each tool, for the messages. */
-export const TOOL_PACKAGES: Record<string, string> = {
+/** Debian package of each tool every guest test runs. */
+const GUEST_TOOL_PACKAGES: Record<string, string> = {
   'qemu-system-x86_64': 'qemu-system-x86',
   'nbd-client': 'nbd-client',
   'mkfs.ext4': 'e2fsprogs',
@@ -25,7 +25,13 @@ export const TOOL_PACKAGES: Record<string, string> = {
 // there on Debian, so that no child outlives a test; xz (xz-utils) for compressed modules.
 
 /** Every tool the guest suite runs (xz only when the kernel's modules are compressed). */
-export const GUEST_TOOLS = Object.keys(TOOL_PACKAGES);
+export const GUEST_TOOLS = Object.keys(GUEST_TOOL_PACKAGES);
+
+/** The TLS guest tests also make certificates (test/helpers/tls-fixtures.ts). */
+export const TLS_GUEST_TOOLS = [...GUEST_TOOLS, 'openssl'];
+
+/** Debian package of each tool, for the messages. */
+export const TOOL_PACKAGES: Record<string, string> = { ...GUEST_TOOL_PACKAGES, openssl: 'openssl' };
 
 /** Absolute path of `name` on PATH or in the sbin directories (nbd-client and mkfs live there). */
 export function findTool(name: string): string | undefined {

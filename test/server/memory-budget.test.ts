@@ -11,7 +11,7 @@ function take(budget: MemoryBudget, bytes: number, granted: () => void): boolean
   return false;
 }
 
-t.test('take fits or queues; adjust gives back and grants the line in order', async (t) => {
+t.test('take fits or waits; freed bytes go to the waiters that fit, in arrival order', async (t) => {
   const budget = new MemoryBudget({ limit: 10 * MiB, stallMs: 60_000 });
   const granted: string[] = [];
   t.ok(
@@ -23,23 +23,41 @@ t.test('take fits or queues; adjust gives back and grants the line in order', as
     take(budget, 6 * MiB, () => granted.push('big')),
     'does not fit: waits',
   );
-  t.notOk(
-    take(budget, 1 * MiB, () => granted.push('small')),
-    'fits, but someone waits before it: waits too (no overtaking)',
+  t.ok(
+    take(budget, 1 * MiB, () => granted.push('never')),
+    'fits: taken at once, though a larger request waits (first fit)',
   );
-  t.notOk(budget.tryTake(1), 'tryTake refuses while anyone waits');
+  t.notOk(
+    take(budget, 4 * MiB, () => granted.push('medium')),
+    'does not fit: waits behind the big one',
+  );
   t.equal(budget.waiting, 2);
   budget.adjust(-1 * MiB);
-  t.same(granted, [], '5 MiB taken: the 6 MiB at the head still does not fit, nor may the 1 MiB pass it');
+  t.same(granted, ['medium'], '6 MiB taken: the medium one fits, the big one still does not');
   budget.adjust(-4 * MiB);
-  t.same(granted, ['big', 'small'], 'both granted, in order');
-  t.equal(budget.used, 8 * MiB, 'their bytes are taken for them');
+  t.same(granted, ['medium'], '6 MiB taken again: the big one still waits');
+  budget.adjust(-6 * MiB);
+  t.same(granted, ['medium', 'big'], 'the big one, once there is room');
+  t.equal(budget.used, 6 * MiB, 'its bytes are taken for it');
   t.equal(budget.waiting, 0);
-  budget.adjust(3 * MiB);
-  t.equal(budget.used, 11 * MiB, 'adjust up is never refused');
+  budget.adjust(6 * MiB);
+  t.equal(budget.used, 12 * MiB, 'adjust up is never refused');
+  t.notOk(budget.tryTake(1), 'nothing fits past the limit');
 });
 
-t.test('cancel leaves the line and lets the next one through', async (t) => {
+t.test('a waiter that fits is granted when room comes back, whatever waits before it', async (t) => {
+  const budget = new MemoryBudget({ limit: 64 * MiB, stallMs: 60_000 });
+  const granted: string[] = [];
+  budget.adjust(64 * MiB); // all of it held by clients that do not read
+  for (let i = 0; i < 5; i++) take(budget, 32 * MiB, () => granted.push(`large ${i}`));
+  take(budget, 4096, () => granted.push('small'));
+  budget.adjust(-(16 * MiB));
+  t.same(granted, ['small'], 'the 4 KiB read goes through; no 32 MiB one fits yet');
+  budget.adjust(-(48 * MiB + 4096));
+  t.same(granted, ['small', 'large 0', 'large 1'], 'then the large ones, in order, as far as room allows');
+});
+
+t.test('cancel leaves the line', async (t) => {
   const budget = new MemoryBudget({ limit: 4 * MiB, stallMs: 60_000 });
   const granted: string[] = [];
   take(budget, 3 * MiB, () => undefined);
@@ -47,11 +65,12 @@ t.test('cancel leaves the line and lets the next one through', async (t) => {
     granted.push('big');
   };
   take(budget, 4 * MiB, big);
-  take(budget, 1 * MiB, () => granted.push('small'));
-  t.same(granted, []);
+  t.equal(budget.waiting, 1);
   budget.cancel(big);
-  t.same(granted, ['small'], 'the small one fits once the big one left');
-  t.equal(budget.used, 4 * MiB);
+  t.equal(budget.waiting, 0);
+  budget.adjust(-3 * MiB);
+  t.same(granted, [], 'a waiter that left is never granted');
+  t.equal(budget.used, 0);
 });
 
 class FakeHolder implements BudgetHolder {
