@@ -19,7 +19,7 @@ import { validateBlockSize } from './block/overlay-layout.js';
 import { spaceLimits } from './block/space-budget.js';
 import { createLogger, type Logger, type LogLevel, levelFromEnv } from './log.js';
 import { MAX_PAYLOAD } from './protocol/constants.js';
-import { resolveAccess } from './server/access-options.js';
+import { type AccessOptions, resolveAccess } from './server/access-options.js';
 import { type ConnectionLimits, DEFAULT_LIMITS } from './server/connection-limits.js';
 import { type Export, type NamedOverlayOwner, type OverlayPolicy, overlayExportRegistry } from './server/exports.js';
 import { type ListenAddress, NbdListener } from './server/listener.js';
@@ -31,6 +31,7 @@ export { type CheckReport, checkOverlay } from './block/overlay-check.js';
 export { validateBlockSize } from './block/overlay-layout.js';
 export type { LogLevel } from './log.js';
 export { MAX_PAYLOAD } from './protocol/constants.js';
+export type { AccessOptions } from './server/access-options.js';
 export type { ConnectionLimits } from './server/connection-limits.js';
 export type { NamedOverlayOwner, OverlayPolicy } from './server/exports.js';
 export { NAMED_OVERLAY_OWNERS, OVERLAY_POLICIES } from './server/exports.js';
@@ -50,10 +51,10 @@ export const DEFAULT_BUFFER_MEMORY = 256 * 1024 * 1024;
  */
 export const DEFAULT_MAX_CONNECTIONS = 1024;
 
-export interface ServerOptions {
+/** What startServer takes: the base and its export, and (AccessOptions) where and to whom it listens. */
+export interface ServerOptions extends AccessOptions {
   /** Path of the base image; opened read-only and never written. */
   readonly base: string;
-  readonly listen: ListenAddress;
   /** Export name; default: the base file's name without its extension. */
   readonly exportName?: string;
   readonly description?: string;
@@ -89,25 +90,6 @@ export interface ServerOptions {
     readonly pskFile?: string;
     readonly verifyPeer?: boolean;
   };
-  /**
-   * TCP clients that may connect: CIDR ranges or addresses (`10.0.0.0/8`, `::1`); IPv4-mapped
-   * IPv6 peers match IPv4 ranges. Others are closed before the greeting. Default: everyone.
-   * Unix-socket clients are not checked.
-   */
-  readonly allow?: readonly string[];
-  /** Connections served at once (TCP and unix); one more is closed before the greeting. Default 1024. */
-  readonly maxConnections?: number;
-  /** Permission bits of the unix socket file (e.g. 0o660); default: what the umask gives. */
-  readonly socketMode?: number;
-  /** Group (name or gid) of the unix socket file; default: the server's. */
-  readonly socketGroup?: string | number;
-  /**
-   * User (name or uid) to become once the listener is bound, the base opened and the overlay
-   * directory made; needs root. Its primary group is taken unless `group` is given.
-   */
-  readonly user?: string | number;
-  /** Group (name or gid) to become, with `user` or alone; supplementary groups are dropped. */
-  readonly group?: string | number;
   readonly logLevel?: LogLevel;
   readonly logger?: Logger;
   readonly limits?: Partial<ConnectionLimits>;

@@ -10,14 +10,27 @@ import type { ListenAddress } from './listener.js';
 import { type PrivilegeTarget, privilegeTarget } from './privileges.js';
 import { type SocketPermissions, validateSocketMode } from './socket-permissions.js';
 
-/** The fields of ServerOptions (lib/index.ts) this module reads; they are documented there. */
+/** Where a server listens and who may connect: part of ServerOptions (lib/index.ts). */
 export interface AccessOptions {
   readonly listen: ListenAddress;
+  /**
+   * TCP clients that may connect: CIDR ranges or addresses (`10.0.0.0/8`, `::1`); IPv4-mapped
+   * IPv6 peers match IPv4 ranges. Others are closed before the greeting. Default: everyone.
+   * Unix-socket clients are not checked.
+   */
   readonly allow?: readonly string[];
+  /** Connections served at once (TCP and unix); one more is closed before the greeting. Default 1024. */
   readonly maxConnections?: number;
+  /** Permission bits of the unix socket file (e.g. 0o660); default: what the umask gives. */
   readonly socketMode?: number;
+  /** Group (name or gid) of the unix socket file; default: the server's. */
   readonly socketGroup?: string | number;
+  /**
+   * User (name or uid) to become once the listener is bound, the base opened and the overlay
+   * directory made; needs root. Its primary group is taken unless `group` is given.
+   */
   readonly user?: string | number;
+  /** Group (name or gid) to become, with `user` or alone; supplementary groups are dropped. */
   readonly group?: string | number;
 }
 
