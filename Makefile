@@ -8,7 +8,7 @@ SERVE_ARGS ?=
 COVERAGE_FLOOR ?= 90
 BRANCH_FLOOR ?= 85
 
-.PHONY: all build serve pack test test-only test-guest deps-test deps-bench bench typecheck lint format clean
+.PHONY: all build serve pack test test-only test-guest deps-test deps-bench bench typecheck lint format fuzz clean
 
 all: build
 
@@ -55,6 +55,13 @@ deps-bench:
 # it prints a table and writes bench/results/latest.json. `make bench BENCH_QUICK=1` is short.
 bench: build deps-bench
 	bench/run.sh
+
+# Hostile input at scale against a live server (fuzz/README.md); long, never part of `make test`.
+# Settings from the environment: FUZZ_STREAMS (1000000), FUZZ_SEED, FUZZ_CONCURRENCY, FUZZ_BATCH,
+# FUZZ_REPLAY=seed:index to run one stream again.
+fuzz: build
+	npx tsc -p tsconfig.bench.json
+	node dist/fuzz/fuzz.js
 
 # The library, CLI and tests; then the benchmark and fixture scripts (bench/run.sh compiles those).
 typecheck: node_modules/.installed

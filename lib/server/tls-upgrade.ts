@@ -41,13 +41,27 @@ export function startTls(socket: Socket, ack: Buffer, credentials: TlsCredential
     // with no listener would crash the process.
     socket.on('error', ignore);
     const secure = new TLSSocket(socket, credentials.socketOptions());
-    const onError = (error: Error): void => {
+    const fail = (reason: string): void => {
+      stopWatching();
       secure.destroy();
-      events.failed(`TLS handshake failed: ${describeTlsError(error)}`);
+      events.failed(reason);
+    };
+    const onError = (error: Error): void => fail(`TLS handshake failed: ${describeTlsError(error)}`);
+    // A client that hangs up mid-handshake (FIN, no more ClientHello) ends the connection now,
+    // not at the handshake deadline.
+    const onGone = (): void => fail('client closed the connection during the TLS handshake');
+    const stopWatching = (): void => {
+      secure.off('error', onError);
+      secure.off('end', onGone);
+      secure.off('close', onGone);
+      socket.off('end', onGone);
     };
     secure.on('error', onError);
+    secure.on('end', onGone);
+    secure.on('close', onGone);
+    socket.on('end', onGone);
     secure.once('secure', () => {
-      secure.off('error', onError);
+      stopWatching();
       const refused = credentials.refusal(secure);
       if (refused !== undefined) {
         secure.destroy();

@@ -12,6 +12,7 @@ import { startTlsClient } from '../helpers/raw-nbd/starttls.js';
 import { infoRequestData, optionBytes, requestBytes } from '../helpers/raw-nbd/wire.js';
 import { type ServerFixture, startFixture } from '../helpers/server-fixture.js';
 import { type ClientCertificates, tlsFixtures } from '../helpers/tls-fixtures.js';
+import { waitFor } from '../helpers/wait.js';
 
 const SIZE = 64 * 1024;
 const OPT = { STARTTLS: 5, GO: 7, STRUCTURED_REPLY: 8 } as const;
@@ -108,4 +109,22 @@ t.test('a broken or stalled TLS handshake costs only that connection', async (t)
   t.equal((await readSimpleReply(client)).error, 0, 'the good client goes on');
   t.strictSame(await client.read(8), f.base.bytes.subarray(0, 8));
   client.destroy();
+});
+
+t.test('a client that hangs up after the STARTTLS ACK is dropped at once, not at the deadline', async (t) => {
+  const tls = await tlsFixtures();
+  const f = await start(t, { tls: { mode: 'on', certificates: tls.serverDir }, limits: { handshakeTimeoutMs: 60_000 } });
+  const c = await f.raw();
+  await greet(c);
+  c.write(optionBytes(OPT.STARTTLS));
+  t.equal((await readOptionReply(c)).replyType, REP_ACK);
+  const half = await f.raw();
+  await greet(half);
+  half.write(optionBytes(OPT.STARTTLS));
+  t.equal((await readOptionReply(half)).replyType, REP_ACK);
+  half.write(hex`16030100 20`); // the start of a ClientHello
+  c.socket.end();
+  half.socket.end();
+  await waitFor(() => f.server.connectionCount === 0, 'the server closed both connections', 5000);
+  t.equal(f.server.connectionCount, 0);
 });
