@@ -268,8 +268,10 @@ function overTls(
         copyFileSync(join(tls.alice.dir, file), join(pki, file));
       const started = await start(ctx, tls.serverDir);
       const { target } = started.endpoint;
-      if (target.kind !== 'tcp') throw new Error('the TLS rows run over TCP only');
-      const uri = `nbds://127.0.0.1:${target.port}/${ctx.exportName}`;
+      const uri =
+        target.kind === 'tcp'
+          ? `nbds://127.0.0.1:${target.port}/${ctx.exportName}`
+          : `nbds+unix:///${ctx.exportName}?socket=${target.path}`;
       return { ...started, endpoint: { ...started.endpoint, uri, clientEnv: { ...process.env, HOME: home } } };
     },
   };
