@@ -25,6 +25,7 @@ import { type Export, type NamedOverlayOwner, type OverlayPolicy, overlayExportR
 import { type ListenAddress, NbdListener } from './server/listener.js';
 import { MemoryBudget } from './server/memory-budget.js';
 import { dropPrivileges, handOverCreatedDirs, type PrivilegeTarget } from './server/privileges.js';
+import { combineEvents, type ServerEvents, type SessionRecord } from './server/server-events.js';
 import { loadTlsSettings, type TlsMode } from './server/tls-credentials.js';
 
 export { type CheckReport, checkOverlay } from './block/overlay-check.js';
@@ -36,6 +37,7 @@ export type { ConnectionLimits } from './server/connection-limits.js';
 export type { NamedOverlayOwner, OverlayPolicy } from './server/exports.js';
 export { NAMED_OVERLAY_OWNERS, OVERLAY_POLICIES } from './server/exports.js';
 export type { ListenAddress } from './server/listener.js';
+export type { ServerEvents, SessionRecord } from './server/server-events.js';
 export { TLS_MODES, type TlsMode } from './server/tls-credentials.js';
 
 /** Overlay block size when none is given: 4 KiB first writes need no copy-up from the base. */
@@ -93,6 +95,8 @@ export interface ServerOptions extends AccessOptions {
   readonly logLevel?: LogLevel;
   readonly logger?: Logger;
   readonly limits?: Partial<ConnectionLimits>;
+  /** Observers of connections and requests (server-events.ts); the CLI's logs and metrics are some. */
+  readonly events?: readonly ServerEvents[];
 }
 
 export interface RunningServer {
@@ -104,6 +108,8 @@ export interface RunningServer {
   readonly connectionCount: number;
   /** Bytes clients hold in the server now: payloads in flight and replies not yet read. */
   readonly bufferedBytes: number;
+  /** The connections open now: peer, export, overlay, TLS, requests and bytes. */
+  sessions(): SessionRecord[];
   /** Stop accepting, finish in-flight requests, delete ephemeral overlays, close (keep) named ones, release the base. */
   stop(): Promise<void>;
 }
@@ -222,6 +228,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       tls,
       admission: access.admission,
       ...(access.socketPermissions !== undefined ? { socketPermissions: access.socketPermissions } : {}),
+      events: combineEvents(options.events ?? []),
     });
     const address = await listener.listen(options.listen);
     // In the same turn as listen(): no client is accepted before the switch.
@@ -247,6 +254,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       get bufferedBytes() {
         return budget.used;
       },
+      sessions: () => listener.sessions(),
       stop: () => {
         stopping ??= listener
           .stop()

@@ -109,6 +109,14 @@ export class CowDevice implements BlockDevice {
     return this.#path;
   }
 
+  /** Bytes in state "data" in the overlay: its blocks that hold data × the block size. */
+  dataBytes(): number {
+    const overlay = this.#overlay;
+    if (overlay === undefined) return 0;
+    const map = overlay.map;
+    return map.countState(0, map.blocks, BLOCK_DATA) * this.#blockSize;
+  }
+
   /** Whether the overlay file exists yet (it is created by the first write-type call). */
   get hasOverlay(): boolean {
     return this.#overlay !== undefined;

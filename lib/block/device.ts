@@ -59,6 +59,8 @@ export interface BlockDevice {
    * byte; they may stop before `offset + length` (at most `maxExtents` of them).
    */
   extents(offset: number, length: number, maxExtents: number): Promise<Extent[]>;
+  /** Optional: bytes of data the device holds beside its base (an overlay's data blocks). */
+  dataBytes?(): number;
   /** Release everything; an ephemeral overlay file is deleted. Safe to call twice. */
   close(): Promise<void>;
 }

@@ -237,6 +237,10 @@ class NamedHandle implements BlockDevice {
     return this.#with((d) => d.extents(offset, length, maxExtents));
   }
 
+  dataBytes(): number {
+    return this.#device.dataBytes();
+  }
+
   close(): Promise<void> {
     this.#closed = true;
     return this.#release();

@@ -6,6 +6,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../log.js';
 import type { AccessList } from './access-list.js';
 import { RefusalLog } from './refusal-log.js';
+import { NO_EVENTS, type ServerEvents } from './server-events.js';
 
 export interface AdmissionPolicy {
   /** TCP peers that may connect; absent: every peer. Unix-socket clients are not checked. */
@@ -25,7 +26,10 @@ export class Admission {
   readonly #outsideAllowList: RefusalLog;
   readonly #overCap: RefusalLog;
 
-  constructor(policy: AdmissionPolicy, log: Logger) {
+  readonly #events: ServerEvents;
+
+  constructor(policy: AdmissionPolicy, log: Logger, events: ServerEvents = NO_EVENTS) {
+    this.#events = events;
     const max = policy.maxConnections ?? Number.POSITIVE_INFINITY;
     if (max !== Number.POSITIVE_INFINITY) validateConnectionLimit(max);
     this.#allow = policy.allow;
@@ -44,12 +48,16 @@ export class Admission {
     // A TCP socket reset before we saw it has no address: nothing to check it against, refuse it.
     if (tcp && this.#allow !== undefined && (address === undefined || !this.#allow.allows(address))) {
       // The peer's address first: a destroyed socket no longer knows it.
-      this.#outsideAllowList.refused(describePeer(socket, tcp));
+      const peer = describePeer(socket, tcp);
+      this.#outsideAllowList.refused(peer);
+      this.#events.connectionRefused(peer, 'allow-list');
       socket.destroy();
       return false;
     }
     if (open >= this.#maxConnections) {
-      this.#overCap.refused(describePeer(socket, tcp));
+      const peer = describePeer(socket, tcp);
+      this.#overCap.refused(peer);
+      this.#events.connectionRefused(peer, 'max-connections');
       socket.destroy();
       return false;
     }
@@ -63,9 +71,9 @@ export class Admission {
   }
 }
 
-/** `10.1.2.3:5000`, `[::1]:5000` or `unix socket`, for log lines. */
-function describePeer(socket: Socket, tcp: boolean): string {
-  if (!tcp) return 'unix socket';
+/** `10.1.2.3:5000`, `[::1]:5000` or `unix`, for log lines and the session list. */
+export function describePeer(socket: Socket, tcp: boolean): string {
+  if (!tcp) return 'unix';
   const address = socket.remoteAddress ?? '(address gone)';
   return `${address.includes(':') ? `[${address}]` : address}:${socket.remotePort ?? ''}`;
 }

@@ -52,7 +52,8 @@ import type { BudgetHolder, MemoryBudget } from './memory-budget.js';
 import { handleOption, type NegotiationState, type SettledOutcome } from './negotiation.js';
 import { ReplyBatcher } from './reply-batcher.js';
 import { RequestFlow } from './request-flow.js';
-import { errorReply, type Payload, type Session, serveRequest, validateRequest } from './requests.js';
+import { errorReply, type Payload, type Served, type Session, serveRequest, validateRequest } from './requests.js';
+import type { ServerEvents, SessionRecord } from './server-events.js';
 import type { TlsSettings } from './tls-credentials.js';
 import { startTls } from './tls-upgrade.js';
 
@@ -75,6 +76,11 @@ export interface ConnectionOptions {
   readonly limits: ConnectionLimits;
   /** A short label for log lines, e.g. the peer address. */
   readonly label: string;
+  /** The listener's number for this connection, and its peer (SessionRecord's fields). */
+  readonly id: number;
+  readonly peer: string;
+  /** Where the connection reports what happens to it (logs, metrics). */
+  readonly events: ServerEvents;
   /** Large READ reply buffers come from here and go back once written. */
   readonly buffers: BufferPool;
   /** Bytes of payloads and unsent replies, shared by every connection. */
@@ -123,6 +129,8 @@ export class Connection implements BudgetHolder {
   #shuttingDown = false;
   #resolveClosed: () => void = () => undefined;
   #onIdle: (() => void) | null = null;
+  /** What the session list and the observers see of this connection. */
+  readonly record: SessionRecord;
 
   constructor(socket: Socket, options: ConnectionOptions) {
     this.#socket = socket;
@@ -137,9 +145,24 @@ export class Connection implements BudgetHolder {
     });
     const timeout = options.limits.handshakeTimeoutMs;
     this.#handshakeTimer = setTimeout(() => this.#close(`no export chosen within ${timeout / 1000} s`), timeout);
+    this.record = {
+      id: options.id,
+      peer: options.peer,
+      openedAt: Date.now(),
+      exportName: null,
+      overlay: null,
+      structuredReplies: false,
+      metaContexts: [],
+      tls: null,
+      requests: 0,
+      bytesRead: 0,
+      bytesWritten: 0,
+      overlayBytes: () => this.#device?.dataBytes?.() ?? 0,
+    };
     socket.setNoDelay(true);
     this.#listen(socket);
     socket.write(encodeGreeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES));
+    options.events.connectionOpened(this.record);
   }
 
   readonly #onData = (chunk: Buffer): void => {
@@ -354,6 +377,11 @@ export class Connection implements BudgetHolder {
         };
         this.#options.budget.register(this);
         this.#log.debug(`${this.label}: serving export "${outcome.exp.name}" flags 0x${outcome.flags.toString(16)}`);
+        this.record.exportName = outcome.exp.name;
+        this.record.overlay = outcome.exp.readOnly ? 'read-only' : outcome.exp.multiConn === true ? 'named' : 'throwaway';
+        this.record.structuredReplies = this.#negotiation.structuredReplies;
+        this.record.metaContexts = outcome.contexts.map((c) => c.name);
+        this.#options.events.exportChosen(this.record);
         this.#state = 'request-header';
         return true;
     }
@@ -364,6 +392,7 @@ export class Connection implements BudgetHolder {
    * with the peer; an option this server does not know or a malformed one only at debug.
    */
   #logRefusal(refused: OptionError): void {
+    this.#options.events.optionRefused(this.record, this.#option.option, refused.replyType, refused.message);
     const line = `${this.label}: refused ${optionName(this.#option.option)}: ${refused.message}`;
     if (refused.replyType === NBD_REP_ERR_UNSUP || refused.replyType === NBD_REP_ERR_INVALID) this.#log.debug(line);
     else this.#log.info(line);
@@ -409,9 +438,9 @@ export class Connection implements BudgetHolder {
       tls: true,
       tlsIdentity: identity,
     };
-    this.#log.debug(
-      `${this.label}: TLS ${secure.getProtocol() ?? ''} ${secure.getCipher().name}, identity ${identity ?? '(none)'}`,
-    );
+    this.record.tls = { protocol: secure.getProtocol() ?? '', cipher: secure.getCipher().name, identity };
+    this.#log.debug(`${this.label}: TLS ${this.record.tls.protocol} ${this.record.tls.cipher}, identity ${identity ?? '(none)'}`);
+    this.#options.events.tlsEstablished(this.record);
     this.#state = 'option-header';
     this.#process();
   }
@@ -472,18 +501,22 @@ export class Connection implements BudgetHolder {
     const session = this.#session as Session; // requests are only dispatched with a session
     const cost = (req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE) && req.length <= MAX_PAYLOAD ? req.length : 0;
     this.#flow.started();
+    const started = performance.now();
     serveRequest(req, payload, session).then(
-      (reply) => this.#finish(cost, reply),
+      (served) => this.#finish(req, cost, served, started),
       (err: unknown) => {
         this.#log.error(`${this.label}: request failed unexpectedly: ${String(err)}`);
-        this.#finish(cost, null);
+        this.#finish(req, cost, null, started);
         this.#close('internal error');
       },
     );
   }
 
-  #finish(cost: number, reply: Buffer[] | null): void {
-    if (reply !== null) this.#writeAll(reply);
+  #finish(req: Request, cost: number, served: Served | null, started: number): void {
+    if (served !== null) {
+      this.#writeAll(served.reply);
+      this.#count(req, served.errno, started);
+    }
     this.#flow.finished(cost, this.#queuedReplyBytes());
     if (this.#flow.inFlight === 0 && this.#onIdle !== null) {
       const onIdle = this.#onIdle;
@@ -491,6 +524,16 @@ export class Connection implements BudgetHolder {
       onIdle();
     }
     if (this.#state === 'request-header' || this.#state === 'write-payload') this.#process();
+  }
+
+  /** Count an answered request in the session record and report it. */
+  #count(req: Request, errno: number, started: number): void {
+    const record = this.record;
+    record.requests++;
+    const moved = errno === 0 && (req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE) ? req.length : 0;
+    if (req.type === NBD_CMD_READ) record.bytesRead += moved;
+    else record.bytesWritten += moved;
+    this.#options.events.requestDone(record, req.type, errno, moved, (performance.now() - started) / 1000);
   }
 
   /** Reply bytes waiting in the socket; none once the connection is closed (they will never go). */
@@ -586,6 +629,7 @@ export class Connection implements BudgetHolder {
       .finally(() => {
         // Every request has replied and the socket is gone: nothing is held any more.
         this.#flow.releaseAll();
+        this.#options.events.connectionClosed(this.record, reason);
         this.#resolveClosed();
       });
   }

@@ -5,12 +5,13 @@
 import { lstat, unlink } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import type { Logger } from '../log.js';
-import { Admission, type AdmissionPolicy } from './admission.js';
+import { Admission, type AdmissionPolicy, describePeer } from './admission.js';
 import { BufferPool } from './buffer-pool.js';
 import { Connection } from './connection.js';
 import type { ConnectionLimits } from './connection-limits.js';
 import type { ExportRegistry } from './exports.js';
 import type { MemoryBudget } from './memory-budget.js';
+import { NO_EVENTS, type ServerEvents, type SessionRecord } from './server-events.js';
 import { applySocketPermissions, bindOwnerOnly, type SocketPermissions } from './socket-permissions.js';
 import type { TlsSettings } from './tls-credentials.js';
 
@@ -35,6 +36,8 @@ export interface NbdListenerOptions {
   readonly admission?: AdmissionPolicy;
   /** Mode and group of a unix socket file; absent: as the umask makes it. */
   readonly socketPermissions?: SocketPermissions;
+  /** Where connections report what happens (logs, metrics); absent: nowhere. */
+  readonly events?: ServerEvents;
 }
 
 export class NbdListener {
@@ -50,7 +53,7 @@ export class NbdListener {
 
   constructor(options: NbdListenerOptions) {
     this.#options = options;
-    this.#admission = new Admission(options.admission ?? {}, options.log);
+    this.#admission = new Admission(options.admission ?? {}, options.log, options.events ?? NO_EVENTS);
     this.#server = createServer({ noDelay: true, allowHalfOpen: true }, (socket) => this.#accept(socket));
   }
 
@@ -62,6 +65,11 @@ export class NbdListener {
 
   get connectionCount(): number {
     return this.#connections.size;
+  }
+
+  /** The connections open now, as the session list shows them. */
+  sessions(): SessionRecord[] {
+    return [...this.#connections].map((conn) => conn.record);
   }
 
   async listen(address: ListenAddress): Promise<ListenAddress> {
@@ -147,12 +155,15 @@ export class NbdListener {
     }
     if (!this.#admission.admit(socket, this.#connections.size, this.#address?.kind === 'tcp')) return;
     const id = this.#nextId++;
-    const peer = socket.remoteAddress !== undefined ? `${socket.remoteAddress}:${socket.remotePort ?? ''}` : 'unix';
+    const peer = describePeer(socket, this.#address?.kind === 'tcp');
     const conn = new Connection(socket, {
       registry: this.#options.registry,
       log: this.#options.log,
       limits: this.#options.limits,
       label: `conn ${id} (${peer})`,
+      id,
+      peer,
+      events: this.#options.events ?? NO_EVENTS,
       buffers: this.#buffers,
       budget: this.#options.budget,
       tls: this.#options.tls,

@@ -198,15 +198,21 @@ async function run(req: Request, payload: Payload | undefined, session: Session)
   return doneReply(req, session);
 }
 
+/** A request's reply, and the NBD errno it carries (0: success), for the logs and the metrics. */
+export interface Served {
+  readonly reply: Buffer[];
+  readonly errno: number;
+}
+
 /** Validate and run one request; every outcome is a reply (errors included). */
-export async function serveRequest(req: Request, payload: Payload | undefined, session: Session): Promise<Buffer[]> {
+export async function serveRequest(req: Request, payload: Payload | undefined, session: Session): Promise<Served> {
   const invalid = validateRequest(req, session);
   if (invalid !== null) {
     session.log.debug(`${commandName(req.type)} refused: ${invalid.message}`);
-    return errorReply(req, invalid, session);
+    return { reply: errorReply(req, invalid, session), errno: invalid.errno };
   }
   try {
-    return await run(req, payload, session);
+    return { reply: await run(req, payload, session), errno: 0 };
   } catch (err) {
     const errno = toNbdErrno(err, {
       df: (req.flags & NBD_CMD_FLAG_DF) !== 0,
@@ -216,6 +222,6 @@ export async function serveRequest(req: Request, payload: Payload | undefined, s
     // Keep the real cause in the log before it is reduced to an errno.
     if (err instanceof NbdError) session.log.debug(`${commandName(req.type)} failed: ${message}`);
     else session.log.warn(`${commandName(req.type)} at ${req.offset}+${req.length} failed: ${message}`);
-    return errorReply(req, new NbdError(errno, message), session);
+    return { reply: errorReply(req, new NbdError(errno, message), session), errno };
   }
 }

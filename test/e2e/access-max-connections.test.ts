@@ -38,7 +38,7 @@ if (requireClients(t, ['nbdinfo'])) {
     t.ok(await raw.closed(), 'a raw third is closed');
     t.equal(raw.buffered, 0, 'before the greeting');
     await waitFor(
-      () => /refused a connection from unix socket: too many connections \(limit 2\)/.test(server.stderr()),
+      () => /refused a connection from unix: too many connections \(limit 2\)/.test(server.stderr()),
       'the refusal logged',
     );
 

@@ -89,7 +89,7 @@ t.test('connection cap: the socket past it is refused, on TCP and unix alike', a
   gate.flush();
   t.strictSame(lines, [
     'nbd-cow: warn: refused a connection from 127.0.0.1:3: too many connections (limit 2)',
-    'nbd-cow: warn: refused 1 more connection(s), the latest from unix socket: too many connections (limit 2)',
+    'nbd-cow: warn: refused 1 more connection(s), the latest from unix: too many connections (limit 2)',
   ]);
 });
 

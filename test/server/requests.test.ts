@@ -3,10 +3,15 @@ import { createLogger } from '../../lib/log.js';
 import { NbdError } from '../../lib/protocol/errors.js';
 import { decodeSimpleReply, decodeStructuredChunkHeader, type Request } from '../../lib/protocol/transmission.js';
 import { listContexts, type MetaContext, selectContexts } from '../../lib/server/meta-contexts.js';
-import { errorReply, type Session, serveRequest, validateRequest } from '../../lib/server/requests.js';
+import { errorReply, type Payload, type Session, serveRequest as serve, validateRequest } from '../../lib/server/requests.js';
 import { patternBuffer } from '../helpers/bases.js';
 import { FakeDevice } from '../helpers/fake-device.js';
 import { hex } from '../helpers/hex.js';
+
+/** The reply serveRequest builds (its errno is checked where it matters). */
+async function serveRequest(r: Request, payload: Payload | undefined, s: Session): Promise<Buffer[]> {
+  return (await serve(r, payload, s)).reply;
+}
 
 const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7 } as const;
 const FLAG = { FUA: 1, NO_HOLE: 2, DF: 4, REQ_ONE: 8, FAST_ZERO: 16 } as const;
@@ -327,4 +332,13 @@ t.test('refused requests never reach the device', async (t) => {
   await serveRequest(req(CMD.READ, { offset: SIZE, length: 1 }), undefined, s);
   await serveRequest(req(12), undefined, s);
   t.strictSame(s.device.calls, []);
+});
+
+t.test('serveRequest reports the errno each reply carries', async (t) => {
+  const s = session({ structured: true });
+  t.equal((await serve(req(CMD.READ, { length: 8 }), undefined, s)).errno, 0, 'success: 0');
+  t.equal((await serve(req(CMD.READ, { offset: SIZE, length: 1 }), undefined, s)).errno, EINVAL, 'refused: EINVAL');
+  t.equal((await serve(req(12), undefined, s)).errno, EINVAL, 'unknown command: EINVAL');
+  const ro = session({ writable: false });
+  t.equal((await serve(req(CMD.WRITE, { length: 1 }), hex`00`, ro)).errno, 1, 'read-only: EPERM');
 });
