@@ -189,12 +189,14 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       if (removed > 0) log.info(`removed ${removed} overlay file(s) left by a server that is gone`);
     }
     let overlaySeq = 0;
+    const events = combineEvents(options.events ?? []);
     const named = new NamedOverlays({
       base,
       blockSize,
       dir: overlayDir,
       warn: (message) => log.warn(message),
       ...(space !== undefined ? { space } : {}),
+      events,
     });
     const exp: Export = {
       name: exportName,
@@ -210,6 +212,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
               blockSize,
               overlayPath: join(overlayDir, ephemeralOverlayName(process.pid, ++overlaySeq)),
               ...(space !== undefined ? { space } : {}),
+              events,
             }),
     };
     const registry = overlayExportRegistry({
@@ -228,7 +231,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       tls,
       admission: access.admission,
       ...(access.socketPermissions !== undefined ? { socketPermissions: access.socketPermissions } : {}),
-      events: combineEvents(options.events ?? []),
+      events,
     });
     const address = await listener.listen(options.listen);
     // In the same turn as listen(): no client is accepted before the switch.

@@ -29,6 +29,7 @@ import type { BaseImage } from './base-image.js';
 import { type Bitmap, BLOCK_BASE, BLOCK_DATA } from './bitmap.js';
 import { codedError } from './coded-error.js';
 import type { BlockDevice, Extent, ExtentState, WriteOptions, ZeroOptions } from './device.js';
+import { NO_OVERLAY_EVENTS, type OverlayEvents } from './overlay-events.js';
 import { OverlayFile } from './overlay-file.js';
 import { overlayGeometry } from './overlay-layout.js';
 import { OverlayWriter } from './overlay-writes.js';
@@ -52,6 +53,8 @@ export interface CowDeviceOptions {
   readonly keep?: boolean;
   /** Limits on the data the overlay may hold; none when absent. */
   readonly space?: SpaceLimits;
+  /** Who hears of copy-ups and zeroed blocks (debug traces, metrics); nobody when absent. */
+  readonly events?: OverlayEvents;
 }
 
 /** Upper bound on the buffer a cache call allocates. */
@@ -98,7 +101,7 @@ export class CowDevice implements BlockDevice {
     const dataBlocks = map === undefined ? 0 : map.countState(0, map.blocks, BLOCK_DATA);
     this.#space =
       options.space === undefined ? undefined : new OverlaySpace(this.#path, options.space, this.#blockSize, dataBlocks);
-    this.#writer = new OverlayWriter(this.#base, this.#blockSize, this.#space);
+    this.#writer = new OverlayWriter(this.#base, this.#blockSize, this.#space, options.events ?? NO_OVERLAY_EVENTS);
   }
 
   get size(): number {

@@ -21,6 +21,7 @@ import type { BaseImage } from './base-image.js';
 import { codedError } from './coded-error.js';
 import { CowDevice } from './cow-device.js';
 import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from './device.js';
+import type { OverlayEvents } from './overlay-events.js';
 import { OverlayFile } from './overlay-file.js';
 import { acquireOverlayLock, type OverlayLock } from './overlay-lock.js';
 import { lockFileName, namedOverlayFileName } from './overlay-names.js';
@@ -35,6 +36,8 @@ export interface NamedOverlaysOptions {
   readonly warn?: (message: string) => void;
   /** Limits on the data each overlay holds; an overlay opened from disk counts what its map holds. */
   readonly space?: SpaceLimits;
+  /** Who hears of copy-ups and zeroed blocks; nobody when absent. */
+  readonly events?: OverlayEvents;
 }
 
 interface Opened {
@@ -179,7 +182,7 @@ export class NamedOverlays {
   }
 
   #core(path: string, overlay: OverlayFile | undefined): CowDevice {
-    const { base, blockSize, space } = this.#options;
+    const { base, blockSize, space, events } = this.#options;
     return new CowDevice({
       base,
       blockSize: overlay?.blockSize ?? blockSize,
@@ -187,6 +190,7 @@ export class NamedOverlays {
       keep: true,
       ...(overlay !== undefined ? { overlay } : {}),
       ...(space !== undefined ? { space } : {}),
+      ...(events !== undefined ? { events } : {}),
     });
   }
 }

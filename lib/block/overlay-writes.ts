@@ -6,6 +6,7 @@
 
 import type { BaseImage } from './base-image.js';
 import { type Bitmap, BLOCK_BASE, BLOCK_DATA, BLOCK_ZERO } from './bitmap.js';
+import type { OverlayEvents } from './overlay-events.js';
 import type { OverlayFile } from './overlay-file.js';
 import { blockSpan, type PartialBlock, roundDown, splitRange } from './ranges.js';
 import type { OverlaySpace } from './space-budget.js';
@@ -37,12 +38,14 @@ export class OverlayWriter {
   readonly #size: number;
   /** The data the overlay holds against its limits; undefined when there are none. */
   readonly #space: OverlaySpace | undefined;
+  readonly #events: OverlayEvents;
 
-  constructor(base: BaseImage, blockSize: number, space: OverlaySpace | undefined) {
+  constructor(base: BaseImage, blockSize: number, space: OverlaySpace | undefined, events: OverlayEvents) {
     this.#base = base;
     this.#blockSize = blockSize;
     this.#size = base.size;
     this.#space = space;
+    this.#events = events;
   }
 
   /**
@@ -86,6 +89,7 @@ export class OverlayWriter {
     bytes.copy(block, piece.start - blockStart);
     await overlay.writeData(blockStart, block);
     overlay.map.set(piece.block, BLOCK_DATA);
+    this.#events.copiedUp(overlay.path, piece.block, state === BLOCK_BASE ? 'base' : 'zero');
   }
 
   /**
@@ -99,7 +103,10 @@ export class OverlayWriter {
     if (space !== undefined) {
       space.exchange(baseEdges(map, head, tail), body ? map.countState(body.first, body.count, BLOCK_DATA) : 0);
     }
-    if (body) map.setRange(body.first, body.count, BLOCK_ZERO);
+    if (body) {
+      map.setRange(body.first, body.count, BLOCK_ZERO);
+      this.#events.zeroed(overlay.path, body.first, body.count);
+    }
     const jobs: Promise<void>[] = [];
     for (const piece of [head, tail]) {
       if (piece && map.get(piece.block) !== BLOCK_ZERO) {

@@ -3,6 +3,8 @@
 // (log-events.ts, metrics.ts) decides what to do with it. Each connection keeps one
 // SessionRecord current, which is also what the live session list shows.
 
+import type { OverlayEvents } from '../block/overlay-events.js';
+
 /** One connection, as observers and the session list see it; connection.ts keeps it current. */
 export interface SessionRecord {
   readonly id: number;
@@ -38,7 +40,8 @@ export interface TlsSessionInfo {
 /** Why a connection was closed before its greeting. */
 export type ConnectionRefusal = 'allow-list' | 'max-connections';
 
-export interface ServerEvents {
+/** Connections and requests, and (OverlayEvents) what the overlays under them decide. */
+export interface ServerEvents extends OverlayEvents {
   /** Accepted, greeting sent. */
   connectionOpened(session: SessionRecord): void;
   /** Closed before the greeting: `peer` as in SessionRecord. */
@@ -61,6 +64,8 @@ function ignore(): void {
 
 /** A server nobody observes. */
 export const NO_EVENTS: ServerEvents = {
+  copiedUp: ignore,
+  zeroed: ignore,
   connectionOpened: ignore,
   connectionRefused: ignore,
   optionRefused: ignore,
@@ -95,6 +100,12 @@ export function combineEvents(observers: readonly ServerEvents[]): ServerEvents 
     },
     connectionClosed: (s, reason) => {
       for (const o of observers) o.connectionClosed(s, reason);
+    },
+    copiedUp: (path, block, from) => {
+      for (const o of observers) o.copiedUp(path, block, from);
+    },
+    zeroed: (path, first, count) => {
+      for (const o of observers) o.zeroed(path, first, count);
     },
   };
 }

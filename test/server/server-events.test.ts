@@ -29,6 +29,8 @@ function recorder(): { events: ServerEvents; lines: string[] } {
       requestDone: (s, command, errno, bytes) => lines.push(`request ${where(s)} ${command} errno=${errno} bytes=${bytes}`),
       connectionClosed: (s, reason) =>
         lines.push(`closed ${where(s)} requests=${s.requests} read=${s.bytesRead} written=${s.bytesWritten} (${reason})`),
+      copiedUp: (path, block, from) => lines.push(`copy-up ${path.split('/').at(-1)} ${block} from ${from}`),
+      zeroed: (path, first, count) => lines.push(`zeroed ${path.split('/').at(-1)} ${first}+${count}`),
     },
   };
 }
@@ -61,6 +63,7 @@ t.test('a connection reports its life: opened, export, each request with its res
   t.strictSame(lines.slice(1), [
     'export #1 golden@x named structured=true base:allocation',
     'request #1 golden@x 0 errno=0 bytes=4096',
+    'copy-up named-golden@x.cow 0 from base',
     'request #1 golden@x 1 errno=0 bytes=512',
     'request #1 golden@x 0 errno=22 bytes=0',
     'closed #1 golden@x requests=3 read=4096 written=512 (client closed the connection)',
@@ -104,4 +107,20 @@ t.test('a request that fails is counted with its errno and no bytes', async (t) 
   await waitFor(() => lines.some((l) => l.startsWith('request')), 'the request event');
   t.ok(lines.includes('request #1 base 1 errno=1 bytes=0'), lines.join('\n'));
   t.equal(f.server.sessions()[0]?.overlay, 'read-only');
+});
+
+t.test('the overlay reports its copy-ups and zeroed blocks', async (t) => {
+  const { events, lines } = recorder();
+  const f = await startFixture(t, SIZE, { events: [events], exportName: 'golden' });
+  const { client } = await f.connect({ exportName: 'golden@y' });
+  client.write(requestBytes({ type: WRITE, cookie: 1n, offset: 100, length: 10 }), Buffer.alloc(10, 7)); // partial block 0
+  await readSimpleReply(client);
+  client.write(requestBytes({ type: 4, cookie: 2n, offset: 8192, length: 8192 })); // TRIM blocks 2 and 3
+  await readSimpleReply(client);
+  client.write(requestBytes({ type: 6, cookie: 3n, offset: 16384 + 10, length: 100 })); // WRITE_ZEROES inside block 4
+  await readSimpleReply(client);
+  t.strictSame(
+    lines.filter((l) => l.startsWith('copy-up') || l.startsWith('zeroed')),
+    ['copy-up named-golden@y.cow 0 from base', 'zeroed named-golden@y.cow 2+2', 'copy-up named-golden@y.cow 4 from base'],
+  );
 });
