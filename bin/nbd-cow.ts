@@ -25,8 +25,11 @@ import {
   type TlsMode,
   validateBlockSize,
 } from '../lib/index.js';
+import { createLogger, LOG_FORMATS, type LogFormat, type Logger, levelFromEnv } from '../lib/log.js';
 import { runWithServer } from '../lib/run-command.js';
 import { AccessList } from '../lib/server/access-list.js';
+import { logEvents } from '../lib/server/log-events.js';
+import { DEFAULT_STATUS_URL, fetchSessions, formatSessionTable, parseSessions, sessionsUrl } from '../lib/server/session-list.js';
 import { parseByteSize } from '../lib/size.js';
 
 const DEMO_SIZE = 64 * 1024 * 1024;
@@ -51,6 +54,7 @@ interface CliOptions {
   readOnly?: boolean;
   verbose?: boolean;
   quiet?: boolean;
+  logFormat: LogFormat;
   maxInFlight?: number;
   overlays: OverlayPolicy;
   allow?: string[];
@@ -68,6 +72,7 @@ interface CliOptions {
   namedOverlaysOwner: NamedOverlayOwner;
   handshakeTimeout?: number;
   bufferMemory?: number;
+  metrics?: { host: string; port: number };
 }
 
 function parsePort(value: string): number {
@@ -129,6 +134,16 @@ function parsePositive(value: string): number {
   const n = Number(value);
   if (!/^\d+$/.test(value) || n < 1) throw new InvalidArgumentError('expected a positive integer');
   return n;
+}
+
+/** HOST:PORT or [IPv6]:PORT, where --metrics listens. */
+function parseHostPort(value: string): { host: string; port: number } {
+  const match = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d+)$/.exec(value);
+  const host = match?.[1] ?? match?.[2];
+  if (host === undefined || match?.[3] === undefined) {
+    throw new InvalidArgumentError('expected HOST:PORT, such as 127.0.0.1:9810 or [::1]:9810');
+  }
+  return { host, port: parsePort(match[3]) };
 }
 
 function addServeOptions(cmd: Command): Command {
@@ -201,18 +216,32 @@ function addServeOptions(cmd: Command): Command {
           `(default: ${DEFAULT_BUFFER_MEMORY >> 20}M; at least ${MAX_PAYLOAD >> 20}M)`,
       ).argParser(parseBufferMemory),
     )
-    .option('-v, --verbose', 'log every connection and option')
-    .option('-q, --quiet', 'log errors only');
+    .option('-v, --verbose', 'debug log: also every option, request, copy-up and zeroed block')
+    .option('-q, --quiet', 'log errors only')
+    .addOption(
+      new Option('--log-format <format>', 'stderr lines: "text" (nbd-cow: message) or "json" (one JSON object a line)')
+        .choices(LOG_FORMATS)
+        .default('text'),
+    );
+}
+
+/** The server's logger: level from -v / -q, else NBD_COW_LOG, else info; format from --log-format. */
+function cliLogger(opts: CliOptions): Logger {
+  const level = opts.verbose === true ? 'debug' : opts.quiet === true ? 'error' : levelFromEnv('info');
+  return createLogger(level, undefined, { format: opts.logFormat });
 }
 
 function toServerOptions(base: string, opts: CliOptions): Omit<ServerOptions, 'listen'> & { listen: ServerOptions['listen'] } {
+  const logger = cliLogger(opts);
   return {
     base,
     listen: opts.socket !== undefined ? { kind: 'unix', path: opts.socket } : { kind: 'tcp', host: opts.bind, port: opts.port },
     blockSize: opts.blockSize,
     readOnly: opts.readOnly === true,
     overlays: opts.overlays,
-    logLevel: opts.verbose === true ? 'debug' : opts.quiet === true ? 'error' : 'info',
+    logger,
+    // Connections, refusals and (with -v) every request, in the log (log-events.ts).
+    events: [logEvents(logger)],
     ...(opts.exportName !== undefined ? { exportName: opts.exportName } : {}),
     ...(opts.description !== undefined ? { description: opts.description } : {}),
     ...(opts.overlayDir !== undefined ? { overlayDir: opts.overlayDir } : {}),
@@ -226,6 +255,7 @@ function toServerOptions(base: string, opts: CliOptions): Omit<ServerOptions, 'l
     ...(opts.maxOverlayDirSize !== undefined ? { maxOverlayDirSize: opts.maxOverlayDirSize } : {}),
     ...(opts.allow !== undefined ? { allow: opts.allow } : {}),
     ...(opts.maxConnections !== undefined ? { maxConnections: opts.maxConnections } : {}),
+    ...(opts.metrics !== undefined ? { metrics: opts.metrics } : {}),
     ...(opts.socketMode !== undefined ? { socketMode: opts.socketMode } : {}),
     ...(opts.socketGroup !== undefined ? { socketGroup: opts.socketGroup } : {}),
     ...(opts.user !== undefined ? { user: opts.user } : {}),
@@ -279,6 +309,7 @@ async function demoImage(): Promise<string> {
 async function serve(base: string | undefined, opts: CliOptions): Promise<void> {
   const server = await startServer(toServerOptions(base ?? (await demoImage()), opts));
   process.stdout.write(`${server.uri}\n`);
+  if (server.metricsUri !== null) process.stdout.write(`${server.metricsUri}\n`);
   let signals = 0;
   const onSignal = (): void => {
     if (++signals > 1) process.exit(1);
@@ -318,7 +349,14 @@ addAccessOptions(
       .description('serve BASE (or a generated demo image) until SIGINT/SIGTERM')
       .argument('[base]', 'base image (raw); a demo image is generated when omitted'),
   ),
-).action((base: string | undefined, opts: CliOptions) => serve(base, opts).catch(fail));
+)
+  .option(
+    '--metrics <host:port>',
+    'serve Prometheus metrics (GET /metrics) and the live sessions (GET /sessions) over HTTP there; ' +
+      'port 0 picks a free one (its URL is the second line on stdout). Default: off',
+    parseHostPort,
+  )
+  .action((base: string | undefined, opts: CliOptions) => serve(base, opts).catch(fail));
 
 addServeOptions(
   program
@@ -345,5 +383,21 @@ program
       process.exitCode = r.exitCode;
     }, fail),
   );
+
+program
+  .command('sessions')
+  .description('list the live sessions of a server started with --metrics')
+  .argument('[url]', `its --metrics address: HOST:PORT, http://HOST:PORT, or its /metrics URL (default: ${DEFAULT_STATUS_URL})`)
+  .option('--json', 'print the JSON as the server sends it')
+  .action(async (url: string | undefined, opts: { json?: boolean }) => {
+    try {
+      const target = sessionsUrl(url ?? DEFAULT_STATUS_URL);
+      const body = await fetchSessions(target);
+      const sessions = parseSessions(body, target.href);
+      process.stdout.write(opts.json === true ? body : formatSessionTable(sessions));
+    } catch (err) {
+      fail(err);
+    }
+  });
 
 program.parseAsync(process.argv).catch(fail);

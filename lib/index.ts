@@ -17,26 +17,29 @@ import type { BlockDevice } from './block/device.js';
 import { NamedOverlays } from './block/named-overlays.js';
 import { validateBlockSize } from './block/overlay-layout.js';
 import { spaceLimits } from './block/space-budget.js';
-import { createLogger, type Logger, type LogLevel, levelFromEnv } from './log.js';
+import { createLogger, type LogFormat, type Logger, type LogLevel, levelFromEnv } from './log.js';
 import { MAX_PAYLOAD } from './protocol/constants.js';
 import { type AccessOptions, resolveAccess } from './server/access-options.js';
 import { type ConnectionLimits, DEFAULT_LIMITS } from './server/connection-limits.js';
 import { type Export, type NamedOverlayOwner, type OverlayPolicy, overlayExportRegistry } from './server/exports.js';
 import { type ListenAddress, NbdListener } from './server/listener.js';
 import { MemoryBudget } from './server/memory-budget.js';
+import { ServerMetrics } from './server/metrics.js';
 import { dropPrivileges, handOverCreatedDirs, type PrivilegeTarget } from './server/privileges.js';
 import { combineEvents, type ServerEvents, type SessionRecord } from './server/server-events.js';
+import { StatusServer } from './server/status-server.js';
 import { loadTlsSettings, type TlsMode } from './server/tls-credentials.js';
 
 export { type CheckReport, checkOverlay } from './block/overlay-check.js';
 export { validateBlockSize } from './block/overlay-layout.js';
-export type { LogLevel } from './log.js';
+export { LOG_FORMATS, type LogFormat, type LogLevel } from './log.js';
 export { MAX_PAYLOAD } from './protocol/constants.js';
 export type { AccessOptions } from './server/access-options.js';
 export type { ConnectionLimits } from './server/connection-limits.js';
 export type { NamedOverlayOwner, OverlayPolicy } from './server/exports.js';
 export { NAMED_OVERLAY_OWNERS, OVERLAY_POLICIES } from './server/exports.js';
 export type { ListenAddress } from './server/listener.js';
+export { ServerMetrics } from './server/metrics.js';
 export type { ServerEvents, SessionRecord } from './server/server-events.js';
 export { TLS_MODES, type TlsMode } from './server/tls-credentials.js';
 
@@ -93,10 +96,17 @@ export interface ServerOptions extends AccessOptions {
     readonly verifyPeer?: boolean;
   };
   readonly logLevel?: LogLevel;
+  /** `text` (default): `nbd-cow: [level: ]message` lines on stderr; `json`: pino's JSON lines. Unused with `logger`. */
+  readonly logFormat?: LogFormat;
   readonly logger?: Logger;
   readonly limits?: Partial<ConnectionLimits>;
   /** Observers of connections and requests (server-events.ts); the CLI's logs and metrics are some. */
   readonly events?: readonly ServerEvents[];
+  /**
+   * Serve Prometheus metrics (GET /metrics) and the live sessions as JSON (GET /sessions) over
+   * HTTP on host:port (port 0: a free one; RunningServer.metricsUri says which). Default: off.
+   */
+  readonly metrics?: { readonly host: string; readonly port: number };
 }
 
 export interface RunningServer {
@@ -110,6 +120,8 @@ export interface RunningServer {
   readonly bufferedBytes: number;
   /** The connections open now: peer, export, overlay, TLS, requests and bytes. */
   sessions(): SessionRecord[];
+  /** With ServerOptions.metrics: where the metrics are, e.g. http://127.0.0.1:9810/metrics (/sessions beside it); else null. */
+  readonly metricsUri: string | null;
   /** Stop accepting, finish in-flight requests, delete ephemeral overlays, close (keep) named ones, release the base. */
   stop(): Promise<void>;
 }
@@ -164,7 +176,8 @@ function readOnlyView(base: BaseImage): BlockDevice {
 }
 
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
-  const log = options.logger ?? createLogger(options.logLevel ?? levelFromEnv('info'));
+  const log =
+    options.logger ?? createLogger(options.logLevel ?? levelFromEnv('info'), undefined, { format: options.logFormat ?? 'text' });
   const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
   validateBlockSize(blockSize);
   const access = await resolveAccess(options, options.maxConnections ?? DEFAULT_MAX_CONNECTIONS, log);
@@ -189,7 +202,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       if (removed > 0) log.info(`removed ${removed} overlay file(s) left by a server that is gone`);
     }
     let overlaySeq = 0;
-    const events = combineEvents(options.events ?? []);
+    const metrics = options.metrics === undefined ? null : new ServerMetrics();
+    const events = combineEvents([...(options.events ?? []), ...(metrics === null ? [] : [metrics])]);
     const named = new NamedOverlays({
       base,
       blockSize,
@@ -244,6 +258,16 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       }
       log.info(`running as ${access.target.who}`);
     }
+    // After the switch: the HTTP parser never runs as root.
+    let status: StatusServer | null = null;
+    if (options.metrics !== undefined && metrics !== null) {
+      try {
+        status = await StatusServer.start({ ...options.metrics, metrics, sessions: () => listener.sessions() });
+      } catch (err) {
+        await listener.stop().then(() => named.closeAll());
+        throw err;
+      }
+    }
     let stopping: Promise<void> | null = null;
     return {
       // Under --tls require only a TLS client gets in: the URI says so (as nbdkit's does).
@@ -258,10 +282,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         return budget.used;
       },
       sessions: () => listener.sessions(),
+      metricsUri: status === null ? null : `${status.url}/metrics`,
       stop: () => {
-        stopping ??= listener
-          .stop()
-          .then(() => named.closeAll())
+        stopping ??= Promise.all([status?.close(), listener.stop().then(() => named.closeAll())])
+          .then(() => undefined)
           .finally(() => base.close());
         return stopping;
       },

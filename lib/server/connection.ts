@@ -29,9 +29,6 @@ import {
   NBD_FLAG_C_NO_ZEROES,
   NBD_FLAG_FIXED_NEWSTYLE,
   NBD_FLAG_NO_ZEROES,
-  NBD_OPT_ABORT,
-  NBD_REP_ERR_INVALID,
-  NBD_REP_ERR_UNSUP,
   optionName,
 } from '../protocol/constants.js';
 import { type OptionError, ProtocolError } from '../protocol/errors.js';
@@ -127,6 +124,11 @@ export class Connection implements BudgetHolder {
   #flow: RequestFlow;
   #paused = false;
   #shuttingDown = false;
+  /**
+   * Why #beginClosing was called: the reason the observers get, even when the socket then fails
+   * (a client that sends NBD_OPT_ABORT and hangs up at once makes the ACK's write fail with EPIPE).
+   */
+  #closingReason: string | null = null;
   #resolveClosed: () => void = () => undefined;
   #onIdle: (() => void) | null = null;
   /** What the session list and the observers see of this connection. */
@@ -150,6 +152,7 @@ export class Connection implements BudgetHolder {
       peer: options.peer,
       openedAt: Date.now(),
       exportName: null,
+      configuredExport: null,
       overlay: null,
       structuredReplies: false,
       metaContexts: [],
@@ -357,12 +360,11 @@ export class Connection implements BudgetHolder {
     this.#writeAll(outcome.replies);
     switch (outcome.kind) {
       case 'continue':
-        if (outcome.refused !== undefined) this.#logRefusal(outcome.refused);
+        if (outcome.refused !== undefined) this.#reportRefusal(outcome.refused);
         this.#state = 'option-header';
         return true;
       case 'close':
-        if (this.#option.option === NBD_OPT_ABORT) this.#log.debug(`${this.label}: ${outcome.reason}`);
-        else this.#log.info(`${this.label}: ${outcome.reason}`);
+        // The observers' disconnect line gives the reason (log-events.ts).
         this.#beginClosing(outcome.reason);
         return false;
       case 'transmission':
@@ -376,8 +378,10 @@ export class Connection implements BudgetHolder {
           allocate: this.#allocate,
         };
         this.#options.budget.register(this);
+        // The transmission flags, for debugging (test/guest reads them); log-events.ts logs the rest.
         this.#log.debug(`${this.label}: serving export "${outcome.exp.name}" flags 0x${outcome.flags.toString(16)}`);
         this.record.exportName = outcome.exp.name;
+        this.record.configuredExport = outcome.exp.overlayOf ?? outcome.exp.name;
         this.record.overlay = outcome.exp.readOnly ? 'read-only' : outcome.exp.multiConn === true ? 'named' : 'throwaway';
         this.record.structuredReplies = this.#negotiation.structuredReplies;
         this.record.metaContexts = outcome.contexts.map((c) => c.name);
@@ -387,15 +391,9 @@ export class Connection implements BudgetHolder {
     }
   }
 
-  /**
-   * Refusals that concern access (policy, TLS required, no such export or in use) are logged
-   * with the peer; an option this server does not know or a malformed one only at debug.
-   */
-  #logRefusal(refused: OptionError): void {
+  /** Report a refused option to the observers (log-events.ts logs it, with the peer). */
+  #reportRefusal(refused: OptionError): void {
     this.#options.events.optionRefused(this.record, this.#option.option, refused.replyType, refused.message);
-    const line = `${this.label}: refused ${optionName(this.#option.option)}: ${refused.message}`;
-    if (refused.replyType === NBD_REP_ERR_UNSUP || refused.replyType === NBD_REP_ERR_INVALID) this.#log.debug(line);
-    else this.#log.info(line);
   }
 
   /** NBD_OPT_STARTTLS was accepted: send the ACK in clear, then upgrade the socket. */
@@ -439,7 +437,6 @@ export class Connection implements BudgetHolder {
       tlsIdentity: identity,
     };
     this.record.tls = { protocol: secure.getProtocol() ?? '', cipher: secure.getCipher().name, identity };
-    this.#log.debug(`${this.label}: TLS ${this.record.tls.protocol} ${this.record.tls.cipher}, identity ${identity ?? '(none)'}`);
     this.#options.events.tlsEstablished(this.record);
     this.#state = 'option-header';
     this.#process();
@@ -571,6 +568,7 @@ export class Connection implements BudgetHolder {
     if (this.#state === 'closing' || this.#state === 'closed') return;
     this.#leaveMemoryLine();
     this.#state = 'closing';
+    this.#closingReason = reason;
     this.#updateFlow();
     this.#whenIdle().then(
       () => {
@@ -617,7 +615,6 @@ export class Connection implements BudgetHolder {
     this.#state = 'closed';
     this.#clearHandshakeTimer();
     this.#queue.clear();
-    this.#log.debug(`${this.label}: closed (${reason})`);
     if (!graceful) this.#socket.destroy();
     else if (this.#socket.writableEnded) this.#socket.destroySoon();
     else this.#socket.end(() => this.#socket.destroy());
@@ -629,7 +626,7 @@ export class Connection implements BudgetHolder {
       .finally(() => {
         // Every request has replied and the socket is gone: nothing is held any more.
         this.#flow.releaseAll();
-        this.#options.events.connectionClosed(this.record, reason);
+        this.#options.events.connectionClosed(this.record, this.#closingReason ?? reason);
         this.#resolveClosed();
       });
   }

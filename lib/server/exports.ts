@@ -34,6 +34,8 @@ export interface Export {
   readonly readOnly: boolean;
   /** Every connection to this export sees the same data and one flush covers all (named overlays). */
   readonly multiConn?: boolean;
+  /** For a named overlay `EXPORT@NAME`: EXPORT, the configured export it belongs to. */
+  readonly overlayOf?: string;
   /** Preferred request granularity (the overlay block size), advertised in NBD_INFO_BLOCK_SIZE. */
   readonly preferredBlockSize: number;
   /**
@@ -144,6 +146,7 @@ function namedExport(plain: Export, overlayName: string, attach: (overlayName: s
     size: plain.size,
     readOnly: false,
     multiConn: true,
+    overlayOf: plain.name,
     preferredBlockSize: plain.preferredBlockSize,
     openDevice: async () => {
       try {

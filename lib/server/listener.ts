@@ -169,7 +169,6 @@ export class NbdListener {
       tls: this.#options.tls,
     });
     this.#connections.add(conn);
-    this.#options.log.debug(`${conn.label}: accepted`);
     void conn.closed.then(() => this.#connections.delete(conn));
   }
 }

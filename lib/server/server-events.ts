@@ -14,6 +14,8 @@ export interface SessionRecord {
   readonly openedAt: number;
   /** The export chosen at GO / EXPORT_NAME (`golden`, `golden@alice`); null while negotiating. */
   exportName: string | null;
+  /** The export as configured, which metrics count by: `golden` for `golden@alice` too; null while negotiating. */
+  configuredExport: string | null;
   /** Which overlay the export gives this connection; null while negotiating. */
   overlay: OverlayKind | null;
   /** Negotiated: structured replies, and the meta contexts chosen. */
