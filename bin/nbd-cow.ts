@@ -7,7 +7,11 @@ import { mkdir, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { loadConfigFile } from '../lib/config/config-file.js';
+import { reloadFromFile } from '../lib/config/reload.js';
+import type { ServerConfig } from '../lib/config/server-config.js';
 import { writePatternImage } from '../lib/demo-image.js';
+import { parseHostPort as parseHostPortValue } from '../lib/host-port.js';
 import {
   checkOverlay,
   DEFAULT_BLOCK_SIZE,
@@ -20,7 +24,8 @@ import {
   OVERLAY_POLICIES,
   type OverlayPolicy,
   type ServerOptions,
-  startServer,
+  serverConfigFromOptions,
+  startConfiguredServer,
   TLS_MODES,
   type TlsMode,
   validateBlockSize,
@@ -28,8 +33,12 @@ import {
 import { createLogger, LOG_FORMATS, type LogFormat, type Logger, levelFromEnv } from '../lib/log.js';
 import { runWithServer } from '../lib/run-command.js';
 import { AccessList } from '../lib/server/access-list.js';
+import type { ListenAddress } from '../lib/server/listener.js';
 import { logEvents } from '../lib/server/log-events.js';
+import { notifyReady } from '../lib/server/readiness.js';
 import { DEFAULT_STATUS_URL, fetchSessions, formatSessionTable, parseSessions, sessionsUrl } from '../lib/server/session-list.js';
+import { inheritedListenAddresses } from '../lib/server/socket-activation.js';
+import { formatUri } from '../lib/server/uri.js';
 import { parseByteSize } from '../lib/size.js';
 
 const DEMO_SIZE = 64 * 1024 * 1024;
@@ -73,6 +82,7 @@ interface CliOptions {
   handshakeTimeout?: number;
   bufferMemory?: number;
   metrics?: { host: string; port: number };
+  config?: string;
 }
 
 function parsePort(value: string): number {
@@ -138,12 +148,11 @@ function parsePositive(value: string): number {
 
 /** HOST:PORT or [IPv6]:PORT, where --metrics listens. */
 function parseHostPort(value: string): { host: string; port: number } {
-  const match = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d+)$/.exec(value);
-  const host = match?.[1] ?? match?.[2];
-  if (host === undefined || match?.[3] === undefined) {
-    throw new InvalidArgumentError('expected HOST:PORT, such as 127.0.0.1:9810 or [::1]:9810');
+  try {
+    return parseHostPortValue(value);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
   }
-  return { host, port: parsePort(match[3]) };
 }
 
 function addServeOptions(cmd: Command): Command {
@@ -225,10 +234,14 @@ function addServeOptions(cmd: Command): Command {
     );
 }
 
-/** The server's logger: level from -v / -q, else NBD_COW_LOG, else info; format from --log-format. */
-function cliLogger(opts: CliOptions): Logger {
-  const level = opts.verbose === true ? 'debug' : opts.quiet === true ? 'error' : levelFromEnv('info');
-  return createLogger(level, undefined, { format: opts.logFormat });
+/**
+ * The server's logger: level from -v / -q, else NBD_COW_LOG, else the configuration file's, else
+ * info; format from --log-format when given, else the file's, else text.
+ */
+function cliLogger(opts: CliOptions, config?: ServerConfig, formatFromCli = true): Logger {
+  const level = opts.verbose === true ? 'debug' : opts.quiet === true ? 'error' : levelFromEnv(config?.logLevel ?? 'info');
+  const format = formatFromCli ? opts.logFormat : (config?.logFormat ?? opts.logFormat);
+  return createLogger(level, undefined, { format });
 }
 
 function toServerOptions(base: string, opts: CliOptions): Omit<ServerOptions, 'listen'> & { listen: ServerOptions['listen'] } {
@@ -306,10 +319,93 @@ async function demoImage(): Promise<string> {
   return path;
 }
 
-async function serve(base: string | undefined, opts: CliOptions): Promise<void> {
-  const server = await startServer(toServerOptions(base ?? (await demoImage()), opts));
-  process.stdout.write(`${server.uri}\n`);
+/** The serve options that --config replaces, by commander's attribute name. */
+const CONFIG_ONLY_OK = new Set(['config', 'verbose', 'quiet', 'logFormat', 'maxInFlight']);
+/** The serve options that say where to listen: systemd's sockets replace them. */
+const LISTEN_OPTIONS = new Set(['bind', 'port', 'socket', 'socketMode', 'socketGroup']);
+
+/** The flag a commander attribute name comes from (`port` → `--port`). */
+function flagOf(cmd: Command, name: string): string {
+  return cmd.options.find((o) => o.attributeName() === name)?.long ?? name;
+}
+
+/** Throw for the first option given on the command line that `allowed` does not take. */
+function refuseCliOptions(cmd: Command, opts: CliOptions, refused: (name: string) => boolean, why: string): void {
+  for (const name of Object.keys(opts)) {
+    if (cmd.getOptionValueSource(name) === 'cli' && refused(name)) throw new Error(`${flagOf(cmd, name)} ${why}`);
+  }
+}
+
+/** What `serve` runs: the file's configuration with --config, else the flags' one export. */
+async function serveConfiguration(
+  cmd: Command,
+  base: string | undefined,
+  opts: CliOptions,
+): Promise<{ config: ServerConfig; log: Logger }> {
+  if (opts.config === undefined) {
+    const options = toServerOptions(base ?? (await demoImage()), opts);
+    return { config: serverConfigFromOptions(options), log: options.logger ?? cliLogger(opts) };
+  }
+  if (base !== undefined) throw new Error("a base image cannot be given with --config: the file names each export's base");
+  refuseCliOptions(
+    cmd,
+    opts,
+    (name) => !CONFIG_ONLY_OK.has(name),
+    'cannot be used with --config: set it in the file (doc/config.md)',
+  );
+  const config = await loadConfigFile(opts.config);
+  return { config, log: cliLogger(opts, config, cmd.getOptionValueSource('logFormat') === 'cli') };
+}
+
+async function serve(cmd: Command, base: string | undefined, opts: CliOptions): Promise<void> {
+  // Read (and cleared from the environment) first, before anything can spawn a child.
+  const inherited = inheritedListenAddresses();
+  if (inherited !== null) {
+    refuseCliOptions(
+      cmd,
+      opts,
+      (name) => LISTEN_OPTIONS.has(name),
+      'cannot be used under socket activation: systemd gives the sockets',
+    );
+  }
+  const { config: configured, log } = await serveConfiguration(cmd, base, opts);
+  let config = configured;
+  if (inherited !== null) {
+    if (opts.config !== undefined)
+      log.info(`socket activation: serving the ${inherited.length} socket(s) systemd passed, not the file's listen:`);
+    config = { ...config, listen: inherited.map((address) => ({ address })) };
+  }
+  const server = await startConfiguredServer(config, {
+    log,
+    events: [logEvents(log)],
+    ...(opts.maxInFlight !== undefined || opts.handshakeTimeout !== undefined
+      ? {
+          limits: {
+            ...(opts.maxInFlight !== undefined ? { maxInFlight: opts.maxInFlight } : {}),
+            ...(opts.handshakeTimeout !== undefined ? { handshakeTimeoutMs: opts.handshakeTimeout } : {}),
+          },
+        }
+      : {}),
+  });
+  // One URI a listener (the first export's), then the metrics URL.
+  const first = config.exports[0];
+  const uris = server.addresses.map((address: ListenAddress, i) =>
+    i === 0 ? server.uri : formatUri(address, first?.name ?? '', server.uri.startsWith('nbds')),
+  );
+  for (const uri of uris) process.stdout.write(`${uri}\n`);
   if (server.metricsUri !== null) process.stdout.write(`${server.metricsUri}\n`);
+  if (opts.config !== undefined) {
+    for (const exp of config.exports) log.info(`export "${exp.name}": ${exp.base}${exp.readOnly ? ' (read-only)' : ''}`);
+    const path = opts.config;
+    let reloading = Promise.resolve(true);
+    process.on('SIGHUP', () => {
+      log.info(`SIGHUP: reloading ${path}`);
+      reloading = reloading.then(() => reloadFromFile(server, path, log));
+    });
+  }
+  notifyReady({ status: `serving ${server.uri}` }).catch((err: unknown) => {
+    log.warn(`could not tell systemd the server is ready: ${err instanceof Error ? err.message : String(err)}`);
+  });
   let signals = 0;
   const onSignal = (): void => {
     if (++signals > 1) process.exit(1);
@@ -346,7 +442,7 @@ addAccessOptions(
   addServeOptions(
     program
       .command('serve')
-      .description('serve BASE (or a generated demo image) until SIGINT/SIGTERM')
+      .description('serve BASE (or a generated demo image), or the exports of --config FILE, until SIGINT/SIGTERM')
       .argument('[base]', 'base image (raw); a demo image is generated when omitted'),
   ),
 )
@@ -356,7 +452,8 @@ addAccessOptions(
       'port 0 picks a free one (its URL is the second line on stdout). Default: off',
     parseHostPort,
   )
-  .action((base: string | undefined, opts: CliOptions) => serve(base, opts).catch(fail));
+  .option('--config <file>', 'serve the listeners and exports of a YAML configuration file (doc/config.md); SIGHUP reloads it')
+  .action((base: string | undefined, opts: CliOptions, cmd: Command) => serve(cmd, base, opts).catch(fail));
 
 addServeOptions(
   program

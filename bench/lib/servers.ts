@@ -268,6 +268,7 @@ function overTls(
         copyFileSync(join(tls.alice.dir, file), join(pki, file));
       const started = await start(ctx, tls.serverDir);
       const { target } = started.endpoint;
+      if (target.kind === 'inherited') throw new Error('benchmark servers listen on their own sockets');
       const uri =
         target.kind === 'tcp'
           ? `nbds://127.0.0.1:${target.port}/${ctx.exportName}`

@@ -50,15 +50,20 @@ export async function resolveAccess(options: AccessOptions, maxConnections: numb
   }
   return {
     admission: { allow, maxConnections },
-    socketPermissions: await socketPermissions(options),
+    socketPermissions: await listenerPermissions({ ...options, address: options.listen }),
     target: await privilegeTarget(options.user, options.group),
   };
 }
 
-async function socketPermissions(options: AccessOptions): Promise<SocketPermissions | undefined> {
+/** The mode and group of a listener's unix socket file, checked; undefined when neither is asked for. */
+export async function listenerPermissions(options: {
+  readonly address: ListenAddress;
+  readonly socketMode?: number;
+  readonly socketGroup?: string | number;
+}): Promise<SocketPermissions | undefined> {
   const { socketMode, socketGroup } = options;
   if (socketMode === undefined && socketGroup === undefined) return undefined;
-  if (options.listen.kind !== 'unix') throw new Error('a socket mode or group applies to a unix socket only, not to TCP');
+  if (options.address.kind !== 'unix') throw new Error('a socket mode or group applies to a unix socket only, not to TCP');
   if (socketMode !== undefined) validateSocketMode(socketMode);
   const gid = socketGroup !== undefined ? (await lookupGroup(socketGroup)).gid : undefined;
   return { mode: socketMode, gid };

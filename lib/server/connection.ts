@@ -103,6 +103,7 @@ export class Connection implements BudgetHolder {
     noZeroes: false,
     tls: false,
     tlsIdentity: undefined,
+    peerAddress: undefined,
   };
   #session: Session | null = null;
   /** The connection's device, from the end of a successful open; closed by #close. */
@@ -140,6 +141,8 @@ export class Connection implements BudgetHolder {
     this.#options = options;
     this.#log = options.log;
     this.label = options.label;
+    // A unix-socket peer has no address: per-export allow lists do not apply to it.
+    this.#negotiation = { ...this.#negotiation, peerAddress: socket.remoteAddress };
     this.#allocate = (length) => options.buffers.acquire(length);
     this.#flow = new RequestFlow(options.limits, options.budget);
     this.closed = new Promise((resolve) => {
@@ -435,6 +438,7 @@ export class Connection implements BudgetHolder {
       noZeroes: this.#negotiation.noZeroes,
       tls: true,
       tlsIdentity: identity,
+      peerAddress: this.#negotiation.peerAddress,
     };
     this.record.tls = { protocol: secure.getProtocol() ?? '', cipher: secure.getCipher().name, identity };
     this.#options.events.tlsEstablished(this.record);

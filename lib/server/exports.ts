@@ -49,6 +49,10 @@ export interface Export {
 export interface ClientIdentity {
   /** The name the client proved in its TLS handshake (PSK user, certificate name), if any. */
   readonly tlsIdentity: string | undefined;
+  /** TLS runs on the connection. */
+  readonly tls: boolean;
+  /** The TCP peer's IP address; undefined for a unix-socket client. */
+  readonly peerAddress: string | undefined;
 }
 
 export interface ExportRegistry {
@@ -97,18 +101,22 @@ export interface OverlayRegistryOptions {
 export function overlayExportRegistry(options: OverlayRegistryOptions): ExportRegistry {
   const { plain, policy, attachNamed } = options;
   const ownedByIdentity = options.namedOwner === 'tls-identity';
+  // Named overlays only: the plain name still answers NBD_OPT_INFO (nbdinfo --list asks for
+  // every export it lists), and GO / EXPORT_NAME are refused when they would open it.
+  const namedOnly: Export = {
+    ...plain,
+    openDevice: () =>
+      Promise.reject(
+        new OptionError(
+          NBD_REP_ERR_POLICY,
+          `export ${quoteName(plain.name)} only serves named overlays: connect to ${plain.name}@NAME (NAME: ${NAME_RULE})`,
+        ),
+      ),
+  };
   return {
     list: () => [plain],
     lookup: (name, client) => {
-      if (name === '' || name === plain.name) {
-        if (policy === 'named' && !plain.readOnly) {
-          throw new OptionError(
-            NBD_REP_ERR_POLICY,
-            `this server only serves named overlays: connect to ${plain.name}@NAME (NAME: ${NAME_RULE})`,
-          );
-        }
-        return plain;
-      }
+      if (name === '' || name === plain.name) return policy === 'named' && !plain.readOnly ? namedOnly : plain;
       const split = splitNamedExport(name);
       if (split === undefined || split.exportName !== plain.name) return undefined;
       if (attachNamed === undefined) {

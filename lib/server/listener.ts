@@ -1,6 +1,6 @@
-// The listener: a net.Server on TCP or a unix socket that hands each accepted socket to a
-// Connection, keeps track of them, and shuts down gracefully (stop accepting, let in-flight
-// requests finish, close every device so ephemeral overlays are deleted).
+// The listener: a net.Server on TCP, a unix socket or a socket inherited from systemd that hands
+// each accepted socket to a Connection, keeps track of them, and shuts down gracefully (stop
+// accepting, let in-flight requests finish, close every device so ephemeral overlays are deleted).
 
 import { lstat, unlink } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
@@ -10,6 +10,7 @@ import { BufferPool } from './buffer-pool.js';
 import { Connection } from './connection.js';
 import type { ConnectionLimits } from './connection-limits.js';
 import type { ExportRegistry } from './exports.js';
+import { resolveInherited } from './inherited-socket.js';
 import type { MemoryBudget } from './memory-budget.js';
 import { NO_EVENTS, type ServerEvents, type SessionRecord } from './server-events.js';
 import { applySocketPermissions, bindOwnerOnly, type SocketPermissions } from './socket-permissions.js';
@@ -23,7 +24,31 @@ const MAX_UNIX_PATH_BYTES = 107;
 
 export type ListenAddress =
   | { readonly kind: 'tcp'; readonly host: string; readonly port: number }
-  | { readonly kind: 'unix'; readonly path: string };
+  | { readonly kind: 'unix'; readonly path: string }
+  /**
+   * A listening socket passed by systemd (socket-activation.ts), served as it is. listen()
+   * returns the tcp or unix address it turns out to be, or this when that cannot be told.
+   */
+  | { readonly kind: 'inherited'; readonly fd: number; readonly name?: string };
+
+/**
+ * What the listeners of one server share: the admission policy (so the connection cap counts
+ * every listener's connections) and the connection numbers (unique in the logs).
+ */
+export class ListenerGroup {
+  readonly admission: Admission;
+  /** Connections open on every listener of the group. */
+  open = 0;
+  #nextId = 1;
+
+  constructor(policy: AdmissionPolicy, log: Logger, events: ServerEvents = NO_EVENTS) {
+    this.admission = new Admission(policy, log, events);
+  }
+
+  nextId(): number {
+    return this.#nextId++;
+  }
+}
 
 export interface NbdListenerOptions {
   readonly registry: ExportRegistry;
@@ -32,8 +57,10 @@ export interface NbdListenerOptions {
   /** Bytes buffered for clients, shared by every connection (and every listener of a server). */
   readonly budget: MemoryBudget;
   readonly tls: TlsSettings;
-  /** Who may connect (TCP allow list) and how many at once; absent: anyone, no cap. */
+  /** Who may connect (TCP allow list) and how many at once; absent: anyone, no cap. Unused with `group`. */
   readonly admission?: AdmissionPolicy;
+  /** Shared with the server's other listeners; absent: this listener alone, under `admission`. */
+  readonly group?: ListenerGroup;
   /** Mode and group of a unix socket file; absent: as the umask makes it. */
   readonly socketPermissions?: SocketPermissions;
   /** Where connections report what happens (logs, metrics); absent: nowhere. */
@@ -46,18 +73,19 @@ export class NbdListener {
   /** Shared by every connection of this listener, so idle connections hold no buffers. */
   #buffers = new BufferPool();
   #options: NbdListenerOptions;
-  #nextId = 1;
   #address: ListenAddress | null = null;
+  /** Whether stop() removes the unix socket file: not one systemd bound and owns. */
+  #ownsSocketFile = false;
   #stopping: Promise<void> | null = null;
-  #admission: Admission;
+  #group: ListenerGroup;
 
   constructor(options: NbdListenerOptions) {
     this.#options = options;
-    this.#admission = new Admission(options.admission ?? {}, options.log, options.events ?? NO_EVENTS);
+    this.#group = options.group ?? new ListenerGroup(options.admission ?? {}, options.log, options.events ?? NO_EVENTS);
     this.#server = createServer({ noDelay: true, allowHalfOpen: true }, (socket) => this.#accept(socket));
   }
 
-  /** The bound address (with the real port when 0 was asked for). */
+  /** The bound address (with the real port when 0 was asked for; an inherited socket's real address). */
   get address(): ListenAddress {
     if (this.#address === null) throw new Error('listener is not listening');
     return this.#address;
@@ -111,13 +139,17 @@ export class NbdListener {
           }
         }
         const bound = this.#server.address();
+        this.#ownsSocketFile = address.kind === 'unix';
         this.#address =
-          address.kind === 'tcp' && bound !== null && typeof bound === 'object'
-            ? { kind: 'tcp', host: address.host, port: bound.port }
-            : address;
+          address.kind === 'inherited'
+            ? resolveInherited(address, bound)
+            : address.kind === 'tcp' && bound !== null && typeof bound === 'object'
+              ? { kind: 'tcp', host: address.host, port: bound.port }
+              : address;
         resolve(this.#address);
       };
-      if (address.kind === 'tcp') this.#server.listen({ host: address.host, port: address.port }, onListening);
+      if (address.kind === 'inherited') this.#server.listen({ fd: address.fd }, onListening);
+      else if (address.kind === 'tcp') this.#server.listen({ host: address.host, port: address.port }, onListening);
       else if (permissions === undefined) this.#server.listen({ path: address.path }, onListening);
       // Owner-only until the mode and group are set, so nobody connects in between.
       else umaskMode = bindOwnerOnly(() => this.#server.listen({ path: address.path }, onListening));
@@ -144,8 +176,8 @@ export class NbdListener {
     clearTimeout(timer);
     for (const conn of connections) conn.destroy();
     await closedListener;
-    this.#admission.flush();
-    if (this.#address?.kind === 'unix') await unlink(this.#address.path).catch(() => undefined);
+    this.#group.admission.flush();
+    if (this.#ownsSocketFile && this.#address?.kind === 'unix') await unlink(this.#address.path).catch(() => undefined);
   }
 
   #accept(socket: Socket): void {
@@ -153,8 +185,8 @@ export class NbdListener {
       socket.destroy();
       return;
     }
-    if (!this.#admission.admit(socket, this.#connections.size, this.#address?.kind === 'tcp')) return;
-    const id = this.#nextId++;
+    if (!this.#group.admission.admit(socket, this.#group.open, this.#address?.kind === 'tcp')) return;
+    const id = this.#group.nextId();
     const peer = describePeer(socket, this.#address?.kind === 'tcp');
     const conn = new Connection(socket, {
       registry: this.#options.registry,
@@ -169,20 +201,31 @@ export class NbdListener {
       tls: this.#options.tls,
     });
     this.#connections.add(conn);
-    void conn.closed.then(() => this.#connections.delete(conn));
+    this.#group.open++;
+    void conn.closed.then(() => {
+      this.#connections.delete(conn);
+      this.#group.open--;
+    });
   }
 }
 
 function describeListenError(err: NodeJS.ErrnoException, address: ListenAddress): Error {
-  const where = address.kind === 'tcp' ? `${address.host}:${address.port}` : address.path;
+  const where =
+    address.kind === 'tcp'
+      ? `${address.host}:${address.port}`
+      : address.kind === 'unix'
+        ? address.path
+        : `inherited fd ${address.fd}${address.name === undefined ? '' : ` (${address.name})`}`;
   const cause =
-    err.code === 'EADDRINUSE'
-      ? 'address already in use'
-      : err.code === 'EACCES'
-        ? 'permission denied'
-        : err.code === 'EADDRNOTAVAIL'
-          ? 'address not available on this machine'
-          : err.message;
+    address.kind === 'inherited' && (err.code === 'EINVAL' || err.code === 'ENOTSOCK')
+      ? 'not a listening stream socket (a datagram socket, or a connection from Accept=yes?)'
+      : err.code === 'EADDRINUSE'
+        ? 'address already in use'
+        : err.code === 'EACCES'
+          ? 'permission denied'
+          : err.code === 'EADDRNOTAVAIL'
+            ? 'address not available on this machine'
+            : err.message;
   return Object.assign(new Error(`cannot listen on ${where}: ${cause}`), { code: err.code });
 }
 

@@ -56,7 +56,7 @@ import {
   encodeOptionReply,
   encodeServerReplyPayload,
 } from '../protocol/handshake.js';
-import { type Export, type ExportRegistry, quoteName, transmissionFlags } from './exports.js';
+import { type ClientIdentity, type Export, type ExportRegistry, quoteName, transmissionFlags } from './exports.js';
 import { isWellFormedQuery, listContexts, type MetaContext, selectContexts } from './meta-contexts.js';
 import type { TlsMode } from './tls-credentials.js';
 
@@ -70,6 +70,8 @@ export interface NegotiationState {
   readonly tls: boolean;
   /** The identity the client proved in its TLS handshake (PSK user, certificate name), if any. */
   readonly tlsIdentity: string | undefined;
+  /** The TCP peer's IP address (for per-export allow lists); undefined for a unix-socket client. */
+  readonly peerAddress: string | undefined;
 }
 
 /** What to do after an option, once any device open it started is over. */
@@ -109,8 +111,13 @@ type Handler = (payload: Buffer, option: number, ctx: OptionContext) => OptionOu
 
 const ack = (option: number): Buffer => encodeOptionReply(option, NBD_REP_ACK);
 
+/** What the registry may check about the client: its TLS identity and session, and its address. */
+function clientIdentity(state: NegotiationState): ClientIdentity {
+  return { tlsIdentity: state.tlsIdentity, tls: state.tls, peerAddress: state.peerAddress };
+}
+
 function requireExport(ctx: OptionContext, name: string): Export {
-  const exp = ctx.registry.lookup(name, { tlsIdentity: ctx.state.tlsIdentity });
+  const exp = ctx.registry.lookup(name, clientIdentity(ctx.state));
   if (exp === undefined) throw new OptionError(NBD_REP_ERR_UNKNOWN, `unknown export ${quoteName(name)}`);
   return exp;
 }
@@ -160,7 +167,7 @@ const handleExportName: Handler = (payload, _option, ctx) => {
   if (ctx.shuttingDown || payload.includes(0)) return refuse('unknown export');
   let exp: Export | undefined;
   try {
-    exp = ctx.registry.lookup(name, { tlsIdentity: ctx.state.tlsIdentity });
+    exp = ctx.registry.lookup(name, clientIdentity(ctx.state));
   } catch (err) {
     if (err instanceof OptionError) return refuse(err.message);
     throw err;

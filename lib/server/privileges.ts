@@ -51,12 +51,12 @@ export async function handOverCreatedDirs(dir: string, firstCreated: string | un
 }
 
 /**
- * Become the target, synchronously (no client can be accepted half-way). `writableDir`, when
- * given, must then be writable and searchable (the overlay directory). Throws one line; the
+ * Become the target, synchronously (no client can be accepted half-way). Each of
+ * `writableDirs` (the overlay directories) must then be writable and searchable. Throws one line; the
  * caller stops serving. A failure half-way leaves the process with some ids dropped: it must
  * not go on serving either way.
  */
-export function dropPrivileges(target: PrivilegeTarget, writableDir?: string): void {
+export function dropPrivileges(target: PrivilegeTarget, writableDirs: string | readonly string[] = []): void {
   const ids = posixIds();
   if (ids === null) throw new Error(`cannot switch to ${target.who}: not supported on this platform`);
   try {
@@ -73,12 +73,12 @@ export function dropPrivileges(target: PrivilegeTarget, writableDir?: string): v
   if (target.uid !== undefined && target.uid !== 0 && canRegainRoot(ids)) {
     throw new Error(`after switching to ${target.who} the process could become root again`);
   }
-  if (writableDir !== undefined) {
+  for (const dir of typeof writableDirs === 'string' ? [writableDirs] : writableDirs) {
     try {
-      accessSync(writableDir, fsConstants.W_OK | fsConstants.X_OK);
+      accessSync(dir, fsConstants.W_OK | fsConstants.X_OK);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? String(err);
-      throw new Error(`overlay directory ${writableDir} is not writable by ${target.who}: ${code}`);
+      throw new Error(`overlay directory ${dir} is not writable by ${target.who}: ${code}`);
     }
   }
 }

@@ -53,7 +53,15 @@ export function context(
 ): OptionContext & { state: NegotiationState } {
   return {
     registry,
-    state: { structuredReplies: false, metaContexts: null, noZeroes: false, tls: false, tlsIdentity: undefined, ...state },
+    state: {
+      structuredReplies: false,
+      metaContexts: null,
+      noZeroes: false,
+      tls: false,
+      tlsIdentity: undefined,
+      peerAddress: undefined,
+      ...state,
+    },
     shuttingDown,
     tlsMode,
   };

@@ -33,9 +33,17 @@ export interface ServerProcess {
  * Start `nbd-cow serve BASE ARGS…` (`cli`, CLI by default) and wait for the URI line on stdout.
  * Pass `-p 0` or `-k PATH` in `args` (this adds `-p 0` unless -p/-k is there). Stopped in t.teardown.
  */
-export async function startServe(t: Test, base: string, args: readonly string[] = [], cli = CLI): Promise<ServerProcess> {
+export function startServe(t: Test, base: string, args: readonly string[] = [], cli = CLI): Promise<ServerProcess> {
   const hasListen = args.some((a) => a === '-p' || a === '--port' || a === '-k' || a === '--socket');
-  const argv = ['serve', base, ...(hasListen ? [] : ['-p', '0']), ...args];
+  return startCliServer(t, ['serve', base, ...(hasListen ? [] : ['-p', '0']), ...args], cli);
+}
+
+/** Start `nbd-cow serve --config FILE ARGS…` and wait for its first URI line; stopped in t.teardown. */
+export function startServeConfig(t: Test, configFile: string, args: readonly string[] = []): Promise<ServerProcess> {
+  return startCliServer(t, ['serve', '--config', configFile, ...args], CLI);
+}
+
+async function startCliServer(t: Test, argv: readonly string[], cli: string): Promise<ServerProcess> {
   // The kernel runs the shebang's /usr/bin/env, which execs node: the pid is the server's own.
   const child = spawn(cli, argv, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';

@@ -116,8 +116,16 @@ t.test('overlayExportRegistry: EXPORT, EXPORT@NAME, policies and refusals', asyn
     /named overlays are disabled/,
   );
   const namedOnly = overlayExportRegistry({ plain, policy: 'named', attachNamed });
-  refusal(namedOnly, 'golden', ERR_POLICY, /only serves named overlays: connect to golden@NAME/);
-  refusal(namedOnly, '', ERR_POLICY, /only serves named overlays/);
+  for (const name of ['golden', '']) {
+    // Found (NBD_OPT_INFO answers), but refused at open (GO / EXPORT_NAME).
+    const open = async (): Promise<void> => {
+      await namedOnly.lookup(name)?.openDevice();
+    };
+    await t.rejects(open(), new OptionError(ERR_POLICY, ''), name);
+    await t.rejects(open(), {
+      message: /export "golden" only serves named overlays: connect to golden@NAME/,
+    });
+  }
   t.equal(namedOnly.lookup('golden@a')?.name, 'golden@a');
   refusal(overlayExportRegistry({ plain: makeExport(true), policy: 'both' }), 'golden@a', ERR_POLICY, /read-only/);
   refusal(

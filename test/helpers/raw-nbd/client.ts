@@ -70,6 +70,7 @@ export class RawClient {
   /** Connect to a listener; `allowHalfOpen` keeps our side writable after the server's FIN. */
   static connect(address: ListenAddress, options: { allowHalfOpen?: boolean; timeout?: number } = {}): Promise<RawClient> {
     const timeout = options.timeout ?? DEFAULT_TIMEOUT;
+    if (address.kind === 'inherited') return Promise.reject(new Error(`inherited fd ${address.fd}: address unknown`));
     return new Promise((resolve, reject) => {
       const socket =
         address.kind === 'tcp'

@@ -1,0 +1,94 @@
+// The `exports:` mapping: export name → its base image and overlay settings, one key for each
+// flag of the same name (--read-only, --block-size, --overlays, …), plus the two only a file can
+// say: which TCP clients may use this export (allow) and whether it needs TLS (require-tls).
+// Defaults are the command line's, so a file and the flags serve the same export.
+
+import { validateBlockSize } from '../block/overlay-layout.js';
+import { isValidNamePart, NAME_RULE } from '../block/overlay-names.js';
+import { DEFAULT_BLOCK_SIZE } from '../defaults.js';
+import { NAMED_OVERLAY_OWNERS, OVERLAY_POLICIES } from '../server/exports.js';
+import type { TlsMode } from '../server/tls-credentials.js';
+import { type ConfigMapping, type ConfigValue, quote } from './config-value.js';
+import type { ExportConfig } from './server-config.js';
+import { readAllowList, readPath, readSize } from './setting-values.js';
+
+const EXPORT_KEYS = [
+  'base',
+  'description',
+  'read-only',
+  'block-size',
+  'overlays',
+  'overlay-dir',
+  'max-overlay-size',
+  'max-overlay-dir-size',
+  'named-overlays-owner',
+  'allow',
+  'require-tls',
+] as const;
+
+export interface ExportContext {
+  /** The configuration file's directory, against which relative paths resolve. */
+  readonly dir: string;
+  /** tls.mode, or off without a tls: mapping. */
+  readonly tlsMode: TlsMode;
+}
+
+/** The exports in `value`, a non-empty mapping from names to settings, in the file's order. */
+export function readExports(value: ConfigValue, context: ExportContext): ExportConfig[] {
+  const named = value.mapping(undefined, 'a mapping from export names to their settings, such as debian: { base: PATH }');
+  if (named.size === 0) value.fail('no exports: name at least one, with its base image');
+  return Array.from(named.entries(), ([name, settings]) => readExport(name, settings, context));
+}
+
+function readExport(name: string, settings: ConfigValue, { dir, tlsMode }: ExportContext): ExportConfig {
+  if (!isValidNamePart(name)) settings.fail(`${quote(name)} is not a valid export name: ${NAME_RULE}`);
+  const fields = settings.mapping(EXPORT_KEYS, 'the settings of an export, at least base: PATH');
+  const exp: ExportConfig = {
+    name,
+    base: readPath(fields.require('base', 'the base image this export serves'), dir),
+    ...fields.optional('description', 'description', (value) => value.string()),
+    readOnly: fields.read('read-only', (value) => value.boolean(), false),
+    blockSize: fields.read('block-size', readBlockSize, DEFAULT_BLOCK_SIZE),
+    overlays: fields.read('overlays', (value) => value.oneOf(OVERLAY_POLICIES), 'both'),
+    ...fields.optional('overlay-dir', 'overlayDir', (value) => readPath(value, dir)),
+    ...fields.optional('max-overlay-size', 'maxOverlaySize', readSpaceLimit),
+    ...fields.optional('max-overlay-dir-size', 'maxOverlayDirSize', readSpaceLimit),
+    namedOverlayOwner: fields.read('named-overlays-owner', (value) => value.oneOf(NAMED_OVERLAY_OWNERS), 'anyone'),
+    ...fields.optional('allow', 'allow', readAllowList),
+    requireTls: fields.read('require-tls', (value) => value.boolean(), tlsMode === 'require'),
+  };
+  checkTlsNeeds(exp, fields, tlsMode);
+  return exp;
+}
+
+/** Refuse what TLS settings make impossible: TLS-only features without TLS, plain clients when TLS is required. */
+function checkTlsNeeds(exp: ExportConfig, fields: ConfigMapping, tlsMode: TlsMode): void {
+  const needsTls = 'needs TLS: set tls.mode to on or require, with credentials';
+  if (tlsMode === 'off' && exp.namedOverlayOwner === 'tls-identity') {
+    fields.get('named-overlays-owner')?.fail(`tls-identity ${needsTls}`);
+  }
+  if (tlsMode === 'off' && exp.requireTls) fields.get('require-tls')?.fail(needsTls);
+  if (tlsMode === 'require' && !exp.requireTls) {
+    fields.get('require-tls')?.fail('cannot be false while tls.mode is require: every client must start TLS first');
+  }
+}
+
+/** A power of two from 512 to 1M, as --block-size takes it (`4096` or `64K`). */
+function readBlockSize(value: ConfigValue): number {
+  return readSize(value, (bytes) => {
+    try {
+      validateBlockSize(bytes);
+      return undefined;
+    } catch (err) {
+      // validateBlockSize says "block size N is not…": the key path already says block size.
+      return (err as Error).message.replace(/^block size /, '');
+    }
+  });
+}
+
+/** A space limit: at least one byte (leave the key out for no limit). */
+function readSpaceLimit(value: ConfigValue): number {
+  return readSize(value, (bytes) =>
+    bytes === 0 ? 'expected a limit of at least 1 byte (leave the key out for no limit)' : undefined,
+  );
+}

@@ -1,0 +1,162 @@
+// What one configured export stands on: its base image, opened once and shared read-only by
+// every connection, the directory of its overlays and the named overlays open in it. The
+// policy around it (description, overlay kinds, who may connect) lives in the Export built on
+// top (configured-exports.ts), so a reload that changes only policy keeps the backing and its
+// open overlays. A backing that a reload replaced is retired: it closes once its last device
+// is closed, and live connections on it go on undisturbed until then.
+
+import { join } from 'node:path';
+import { type BaseImage, openBase } from '../block/base-image.js';
+import { CowDevice } from '../block/cow-device.js';
+import type { BlockDevice } from '../block/device.js';
+import { ephemeralOverlayName } from '../block/ephemeral.js';
+import { NamedOverlays } from '../block/named-overlays.js';
+import type { OverlayEvents } from '../block/overlay-events.js';
+import type { SpaceLimits } from '../block/space-budget.js';
+
+export interface BackingOptions {
+  /** The export's name: its named overlays' files are `named-<name>@<overlay>.cow`. */
+  readonly exportName: string;
+  readonly basePath: string;
+  readonly blockSize: number;
+  /** Serve the base alone: no overlay, no overlay directory. */
+  readonly readOnly: boolean;
+  readonly overlayDir: string;
+  readonly space: SpaceLimits | undefined;
+  readonly events: OverlayEvents;
+  readonly warn: (message: string) => void;
+  /** Ephemeral overlay file names are `eph-<pid>-<n>.cow`: n from here, unique in the process. */
+  readonly nextOverlayNumber: () => number;
+}
+
+export class ExportBacking {
+  readonly options: BackingOptions;
+  readonly base: BaseImage;
+  readonly #named: NamedOverlays;
+  #openDevices = 0;
+  #retired = false;
+  #closing: Promise<void> | null = null;
+  #resolveClosed: () => void = () => undefined;
+  /** Resolves once close() has closed the named overlays and the base. */
+  readonly #closed = new Promise<void>((resolve) => {
+    this.#resolveClosed = resolve;
+  });
+
+  private constructor(options: BackingOptions, base: BaseImage) {
+    this.options = options;
+    this.base = base;
+    this.#named = new NamedOverlays({
+      base,
+      blockSize: options.blockSize,
+      dir: options.overlayDir,
+      warn: options.warn,
+      ...(options.space !== undefined ? { space: options.space } : {}),
+      events: options.events,
+    });
+  }
+
+  /** Open the base (errors name its path). */
+  static async open(options: BackingOptions): Promise<ExportBacking> {
+    return new ExportBacking(options, await openBase(options.basePath));
+  }
+
+  /** Devices open on this backing now. */
+  get openDevices(): number {
+    return this.#openDevices;
+  }
+
+  /** One connection's device: the base alone (read-only) or a new throwaway overlay on it. */
+  async openPlain(): Promise<BlockDevice> {
+    const { readOnly, blockSize, overlayDir, space, events } = this.options;
+    const device: BlockDevice = readOnly
+      ? readOnlyView(this.base)
+      : new CowDevice({
+          base: this.base,
+          blockSize,
+          overlayPath: join(overlayDir, ephemeralOverlayName(process.pid, this.options.nextOverlayNumber())),
+          ...(space !== undefined ? { space } : {}),
+          events,
+        });
+    return this.#counted(device);
+  }
+
+  /** One connection's handle on the named overlay `overlayName` (shared, kept). */
+  async openNamed(overlayName: string): Promise<BlockDevice> {
+    // Counted from the start: a retire() during the attach must not close the base under it.
+    this.#openDevices++;
+    let device: BlockDevice;
+    try {
+      device = await this.#named.attach(this.options.exportName, overlayName);
+    } catch (err) {
+      this.#deviceClosed();
+      throw err;
+    }
+    return this.#closeCounted(device);
+  }
+
+  /**
+   * No new connection will come (a reload replaced it): close once the last device closes.
+   * Resolves when the backing is closed.
+   */
+  retire(): Promise<void> {
+    this.#retired = true;
+    if (this.#openDevices === 0) void this.close();
+    return this.#closed;
+  }
+
+  /** Close the named overlays and the base, whatever is still attached (server stop). */
+  close(): Promise<void> {
+    this.#closing ??= this.#named
+      .closeAll()
+      .finally(() => this.base.close())
+      .finally(() => this.#resolveClosed());
+    return this.#closing;
+  }
+
+  #deviceClosed(): void {
+    this.#openDevices--;
+    if (this.#retired && this.#openDevices === 0) void this.close();
+  }
+
+  #counted(device: BlockDevice): BlockDevice {
+    this.#openDevices++;
+    return this.#closeCounted(device);
+  }
+
+  /**
+   * Count `device` (already counted open) closed at its close(). The close is replaced on the
+   * instance itself, so the request path calls the device's own methods with nothing in between.
+   */
+  #closeCounted(device: BlockDevice): BlockDevice {
+    const close = device.close.bind(device);
+    let closed = false;
+    device.close = async () => {
+      try {
+        await close();
+      } finally {
+        if (!closed) {
+          closed = true;
+          this.#deviceClosed();
+          if (this.#closing !== null) await this.#closing;
+        }
+      }
+    };
+    return device;
+  }
+}
+
+/** A view of the shared base for one read-only connection: closing it keeps the base open. */
+function readOnlyView(base: BaseImage): BlockDevice {
+  return {
+    size: base.size,
+    writable: false,
+    read: (offset, dest) => base.read(offset, dest),
+    write: (offset, data, options) => base.write(offset, data, options),
+    zero: (offset, length, options) => base.zero(offset, length, options),
+    trim: (offset, length, options) => base.trim(offset, length, options),
+    flush: () => base.flush(),
+    cache: (offset, length) => base.cache(offset, length),
+    extents: (offset, length, max) => base.extents(offset, length, max),
+    close: async () => undefined,
+  };
+}
