@@ -1,15 +1,16 @@
 // A real Prometheus (Debian's `prometheus` server) on loopback, with its own data directory and a
-// 1 s scrape interval, scrapes `serve --metrics`; its query API then shows the requests of
-// `golden` and `golden@alice` by command, as the test sent them. Stopped by its pid.
+// 1 s scrape interval, scrapes `serve --config` with `metrics:`; its query API then shows the
+// requests of the exports `golden` and `silver` (through its named overlay silver@alice) per
+// export, as the test sent them. Stopped by its pid.
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { makePatternBase } from '../helpers/bases.js';
+import { makePatternBase, makeStripedBase } from '../helpers/bases.js';
 import { requireClients } from '../helpers/clients.js';
-import { startMetricsServe } from '../helpers/metrics-serve.js';
+import { startMetricsServeConfig } from '../helpers/metrics-serve.js';
 import { pidOf } from '../helpers/processes.js';
 import { pySession } from '../helpers/py-session.js';
 import { within } from '../helpers/wait.js';
@@ -100,26 +101,46 @@ const sameCounts = (a: Record<string, number>, b: Record<string, number>): boole
   JSON.stringify(Object.entries(a).sort()) === JSON.stringify(Object.entries(b).sort());
 
 if (requireClients(t, ['prometheus'], true)) {
-  t.test("Prometheus scrapes the server and its query API shows the export's requests", async (t) => {
+  t.test("Prometheus scrapes the server and its query API shows each export's requests", async (t) => {
     const dir = t.testdir();
-    const base = await makePatternBase(dir, 4 * 1024 * 1024, 'golden.img');
-    const server = await startMetricsServe(t, base, ['--overlay-dir', join(dir, 'overlays')]);
+    await makePatternBase(dir, 4 * 1024 * 1024, 'golden.img');
+    await makeStripedBase(dir, 4 * 1024 * 1024, 'silver.img');
+    const config = join(dir, 'lab.yaml');
+    writeFileSync(
+      config,
+      [
+        'listen:',
+        '  - tcp: 127.0.0.1:0',
+        'metrics: 127.0.0.1:0',
+        'exports:',
+        '  golden:',
+        '    base: golden.img',
+        '    overlay-dir: overlays',
+        '  silver:',
+        '    base: silver.img',
+        '    overlay-dir: overlays',
+        '',
+      ].join('\n'),
+    );
+    const server = await startMetricsServeConfig(t, config);
+    const root = server.uri.replace(/golden$/, '');
     const py = pySession(t);
-    await py.ok({ op: 'connect', h: 'g', uri: server.uri });
-    await py.ok({ op: 'connect', h: 'a', uri: `${server.uri}@alice` });
+    await py.ok({ op: 'connect', h: 'g', uri: `${root}golden` });
+    await py.ok({ op: 'connect', h: 's', uri: `${root}silver@alice` });
     for (let i = 0; i < 5; i++) await py.ok({ op: 'pread', h: 'g', offset: i * 4096, length: 4096 });
     await py.ok({ op: 'pwrite', h: 'g', offset: 0, data: Buffer.alloc(4096, 1).toString('base64') });
-    await py.ok({ op: 'pwrite', h: 'a', offset: 0, data: Buffer.alloc(8192, 2).toString('base64') });
-    await py.ok({ op: 'flush', h: 'a' });
+    await py.ok({ op: 'pwrite', h: 's', offset: 0, data: Buffer.alloc(8192, 2).toString('base64') });
+    await py.ok({ op: 'flush', h: 's' });
 
     const prometheus = await startPrometheus(t, new URL(server.metricsUri).host);
-    const expected = { read: 5, write: 2, flush: 1 };
-    const query = 'sum by (command) (nbd_cow_requests_total{export="golden"})';
-    const requests = await queryUntil(prometheus.api, query, (r) => sameCounts(byLabel(r, 'command'), expected));
-    if (!sameCounts(byLabel(requests, 'command'), expected)) t.comment(`prometheus log: ${prometheus.log()}`);
-    t.strictSame(byLabel(requests, 'command'), expected, query);
-    const written = await queryUntil(prometheus.api, 'nbd_cow_written_bytes_total', (r) => r.length === 1);
-    t.strictSame(byLabel(written, 'export'), { golden: 4096 + 8192 }, 'nbd_cow_written_bytes_total');
+    const expected = { golden: 6, silver: 2 };
+    const query = 'sum by (export) (nbd_cow_requests_total)';
+    const requests = await queryUntil(prometheus.api, query, (r) => sameCounts(byLabel(r, 'export'), expected));
+    if (!sameCounts(byLabel(requests, 'export'), expected)) t.comment(`prometheus log: ${prometheus.log()}`);
+    t.strictSame(byLabel(requests, 'export'), expected, query);
+    t.comment(`${query}: ${JSON.stringify(requests)}`);
+    const written = await queryUntil(prometheus.api, 'nbd_cow_written_bytes_total', (r) => r.length === 2);
+    t.strictSame(byLabel(written, 'export'), { golden: 4096, silver: 8192 }, 'nbd_cow_written_bytes_total');
     const up = await queryUntil(prometheus.api, 'up{job="nbd-cow"}', (r) => r.length === 1);
     t.equal(up[0]?.value[1], '1', 'the target is up');
   });

@@ -21,8 +21,17 @@ export interface MetricsServe {
 }
 
 /** `nbd-cow serve BASE -p 0 --metrics 127.0.0.1:0 ARGS…`, once both URLs are printed. */
-export async function startMetricsServe(t: Test, base: string, args: readonly string[] = []): Promise<MetricsServe> {
-  const child = spawn(CLI, ['serve', base, '-p', '0', '--metrics', '127.0.0.1:0', ...args], {
+export function startMetricsServe(t: Test, base: string, args: readonly string[] = []): Promise<MetricsServe> {
+  return startPrinting(t, ['serve', base, '-p', '0', '--metrics', '127.0.0.1:0', ...args]);
+}
+
+/** `nbd-cow serve --config FILE` for a file with one listener and `metrics:`, once both URLs are printed. */
+export function startMetricsServeConfig(t: Test, configFile: string): Promise<MetricsServe> {
+  return startPrinting(t, ['serve', '--config', configFile]);
+}
+
+async function startPrinting(t: Test, argv: readonly string[]): Promise<MetricsServe> {
+  const child = spawn(CLI, argv, {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
