@@ -8,7 +8,7 @@ SERVE_ARGS ?=
 COVERAGE_FLOOR ?= 90
 BRANCH_FLOOR ?= 85
 
-.PHONY: all build serve pack test test-only test-guest deps-test deps-bench bench typecheck lint format fuzz clean
+.PHONY: all build serve pack test test-only test-guest deps-test deps-bench bench bench-commit typecheck lint format fuzz clean
 
 all: build
 
@@ -55,6 +55,13 @@ deps-bench:
 # it prints a table and writes bench/results/latest.json. `make bench BENCH_QUICK=1` is short.
 bench: build deps-bench
 	bench/run.sh
+
+# `nbd-cow overlay commit` against `qemu-img convert` on a 1 GiB image (bench/commit.ts): prints
+# a table, writes bench/results/commit-latest.json. BASE_MB, COMMIT_RUNS (3) change it.
+bench-commit: build
+	@$(MAKE) --no-print-directory deps-test DEB_TEST_PACKAGES="qemu-utils"
+	npx tsc -p tsconfig.bench.json
+	node dist/bench/commit.js
 
 # Hostile input at scale against a live server (fuzz/README.md); long, never part of `make test`.
 # Settings from the environment: FUZZ_STREAMS (1000000), FUZZ_SEED, FUZZ_CONCURRENCY, FUZZ_BATCH,

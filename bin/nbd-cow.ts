@@ -7,6 +7,9 @@ import { mkdir, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { commitOverlay } from '../lib/block/overlay-commit.js';
+import { inspectOverlay, overlayExtents, overlayInfo } from '../lib/block/overlay-inspect.js';
+import { formatCommitSummary, formatInfo, formatMap, infoJson, mapJson } from '../lib/block/overlay-report.js';
 import { loadConfigFile } from '../lib/config/config-file.js';
 import { reloadFromFile } from '../lib/config/reload.js';
 import type { ServerConfig } from '../lib/config/server-config.js';
@@ -31,6 +34,7 @@ import {
   validateBlockSize,
 } from '../lib/index.js';
 import { createLogger, LOG_FORMATS, type LogFormat, type Logger, levelFromEnv } from '../lib/log.js';
+import { progressBar } from '../lib/progress-bar.js';
 import { runWithServer } from '../lib/run-command.js';
 import { AccessList } from '../lib/server/access-list.js';
 import type { ListenAddress } from '../lib/server/listener.js';
@@ -74,6 +78,7 @@ interface CliOptions {
   group?: string;
   maxOverlaySize?: number;
   maxOverlayDirSize?: number;
+  elideBaseMatches?: boolean;
   tls: TlsMode;
   tlsCertificates?: string;
   tlsPsk?: string;
@@ -187,6 +192,12 @@ function addServeOptions(cmd: Command): Command {
         'most data all overlays open in the overlay dir may hold together, e.g. 100G; writes past it get ENOSPC (default: no limit)',
       ).argParser(parseLimit),
     )
+    .option(
+      '--elide-base-matches',
+      'store no data for a whole block a WRITE makes equal to the base: it stays in (or goes back to) the base state. ' +
+        'Costs a base read and compare per WRITE: measured 15-30% fewer 4K random and 1M sequential writes/s ' +
+        '(default: off; whole blocks of zeros are never stored, with or without it)',
+    )
     .addOption(
       new Option(
         '--tls <mode>',
@@ -266,6 +277,7 @@ function toServerOptions(base: string, opts: CliOptions): Omit<ServerOptions, 'l
     ...(opts.bufferMemory !== undefined ? { bufferMemory: opts.bufferMemory } : {}),
     ...(opts.maxOverlaySize !== undefined ? { maxOverlaySize: opts.maxOverlaySize } : {}),
     ...(opts.maxOverlayDirSize !== undefined ? { maxOverlayDirSize: opts.maxOverlayDirSize } : {}),
+    ...(opts.elideBaseMatches === true ? { elideBaseMatches: true } : {}),
     ...(opts.allow !== undefined ? { allow: opts.allow } : {}),
     ...(opts.maxConnections !== undefined ? { maxConnections: opts.maxConnections } : {}),
     ...(opts.metrics !== undefined ? { metrics: opts.metrics } : {}),
@@ -463,9 +475,9 @@ addServeOptions(
     .argument('<command...>', 'command and arguments, after --'),
 ).action((base: string, command: string[], opts: CliOptions) => run(base, command, opts).catch(fail));
 
-program
-  .command('overlay')
-  .description('inspect overlay files')
+const overlay = program.command('overlay').description('inspect, check and commit overlay files');
+
+overlay
   .command('check')
   .description(
     "verify an overlay's header, map and base binding; exit 0 clean, 1 repaired, 2 not closed cleanly, " +
@@ -480,6 +492,76 @@ program
       process.exitCode = r.exitCode;
     }, fail),
   );
+
+overlay
+  .command('info')
+  .description(
+    'show an overlay: block size, virtual size, its base (size, fingerprint), blocks holding data, zeroed and ' +
+      'still in the base, disk use, clean or dirty, in use by a server or not. Read-only: a running server is not disturbed',
+  )
+  .argument('<file>', 'overlay file (e.g. OVERLAY_DIR/named-golden@alice.cow)')
+  .option('--json', 'print one JSON object (README, "Overlay tools")')
+  .action((file: string, opts: { json?: boolean }) =>
+    inspectOverlay(file).then((inspected) => {
+      const info = overlayInfo(inspected);
+      process.stdout.write(opts.json === true ? infoJson(info) : formatInfo(info));
+    }, fail),
+  );
+
+overlay
+  .command('map')
+  .description(
+    "show an overlay's map as extents: runs of blocks holding data (with their offset in the file), zeroed, or read " +
+      'from the base. Read-only',
+  )
+  .argument('<file>', 'overlay file')
+  .option('--json', 'print the extents as `qemu-img map --output=json` does (depth 0 = the overlay, 1 = the base)')
+  .action((file: string, opts: { json?: boolean }) =>
+    inspectOverlay(file).then((inspected) => {
+      const extents = overlayExtents(inspected);
+      process.stdout.write(opts.json === true ? mapJson(extents) : formatMap(extents));
+    }, fail),
+  );
+
+overlay
+  .command('commit')
+  .description(
+    'write BASE with the overlay on top as a new raw image NEW (sparse where it reads as zeros), read it back to ' +
+      'verify it and flush it. BASE and FILE are only read. Written as NEW.tmp and renamed when complete. Refuses ' +
+      'an overlay made for another base, one in use by a server or not closed cleanly, and an existing NEW ' +
+      '(--force lets them through). Exit 0 done, 1 refused or failed (one line on stderr)',
+  )
+  .argument('<file>', 'overlay file')
+  .requiredOption('--base <base>', 'the base image the overlay belongs to (checked by size and fingerprint)')
+  .requiredOption('-o, --output <new>', 'the raw image to write')
+  .option(
+    '--force',
+    'commit an overlay in use by a server or not closed cleanly (its last flushed state), ' +
+      'replace an existing NEW and remove a leftover NEW.tmp',
+  )
+  .option('-q, --quiet', 'no progress bar and no summary line (the bar is drawn only when stderr is a terminal)')
+  .action(async (file: string, opts: { base: string; output: string; force?: boolean; quiet?: boolean }) => {
+    const bar = progressBar({ stream: process.stderr, quiet: opts.quiet === true });
+    // A signal stops the copy between windows and removes NEW.tmp; a second one exits at once.
+    const interrupt = new AbortController();
+    const onSignal = (): void => (interrupt.signal.aborted ? process.exit(130) : interrupt.abort());
+    process.on('SIGINT', onSignal).on('SIGTERM', onSignal);
+    try {
+      const result = await commitOverlay(file, {
+        base: opts.base,
+        output: opts.output,
+        force: opts.force === true,
+        onProgress: ({ phase, done, total }) => bar.update(phase, done, total),
+        signal: interrupt.signal,
+      });
+      bar.stop();
+      for (const what of result.overridden) process.stderr.write(`nbd-cow: warning: --force: ${what}\n`);
+      if (opts.quiet !== true) process.stdout.write(formatCommitSummary(result));
+    } catch (err) {
+      bar.stop();
+      fail(err);
+    }
+  });
 
 program
   .command('sessions')

@@ -66,6 +66,12 @@ export interface ServerOptions extends AccessOptions {
   /** Most bytes of data every overlay this server has open may hold together; past it writes fail with ENOSPC. */
   readonly maxOverlayDirSize?: number;
   /**
+   * Compare every whole block a WRITE stores with the base's and store none that is equal (the
+   * block goes back to the base state, its space given back). Default false: it reads the base
+   * under each such write (README, Performance). Whole blocks of zeros are never stored either way.
+   */
+  readonly elideBaseMatches?: boolean;
+  /**
    * Bytes all clients together may hold in the server: READ and WRITE payloads in flight and
    * replies not yet read (default 256 MiB; at least MAX_PAYLOAD, the largest request).
    */
@@ -123,6 +129,7 @@ export function serverConfigFromOptions(options: ServerOptions): ServerConfig {
         ...(options.overlayDir !== undefined ? { overlayDir: resolve(options.overlayDir) } : {}),
         ...(options.maxOverlaySize !== undefined ? { maxOverlaySize: options.maxOverlaySize } : {}),
         ...(options.maxOverlayDirSize !== undefined ? { maxOverlayDirSize: options.maxOverlayDirSize } : {}),
+        ...(options.elideBaseMatches !== undefined ? { elideBaseMatches: options.elideBaseMatches } : {}),
         namedOverlayOwner: options.namedOverlayOwner ?? 'anyone',
         requireTls: tlsMode === 'require',
       },

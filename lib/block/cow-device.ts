@@ -13,12 +13,15 @@
 //     consecutive blocks are contiguous), then the map says "data";
 //   - a partial block in state "data" is written in place; one in state "base" or "zero" is
 //     read-modify-written (the rest of the block from the base, or zeros), then set to "data".
-// Data always reaches the overlay before the map changes. A write that needs none of that care
-// (overlay ready, no copy-up, nothing in flight on its blocks, the data file allows inline I/O) is
-// done at once with no promise in between (#writeInline): most writes once a workload has warmed
-// up, worth about 10 % of random 4 KiB write throughput here. trim and zero turn whole blocks into
-// "zero" without writing data and zero-fill partial blocks by RMW; zero with noHole writes real
-// zeros in bounded chunks. FUA is a full flush after the write.
+// Data always reaches the overlay before the map changes. A whole block of zeros is not written
+// at all: it becomes "zero", as by a trim; with `elideBaseMatches` a whole block equal to the
+// base's goes back to "base" (overlay-writes.ts). A write that needs none of that care (overlay
+// ready, no copy-up, no block of zeros, no base to compare with, nothing in flight on its
+// blocks, the data file allows inline I/O) is done at once with no promise in between
+// (#writeInline): most writes once a workload has warmed up, worth about 10 % of random 4 KiB
+// write throughput here. trim and zero turn whole blocks into "zero" without writing data and
+// zero-fill partial blocks by RMW; zero with noHole writes real zeros in bounded chunks. FUA is
+// a full flush after the write.
 //
 // Space limits (`space`, space-budget.ts): under the lock, before anything changes, a request
 // takes the space of the blocks it will turn into "data" (net of what a trim or zero frees),
@@ -36,6 +39,7 @@ import { OverlayWriter } from './overlay-writes.js';
 import { RangeLock, type Release } from './range-lock.js';
 import { blockOf, blockSpan, splitRange } from './ranges.js';
 import { OverlaySpace, type SpaceLimits } from './space-budget.js';
+import { hasZeroBlock } from './write-payload.js';
 
 // The server names and sweeps overlays next to where it creates devices.
 export { ephemeralOverlayName, ephemeralOverlayPid, sweepEphemeralOverlays } from './ephemeral.js';
@@ -53,8 +57,14 @@ export interface CowDeviceOptions {
   readonly keep?: boolean;
   /** Limits on the data the overlay may hold; none when absent. */
   readonly space?: SpaceLimits;
-  /** Who hears of copy-ups and zeroed blocks (debug traces, metrics); nobody when absent. */
+  /** Who hears of copy-ups, zeroed and elided blocks (debug traces, metrics); nobody when absent. */
   readonly events?: OverlayEvents;
+  /**
+   * Read the base under every whole block a WRITE stores, and store none equal to it (the block
+   * goes back to "base"). Off by default: the base read per write cost 15-30 % of write
+   * throughput here (README, Performance).
+   */
+  readonly elideBaseMatches?: boolean;
 }
 
 /** Upper bound on the buffer a cache call allocates. */
@@ -101,7 +111,13 @@ export class CowDevice implements BlockDevice {
     const dataBlocks = map === undefined ? 0 : map.countState(0, map.blocks, BLOCK_DATA);
     this.#space =
       options.space === undefined ? undefined : new OverlaySpace(this.#path, options.space, this.#blockSize, dataBlocks);
-    this.#writer = new OverlayWriter(this.#base, this.#blockSize, this.#space, options.events ?? NO_OVERLAY_EVENTS);
+    this.#writer = new OverlayWriter({
+      base: this.#base,
+      blockSize: this.#blockSize,
+      space: this.#space,
+      events: options.events ?? NO_OVERLAY_EVENTS,
+      elideBaseMatches: options.elideBaseMatches ?? false,
+    });
   }
 
   get size(): number {
@@ -159,16 +175,15 @@ export class CowDevice implements BlockDevice {
   }
 
   async #writeLater(offset: number, data: Buffer, options: WriteOptions): Promise<void> {
-    await this.#locked(offset, data.length, (overlay) =>
-      this.#writer.asData(overlay, offset, data.length, () => this.#writer.writeRange(overlay, offset, data)),
-    );
+    await this.#locked(offset, data.length, (overlay) => this.#writer.write(overlay, offset, [data]));
     if (options.fua) await this.flush();
   }
 
   /**
    * The common write done at once, with no promise: the overlay is ready, no write in flight
-   * overlaps, nothing needs a read-modify-write, and the data file allows inline I/O. Returns
-   * false (having done nothing) when any of that fails; the general path then runs.
+   * overlaps, nothing needs a read-modify-write, no whole block is all zeros or needs comparing
+   * with the base, and the data file allows inline I/O. Returns false (having done nothing) when
+   * any of that fails; the general path then runs.
    */
   #writeInline(offset: number, data: Buffer): boolean {
     const overlay = this.#ready;
@@ -179,6 +194,12 @@ export class CowDevice implements BlockDevice {
     if (
       (head !== undefined && map.get(head.block) !== BLOCK_DATA) ||
       (tail !== undefined && map.get(tail.block) !== BLOCK_DATA)
+    ) {
+      return false;
+    }
+    if (
+      body !== undefined &&
+      (this.#writer.checksBase || hasZeroBlock(data, body.start - offset, body.end - offset, this.#blockSize))
     ) {
       return false;
     }
@@ -203,8 +224,8 @@ export class CowDevice implements BlockDevice {
 
   /**
    * A payload in pieces: when it covers whole blocks only (a large aligned write, the common
-   * case) the pieces go to the overlay as they are, in one pwritev; otherwise they are joined
-   * and written as by write().
+   * case) the pieces go to the overlay as they are, in one pwritev (a run of them per run of
+   * blocks that need data); otherwise they are joined and written as by write().
    */
   async writev(offset: number, chunks: readonly Buffer[], options: WriteOptions): Promise<void> {
     let length = 0;
@@ -213,12 +234,7 @@ export class CowDevice implements BlockDevice {
     if (head !== undefined || tail !== undefined || body === undefined) {
       return this.write(offset, Buffer.concat(chunks, length), options);
     }
-    await this.#locked(offset, length, (overlay) =>
-      this.#writer.asData(overlay, offset, length, async () => {
-        await overlay.writeDataChunks(body.start, chunks);
-        overlay.map.setRange(body.first, body.count, BLOCK_DATA);
-      }),
-    );
+    await this.#locked(offset, length, (overlay) => this.#writer.write(overlay, offset, chunks));
     if (options.fua) await this.flush();
   }
 

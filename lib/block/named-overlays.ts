@@ -36,8 +36,10 @@ export interface NamedOverlaysOptions {
   readonly warn?: (message: string) => void;
   /** Limits on the data each overlay holds; an overlay opened from disk counts what its map holds. */
   readonly space?: SpaceLimits;
-  /** Who hears of copy-ups and zeroed blocks; nobody when absent. */
+  /** Who hears of copy-ups, zeroed and elided blocks; nobody when absent. */
   readonly events?: OverlayEvents;
+  /** Whole blocks a WRITE makes equal to the base's go back to "base" (CowDeviceOptions.elideBaseMatches). */
+  readonly elideBaseMatches?: boolean;
 }
 
 interface Opened {
@@ -182,7 +184,7 @@ export class NamedOverlays {
   }
 
   #core(path: string, overlay: OverlayFile | undefined): CowDevice {
-    const { base, blockSize, space, events } = this.#options;
+    const { base, blockSize, space, events, elideBaseMatches } = this.#options;
     return new CowDevice({
       base,
       blockSize: overlay?.blockSize ?? blockSize,
@@ -191,6 +193,7 @@ export class NamedOverlays {
       ...(overlay !== undefined ? { overlay } : {}),
       ...(space !== undefined ? { space } : {}),
       ...(events !== undefined ? { events } : {}),
+      ...(elideBaseMatches !== undefined ? { elideBaseMatches } : {}),
     });
   }
 }

@@ -3,15 +3,22 @@
 // written from the base or from zeros, trim and zero turning whole blocks into "zero", and the
 // space each takes under the overlay's limits (space-budget.ts). Data reaches the overlay before
 // the map says "data". Every method runs with the caller holding the range lock on its blocks.
+//
+// A client's WRITE stores no data for a whole block that needs none (write-payload.ts says which):
+// a block of zeros becomes "zero", and with `elideBaseMatches` a block equal to the base's goes
+// back to "base". Such a block changes only the map, as a trim does: its old data, if any, gives
+// its space back and its bytes stay in the file unread; the map reaches the disk at the next flush
+// (FUA: this request's), like any change. Partial blocks are written as always.
 
 import type { BaseImage } from './base-image.js';
 import { type Bitmap, BLOCK_BASE, BLOCK_DATA, BLOCK_ZERO } from './bitmap.js';
 import type { OverlayEvents } from './overlay-events.js';
 import type { OverlayFile } from './overlay-file.js';
-import { blockSpan, type PartialBlock, roundDown, splitRange } from './ranges.js';
+import { blockSpan, type PartialBlock, roundDown, type SplitRange, splitRange, type WholeBlocks } from './ranges.js';
 import type { OverlaySpace } from './space-budget.js';
+import { type BlockRun, WritePayload } from './write-payload.js';
 
-/** Upper bound on the buffer a zero with noHole allocates. */
+/** Upper bound on the buffer a zero with noHole allocates, and on the base read to compare a WRITE with. */
 const CHUNK = 1024 * 1024;
 
 /**
@@ -32,20 +39,79 @@ function baseEdges(map: Bitmap, head: PartialBlock | undefined, tail: PartialBlo
   );
 }
 
+/** How many blocks of `runs` are not in state "data" in `map`. */
+function notData(map: Bitmap, runs: readonly BlockRun[]): number {
+  let n = 0;
+  for (const run of runs) n += run.count - map.countState(run.first, run.count, BLOCK_DATA);
+  return n;
+}
+
+export interface OverlayWriterOptions {
+  readonly base: BaseImage;
+  readonly blockSize: number;
+  /** The data the overlay holds against its limits; undefined when there are none. */
+  readonly space: OverlaySpace | undefined;
+  readonly events: OverlayEvents;
+  /** Compare each whole block a WRITE stores with the base's, and store none that is equal. */
+  readonly elideBaseMatches: boolean;
+}
+
 export class OverlayWriter {
   readonly #base: BaseImage;
   readonly #blockSize: number;
   readonly #size: number;
-  /** The data the overlay holds against its limits; undefined when there are none. */
   readonly #space: OverlaySpace | undefined;
   readonly #events: OverlayEvents;
+  readonly #elideBaseMatches: boolean;
 
-  constructor(base: BaseImage, blockSize: number, space: OverlaySpace | undefined, events: OverlayEvents) {
-    this.#base = base;
-    this.#blockSize = blockSize;
-    this.#size = base.size;
-    this.#space = space;
-    this.#events = events;
+  constructor(options: OverlayWriterOptions) {
+    this.#base = options.base;
+    this.#blockSize = options.blockSize;
+    this.#size = options.base.size;
+    this.#space = options.space;
+    this.#events = options.events;
+    this.#elideBaseMatches = options.elideBaseMatches;
+  }
+
+  /** Whether a WRITE with whole blocks must come here (write()) rather than be stored as it is. */
+  get checksBase(): boolean {
+    return this.#elideBaseMatches;
+  }
+
+  /**
+   * A client's WRITE of `chunks` at `offset`: whole blocks that need no data (zeros; equal to the
+   * base with elideBaseMatches) change state only, the rest is written as writeRange() does.
+   * Space is settled first, for the blocks that become "data" net of the data the others free,
+   * so a refusal changes nothing; what a failed write left unwritten is given back.
+   */
+  async write(overlay: OverlayFile, offset: number, chunks: readonly Buffer[]): Promise<void> {
+    const payload = new WritePayload(offset, chunks);
+    const split = splitRange(offset, payload.length, this.#blockSize, this.#size);
+    const { head, body, tail } = split;
+    let runs: BlockRun[] = [];
+    if (body) {
+      runs = (this.#elideBaseMatches ? await this.#classifyWithBase(payload, body) : payload.classify(body, this.#blockSize)) ?? [
+        { first: body.first, count: body.count, state: BLOCK_DATA },
+      ];
+    }
+    const map = overlay.map;
+    const stored = runs.filter((run) => run.state === BLOCK_DATA);
+    const elided = runs.filter((run) => run.state !== BLOCK_DATA);
+    for (const edge of [head, tail]) if (edge) stored.push({ first: edge.block, count: 1, state: BLOCK_DATA });
+    const space = this.#space;
+    let freeing = 0;
+    for (const run of elided) freeing += map.countState(run.first, run.count, BLOCK_DATA);
+    space?.exchange(notData(map, stored), freeing); // throws ENOSPC to #locked, nothing changed
+    for (const run of elided) {
+      map.setRange(run.first, run.count, run.state);
+      this.#events.elided(overlay.path, run.first, run.count, run.state === BLOCK_ZERO ? 'zero' : 'base');
+    }
+    try {
+      await this.#store(overlay, payload, split, runs);
+    } catch (err) {
+      space?.give(notData(map, stored));
+      throw err;
+    }
   }
 
   /**
@@ -65,17 +131,53 @@ export class OverlayWriter {
     });
   }
 
-  async writeRange(overlay: OverlayFile, offset: number, data: Buffer): Promise<void> {
-    const { head, body, tail } = splitRange(offset, data.length, this.#blockSize, this.#size);
-    const at = (start: number, end: number): Buffer => data.subarray(start - offset, end - offset);
+  /** Write `data` at `offset` as it is: every block it touches becomes "data" (the caller took the space). */
+  writeRange(overlay: OverlayFile, offset: number, data: Buffer): Promise<void> {
+    const split = splitRange(offset, data.length, this.#blockSize, this.#size);
+    const body = split.body;
+    const runs: BlockRun[] = body ? [{ first: body.first, count: body.count, state: BLOCK_DATA }] : [];
+    return this.#store(overlay, new WritePayload(offset, [data]), split, runs);
+  }
+
+  /** Write the head, the tail and the body's runs in state "data"; each becomes "data" once written. */
+  async #store(overlay: OverlayFile, payload: WritePayload, split: SplitRange, runs: readonly BlockRun[]): Promise<void> {
+    const { head, tail } = split;
+    const bs = this.#blockSize;
     const jobs: Promise<void>[] = [];
-    if (head) jobs.push(this.#writePartial(overlay, head, at(head.start, head.end)));
-    if (body) {
-      const written = overlay.writeData(body.start, at(body.start, body.end));
-      jobs.push(written.then(() => overlay.map.setRange(body.first, body.count, BLOCK_DATA)));
+    if (head) jobs.push(this.#writePartial(overlay, head, payload.bytes(head.start, head.end)));
+    for (const run of runs) {
+      if (run.state !== BLOCK_DATA) continue;
+      const start = run.first * bs;
+      const pieces = payload.pieces(start, Math.min((run.first + run.count) * bs, this.#size));
+      const written =
+        pieces.length === 1 ? overlay.writeData(start, pieces[0] as Buffer) : overlay.writeDataChunks(start, pieces);
+      jobs.push(written.then(() => overlay.map.setRange(run.first, run.count, BLOCK_DATA)));
     }
-    if (tail) jobs.push(this.#writePartial(overlay, tail, at(tail.start, tail.end)));
+    if (tail) jobs.push(this.#writePartial(overlay, tail, payload.bytes(tail.start, tail.end)));
     await settleAll(jobs);
+  }
+
+  /**
+   * payload.classify() against the base's bytes, read CHUNK bytes at a time into one buffer, so
+   * a large WRITE does not hold a copy of its size from the base; runs that meet are joined.
+   */
+  async #classifyWithBase(payload: WritePayload, body: WholeBlocks): Promise<BlockRun[] | null> {
+    const bs = this.#blockSize;
+    const step = Math.max(bs, roundDown(CHUNK, bs));
+    const buf = Buffer.allocUnsafe(Math.min(step, body.end - body.start));
+    const runs: BlockRun[] = [];
+    for (let start = body.start; start < body.end; start += step) {
+      const end = Math.min(start + step, body.end);
+      const base = buf.subarray(0, end - start);
+      await this.#base.read(start, base);
+      const blocks: WholeBlocks = { first: start / bs, count: Math.ceil((end - start) / bs), start, end };
+      for (const run of payload.classify(blocks, bs, base) ?? [{ ...blocks, state: BLOCK_DATA }]) {
+        const last = runs.at(-1);
+        if (last?.state === run.state) runs[runs.length - 1] = { ...last, count: last.count + run.count };
+        else runs.push({ first: run.first, count: run.count, state: run.state });
+      }
+    }
+    return runs.length === 1 && runs[0]?.state === BLOCK_DATA ? null : runs;
   }
 
   /** Write part of one block: in place if it holds data, else read-modify-write. */

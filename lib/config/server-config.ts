@@ -28,6 +28,8 @@ export interface ExportConfig {
   readonly overlayDir?: string;
   readonly maxOverlaySize?: number;
   readonly maxOverlayDirSize?: number;
+  /** Store no data for a whole block a WRITE makes equal to the base's (it goes back to "base"); default false. */
+  readonly elideBaseMatches?: boolean;
   readonly namedOverlayOwner: NamedOverlayOwner;
   /** TCP clients that may use this export (CIDR or address); others are refused at NBD_OPT_GO. */
   readonly allow?: readonly string[];

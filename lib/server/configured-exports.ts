@@ -1,7 +1,7 @@
 // The exports of a running server, built from their configuration (ExportConfig) and rebuilt on
 // reload. Each export stands on an ExportBacking (base, overlay directory, named overlays); a
 // reload keeps the backing of an export whose base, block size, overlay directory, read-only
-// flag and quotas are unchanged, so its open overlays and connections are untouched, and builds
+// flag, quotas and base-match elision are unchanged, so its open overlays and connections are untouched, and builds
 // the policy (description, overlay kinds, allow list, TLS) afresh. Everything new is opened
 // before anything is swapped: a reload that fails (a base that does not open) changes nothing.
 
@@ -49,6 +49,7 @@ function backingKey(config: ExportConfig, overlayDir: string): string {
     overlayDir,
     config.maxOverlaySize,
     config.maxOverlayDirSize,
+    config.elideBaseMatches ?? false,
   ]);
 }
 
@@ -158,6 +159,7 @@ export class ConfiguredExports {
       readOnly: config.readOnly,
       overlayDir,
       space: spaceLimits(config.maxOverlaySize, config.maxOverlayDirSize),
+      elideBaseMatches: config.elideBaseMatches ?? false,
       events,
       warn: (message) => log.warn(message),
       nextOverlayNumber: () => ++this.#overlayNumber,

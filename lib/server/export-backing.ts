@@ -23,6 +23,8 @@ export interface BackingOptions {
   readonly readOnly: boolean;
   readonly overlayDir: string;
   readonly space: SpaceLimits | undefined;
+  /** Whole blocks a WRITE makes equal to the base's go back to "base" (CowDeviceOptions.elideBaseMatches). */
+  readonly elideBaseMatches: boolean;
   readonly events: OverlayEvents;
   readonly warn: (message: string) => void;
   /** Ephemeral overlay file names are `eph-<pid>-<n>.cow`: n from here, unique in the process. */
@@ -51,6 +53,7 @@ export class ExportBacking {
       dir: options.overlayDir,
       warn: options.warn,
       ...(options.space !== undefined ? { space: options.space } : {}),
+      elideBaseMatches: options.elideBaseMatches,
       events: options.events,
     });
   }
@@ -67,7 +70,7 @@ export class ExportBacking {
 
   /** One connection's device: the base alone (read-only) or a new throwaway overlay on it. */
   async openPlain(): Promise<BlockDevice> {
-    const { readOnly, blockSize, overlayDir, space, events } = this.options;
+    const { readOnly, blockSize, overlayDir, space, elideBaseMatches, events } = this.options;
     const device: BlockDevice = readOnly
       ? readOnlyView(this.base)
       : new CowDevice({
@@ -75,6 +78,7 @@ export class ExportBacking {
           blockSize,
           overlayPath: join(overlayDir, ephemeralOverlayName(process.pid, this.options.nextOverlayNumber())),
           ...(space !== undefined ? { space } : {}),
+          elideBaseMatches,
           events,
         });
     return this.#counted(device);

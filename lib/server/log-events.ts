@@ -1,7 +1,7 @@
 // The operators' log of a running server, as a ServerEvents observer: one info line per connection
 // event (connected, export chosen with what was negotiated, option refused, disconnected with its
-// totals) and, at debug (-v), a trace of TLS, every request and the overlays' copy-ups and zeroed
-// blocks. Connections refused before the greeting are logged by admission.ts, rate-limited per
+// totals) and, at debug (-v), a trace of TLS, every request and the overlays' copy-ups, zeroed
+// blocks and blocks written with no data (elided). Connections refused before the greeting are logged by admission.ts, rate-limited per
 // reason, not here.
 //
 // Whether a level is on is decided once, here: an event whose level is off is a function that does
@@ -63,6 +63,11 @@ function plural(count: number, noun: string): string {
 
 function ignore(): void {
   /* this level is off */
+}
+
+/** `block 7`, `blocks 7-9`. */
+function blockWords(first: number, count: number): string {
+  return count === 1 ? `block ${first}` : `blocks ${first}-${first + count - 1}`;
 }
 
 /** `conn 3 (10.1.2.3:5000)`, as the server's other lines about a connection begin. */
@@ -186,12 +191,19 @@ export function logEvents(log: Logger): ServerEvents {
       : ignore,
     zeroed: debug
       ? (path, first, count) =>
-          log.debug(`overlay ${path}: ${count === 1 ? `block ${first}` : `blocks ${first}-${first + count - 1}`} zeroed`, {
+          log.debug(`overlay ${path}: ${blockWords(first, count)} zeroed`, {
             event: 'zeroed',
             overlay_path: path,
             first_block: first,
             blocks: count,
           })
+      : ignore,
+    elided: debug
+      ? (path, first, count, to) =>
+          log.debug(
+            `overlay ${path}: ${blockWords(first, count)} written ${to === 'zero' ? 'as zeros: zero state' : 'as the base holds them: base state'}, no data stored`,
+            { event: 'elided', overlay_path: path, first_block: first, blocks: count, to },
+          )
       : ignore,
   };
 }

@@ -70,6 +70,7 @@ export class ServerMetrics implements ServerEvents {
   readonly #handshakeEnds = new Map<HandshakeEnd, number>(HANDSHAKE_ENDS.map((end) => [end, 0]));
   readonly #copyUps = { base: 0, zero: 0 };
   #zeroedBlocks = 0;
+  readonly #elidedBlocks = { zero: 0, base: 0 };
   #overlaySnapshot: OverlayUse[] | null = null;
 
   /** `processMetrics` (default true): also Node's default metrics (CPU, memory, event loop, GC) as nbd_cow_*. */
@@ -118,6 +119,12 @@ export class ServerMetrics implements ServerEvents {
     refilled(r, 'counter', 'nbd_cow_zeroed_blocks_total', 'Overlay blocks made zero by TRIM and WRITE_ZEROES.', [], () => [
       { labels: {}, value: this.#zeroedBlocks },
     ]);
+    const elidedHelp =
+      'Whole blocks a WRITE stored with no data, by the state they took: zero (all zeros) or base (equal to the base).';
+    refilled(r, 'counter', 'nbd_cow_elided_blocks_total', elidedHelp, ['to'], () => [
+      { labels: { to: 'zero' }, value: this.#elidedBlocks.zero },
+      { labels: { to: 'base' }, value: this.#elidedBlocks.base },
+    ]);
   }
 
   connectionOpened(session: SessionRecord): void {
@@ -157,6 +164,10 @@ export class ServerMetrics implements ServerEvents {
 
   zeroed(_path: string, _first: number, count: number): void {
     this.#zeroedBlocks += count;
+  }
+
+  elided(_path: string, _first: number, count: number, to: 'zero' | 'base'): void {
+    this.#elidedBlocks[to] += count;
   }
 
   #connectionsByExport(): SampleValue[] {

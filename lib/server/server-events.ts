@@ -68,6 +68,7 @@ function ignore(): void {
 export const NO_EVENTS: ServerEvents = {
   copiedUp: ignore,
   zeroed: ignore,
+  elided: ignore,
   connectionOpened: ignore,
   connectionRefused: ignore,
   optionRefused: ignore,
@@ -108,6 +109,9 @@ export function combineEvents(observers: readonly ServerEvents[]): ServerEvents 
     },
     zeroed: (path, first, count) => {
       for (const o of observers) o.zeroed(path, first, count);
+    },
+    elided: (path, first, count, to) => {
+      for (const o of observers) o.elided(path, first, count, to);
     },
   };
 }

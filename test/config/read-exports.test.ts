@@ -27,6 +27,7 @@ t.test('every export setting, and the defaults of those left out', async (t) => 
         overlay-dir: overlays
         max-overlay-size: 1
         max-overlay-dir-size: 2K
+        elide-base-matches: true
         named-overlays-owner: anyone
         allow: ["::1"]
         require-tls: false
@@ -44,6 +45,7 @@ t.test('every export setting, and the defaults of those left out', async (t) => 
       overlayDir: '/etc/nbd-cow/overlays',
       maxOverlaySize: 1,
       maxOverlayDirSize: 2048,
+      elideBaseMatches: true,
       namedOverlayOwner: 'anyone',
       allow: ['::1'],
       requireTls: false,

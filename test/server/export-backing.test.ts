@@ -38,6 +38,7 @@ async function open(t: Test, options: Partial<BackingOptions> = {}): Promise<Fix
     readOnly: false,
     overlayDir,
     space: undefined,
+    elideBaseMatches: false,
     events: NO_EVENTS,
     warn: (message) => warnings.push(message),
     nextOverlayNumber: () => ++n,

@@ -142,7 +142,7 @@ t.test('option refusals: access ones at info with the reply, unknown or malforme
   t.strictSame(debug.lines, ['nbd-cow: debug: conn 7 (10.1.2.3:5000): refused NBD_OPT_LIST_META_CONTEXT: no']);
 });
 
-t.test('debug trace: requests by spec name and result, TLS, copy-ups and zeroed blocks', async (t) => {
+t.test('debug trace: requests by spec name and result, TLS, copy-ups, zeroed and elided blocks', async (t) => {
   const { lines, log } = capture('debug');
   const events = logEvents(log);
   events.requestDone(served(), NBD_CMD_READ, 0, 4096, 0.0001234);
@@ -153,6 +153,8 @@ t.test('debug trace: requests by spec name and result, TLS, copy-ups and zeroed 
   events.copiedUp('/ov/eph-1-1.cow', 13, 'zero');
   events.zeroed('/ov/eph-1-1.cow', 16, 16);
   events.zeroed('/ov/eph-1-1.cow', 40, 1);
+  events.elided('/ov/eph-1-1.cow', 50, 2, 'zero');
+  events.elided('/ov/eph-1-1.cow', 60, 1, 'base');
   t.strictSame(lines, [
     'nbd-cow: debug: conn 7 (10.1.2.3:5000): NBD_CMD_READ 4096 bytes: ok in 0.123 ms',
     'nbd-cow: debug: conn 7 (10.1.2.3:5000): NBD_CMD_WRITE: NBD_ENOSPC in 1.000 ms',
@@ -162,6 +164,8 @@ t.test('debug trace: requests by spec name and result, TLS, copy-ups and zeroed 
     'nbd-cow: debug: overlay /ov/eph-1-1.cow: block 13 filled with zeros',
     'nbd-cow: debug: overlay /ov/eph-1-1.cow: blocks 16-31 zeroed',
     'nbd-cow: debug: overlay /ov/eph-1-1.cow: block 40 zeroed',
+    'nbd-cow: debug: overlay /ov/eph-1-1.cow: blocks 50-51 written as zeros: zero state, no data stored',
+    'nbd-cow: debug: overlay /ov/eph-1-1.cow: block 60 written as the base holds them: base state, no data stored',
   ]);
   // test/guest reads TLS sessions from the -v log with this pattern.
   t.match(lines[3], /: TLS (\S+) (\S+), identity (\S+)$/);
@@ -191,6 +195,7 @@ t.test('with debug off, requests and block events touch neither the session nor 
   events.requestDone(untouchable, NBD_CMD_WRITE, 0, 4096, 0.001);
   events.copiedUp('/ov/x.cow', 1, 'base');
   events.zeroed('/ov/x.cow', 0, 8);
+  events.elided('/ov/x.cow', 0, 8, 'zero');
   events.tlsEstablished(untouchable);
   t.equal(calls, 0, 'nothing logged, no string built from the session');
   events.connectionOpened(session());

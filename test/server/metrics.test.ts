@@ -170,11 +170,13 @@ t.test('handshake reasons map to a fixed set of labels', async (t) => {
   t.strictSame(counts, [1, 4, 1, 5, 2, 3], HANDSHAKE_ENDS.join(' '));
 });
 
-t.test('refused connections, copy-ups and zeroed blocks', async (t) => {
+t.test('refused connections, copy-ups, zeroed and elided blocks', async (t) => {
   const m = new ServerMetrics({ processMetrics: false });
   let s = await scrape(m);
   t.equal(s.get('nbd_cow_connections_refused_total{reason="allow-list"}'), 0, 'present at 0 before any refusal');
   t.equal(s.get('nbd_cow_copy_ups_total{from="base"}'), 0);
+  t.equal(s.get('nbd_cow_elided_blocks_total{to="zero"}'), 0);
+  t.equal(s.get('nbd_cow_elided_blocks_total{to="base"}'), 0);
   m.connectionRefused('10.0.0.1:5000', 'allow-list');
   m.connectionRefused('10.0.0.2:5000', 'max-connections');
   m.connectionRefused('10.0.0.3:5000', 'max-connections');
@@ -183,12 +185,17 @@ t.test('refused connections, copy-ups and zeroed blocks', async (t) => {
   m.copiedUp('/o/b.cow', 0, 'base');
   m.zeroed('/o/a.cow', 10, 5);
   m.zeroed('/o/b.cow', 0, 1);
+  m.elided('/o/a.cow', 20, 3, 'zero');
+  m.elided('/o/b.cow', 7, 1, 'zero');
+  m.elided('/o/b.cow', 9, 2, 'base');
   s = await scrape(m);
   t.equal(s.get('nbd_cow_connections_refused_total{reason="allow-list"}'), 1);
   t.equal(s.get('nbd_cow_connections_refused_total{reason="max-connections"}'), 2);
   t.equal(s.get('nbd_cow_copy_ups_total{from="base"}'), 2);
   t.equal(s.get('nbd_cow_copy_ups_total{from="zero"}'), 1);
   t.equal(s.get('nbd_cow_zeroed_blocks_total'), 6);
+  t.equal(s.get('nbd_cow_elided_blocks_total{to="zero"}'), 4);
+  t.equal(s.get('nbd_cow_elided_blocks_total{to="base"}'), 2);
 });
 
 t.test('past MAX_EXPORT_LABELS exports, new ones are counted together as (other)', async (t) => {

@@ -31,6 +31,7 @@ function recorder(): { events: ServerEvents; lines: string[] } {
         lines.push(`closed ${where(s)} requests=${s.requests} read=${s.bytesRead} written=${s.bytesWritten} (${reason})`),
       copiedUp: (path, block, from) => lines.push(`copy-up ${path.split('/').at(-1)} ${block} from ${from}`),
       zeroed: (path, first, count) => lines.push(`zeroed ${path.split('/').at(-1)} ${first}+${count}`),
+      elided: (path, first, count, to) => lines.push(`elided ${path.split('/').at(-1)} ${first}+${count} to ${to}`),
     },
   };
 }
@@ -109,7 +110,7 @@ t.test('a request that fails is counted with its errno and no bytes', async (t) 
   t.equal(f.server.sessions()[0]?.overlay, 'read-only');
 });
 
-t.test('the overlay reports its copy-ups and zeroed blocks', async (t) => {
+t.test('the overlay reports its copy-ups, zeroed blocks and blocks written with no data', async (t) => {
   const { events, lines } = recorder();
   const f = await startFixture(t, SIZE, { events: [events], exportName: 'golden' });
   const { client } = await f.connect({ exportName: 'golden@y' });
@@ -119,8 +120,18 @@ t.test('the overlay reports its copy-ups and zeroed blocks', async (t) => {
   await readSimpleReply(client);
   client.write(requestBytes({ type: 6, cookie: 3n, offset: 16384 + 10, length: 100 })); // WRITE_ZEROES inside block 4
   await readSimpleReply(client);
+  const zeros = Buffer.alloc(3 * 4096);
+  zeros[4096] = 1; // blocks 8 and 10 all zeros, block 9 data
+  client.write(requestBytes({ type: WRITE, cookie: 4n, offset: 8 * 4096, length: zeros.length }), zeros);
+  await readSimpleReply(client);
   t.strictSame(
-    lines.filter((l) => l.startsWith('copy-up') || l.startsWith('zeroed')),
-    ['copy-up named-golden@y.cow 0 from base', 'zeroed named-golden@y.cow 2+2', 'copy-up named-golden@y.cow 4 from base'],
+    lines.filter((l) => /^(copy-up|zeroed|elided)/.test(l)),
+    [
+      'copy-up named-golden@y.cow 0 from base',
+      'zeroed named-golden@y.cow 2+2',
+      'copy-up named-golden@y.cow 4 from base',
+      'elided named-golden@y.cow 8+1 to zero',
+      'elided named-golden@y.cow 10+1 to zero',
+    ],
   );
 });
