@@ -15,20 +15,12 @@ import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { makeBase, primeMemory, sha256, warmBase } from './lib/base-image.js';
-import { die, log } from './lib/log.js';
+import { die, envNumber, log } from './lib/log.js';
 
 // This file runs as dist/bench/commit.js: the checkout is two levels up.
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const MiB = 1024 * 1024;
 const WRITE = 64 * 1024;
-
-function envNumber(name: string, fallback: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const n = Number(raw);
-  if (!Number.isFinite(n) || n <= 0) die(`${name}=${raw}: expected a positive number`);
-  return n;
-}
 
 const settings = {
   base_mb: Math.floor(envNumber('BASE_MB', 1024)),

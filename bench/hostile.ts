@@ -10,7 +10,7 @@ import { makeBase, sha256, warmBase } from './lib/base-image.js';
 import { HOSTILE_KINDS, type HostileClient, type HostileKind, openHostile } from './lib/hostile-clients.js';
 import { type CaseResult, mib, type OpenSummary, renderTable } from './lib/hostile-report.js';
 import { type ServerUnderTest, startServerUnderTest, stopServerUnderTest } from './lib/hostile-server.js';
-import { die, log } from './lib/log.js';
+import { die, envNumber, log } from './lib/log.js';
 import { NbdinfoProbe } from './lib/nbdinfo-probe.js';
 import { NormalReader } from './lib/normal-reader.js';
 import { sleep, statusKiB, tail } from './lib/proc.js';
@@ -28,14 +28,6 @@ const CASES: Readonly<Record<string, readonly HostileKind[]>> = {
   'non-reader': ['non-reader'],
   all: HOSTILE_KINDS,
 };
-
-function envNumber(name: string, fallback: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const n = Number(raw);
-  if (!Number.isFinite(n) || n <= 0) die(`${name}=${raw}: expected a positive number`);
-  return n;
-}
 
 const words = (s: string | undefined): string[] => (s ?? '').split(/\s+/).filter((w) => w !== '');
 

@@ -3,7 +3,7 @@
 // the exports while warning about start-only settings, a listener that cannot bind (everything
 // opened before is closed again), and stop().
 
-import { existsSync, readdirSync, readlinkSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { connect, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
@@ -12,6 +12,7 @@ import { createLogger } from '../lib/log.js';
 import type { ListenAddress } from '../lib/server/listener.js';
 import { type RunningServer, startConfiguredServer } from '../lib/start-server.js';
 import { writeBaseFile } from './helpers/bases.js';
+import { fdsOn } from './helpers/files.js';
 import { RawClient } from './helpers/raw-nbd/client.js';
 import { greet, negotiate } from './helpers/raw-nbd/negotiate.js';
 import { readOptionReplies, readSimpleReply } from './helpers/raw-nbd/replies.js';
@@ -109,19 +110,6 @@ async function readExport(address: ListenAddress, exportName: string, length: nu
   } finally {
     client.destroy();
   }
-}
-
-/** File descriptors of this process open on `path` (Linux: /proc/self/fd). */
-function fdsOn(path: string): number {
-  let count = 0;
-  for (const fd of readdirSync('/proc/self/fd')) {
-    try {
-      if (readlinkSync(`/proc/self/fd/${fd}`) === path) count++;
-    } catch {
-      // closed while we looked
-    }
-  }
-  return count;
 }
 
 function listenOn(port: number): Promise<Server> {

@@ -143,6 +143,31 @@ export const COMMAND_NAMES: Readonly<Record<number, string>> = {
   [NBD_CMD_BLOCK_STATUS]: 'NBD_CMD_BLOCK_STATUS',
 };
 
+/** The spec's names of the NBD errnos a reply may carry. */
+export const ERRNO_NAMES: Readonly<Record<number, string>> = {
+  [NBD_EPERM]: 'NBD_EPERM',
+  [NBD_EIO]: 'NBD_EIO',
+  [NBD_ENOMEM]: 'NBD_ENOMEM',
+  [NBD_EINVAL]: 'NBD_EINVAL',
+  [NBD_ENOSPC]: 'NBD_ENOSPC',
+  [NBD_EOVERFLOW]: 'NBD_EOVERFLOW',
+  [NBD_ENOTSUP]: 'NBD_ENOTSUP',
+  [NBD_ESHUTDOWN]: 'NBD_ESHUTDOWN',
+};
+
+/** The spec's names of the option error replies (NBD_REP_ERR_*). */
+export const REPLY_ERROR_NAMES: Readonly<Record<number, string>> = {
+  [NBD_REP_ERR_UNSUP]: 'NBD_REP_ERR_UNSUP',
+  [NBD_REP_ERR_POLICY]: 'NBD_REP_ERR_POLICY',
+  [NBD_REP_ERR_INVALID]: 'NBD_REP_ERR_INVALID',
+  [NBD_REP_ERR_PLATFORM]: 'NBD_REP_ERR_PLATFORM',
+  [NBD_REP_ERR_TLS_REQD]: 'NBD_REP_ERR_TLS_REQD',
+  [NBD_REP_ERR_UNKNOWN]: 'NBD_REP_ERR_UNKNOWN',
+  [NBD_REP_ERR_SHUTDOWN]: 'NBD_REP_ERR_SHUTDOWN',
+  [NBD_REP_ERR_BLOCK_SIZE_REQD]: 'NBD_REP_ERR_BLOCK_SIZE_REQD',
+  [NBD_REP_ERR_TOO_BIG]: 'NBD_REP_ERR_TOO_BIG',
+};
+
 /** A readable name for an option code, for log lines. */
 export function optionName(code: number): string {
   return OPTION_NAMES[code] ?? `NBD_OPT_UNKNOWN(${code})`;

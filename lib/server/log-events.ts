@@ -10,49 +10,13 @@
 import type { LogFields, Logger } from '../log.js';
 import {
   commandName,
-  NBD_EINVAL,
-  NBD_EIO,
-  NBD_ENOMEM,
-  NBD_ENOSPC,
-  NBD_ENOTSUP,
-  NBD_EOVERFLOW,
-  NBD_EPERM,
-  NBD_ESHUTDOWN,
-  NBD_REP_ERR_BLOCK_SIZE_REQD,
+  ERRNO_NAMES,
   NBD_REP_ERR_INVALID,
-  NBD_REP_ERR_PLATFORM,
-  NBD_REP_ERR_POLICY,
-  NBD_REP_ERR_SHUTDOWN,
-  NBD_REP_ERR_TLS_REQD,
-  NBD_REP_ERR_TOO_BIG,
-  NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   optionName,
+  REPLY_ERROR_NAMES,
 } from '../protocol/constants.js';
 import type { ServerEvents, SessionRecord } from './server-events.js';
-
-const REPLY_ERROR_NAMES: Readonly<Record<number, string>> = {
-  [NBD_REP_ERR_UNSUP]: 'NBD_REP_ERR_UNSUP',
-  [NBD_REP_ERR_POLICY]: 'NBD_REP_ERR_POLICY',
-  [NBD_REP_ERR_INVALID]: 'NBD_REP_ERR_INVALID',
-  [NBD_REP_ERR_PLATFORM]: 'NBD_REP_ERR_PLATFORM',
-  [NBD_REP_ERR_TLS_REQD]: 'NBD_REP_ERR_TLS_REQD',
-  [NBD_REP_ERR_UNKNOWN]: 'NBD_REP_ERR_UNKNOWN',
-  [NBD_REP_ERR_SHUTDOWN]: 'NBD_REP_ERR_SHUTDOWN',
-  [NBD_REP_ERR_BLOCK_SIZE_REQD]: 'NBD_REP_ERR_BLOCK_SIZE_REQD',
-  [NBD_REP_ERR_TOO_BIG]: 'NBD_REP_ERR_TOO_BIG',
-};
-
-const ERRNO_NAMES: Readonly<Record<number, string>> = {
-  [NBD_EPERM]: 'NBD_EPERM',
-  [NBD_EIO]: 'NBD_EIO',
-  [NBD_ENOMEM]: 'NBD_ENOMEM',
-  [NBD_EINVAL]: 'NBD_EINVAL',
-  [NBD_ENOSPC]: 'NBD_ENOSPC',
-  [NBD_EOVERFLOW]: 'NBD_EOVERFLOW',
-  [NBD_ENOTSUP]: 'NBD_ENOTSUP',
-  [NBD_ESHUTDOWN]: 'NBD_ESHUTDOWN',
-};
 
 const OVERLAY_WORDS = { throwaway: 'throwaway overlay', named: 'named overlay', 'read-only': 'read-only, no overlay' };
 

@@ -2,18 +2,7 @@
 // and durations in histogram buckets. The request path only adds (a Map lookup by export, an
 // array slot by command); label values are made once per (export, command) and read at scrape.
 
-import {
-  COMMAND_NAMES,
-  NBD_CMD_READ,
-  NBD_EINVAL,
-  NBD_EIO,
-  NBD_ENOMEM,
-  NBD_ENOSPC,
-  NBD_ENOTSUP,
-  NBD_EOVERFLOW,
-  NBD_EPERM,
-  NBD_ESHUTDOWN,
-} from '../protocol/constants.js';
+import { COMMAND_NAMES, ERRNO_NAMES, NBD_CMD_READ } from '../protocol/constants.js';
 
 /** Request duration buckets (seconds): a page-cache 4 KiB request takes tens of µs, an fsync ms, a stall up to 1 s. */
 export const DURATION_BUCKETS: readonly number[] = [
@@ -30,16 +19,10 @@ const LE_LABELS = [...DURATION_BUCKETS.map(String), '+Inf'];
 export const MAX_EXPORT_LABELS = 1000;
 export const OTHER_EXPORTS = '(other)';
 
-const ERRNO_LABELS: Readonly<Record<number, string>> = {
-  [NBD_EPERM]: 'EPERM',
-  [NBD_EIO]: 'EIO',
-  [NBD_ENOMEM]: 'ENOMEM',
-  [NBD_EINVAL]: 'EINVAL',
-  [NBD_ENOSPC]: 'ENOSPC',
-  [NBD_EOVERFLOW]: 'EOVERFLOW',
-  [NBD_ENOTSUP]: 'ENOTSUP',
-  [NBD_ESHUTDOWN]: 'ESHUTDOWN',
-};
+/** `EPERM` for NBD_EPERM: the spec's name without its NBD_ prefix; `other` for a number it does not name. */
+function errnoLabel(errno: number): string {
+  return ERRNO_NAMES[errno]?.slice('NBD_'.length) ?? 'other';
+}
 
 /** Where an unknown command type (the client's number) is counted: one slot past the known ones. */
 const UNKNOWN_COMMAND_SLOT = Math.max(...Object.keys(COMMAND_NAMES).map(Number)) + 1;
@@ -119,7 +102,7 @@ export class RequestCounts {
     for (const [e, c] of this.#commands()) {
       if (c.ok > 0) values.push({ labels: { export: e.name, command: c.command, result: 'ok' }, value: c.ok });
       for (const [errno, n] of c.errors) {
-        values.push({ labels: { export: e.name, command: c.command, result: ERRNO_LABELS[errno] ?? 'other' }, value: n });
+        values.push({ labels: { export: e.name, command: c.command, result: errnoLabel(errno) }, value: n });
       }
     }
     return values;

@@ -5,32 +5,18 @@
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { makePatternBase, makeStripedBase } from '../helpers/bases.js';
 import { requireClients } from '../helpers/clients.js';
 import { startMetricsServeConfig } from '../helpers/metrics-serve.js';
-import { pidOf } from '../helpers/processes.js';
+import { freePort, pidOf } from '../helpers/processes.js';
 import { pySession } from '../helpers/py-session.js';
 import { within } from '../helpers/wait.js';
 
 interface QueryResult {
   readonly metric: Record<string, string>;
   readonly value: [number, string];
-}
-
-/** A port free a moment ago (prometheus refuses --web.listen-address=…:0). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.on('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const address = probe.address();
-      const port = typeof address === 'object' && address !== null ? address.port : 0;
-      probe.close(() => resolve(port));
-    });
-  });
 }
 
 /** GET a Prometheus API URL as JSON, or null while it does not answer. */

@@ -1,6 +1,6 @@
-// Directory listings for tests that watch overlay files appear and go.
+// Directory listings for tests that watch overlay files appear and go, and the descriptors open on a file.
 
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readlinkSync } from 'node:fs';
 
 /** Files in `dir` (sorted); [] when it does not exist. */
 export function listDir(dir: string): string[] {
@@ -24,4 +24,17 @@ export async function waitForDir(dir: string, accept: (names: string[]) => boole
 /** The listing of `dir` once it is empty (or after the timeout). */
 export function waitForEmptyDir(dir: string, timeoutMs = 10_000): Promise<string[]> {
   return waitForDir(dir, (names) => names.length === 0, timeoutMs);
+}
+
+/** File descriptors of this process open on `path` (Linux: /proc/self/fd). */
+export function fdsOn(path: string): number {
+  let count = 0;
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      if (readlinkSync(`/proc/self/fd/${fd}`) === path) count++;
+    } catch {
+      // closed while we looked
+    }
+  }
+  return count;
 }

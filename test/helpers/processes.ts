@@ -2,6 +2,7 @@
 // they run in; a pid known to be dead.
 
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -69,4 +70,39 @@ export function describeRun(r: RunResult): string {
 export function deadPid(): number {
   const r = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { timeout: 15_000 });
   return Number(r.stdout.toString());
+}
+
+export interface ExitStatus {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+}
+
+/**
+ * How a test stops a process it started: `signal` (SIGTERM by default) to its own pid, SIGKILL
+ * if it is still there 20 s later; resolves with its exit status (`exited`).
+ */
+export function stopperOf(child: ChildProcess, exited: Promise<ExitStatus>): (signal?: NodeJS.Signals) => Promise<ExitStatus> {
+  return async (signal = 'SIGTERM') => {
+    if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
+      process.kill(child.pid, signal);
+      const killer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+      const status = await exited;
+      clearTimeout(killer);
+      return status;
+    }
+    return exited;
+  };
+}
+
+/** A TCP port free on 127.0.0.1 a moment ago (for programs that cannot be told port 0). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.once('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const address = probe.address();
+      const port = address !== null && typeof address === 'object' ? address.port : 0;
+      probe.close(() => resolve(port));
+    });
+  });
 }

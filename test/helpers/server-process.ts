@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Test } from 'tap';
 import { type BaseGuard, guardBase, makePatternBase } from './bases.js';
-import { pidOf, ROOT, type RunOptions, type RunResult, run } from './processes.js';
+import { pidOf, ROOT, type RunOptions, type RunResult, run, stopperOf } from './processes.js';
 
 /**
  * The CLI under test: the built dist/bin/nbd-cow.js, started through its `#!/usr/bin/env node`
@@ -54,16 +54,7 @@ async function startCliServer(t: Test, argv: readonly string[], cli: string): Pr
   const safety = setTimeout(() => child.kill('SIGKILL'), SERVER_TIMEOUT_MS);
   void exited.then(() => clearTimeout(safety));
 
-  const stop = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<{ code: number | null; signal: NodeJS.Signals | null }> => {
-    if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
-      process.kill(child.pid, signal);
-      const killer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-      const status = await exited;
-      clearTimeout(killer);
-      return status;
-    }
-    return exited;
-  };
+  const stop = stopperOf(child, exited);
   t.teardown(() => stop());
 
   const uri = await new Promise<string>((resolve, reject) => {

@@ -4,10 +4,9 @@
 // t.teardown.
 
 import { type ChildProcess, spawn } from 'node:child_process';
-import { createServer } from 'node:net';
 import type { Test } from 'tap';
 import { which } from './clients.js';
-import { pidOf, ROOT } from './processes.js';
+import { freePort, pidOf, ROOT, stopperOf } from './processes.js';
 import { TimeoutError, waitFor } from './wait.js';
 
 export const SOCKET_ACTIVATE = 'systemd-socket-activate';
@@ -90,16 +89,7 @@ function start(t: Test, options: ActivateOptions, port: number): Activated {
   const safety = setTimeout(() => child.kill('SIGKILL'), PROCESS_TIMEOUT_MS);
   void exited.then(() => clearTimeout(safety));
   const pid = pidOf(child);
-  const stop = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<{ code: number | null; signal: NodeJS.Signals | null }> => {
-    if (child.exitCode === null && child.signalCode === null) {
-      process.kill(pid, signal);
-      const killer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-      const status = await exited;
-      clearTimeout(killer);
-      return status;
-    }
-    return exited;
-  };
+  const stop = stopperOf(child, exited);
   t.teardown(() => stop());
   return { pid, child, port, stdout: () => stdout, stderr: () => stderr, exited, stop };
 }
@@ -119,17 +109,4 @@ async function waitForSockets(started: Activated, count: number): Promise<void> 
     throw err;
   }
   if (gone) throw new Error(`${SOCKET_ACTIVATE} exited: ${started.stderr().trim()}`);
-}
-
-/** A TCP port free on 127.0.0.1 a moment ago. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.once('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const address = probe.address();
-      const port = address !== null && typeof address === 'object' ? address.port : 0;
-      probe.close(() => resolve(port));
-    });
-  });
 }

@@ -4,7 +4,7 @@
 // changes nothing. Also the checks made before anything opens, the overlay directory (made 0700,
 // swept once) and close().
 
-import { existsSync, readdirSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import type { BlockDevice } from '../../lib/block/device.js';
@@ -17,6 +17,7 @@ import type { ClientIdentity, Export } from '../../lib/server/exports.js';
 import { NO_EVENTS } from '../../lib/server/server-events.js';
 import type { TlsMode } from '../../lib/server/tls-credentials.js';
 import { writeBaseFile } from '../helpers/bases.js';
+import { fdsOn } from '../helpers/files.js';
 import { deadPid } from '../helpers/processes.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -80,19 +81,6 @@ function lab(t: Test, options: { tlsMode?: TlsMode } = {}): Lab {
       };
     },
   };
-}
-
-/** File descriptors of this process open on `path` (Linux: /proc/self/fd). */
-function fdsOn(path: string): number {
-  let count = 0;
-  for (const fd of readdirSync('/proc/self/fd')) {
-    try {
-      if (readlinkSync(`/proc/self/fd/${fd}`) === path) count++;
-    } catch {
-      // closed while we looked
-    }
-  }
-  return count;
 }
 
 function names(exports: ConfiguredExports): string[] {

@@ -3,13 +3,14 @@
 // named overlays kept after close, the count of open devices, and the base's lifetime: retire()
 // closes it once the last device is closed, close() at once and only once.
 
-import { existsSync, readdirSync, readlinkSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import type { BlockDevice } from '../../lib/block/device.js';
 import { type BackingOptions, ExportBacking } from '../../lib/server/export-backing.js';
 import { NO_EVENTS } from '../../lib/server/server-events.js';
 import { writeBaseFile } from '../helpers/bases.js';
+import { fdsOn } from '../helpers/files.js';
 import { within } from '../helpers/wait.js';
 
 const SIZE = 64 * 1024;
@@ -53,19 +54,6 @@ async function open(t: Test, options: Partial<BackingOptions> = {}): Promise<Fix
   };
   t.teardown(() => backing.close());
   return { backing, base, overlayDir, warnings, baseCloses: () => closes };
-}
-
-/** File descriptors of this process open on `path` (Linux: /proc/self/fd). */
-function fdsOn(path: string): number {
-  let count = 0;
-  for (const fd of readdirSync('/proc/self/fd')) {
-    try {
-      if (readlinkSync(`/proc/self/fd/${fd}`) === path) count++;
-    } catch {
-      // closed while we looked
-    }
-  }
-  return count;
 }
 
 async function readAt(device: BlockDevice | ExportBacking['base'], offset: number, length: number): Promise<Buffer> {
