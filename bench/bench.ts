@@ -11,6 +11,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NbdSession } from '../test/helpers/raw-nbd/session.js';
 import { makeBase, primeMemory, sha256, warmBase } from './lib/base-image.js';
+import { buildLayer, LAYER_TOKEN } from './lib/layer.js';
 import { die, log } from './lib/log.js';
 import { alive, childPids, cpuSeconds, sleep, startTime, statusKiB, stopPid, tail } from './lib/proc.js';
 import { computeRatios, MEMORY, OURS, renderMarkdown } from './lib/report.js';
@@ -66,6 +67,8 @@ function serverDef(name: string): ServerDef {
 const WORK = mkdtempSync(join(os.tmpdir(), 'nbd-cow-bench-'));
 const BASE = join(WORK, 'base.raw');
 const BASE_SIZE = settings.base_mb * 1024 * 1024;
+/** The frozen layer a variant with {layer} in its flags serves (bench/lib/layer.ts). */
+const LAYER = join(WORK, 'layer.cow');
 /** Servers running now, by PID. */
 const live = new Map<number, { child: ChildProcess | null; startedAt: string | null }>();
 /** fio child processes running now. */
@@ -154,7 +157,7 @@ async function startServer(name: string, transport: Transport): Promise<RunningS
     run,
     transport,
     logFd,
-    oursArgs: def.oursArgs ?? settings.ours_args,
+    oursArgs: (def.oursArgs ?? settings.ours_args).map((arg) => (arg === LAYER_TOKEN ? LAYER : arg)),
     exportName: def.exportName,
     root: ROOT,
   };
@@ -389,6 +392,10 @@ async function main(): Promise<void> {
   results.base.size_bytes = BASE_SIZE;
   results.base.sha256 = sha256(BASE);
   results.base.unchanged = true;
+  if (settings.ours_variants.some((args) => args.includes(LAYER_TOKEN))) {
+    const share = await buildLayer(BASE, LAYER);
+    log(`built a frozen layer holding ${Math.round(share * 100)} % of the base for ${LAYER_TOKEN}: ${LAYER}`);
+  }
   baseFd = openSync(BASE, 'r');
   recordVersions();
 

@@ -9,7 +9,10 @@ import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { commitOverlay } from '../lib/block/overlay-commit.js';
 import { inspectOverlay, overlayExtents, overlayInfo } from '../lib/block/overlay-inspect.js';
+import { createOverlay, discardOverlay, freezeOverlay } from '../lib/block/overlay-lifecycle.js';
 import { formatCommitSummary, formatInfo, formatMap, infoJson, mapJson } from '../lib/block/overlay-report.js';
+import { overlayStats } from '../lib/block/overlay-stats.js';
+import { formatStats, STATS_DEFINITIONS, skipWarning, statsJson } from '../lib/block/overlay-stats-report.js';
 import { loadConfigFile } from '../lib/config/config-file.js';
 import { reloadFromFile } from '../lib/config/reload.js';
 import type { ServerConfig } from '../lib/config/server-config.js';
@@ -79,6 +82,7 @@ interface CliOptions {
   maxOverlaySize?: number;
   maxOverlayDirSize?: number;
   elideBaseMatches?: boolean;
+  layer?: string[];
   tls: TlsMode;
   tlsCertificates?: string;
   tlsPsk?: string;
@@ -88,6 +92,19 @@ interface CliOptions {
   bufferMemory?: number;
   metrics?: { host: string; port: number };
   config?: string;
+}
+
+/** --layer for the overlay commands: the stack the overlay sits on, as serve takes it. */
+function layerOption(): Option {
+  return new Option(
+    '--layer <file>',
+    'a frozen overlay on the base; repeat it, bottom first, as serve was given them (the overlay belongs on the last)',
+  ).argParser(collect);
+}
+
+/** A repeatable option's values, in order. */
+function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
 }
 
 function parsePort(value: string): number {
@@ -135,7 +152,7 @@ function collectAllowed(value: string, previous: string[] | undefined): string[]
   } catch (err) {
     throw new InvalidArgumentError((err as Error).message);
   }
-  return [...(previous ?? []), value];
+  return collect(value, previous);
 }
 
 /** An octal permission mode as chmod takes it: 660, 0660 or 0o660. */
@@ -170,6 +187,14 @@ function addServeOptions(cmd: Command): Command {
     .option('--overlay-dir <dir>', 'where overlay files live (default: a directory under the temp dir)')
     .option('--block-size <n>', 'overlay block size, power of two from 512 to 1M', parseBlockSize, DEFAULT_BLOCK_SIZE)
     .option('-r, --read-only', 'serve the base read-only, with no overlay at all')
+    .addOption(
+      new Option(
+        '--layer <file>',
+        'a frozen overlay (nbd-cow overlay freeze) stacked on the base; repeat it, bottom layer first. Reads fall ' +
+          "through the layers to the base, clients' overlays sit on the last one. A layer made for another base or " +
+          'layer is refused',
+      ).argParser(collect),
+    )
     .addOption(
       new Option(
         '--overlays <kind>',
@@ -278,6 +303,7 @@ function toServerOptions(base: string, opts: CliOptions): Omit<ServerOptions, 'l
     ...(opts.maxOverlaySize !== undefined ? { maxOverlaySize: opts.maxOverlaySize } : {}),
     ...(opts.maxOverlayDirSize !== undefined ? { maxOverlayDirSize: opts.maxOverlayDirSize } : {}),
     ...(opts.elideBaseMatches === true ? { elideBaseMatches: true } : {}),
+    ...(opts.layer !== undefined ? { layers: opts.layer } : {}),
     ...(opts.allow !== undefined ? { allow: opts.allow } : {}),
     ...(opts.maxConnections !== undefined ? { maxConnections: opts.maxConnections } : {}),
     ...(opts.metrics !== undefined ? { metrics: opts.metrics } : {}),
@@ -485,9 +511,10 @@ overlay
   )
   .argument('<file>', 'overlay file (e.g. OVERLAY_DIR/named-golden@alice.cow)')
   .requiredOption('--base <base>', 'the base image the overlay belongs to')
+  .addOption(layerOption())
   .option('--repair', 'make an overlay left by a crash consistent and clean (refuses corruption)')
-  .action((file: string, opts: { base: string; repair?: boolean }) =>
-    checkOverlay(file, { base: opts.base, repair: opts.repair === true }).then((r) => {
+  .action((file: string, opts: { base: string; layer?: string[]; repair?: boolean }) =>
+    checkOverlay(file, { base: opts.base, layers: opts.layer ?? [], repair: opts.repair === true }).then((r) => {
       for (const line of r.lines) process.stdout.write(`${line}\n`);
       process.exitCode = r.exitCode;
     }, fail),
@@ -524,6 +551,24 @@ overlay
   );
 
 overlay
+  .command('stats')
+  .description(
+    'across the overlays in DIR (its *.cow files, not recursive): data blocks, blocks with identical content, and how ' +
+      'much a shared content-addressed block store would save (saved = data bytes - stored bytes, see below). ' +
+      'Read-only: servers using the overlays are not disturbed; a file that is not an overlay is skipped with a warning',
+  )
+  .argument('<dir>', "overlay directory (a server's --overlay-dir)")
+  .option('--base <base>', "only overlays of this base image; also count data blocks equal to the base's at their offset")
+  .option('--json', 'print one JSON object (README, "Overlay tools")')
+  .addHelpText('after', STATS_DEFINITIONS)
+  .action((dir: string, opts: { base?: string; json?: boolean }) =>
+    overlayStats(dir, opts.base === undefined ? {} : { base: opts.base }).then((stats) => {
+      for (const s of stats.skipped) process.stderr.write(skipWarning(s.reason));
+      process.stdout.write(opts.json === true ? statsJson(stats) : formatStats(stats));
+    }, fail),
+  );
+
+overlay
   .command('commit')
   .description(
     'write BASE with the overlay on top as a new raw image NEW (sparse where it reads as zeros), read it back to ' +
@@ -533,6 +578,7 @@ overlay
   )
   .argument('<file>', 'overlay file')
   .requiredOption('--base <base>', 'the base image the overlay belongs to (checked by size and fingerprint)')
+  .addOption(layerOption())
   .requiredOption('-o, --output <new>', 'the raw image to write')
   .option(
     '--force',
@@ -540,7 +586,7 @@ overlay
       'replace an existing NEW and remove a leftover NEW.tmp',
   )
   .option('-q, --quiet', 'no progress bar and no summary line (the bar is drawn only when stderr is a terminal)')
-  .action(async (file: string, opts: { base: string; output: string; force?: boolean; quiet?: boolean }) => {
+  .action(async (file: string, opts: { base: string; layer?: string[]; output: string; force?: boolean; quiet?: boolean }) => {
     const bar = progressBar({ stream: process.stderr, quiet: opts.quiet === true });
     // A signal stops the copy between windows and removes NEW.tmp; a second one exits at once.
     const interrupt = new AbortController();
@@ -549,6 +595,7 @@ overlay
     try {
       const result = await commitOverlay(file, {
         base: opts.base,
+        layers: opts.layer ?? [],
         output: opts.output,
         force: opts.force === true,
         onProgress: ({ phase, done, total }) => bar.update(phase, done, total),
@@ -562,6 +609,55 @@ overlay
       fail(err);
     }
   });
+
+overlay
+  .command('create')
+  .description(
+    'create an empty overlay for BASE (and its --layer stack) ahead of time, clean and ready: as a named overlay ' +
+      'a server opens it at the first NBD_OPT_GO for EXPORT@NAME when it is OVERLAY_DIR/named-EXPORT@NAME.cow. ' +
+      'Refuses an existing FILE',
+  )
+  .argument('<file>', 'the overlay file to create (e.g. OVERLAY_DIR/named-golden@alice.cow)')
+  .requiredOption('--base <base>', 'the base image it is for')
+  .addOption(layerOption())
+  .option('--block-size <n>', 'block size, power of two from 512 to 1M', parseBlockSize, DEFAULT_BLOCK_SIZE)
+  .action((file: string, opts: { base: string; layer?: string[]; blockSize: number }) =>
+    createOverlay(file, { base: opts.base, layers: opts.layer ?? [], blockSize: opts.blockSize }).then(
+      () => void process.stdout.write(`${file}: created, empty, for ${[opts.base, ...(opts.layer ?? [])].join(' + ')}\n`),
+      fail,
+    ),
+  );
+
+overlay
+  .command('discard')
+  .description(
+    'delete an overlay: refused while a server has it open, for a file that is not an nbd-cow overlay, and for a ' +
+      'frozen one (a layer others may stand on) without --force',
+  )
+  .argument('<file>', 'overlay file')
+  .option('--force', 'delete a frozen overlay too')
+  .action((file: string, opts: { force?: boolean }) =>
+    discardOverlay(file, { force: opts.force === true }).then(() => void process.stdout.write(`${file}: discarded\n`), fail),
+  );
+
+overlay
+  .command('freeze')
+  .description(
+    'make an overlay read-only for good, so it can serve as a layer (serve BASE --layer FILE): the header says ' +
+      'frozen (with a random layer id that overlays made on it record), the file loses its write bits, and no ' +
+      'server opens it for writing again. Refuses one in use or not closed cleanly',
+  )
+  .argument('<file>', 'overlay file')
+  .action((file: string) =>
+    freezeOverlay(file).then(
+      (r) =>
+        void process.stdout.write(
+          `${file}: ${r.already ? 'already frozen' : 'frozen'}; overlays made on it record base size ${r.identity.size}, ` +
+            `fingerprint ${r.identity.fingerprint}\n`,
+        ),
+      fail,
+    ),
+  );
 
 program
   .command('sessions')

@@ -50,6 +50,8 @@ export { type RunningServer, type ServerRuntime, startConfiguredServer } from '.
 export interface ServerOptions extends AccessOptions {
   /** Path of the base image; opened read-only and never written. */
   readonly base: string;
+  /** Frozen overlays (`nbd-cow overlay freeze`) stacked on the base, bottom first; clients' overlays sit on the last. */
+  readonly layers?: readonly string[];
   /** Export name; default: the base file's name without its extension. */
   readonly exportName?: string;
   readonly description?: string;
@@ -122,6 +124,7 @@ export function serverConfigFromOptions(options: ServerOptions): ServerConfig {
       {
         name: options.exportName ?? defaultExportName(options.base),
         base: options.base,
+        ...(options.layers !== undefined && options.layers.length > 0 ? { layers: options.layers.map((l) => resolve(l)) } : {}),
         ...(options.description !== undefined ? { description: options.description } : {}),
         readOnly,
         blockSize: options.blockSize ?? DEFAULT_BLOCK_SIZE,

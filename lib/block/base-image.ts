@@ -95,26 +95,20 @@ export async function openBase(path: string): Promise<BaseImage> {
   }
 }
 
-class BaseFile implements BaseImage {
-  readonly path: string;
-  readonly identity: BaseIdentity;
+/**
+ * What every read-only image shares (the base file, a stack of frozen layers on it): write-type
+ * calls refused with EPERM, flush a no-op, cache() reading the range in bounded chunks.
+ */
+export abstract class ReadOnlyImage implements BaseImage {
   readonly writable = false;
-  readonly #file: DataFile;
-  #closed = false;
-
-  constructor(path: string, file: DataFile, identity: BaseIdentity) {
-    this.path = path;
-    this.#file = file;
-    this.identity = identity;
-  }
+  abstract readonly path: string;
+  abstract readonly identity: BaseIdentity;
+  abstract read(offset: number, dest: Buffer): Promise<void>;
+  abstract extents(offset: number, length: number, maxExtents: number): Promise<Extent[]>;
+  abstract close(): Promise<void>;
 
   get size(): number {
     return this.identity.size;
-  }
-
-  read(offset: number, dest: Buffer): Promise<void> {
-    if (this.#closed) return Promise.reject(codedError('ESHUTDOWN', `base image ${this.path} is closed`));
-    return this.#file.read(dest, offset);
   }
 
   write(): Promise<void> {
@@ -139,17 +133,37 @@ class BaseFile implements BaseImage {
     }
   }
 
+  async #readOnly(): Promise<void> {
+    throw codedError('EPERM', `${this.path} is read-only`);
+  }
+}
+
+class BaseFile extends ReadOnlyImage {
+  readonly path: string;
+  readonly identity: BaseIdentity;
+  readonly #file: DataFile;
+  #closed = false;
+
+  constructor(path: string, file: DataFile, identity: BaseIdentity) {
+    super();
+    this.path = path;
+    this.#file = file;
+    this.identity = identity;
+  }
+
+  read(offset: number, dest: Buffer): Promise<void> {
+    if (this.#closed) return Promise.reject(codedError('ESHUTDOWN', `base image ${this.path} is closed`));
+    return this.#file.read(dest, offset);
+  }
+
+  /** All of it comes from this file: depth 1 (holes in it are not looked for). */
   async extents(offset: number, length: number): Promise<Extent[]> {
-    return [{ length: Math.max(0, Math.min(length, this.size - offset)), state: 'base' }];
+    return [{ length: Math.max(0, Math.min(length, this.size - offset)), state: 'base', depth: 1 }];
   }
 
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     await this.#file.close();
-  }
-
-  async #readOnly(): Promise<void> {
-    throw codedError('EPERM', `base image ${this.path} is read-only`);
   }
 }

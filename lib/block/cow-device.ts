@@ -31,7 +31,7 @@
 import type { BaseImage } from './base-image.js';
 import { type Bitmap, BLOCK_BASE, BLOCK_DATA } from './bitmap.js';
 import { codedError } from './coded-error.js';
-import type { BlockDevice, Extent, ExtentState, WriteOptions, ZeroOptions } from './device.js';
+import { type BlockDevice, type Extent, type ExtentState, extentDepth, type WriteOptions, type ZeroOptions } from './device.js';
 import { NO_OVERLAY_EVENTS, type OverlayEvents } from './overlay-events.js';
 import { OverlayFile } from './overlay-file.js';
 import { overlayGeometry } from './overlay-layout.js';
@@ -267,14 +267,32 @@ export class CowDevice implements BlockDevice {
     }
   }
 
+  /**
+   * The overlay's runs, depth 1; a run still in the base is described by the base (one extent
+   * for a base file, the layers' own runs for a stack of layers) one level deeper.
+   */
   async extents(offset: number, length: number, maxExtents: number): Promise<Extent[]> {
     this.#checkOpen();
     const end = Math.min(offset + length, this.size);
-    if (this.#overlay === undefined) return [{ length: Math.max(0, end - offset), state: 'base' }];
+    const max = Math.max(1, maxExtents);
+    const overlay = this.#overlay;
+    const runs: Array<[number, number, number]> = [];
+    if (overlay === undefined) runs.push([BLOCK_BASE, offset, end]);
+    else this.#forEachRun(overlay.map, offset, end, max, (state, start, runEnd) => void runs.push([state, start, runEnd]));
     const out: Extent[] = [];
-    this.#forEachRun(this.#overlay.map, offset, end, Math.max(1, maxExtents), (state, start, runEnd) => {
-      out.push({ length: runEnd - start, state: STATE_NAMES[state] ?? 'base' });
-    });
+    for (const [state, start, runEnd] of runs) {
+      if (out.length >= max) break;
+      if (state !== BLOCK_BASE) {
+        out.push({ length: runEnd - start, state: STATE_NAMES[state] ?? 'base', depth: 1 });
+        continue;
+      }
+      let covered = start;
+      for (const below of await this.#base.extents(start, runEnd - start, max - out.length)) {
+        out.push({ ...below, depth: extentDepth(below) + 1 });
+        covered += below.length;
+      }
+      if (covered < runEnd) break; // the base stopped early (its extents ran out): so do we
+    }
     return out;
   }
 

@@ -14,6 +14,17 @@ export type ExtentState =
 export interface Extent {
   readonly length: number;
   readonly state: ExtentState;
+  /**
+   * Which level of the device supplies the bytes, counted from the top as qemu counts a backing
+   * chain: 1 = the device's own overlay (or the image itself), 2 = the level below it, and so on
+   * down to the base file. When absent: 1 for "data" and "zero", 2 for "base".
+   */
+  readonly depth?: number;
+}
+
+/** The depth of `extent` (Extent.depth, or what its absence means). */
+export function extentDepth(extent: Extent): number {
+  return extent.depth ?? (extent.state === 'base' ? 2 : 1);
 }
 
 export interface WriteOptions {

@@ -14,10 +14,11 @@
 // Exit codes, as fsck: 0 clean, 1 repaired, 2 not closed cleanly (or in use) and not repaired,
 // 4 corrupt or made for another base, 8 could not check (missing file, unreadable base).
 
-import { type BaseImage, openBase } from './base-image.js';
+import type { BaseImage } from './base-image.js';
 import { BLOCK_DATA, BLOCK_ZERO } from './bitmap.js';
 import { codedError } from './coded-error.js';
 import { DataFile } from './data-file.js';
+import { openImageStack } from './layer-stack.js';
 import { readOverlayHeader, readOverlayMap } from './overlay-file.js';
 import { encodeOverlayHeader, OVERLAY_HEADER_LENGTH } from './overlay-header.js';
 import { checkBaseBinding } from './overlay-layout.js';
@@ -35,6 +36,8 @@ export interface CheckReport {
 
 export interface CheckOptions {
   readonly base: string;
+  /** Frozen overlays on the base, bottom first: the overlay belongs on the last. */
+  readonly layers?: readonly string[];
   readonly repair?: boolean;
 }
 
@@ -52,7 +55,7 @@ export async function checkOverlay(path: string, options: CheckOptions): Promise
   const lines: string[] = [];
   let base: BaseImage;
   try {
-    base = await openBase(options.base);
+    base = await openImageStack(options.base, options.layers ?? []);
   } catch (err) {
     return report('error', [`cannot check: ${(err as Error).message}`]);
   }
@@ -131,7 +134,7 @@ async function checkOpen(
     return report('not-clean', lines);
   }
   if (!header.dirty && !excess) {
-    lines.push('state: clean (closed cleanly)');
+    lines.push(header.frozen === true ? 'state: clean, frozen (a layer: read-only for good)' : 'state: clean (closed cleanly)');
     return report('clean', lines);
   }
   if (header.dirty) {

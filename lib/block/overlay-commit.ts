@@ -11,10 +11,10 @@
 //
 // The copy itself (sparse, verified, flushed) is commit-copy.ts.
 
-import { openBase } from './base-image.js';
 import { codedError } from './coded-error.js';
 import { Composer, copyVerified } from './commit-copy.js';
 import { CommitOutput } from './commit-output.js';
+import { openImageStack } from './layer-stack.js';
 import { type InspectedOverlay, openOverlayReadOnly } from './overlay-inspect.js';
 import { checkBaseBinding } from './overlay-layout.js';
 
@@ -28,6 +28,8 @@ export interface CommitProgress {
 
 export interface CommitOptions {
   readonly base: string;
+  /** Frozen overlays on the base, bottom first: the overlay belongs on the last. */
+  readonly layers?: readonly string[];
   readonly output: string;
   /** Commit an overlay in use or not closed cleanly; replace an existing output. */
   readonly force?: boolean;
@@ -78,7 +80,8 @@ function checkBelongs(o: InspectedOverlay, base: { size: number; fingerprint: st
 /** Commit the overlay at `path` onto its base as a new raw image (see the top of this file). */
 export async function commitOverlay(path: string, options: CommitOptions): Promise<CommitResult> {
   const force = options.force ?? false;
-  const base = await openBase(options.base);
+  const layers = options.layers ?? [];
+  const base = await openImageStack(options.base, layers);
   try {
     const { inspected, file } = await openOverlayReadOnly(path);
     try {
@@ -87,6 +90,7 @@ export async function commitOverlay(path: string, options: CommitOptions): Promi
       if (overlayState !== undefined && !force) throw codedError('EBUSY', refusalMessage(inspected, options.base));
       const inputs = [
         { path: options.base, what: 'base image' },
+        ...layers.map((layer) => ({ path: layer, what: 'layer' })),
         { path, what: 'overlay' },
       ];
       const out = await CommitOutput.create(options.output, { force, inputs });

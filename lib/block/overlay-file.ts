@@ -16,6 +16,7 @@
 import { dirname } from 'node:path';
 import type { BaseIdentity } from './base-image.js';
 import { Bitmap, MAP_PAGE_SIZE } from './bitmap.js';
+import { codedError } from './coded-error.js';
 import { publish, removeFile, syncDirectory } from './control-file.js';
 import { DataFile } from './data-file.js';
 import { encodeOverlayHeader, OVERLAY_HEADER_LENGTH, type OverlayHeader } from './overlay-header.js';
@@ -107,13 +108,16 @@ export class OverlayFile {
 
   /**
    * Open an existing overlay made for `base`. Refuses (changing nothing on disk) an overlay of
-   * another base, a corrupt header or map. `wasDirty` tells whether it was closed cleanly.
+   * another base, a frozen one (a layer, read-only for good), a corrupt header or map. `wasDirty` tells whether it was closed cleanly.
    * Reads the header and the whole map (2 bits per block: 640 KiB for 10 GiB in 4 KiB blocks).
    */
   static async open(path: string, base: BaseIdentity): Promise<OverlayFile> {
     const file = await DataFile.open(path, O_RDWR);
     try {
       const { header, geometry } = await readOverlayHeader(file);
+      if (header.frozen === true) {
+        throw codedError('EPERM', `overlay ${path} is frozen: it can only serve as a layer below others (--layer ${path})`);
+      }
       checkBaseBinding(path, header, base);
       const map = await readOverlayMap(file, geometry);
       return new OverlayFile(path, file, geometry, map, base, header.dirty);

@@ -5,14 +5,15 @@
 //   [  8.. 11]  format version (1)
 //   [ 12.. 15]  header length (128)
 //   [ 16.. 19]  block size
-//   [ 20.. 23]  flags: bit 0 = dirty; other bits must be zero
+//   [ 20.. 23]  flags: bit 0 = dirty, bit 1 = frozen; other bits must be zero
 //   [ 24.. 31]  virtual size (bytes)
 //   [ 32.. 39]  base size (bytes)
 //   [ 40.. 71]  base fingerprint (sha256, 32 bytes)
 //   [ 72.. 79]  map offset
 //   [ 80.. 87]  map length
 //   [ 88.. 95]  data offset
-//   [ 96..123]  reserved, zero
+//   [ 96..111]  layer id (16 random bytes, set by freeze; zero while not frozen)
+//   [112..123]  reserved, zero
 //   [124..127]  crc32 of bytes [0, 124)
 
 import { crc32 } from 'node:zlib';
@@ -21,6 +22,13 @@ export const OVERLAY_MAGIC = 'NBDCOWOV';
 export const OVERLAY_VERSION = 1;
 export const OVERLAY_HEADER_LENGTH = 128;
 export const FLAG_DIRTY = 1;
+/** Read-only for good (`overlay freeze`): it may serve as a layer and never changes again. */
+export const FLAG_FROZEN = 2;
+export const LAYER_ID_LENGTH = 16;
+
+const KNOWN_FLAGS = FLAG_DIRTY | FLAG_FROZEN;
+const LAYER_ID_OFFSET = 96;
+const NO_LAYER_ID = '0'.repeat(LAYER_ID_LENGTH * 2);
 
 const CRC_OFFSET = 124;
 
@@ -32,6 +40,10 @@ export interface OverlayHeader {
   readonly baseFingerprint: string;
   /** Set while the on-disk map may lag the data (the overlay is in use or was not closed). */
   readonly dirty: boolean;
+  /** Set by freeze: the overlay never changes again and may serve as a layer. */
+  readonly frozen?: boolean;
+  /** A frozen overlay's id (32 lowercase hex digits): part of its identity as a layer. */
+  readonly layerId?: string;
   readonly mapOffset: number;
   readonly mapLength: number;
   readonly dataOffset: number;
@@ -57,13 +69,18 @@ export function encodeOverlayHeader(h: OverlayHeader): Buffer {
   buf.writeUInt32BE(OVERLAY_VERSION, 8);
   buf.writeUInt32BE(OVERLAY_HEADER_LENGTH, 12);
   buf.writeUInt32BE(h.blockSize, 16);
-  buf.writeUInt32BE(h.dirty ? FLAG_DIRTY : 0, 20);
+  const frozen = h.frozen === true;
+  if (frozen && (h.layerId === undefined || !/^[0-9a-f]{32}$/.test(h.layerId) || h.layerId === NO_LAYER_ID)) {
+    throw new RangeError(`a frozen overlay needs a layer id of 32 lowercase hex digits, not all zero: ${h.layerId}`);
+  }
+  buf.writeUInt32BE((h.dirty ? FLAG_DIRTY : 0) | (frozen ? FLAG_FROZEN : 0), 20);
   buf.writeBigUInt64BE(BigInt(h.virtualSize), 24);
   buf.writeBigUInt64BE(BigInt(h.baseSize), 32);
   buf.write(h.baseFingerprint, 40, 'hex');
   buf.writeBigUInt64BE(BigInt(h.mapOffset), 72);
   buf.writeBigUInt64BE(BigInt(h.mapLength), 80);
   buf.writeBigUInt64BE(BigInt(h.dataOffset), 88);
+  if (frozen) buf.write(h.layerId as string, LAYER_ID_OFFSET, 'hex');
   buf.writeUInt32BE(crc32(buf.subarray(0, CRC_OFFSET)), CRC_OFFSET);
   return buf;
 }
@@ -86,13 +103,19 @@ export function decodeOverlayHeader(buf: Buffer, offset = 0): OverlayHeader {
   const headerLength = h.readUInt32BE(12);
   if (headerLength !== OVERLAY_HEADER_LENGTH) throw headerError(`bad header length ${headerLength}`);
   const flags = h.readUInt32BE(20);
-  if ((flags & ~FLAG_DIRTY) !== 0) throw headerError(`unknown flags 0x${flags.toString(16)}`);
+  if ((flags & ~KNOWN_FLAGS) !== 0) throw headerError(`unknown flags 0x${flags.toString(16)}`);
+  const frozen = (flags & FLAG_FROZEN) !== 0;
+  const layerId = h.subarray(LAYER_ID_OFFSET, LAYER_ID_OFFSET + LAYER_ID_LENGTH).toString('hex');
+  if (frozen && layerId === NO_LAYER_ID) throw headerError('frozen without a layer id');
+  if (frozen && (flags & FLAG_DIRTY) !== 0) throw headerError('both frozen and dirty');
   return {
     blockSize: h.readUInt32BE(16),
     virtualSize: readU64(h, 24, 'virtual size'),
     baseSize: readU64(h, 32, 'base size'),
     baseFingerprint: h.subarray(40, 72).toString('hex'),
     dirty: (flags & FLAG_DIRTY) !== 0,
+    frozen,
+    ...(frozen ? { layerId } : {}),
     mapOffset: readU64(h, 72, 'map offset'),
     mapLength: readU64(h, 80, 'map length'),
     dataOffset: readU64(h, 88, 'data offset'),

@@ -13,6 +13,7 @@ import { type Bitmap, BLOCK_BASE, BLOCK_DATA, BLOCK_ZERO, type BlockState } from
 import { codedError } from './coded-error.js';
 import { DataFile } from './data-file.js';
 import type { ExtentState } from './device.js';
+import { layerIdentity } from './layer-identity.js';
 import { readOverlayHeader, readOverlayMap } from './overlay-file.js';
 import { OVERLAY_HEADER_LENGTH, OVERLAY_VERSION, type OverlayHeader } from './overlay-header.js';
 import type { OverlayGeometry } from './overlay-layout.js';
@@ -62,6 +63,8 @@ export interface OverlayInfo {
   readonly fileLength: number;
   readonly allocatedBytes: number;
   readonly dirty: boolean;
+  /** Frozen: what overlays made on it as a layer record as their base; undefined when not frozen. */
+  readonly layer: BaseIdentity | undefined;
   readonly inUseBy: number | undefined;
 }
 
@@ -164,6 +167,7 @@ export function overlayInfo(inspected: InspectedOverlay): OverlayInfo {
     fileLength: inspected.fileLength,
     allocatedBytes: inspected.allocatedBytes,
     dirty: h.dirty,
+    layer: h.frozen === true ? layerIdentity(h) : undefined,
     inUseBy: inspected.inUseBy,
   };
 }

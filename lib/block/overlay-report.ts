@@ -63,6 +63,12 @@ export function formatInfo(info: OverlayInfo): string {
     ['file length', sizeLine(info.fileLength)],
     ['disk size', sizeLine(info.allocatedBytes)],
     ['state', state],
+    [
+      'frozen',
+      info.layer === undefined
+        ? 'no'
+        : `yes: a layer (--layer); overlays on it record base size ${info.layer.size}, fingerprint ${info.layer.fingerprint}`,
+    ],
     ['in use', inUse],
   ]);
 }
@@ -82,6 +88,8 @@ export function infoJson(info: OverlayInfo): string {
     'file-length': info.fileLength,
     'actual-size': info.allocatedBytes,
     dirty: info.dirty,
+    frozen: info.layer !== undefined,
+    ...(info.layer !== undefined ? { 'layer-fingerprint': info.layer.fingerprint } : {}),
     'in-use': info.inUseBy !== undefined,
     ...(info.inUseBy !== undefined ? { 'in-use-by': info.inUseBy } : {}),
   };

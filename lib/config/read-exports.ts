@@ -10,10 +10,11 @@ import { NAMED_OVERLAY_OWNERS, OVERLAY_POLICIES } from '../server/exports.js';
 import type { TlsMode } from '../server/tls-credentials.js';
 import { type ConfigMapping, type ConfigValue, quote } from './config-value.js';
 import type { ExportConfig } from './server-config.js';
-import { readAllowList, readPath, readSize } from './setting-values.js';
+import { readAllowList, readLayers, readPath, readSize } from './setting-values.js';
 
 const EXPORT_KEYS = [
   'base',
+  'layers',
   'description',
   'read-only',
   'block-size',
@@ -47,6 +48,7 @@ function readExport(name: string, settings: ConfigValue, { dir, tlsMode }: Expor
   const exp: ExportConfig = {
     name,
     base: readPath(fields.require('base', 'the base image this export serves'), dir),
+    ...fields.optional('layers', 'layers', (value) => readLayers(value, dir)),
     ...fields.optional('description', 'description', (value) => value.string()),
     readOnly: fields.read('read-only', (value) => value.boolean(), false),
     blockSize: fields.read('block-size', readBlockSize, DEFAULT_BLOCK_SIZE),

@@ -20,6 +20,11 @@ export interface ExportConfig {
   readonly name: string;
   /** Path of the base image (resolved against the config file's directory when relative). */
   readonly base: string;
+  /**
+   * Frozen overlays stacked on the base, bottom first (resolved like base): clients' overlays
+   * sit on the last one. None when absent.
+   */
+  readonly layers?: readonly string[];
   readonly description?: string;
   readonly readOnly: boolean;
   readonly blockSize: number;

@@ -69,6 +69,13 @@ export function readAllowList(value: ConfigValue): string[] {
   });
 }
 
+/** Frozen overlays stacked on a base, bottom first: a list of paths, each resolved like base. */
+export function readLayers(value: ConfigValue, dir: string): string[] {
+  return value
+    .list('a list of frozen overlay files, bottom first, such as [layers/tools.cow]')
+    .map((item) => readPath(item, dir));
+}
+
 /**
  * Permission bits in octal, as chmod takes them: `"0660"`, `"660"`, `0o660`, or an unquoted
  * `0660` (YAML 1.2 reads that as the decimal 660; a leading 0 means octal here, as in YAML 1.1

@@ -44,6 +44,7 @@ function backingKey(config: ExportConfig, overlayDir: string): string {
   return JSON.stringify([
     config.name,
     config.base,
+    config.layers ?? [],
     config.blockSize,
     config.readOnly,
     overlayDir,
@@ -155,6 +156,7 @@ export class ConfiguredExports {
     return ExportBacking.open({
       exportName: config.name,
       basePath: config.base,
+      layers: config.layers ?? [],
       blockSize: config.blockSize,
       readOnly: config.readOnly,
       overlayDir,

@@ -6,10 +6,11 @@
 // is closed, and live connections on it go on undisturbed until then.
 
 import { join } from 'node:path';
-import { type BaseImage, openBase } from '../block/base-image.js';
+import type { BaseImage } from '../block/base-image.js';
 import { CowDevice } from '../block/cow-device.js';
 import type { BlockDevice } from '../block/device.js';
 import { ephemeralOverlayName } from '../block/ephemeral.js';
+import { openImageStack } from '../block/layer-stack.js';
 import { NamedOverlays } from '../block/named-overlays.js';
 import type { OverlayEvents } from '../block/overlay-events.js';
 import type { SpaceLimits } from '../block/space-budget.js';
@@ -18,6 +19,8 @@ export interface BackingOptions {
   /** The export's name: its named overlays' files are `named-<name>@<overlay>.cow`. */
   readonly exportName: string;
   readonly basePath: string;
+  /** Frozen overlays on the base, bottom first (layer-stack.ts); the overlays sit on the last. */
+  readonly layers: readonly string[];
   readonly blockSize: number;
   /** Serve the base alone: no overlay, no overlay directory. */
   readonly readOnly: boolean;
@@ -58,9 +61,9 @@ export class ExportBacking {
     });
   }
 
-  /** Open the base (errors name its path). */
+  /** Open the base and its layers (errors name the path and the cause). */
   static async open(options: BackingOptions): Promise<ExportBacking> {
-    return new ExportBacking(options, await openBase(options.basePath));
+    return new ExportBacking(options, await openImageStack(options.basePath, options.layers));
   }
 
   /** Devices open on this backing now. */

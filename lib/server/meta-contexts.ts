@@ -1,28 +1,29 @@
 // The metadata contexts we serve (proto.md "Metadata querying") and how block-layer extent
 // states turn into their status values:
 //   base:allocation        data → 0, zero → HOLE|ZERO, base → 0 (we cannot see holes in the base)
-//   qemu:allocation-depth  overlay (data or zero) → 1, base → 2 (qemu's docs/interop/nbd.rst)
+//   qemu:allocation-depth  the extent's depth: the overlay (data or zero) → 1, the layers below
+//                          → 2, 3, ..., the base file → one more (qemu's docs/interop/nbd.rst)
 
-import type { ExtentState } from '../block/device.js';
+import { type Extent, extentDepth } from '../block/device.js';
 import { CONTEXT_BASE_ALLOCATION, CONTEXT_QEMU_ALLOCATION_DEPTH, NBD_STATE_HOLE, NBD_STATE_ZERO } from '../protocol/constants.js';
 
 export interface MetaContext {
   readonly name: string;
   /** Transient id sent in NBD_REP_META_CONTEXT and in block status chunks. */
   readonly id: number;
-  status(state: ExtentState): number;
+  status(extent: Extent): number;
 }
 
 const ALL: readonly MetaContext[] = [
   {
     name: CONTEXT_BASE_ALLOCATION,
     id: 1,
-    status: (state) => (state === 'zero' ? NBD_STATE_HOLE | NBD_STATE_ZERO : 0),
+    status: (extent) => (extent.state === 'zero' ? NBD_STATE_HOLE | NBD_STATE_ZERO : 0),
   },
   {
     name: CONTEXT_QEMU_ALLOCATION_DEPTH,
     id: 2,
-    status: (state) => (state === 'base' ? 2 : 1),
+    status: extentDepth,
   },
 ];
 

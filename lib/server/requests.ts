@@ -121,7 +121,7 @@ function clipExtents(extents: readonly Extent[], length: number): Extent[] {
     if (covered >= length) break;
     if (extent.length <= 0) break;
     const take = Math.min(extent.length, length - covered);
-    out.push({ length: take, state: extent.state });
+    out.push(take === extent.length ? extent : { ...extent, length: take });
     covered += take;
   }
   return out;
@@ -141,7 +141,7 @@ async function blockStatus(req: Request, session: Session): Promise<Buffer[]> {
 function statusDescriptors(extents: readonly Extent[], ctx: MetaContext): StatusDescriptor[] {
   const out: { length: number; flags: number }[] = [];
   for (const extent of extents) {
-    const flags = ctx.status(extent.state);
+    const flags = ctx.status(extent);
     const last = out[out.length - 1];
     if (last !== undefined && last.flags === flags) last.length += extent.length;
     else out.push({ length: extent.length, flags });

@@ -57,7 +57,7 @@ t.test('no overlay until the first write; deleted at close', async (t) => {
   const buf = Buffer.alloc(5000);
   await s.dev.read(100, buf);
   t.ok(buf.equals(s.model.subarray(100, 5100)));
-  t.same(await s.dev.extents(10, 100_000, 8), [{ length: 64 * 1024 - 10, state: 'base' }]);
+  t.same(await s.dev.extents(10, 100_000, 8), [{ length: 64 * 1024 - 10, state: 'base', depth: 2 }]);
   await s.dev.flush();
   await s.dev.cache(0, 64 * 1024);
   t.notOk(existsSync(s.overlayPath), 'reads, extents, flush and cache create nothing');
@@ -101,10 +101,10 @@ t.test('aligned and unaligned writes read back; base unchanged', async (t) => {
   // Blocks: 0 data, 1 data (RMW at 5000), 2-4 data, 5 data (boundary write), 6 data, 7-8 base,
   // 9-12 data, 13-15 base.
   t.same(ext, [
-    { length: 7 * 4096, state: 'data' },
-    { length: 2 * 4096, state: 'base' },
-    { length: 4 * 4096, state: 'data' },
-    { length: 3 * 4096, state: 'base' },
+    { length: 7 * 4096, state: 'data', depth: 1 },
+    { length: 2 * 4096, state: 'base', depth: 2 },
+    { length: 4 * 4096, state: 'data', depth: 1 },
+    { length: 3 * 4096, state: 'base', depth: 2 },
   ]);
 });
 
@@ -179,32 +179,32 @@ t.test('reads spanning data, zero and base runs, at unaligned offsets', async (t
   }
   t.pass('all reads match');
   t.same(await s.dev.extents(1500, 20000, 100), [
-    { length: 548, state: 'base' },
-    { length: 2048, state: 'data' },
-    { length: 3072, state: 'zero' },
-    { length: 1024, state: 'base' },
-    { length: 1024, state: 'data' }, // block 8: zero-filled by RMW
-    { length: 2048, state: 'zero' },
-    { length: 1024, state: 'data' }, // block 11
-    { length: 20000 - 548 - 2048 - 3072 - 1024 - 1024 - 2048 - 1024, state: 'base' },
+    { length: 548, state: 'base', depth: 2 },
+    { length: 2048, state: 'data', depth: 1 },
+    { length: 3072, state: 'zero', depth: 1 },
+    { length: 1024, state: 'base', depth: 2 },
+    { length: 1024, state: 'data', depth: 1 }, // block 8: zero-filled by RMW
+    { length: 2048, state: 'zero', depth: 1 },
+    { length: 1024, state: 'data', depth: 1 }, // block 11
+    { length: 20000 - 548 - 2048 - 3072 - 1024 - 1024 - 2048 - 1024, state: 'base', depth: 2 },
   ]);
   t.same(
     await s.dev.extents(2100, 4000, 2),
     [
-      { length: 1996, state: 'data' },
-      { length: 2004, state: 'zero' },
+      { length: 1996, state: 'data', depth: 1 },
+      { length: 2004, state: 'zero', depth: 1 },
     ],
     'extents start at the offset and stop at its end',
   );
   t.same(
     await s.dev.extents(2100, 20000, 2),
     [
-      { length: 1996, state: 'data' },
-      { length: 3072, state: 'zero' },
+      { length: 1996, state: 'data', depth: 1 },
+      { length: 3072, state: 'zero', depth: 1 },
     ],
     'maxExtents stops early',
   );
-  t.same(await s.dev.extents(2100, 10, 5), [{ length: 10, state: 'data' }], 'clamped to the request');
+  t.same(await s.dev.extents(2100, 10, 5), [{ length: 10, state: 'data', depth: 1 }], 'clamped to the request');
 });
 
 t.test('trim and zero read as zeros, never as the base', async (t) => {
@@ -248,8 +248,8 @@ t.test('an image whose size is not a multiple of the block size', async (t) => {
   s.model.write('ABCDE', size - 5);
   await checkModel(t, s.dev, s.model, 'tail write');
   t.same(await s.dev.extents(0, size, 10), [
-    { length: 8192, state: 'base' },
-    { length: 1808, state: 'data' },
+    { length: 8192, state: 'base', depth: 2 },
+    { length: 1808, state: 'data', depth: 1 },
   ]);
   await s.dev.write(8192, Buffer.alloc(1808, 3), W); // the whole last block
   s.model.fill(3, 8192);

@@ -40,16 +40,40 @@ t.test('encode matches the fixture byte for byte', async (t) => {
 });
 
 t.test('decode the fixture', async (t) => {
-  t.same(decodeOverlayHeader(fixture), header);
+  t.strictSame(decodeOverlayHeader(fixture), { ...header, frozen: false });
   const padded = Buffer.concat([Buffer.alloc(3), fixture]);
-  t.same(decodeOverlayHeader(padded, 3), header, 'at an offset');
+  t.strictSame(decodeOverlayHeader(padded, 3), { ...header, frozen: false }, 'at an offset');
 });
 
 t.test('round trip, clean flag', async (t) => {
   const clean = { ...header, dirty: false, virtualSize: 1, baseSize: 1, mapLength: 4096, dataOffset: 65536 };
   const buf = encodeOverlayHeader(clean);
   t.equal(buf.readUInt32BE(20), 0, 'flags 0');
-  t.same(decodeOverlayHeader(buf), clean);
+  t.strictSame(decodeOverlayHeader(buf), { ...clean, frozen: false });
+});
+
+t.test('frozen: flag bit 1 and the layer id at 96, both in the checksum', async (t) => {
+  const layerId = '0123456789abcdef'.repeat(2);
+  const frozen = { ...header, dirty: false, frozen: true, layerId };
+  const buf = encodeOverlayHeader(frozen);
+  t.equal(buf.readUInt32BE(20), 2, 'flags: frozen');
+  t.equal(buf.subarray(96, 112).toString('hex'), layerId, 'layer id at 96');
+  t.ok(buf.subarray(112, 124).equals(Buffer.alloc(12)), 'the rest reserved, zero');
+  t.strictSame(decodeOverlayHeader(buf), frozen);
+  const { layerId: _, ...noLayerId } = frozen;
+  t.throws(() => encodeOverlayHeader(noLayerId), RangeError, 'frozen needs an id');
+  t.throws(() => encodeOverlayHeader({ ...frozen, layerId: '0'.repeat(32) }), RangeError, 'not all zero');
+  t.throws(() => encodeOverlayHeader({ ...frozen, layerId: 'xyz' }), RangeError, '32 hex digits');
+  const notFrozen = encodeOverlayHeader({ ...header, layerId });
+  t.ok(notFrozen.subarray(96, 112).equals(Buffer.alloc(16)), 'an id is written only when frozen');
+  const both = Buffer.from(buf);
+  both.writeUInt32BE(3, 20);
+  both.writeUInt32BE(crc32(both.subarray(0, 124)), 124);
+  t.throws(() => decodeOverlayHeader(both), { message: /both frozen and dirty/, code: 'EINVAL' });
+  const noId = Buffer.from(buf);
+  noId.fill(0, 96, 112);
+  noId.writeUInt32BE(crc32(noId.subarray(0, 124)), 124);
+  t.throws(() => decodeOverlayHeader(noId), { message: /frozen without a layer id/ });
 });
 
 function corrupt(at: number, value: number, fixCrc: boolean): Buffer {
@@ -64,7 +88,7 @@ t.test('bad headers are refused with a clear message', async (t) => {
   t.throws(() => decodeOverlayHeader(corrupt(11, 2, true)), { message: /unsupported version 2/ });
   t.throws(() => decodeOverlayHeader(corrupt(30, 0xff, false)), { message: /checksum mismatch/ });
   t.throws(() => decodeOverlayHeader(corrupt(125, 0, false)), { message: /checksum mismatch/ });
-  t.throws(() => decodeOverlayHeader(corrupt(23, 3, true)), { message: /unknown flags 0x3/ });
+  t.throws(() => decodeOverlayHeader(corrupt(23, 5, true)), { message: /unknown flags 0x5/ });
   t.throws(() => decodeOverlayHeader(corrupt(15, 0x40, true)), { message: /bad header length 64/ });
   t.throws(() => decodeOverlayHeader(corrupt(24, 0xff, true)), { message: /virtual size .* too large/ });
   t.throws(() => decodeOverlayHeader(fixture.subarray(0, 100)), { message: /truncated/ });

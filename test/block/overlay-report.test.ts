@@ -38,6 +38,7 @@ const INFO: OverlayInfo = {
   fileLength: 8400896,
   allocatedBytes: 24576,
   dirty: false,
+  layer: undefined,
   inUseBy: undefined,
 };
 
@@ -58,9 +59,18 @@ t.test('info as text: aligned key: value lines', async (t) => {
       'file length:      8.01 MiB (8400896 bytes)',
       'disk size:        24 KiB (24576 bytes)',
       'state:            clean (closed cleanly)',
+      'frozen:           no',
       'in use:           no',
       '',
     ].join('\n'),
+  );
+  const layer = { size: 8388608, fingerprint: 'cd'.repeat(32) };
+  t.match(
+    formatInfo({ ...INFO, layer }),
+    new RegExp(
+      `^frozen: {11}yes: a layer \\(--layer\\); overlays on it record base size 8388608, fingerprint ${'cd'.repeat(32)}$`,
+      'm',
+    ),
   );
   const busy = formatInfo({ ...INFO, dirty: true, inUseBy: 4242 });
   t.match(busy, /^state: {12}dirty \(not closed cleanly, or a server has it open\)/m);
@@ -81,7 +91,12 @@ t.test('info as JSON', async (t) => {
     'file-length': 8400896,
     'actual-size': 24576,
     dirty: false,
+    frozen: false,
     'in-use': false,
+  });
+  t.match(JSON.parse(infoJson({ ...INFO, layer: { size: 1, fingerprint: 'cd'.repeat(32) } })), {
+    frozen: true,
+    'layer-fingerprint': 'cd'.repeat(32),
   });
   t.match(JSON.parse(infoJson({ ...INFO, inUseBy: 7 })), { 'in-use': true, 'in-use-by': 7 });
   t.match(infoJson(INFO), /^\{\n {4}"filename"/, 'indented as qemu-img info --output=json');

@@ -155,8 +155,8 @@ t.test('the short last block of an image becomes zero too', async (t) => {
   const s = await setup(t, 10_000); // blocks 0, 1 whole; block 2 holds 1808 bytes
   await write(s, 2 * BS, Buffer.alloc(10_000 - 2 * BS));
   t.strictSame(await s.dev.extents(0, 10_000, 10), [
-    { length: 2 * BS, state: 'base' },
-    { length: 10_000 - 2 * BS, state: 'zero' },
+    { length: 2 * BS, state: 'base', depth: 2 },
+    { length: 10_000 - 2 * BS, state: 'zero', depth: 1 },
   ]);
   await checkModel(t, s, 'contents');
 });
@@ -230,9 +230,9 @@ t.test('elideBaseMatches through writev and with blocks smaller than a page', as
   await s.dev.writev(8 * 512, [baseBytes.subarray(0, 700), baseBytes.subarray(700, 3000), baseBytes.subarray(3000)], W);
   baseBytes.copy(s.model, 8 * 512);
   t.strictSame(await s.dev.extents(0, 16 * 512, 10), [
-    { length: 9 * 512, state: 'base' },
-    { length: 512, state: 'data' },
-    { length: 6 * 512, state: 'base' },
+    { length: 9 * 512, state: 'base', depth: 2 },
+    { length: 512, state: 'data', depth: 1 },
+    { length: 6 * 512, state: 'base', depth: 2 },
   ]);
   t.strictSame(s.events, ['elided 8+1 base', 'elided 10+6 base']);
   await checkModel(t, s, 'contents');

@@ -4,9 +4,13 @@
 // the first boot wrote), with the same server or after a server restart. A boot on the plain
 // export `base` (a throwaway overlay) still sees the pristine base, the named overlay file is
 // the only one left in the overlay directory, it checks clean after the server stops, and the
-// base file's sha256 never changes.
+// base file's sha256 never changes. Then `overlay info` and `map` describe what the guests left,
+// and, frozen, that overlay serves as a layer: a guest on a throwaway overlay over it
+// (serve --layer) finds the second boot's file, and the layer file does not change.
 
 import t from 'tap';
+import { describeRun } from '../helpers/processes.js';
+import { runCli } from '../helpers/server-process.js';
 import {
   bootGuest,
   checkBoot,
@@ -49,7 +53,31 @@ if (requireGuestTools(t)) {
     t.notMatch(server.log(), /: (warn|error): /, 'the server logged no warning or error');
 
     await stopAndCheckBase(t, server, base);
-    await checkOverlayClean(t, `${overlays}/named-base@vm1.cow`, base);
+    const file = `${overlays}/named-base@vm1.cow`;
+    await checkOverlayClean(t, file, base);
+
+    // What the two boots left, as `overlay info` and `overlay map` show it.
+    const info = await runCli(['overlay', 'info', file]);
+    t.equal(info.code, 0, describeRun(info));
+    t.match(info.stdout, /^data: +[1-9]\d* blocks/m, 'the guests wrote data blocks');
+    t.match(info.stdout, /^state: +clean \(closed cleanly\)$/m);
+    t.comment(`overlay info after two guest boots:\n${info.stdout}`);
+    const map = await runCli(['overlay', 'map', file]);
+    t.equal(map.code, 0, describeRun(map));
+    t.match(map.stdout, /^\S+\s+\S+\s+data\s+0x/m, 'map lists data extents with their offset in the file');
+    t.comment(
+      `overlay map after two guest boots (${map.stdout.split('\n').length - 2} extents), first lines:\n${map.stdout.split('\n').slice(0, 12).join('\n')}`,
+    );
+
+    // Kept as a layer: a guest booted on a throwaway overlay over it finds the second boot's file.
+    const frozen = await runCli(['overlay', 'freeze', file]);
+    t.equal(frozen.code, 0, describeRun(frozen));
+    const layerSha = await sha256File(file);
+    const layered = await startServer(t, base.path, { overlayDir: overlays, serveArgs: ['--layer', file] });
+    const third = await bootGuest(t, guest, 'layered-on-vm1', { mode: 'drive', uri: layered.uri, prior: 'present' });
+    checkBoot(t, third, { base, pristine: false, prior: second }, layered);
+    await stopAndCheckBase(t, layered, base);
+    t.equal(await sha256File(file), layerSha, 'the layer file never changed');
   });
 
   t.test(

@@ -35,6 +35,7 @@ async function open(t: Test, options: Partial<BackingOptions> = {}): Promise<Fix
   const backing = await ExportBacking.open({
     exportName: 'golden',
     basePath: base.path,
+    layers: [],
     blockSize: BLOCK,
     readOnly: false,
     overlayDir,
@@ -106,7 +107,7 @@ t.test('a read-only backing gives a read-only view of the base, and no overlay',
   await t.rejects(device.write(0, Buffer.alloc(BLOCK), W), { code: 'EPERM' }, 'a write is refused');
   await t.rejects(device.zero(0, BLOCK, { fua: false, noHole: false }), { code: 'EPERM' }, 'so is a zero');
   await t.rejects(device.trim(0, BLOCK, W), { code: 'EPERM' }, 'and a trim');
-  t.strictSame(await device.extents(0, SIZE, 16), [{ length: SIZE, state: 'base' }]);
+  t.strictSame(await device.extents(0, SIZE, 16), [{ length: SIZE, state: 'base', depth: 1 }], 'the base file itself: depth 1');
   await device.flush();
   t.equal(f.backing.openDevices, 1);
   await device.close();

@@ -36,12 +36,15 @@ t.test('status values per extent state', async (t) => {
     t.fail('contexts missing');
     return;
   }
-  t.equal(base.status('data'), 0, 'base:allocation data -> 0');
-  t.equal(base.status('base'), 0, 'base:allocation base -> 0');
-  t.equal(base.status('zero'), 3, 'base:allocation zero -> HOLE|ZERO');
-  t.equal(depth.status('data'), 1, 'allocation-depth overlay data -> 1');
-  t.equal(depth.status('zero'), 1, 'allocation-depth overlay zero -> 1');
-  t.equal(depth.status('base'), 2, 'allocation-depth base -> 2');
+  t.equal(base.status({ length: 1, state: 'data' }), 0, 'base:allocation data -> 0');
+  t.equal(base.status({ length: 1, state: 'base' }), 0, 'base:allocation base -> 0');
+  t.equal(base.status({ length: 1, state: 'zero' }), 3, 'base:allocation zero -> HOLE|ZERO');
+  t.equal(base.status({ length: 1, state: 'zero', depth: 3 }), 3, 'base:allocation zero in a layer -> HOLE|ZERO');
+  t.equal(depth.status({ length: 1, state: 'data' }), 1, 'allocation-depth overlay data -> 1');
+  t.equal(depth.status({ length: 1, state: 'zero' }), 1, 'allocation-depth overlay zero -> 1');
+  t.equal(depth.status({ length: 1, state: 'base' }), 2, 'allocation-depth base without a depth -> 2');
+  t.equal(depth.status({ length: 1, state: 'data', depth: 3 }), 3, 'allocation-depth: the depth the extent gives');
+  t.equal(depth.status({ length: 1, state: 'base', depth: 4 }), 4, 'allocation-depth: base under two layers -> 4');
 });
 
 t.test('isWellFormedQuery needs a namespace', async (t) => {
