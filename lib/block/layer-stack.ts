@@ -63,6 +63,7 @@ class Layer extends ReadOnlyImage {
 
   /** This layer's runs at depth 1; runs it leaves to the level below, as that level says, one deeper. */
   async extents(offset: number, length: number, maxExtents: number): Promise<Extent[]> {
+    if (this.#closed) throw codedError('ESHUTDOWN', `layer ${this.path} is closed`);
     const end = Math.min(offset + length, this.size);
     const max = Math.max(1, maxExtents);
     const runs: Array<[number, number, number]> = [];
@@ -118,7 +119,13 @@ export async function openLayer(path: string, below: BaseImage): Promise<BaseIma
       throw codedError('EINVAL', `layer ${path} is not frozen: freeze it first (nbd-cow overlay freeze ${path})`);
     }
     const made = { size: header.baseSize, fingerprint: header.baseFingerprint };
-    if (made.size !== below.size || made.fingerprint !== below.identity.fingerprint || geometry.size !== below.size) {
+    if (geometry.size !== made.size) {
+      throw codedError(
+        'EINVAL',
+        `layer ${path}: virtual size ${geometry.size} differs from the size it was made on (${made.size})`,
+      );
+    }
+    if (made.size !== below.size || made.fingerprint !== below.identity.fingerprint) {
       throw codedError(
         'EINVAL',
         `layer ${path} was made for another base or layer: made for (${short(made)}), ` +

@@ -27,7 +27,7 @@ import {
   parseOverlayHeader,
   parseOverlayMap,
 } from './overlay-layout.js';
-import { O_CREAT_EXCL_RDWR, O_RDWR, unlinkFile } from './syscalls.js';
+import { O_CREAT_EXCL_RDWR, O_RDONLY, O_RDWR, unlinkFile } from './syscalls.js';
 
 export interface CreateOverlayOptions {
   readonly blockSize: number;
@@ -50,6 +50,24 @@ export async function readOverlayMap(file: DataFile, geometry: OverlayGeometry):
   const buf = Buffer.alloc(geometry.mapLength);
   await file.read(buf, geometry.mapOffset);
   return parseOverlayMap(file.path, geometry, buf);
+}
+
+function frozenError(path: string): Error {
+  return codedError('EPERM', `overlay ${path} is frozen: it can only serve as a layer below others (--layer ${path})`);
+}
+
+/** Whether the file at `path` reads as a frozen overlay (false when it cannot be read as one). */
+async function isFrozen(path: string): Promise<boolean> {
+  try {
+    const file = await DataFile.open(path, O_RDONLY);
+    try {
+      return (await readOverlayHeader(file)).header.frozen === true;
+    } finally {
+      await file.close();
+    }
+  } catch {
+    return false;
+  }
 }
 
 export class OverlayFile {
@@ -112,12 +130,17 @@ export class OverlayFile {
    * Reads the header and the whole map (2 bits per block: 640 KiB for 10 GiB in 4 KiB blocks).
    */
   static async open(path: string, base: BaseIdentity): Promise<OverlayFile> {
-    const file = await DataFile.open(path, O_RDWR);
+    let file: DataFile;
+    try {
+      file = await DataFile.open(path, O_RDWR);
+    } catch (err) {
+      // A frozen overlay has no write bits: say why, not just EACCES (root opens it anyway).
+      if ((err as NodeJS.ErrnoException).code === 'EACCES' && (await isFrozen(path))) throw frozenError(path);
+      throw err;
+    }
     try {
       const { header, geometry } = await readOverlayHeader(file);
-      if (header.frozen === true) {
-        throw codedError('EPERM', `overlay ${path} is frozen: it can only serve as a layer below others (--layer ${path})`);
-      }
+      if (header.frozen === true) throw frozenError(path);
       checkBaseBinding(path, header, base);
       const map = await readOverlayMap(file, geometry);
       return new OverlayFile(path, file, geometry, map, base, header.dirty);

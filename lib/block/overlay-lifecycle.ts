@@ -10,7 +10,8 @@
 //            overlay, and a frozen one without --force (overlays made on it read through it);
 //   freeze   sets the frozen flag and a random layer id in the header (fdatasync), then takes
 //            the write bits off the file; refuses an overlay not closed cleanly. Freezing a
-//            frozen overlay changes nothing. A frozen overlay is never opened for writing again.
+//            frozen overlay only takes off write bits a crash may have left (it is read, not
+//            opened for writing). A frozen overlay is never opened for writing again.
 
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, stat } from 'node:fs/promises';
@@ -53,6 +54,12 @@ async function exists(path: string): Promise<boolean> {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
     throw err;
   }
+}
+
+/** chmod a-w `path` (a frozen overlay). */
+async function takeWriteBits(path: string): Promise<void> {
+  const mode = (await stat(path)).mode & 0o7777;
+  if ((mode & 0o222) !== 0) await chmod(path, mode & ~0o222);
 }
 
 /** Create a clean empty overlay at `path` for the base (and layers) of `options`; returns what it is made on. */
@@ -111,10 +118,15 @@ export interface FreezeResult {
 export async function freezeOverlay(path: string): Promise<FreezeResult> {
   await inspectOverlay(path); // a missing file or one that is not an overlay: its own message, no lock taken
   return withLock(path, async () => {
+    const { header: before } = await inspectOverlay(path);
+    if (before.frozen === true) {
+      // Read-only already (a crash between the header and the chmod could have left write bits).
+      await takeWriteBits(path);
+      return { already: true, identity: layerIdentity(before) };
+    }
     const file = await DataFile.open(path, O_RDWR);
     try {
       const { header } = await readOverlayHeader(file);
-      if (header.frozen === true) return { already: true, identity: layerIdentity(header) };
       if (header.dirty) {
         throw codedError(
           'EBUSY',
@@ -124,8 +136,7 @@ export async function freezeOverlay(path: string): Promise<FreezeResult> {
       const frozen = { ...header, frozen: true, layerId: randomBytes(LAYER_ID_LENGTH).toString('hex') };
       await file.write(encodeOverlayHeader(frozen), 0);
       await file.sync();
-      const mode = (await file.stat()).mode & 0o7777;
-      await chmod(path, mode & ~0o222);
+      await takeWriteBits(path);
       return { already: false, identity: layerIdentity(frozen) };
     } finally {
       await file.close();

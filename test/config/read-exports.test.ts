@@ -230,3 +230,53 @@ t.test('require-tls: false cannot hold when tls.mode is require', async (t) => {
     `${CONFIG_FILE}:6:5: exports.debian.require-tls: cannot be false while tls.mode is require: every client must start TLS first`,
   );
 });
+
+t.test('layers: a list of paths, bottom first, resolved like base', async (t) => {
+  const text = yaml`
+    exports:
+      golden:
+        base: images/golden.img
+        layers: [layers/tools.cow, /srv/layers/updates.cow, ../shared/site.cow]
+      plain:
+        base: plain.img
+      empty:
+        base: e.img
+        layers: []
+  `;
+  const [golden, plain, empty] = exportsOf(text);
+  t.strictSame(golden?.layers, ['/etc/nbd-cow/layers/tools.cow', '/srv/layers/updates.cow', '/etc/shared/site.cow']);
+  t.equal(golden?.base, '/etc/nbd-cow/images/golden.img');
+  t.equal(plain?.name, 'plain');
+  t.notOk(Object.hasOwn(plain ?? {}, 'layers'), 'absent: no layers key');
+  t.strictSame(empty?.layers, [], 'an empty list: no layers');
+  t.strictSame(
+    parseConfig(`${LISTEN}exports:\n  g:\n    base: g.img\n    layers:\n      - a.cow\n      - b/c.cow\n`, '/srv/cfg/nbd.yaml')
+      .exports[0]?.layers,
+    ['/srv/cfg/a.cow', '/srv/cfg/b/c.cow'],
+    "a block list, against the config file's own directory",
+  );
+});
+
+t.test('layers: anything but a list of paths is refused, naming the line and key', async (t) => {
+  const at = 'exports:\n  debian:\n    base: a.img\n    ';
+  t.equal(
+    messageOf(`${at}layers: tools.cow\n`),
+    `${CONFIG_FILE}:5:5: exports.debian.layers: expected a list of frozen overlay files, bottom first, such as [layers/tools.cow], not the text "tools.cow"`,
+  );
+  t.equal(
+    messageOf(`${at}layers: { a: b }\n`),
+    `${CONFIG_FILE}:5:5: exports.debian.layers: expected a list of frozen overlay files, bottom first, such as [layers/tools.cow], not a mapping`,
+  );
+  t.equal(
+    messageOf(`${at}layers:\n      - a.cow\n      - 12\n`),
+    `${CONFIG_FILE}:7:9: exports.debian.layers[1]: expected a path, not the number 12`,
+  );
+  t.equal(
+    messageOf(`${at}layers: [a.cow, ""]\n`),
+    `${CONFIG_FILE}:5:21: exports.debian.layers[1]: expected a path, not an empty string`,
+  );
+  t.equal(
+    messageOf(`${at}layer: [a.cow]\n`),
+    `${CONFIG_FILE}:5:5: exports.debian.layer: unknown key "layer" (did you mean "layers"?)`,
+  );
+});
