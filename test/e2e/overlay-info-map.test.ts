@@ -87,13 +87,14 @@ if (requireClients(t, ['qemu-img'], true)) {
       'file-length': JSON.parse(info.stdout)['file-length'],
       'actual-size': JSON.parse(info.stdout)['actual-size'],
       dirty: false,
+      frozen: false,
       'in-use': false,
     });
     const text = await runCli(['overlay', 'info', file]);
     t.equal(text.code, 0, describeRun(text));
     t.match(text.stdout, /^data: {13}19 blocks, 76 KiB \(77824 bytes\)$/m);
     t.match(text.stdout, /^zero: {13}272 blocks, 1.06 MiB \(1114112 bytes\)$/m);
-    t.match(text.stdout, /^state: {12}clean \(closed cleanly\)\nin use: {11}no\n$/m);
+    t.match(text.stdout, /^state: {12}clean \(closed cleanly\)\nfrozen: {11}no\nin use: {11}no\n$/m);
 
     const mapped = await runCli(['overlay', 'map', '--json', file]);
     t.equal(mapped.code, 0, describeRun(mapped));
