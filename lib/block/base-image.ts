@@ -11,6 +11,7 @@ import { createHash } from 'node:crypto';
 import { codedError } from './coded-error.js';
 import { DataFile } from './data-file.js';
 import type { BlockDevice, Extent } from './device.js';
+import type { InlineIoGuard } from './inline-io-guard.js';
 import { O_RDONLY } from './syscalls.js';
 
 export interface BaseIdentity {
@@ -22,6 +23,12 @@ export interface BaseIdentity {
 export interface BaseImage extends BlockDevice {
   readonly path: string;
   readonly identity: BaseIdentity;
+  /**
+   * read(), with `guard` deciding inline or threadpool for the file reads it makes (DataFile.read):
+   * each connection reads the shared base with a guard of its own, so a client whose reads miss
+   * the page cache sends its own reads to the threadpool, not its neighbours' cache hits.
+   */
+  read(offset: number, dest: Buffer, guard?: InlineIoGuard): Promise<void>;
 }
 
 export const FINGERPRINT_WINDOW = 64 * 1024;
@@ -103,7 +110,7 @@ export abstract class ReadOnlyImage implements BaseImage {
   readonly writable = false;
   abstract readonly path: string;
   abstract readonly identity: BaseIdentity;
-  abstract read(offset: number, dest: Buffer): Promise<void>;
+  abstract read(offset: number, dest: Buffer, guard?: InlineIoGuard): Promise<void>;
   abstract extents(offset: number, length: number, maxExtents: number): Promise<Extent[]>;
   abstract close(): Promise<void>;
 
@@ -151,9 +158,9 @@ class BaseFile extends ReadOnlyImage {
     this.identity = identity;
   }
 
-  read(offset: number, dest: Buffer): Promise<void> {
+  read(offset: number, dest: Buffer, guard?: InlineIoGuard): Promise<void> {
     if (this.#closed) return Promise.reject(codedError('ESHUTDOWN', `base image ${this.path} is closed`));
-    return this.#file.read(dest, offset);
+    return this.#file.read(dest, offset, guard);
   }
 
   /** All of it comes from this file: depth 1 (holes in it are not looked for). */

@@ -32,6 +32,7 @@ import type { BaseImage } from './base-image.js';
 import { type Bitmap, BLOCK_BASE, BLOCK_DATA } from './bitmap.js';
 import { codedError } from './coded-error.js';
 import { type BlockDevice, type Extent, type ExtentState, extentDepth, type WriteOptions, type ZeroOptions } from './device.js';
+import { InlineIoGuard } from './inline-io-guard.js';
 import { NO_OVERLAY_EVENTS, type OverlayEvents } from './overlay-events.js';
 import { OverlayFile } from './overlay-file.js';
 import { overlayGeometry } from './overlay-layout.js';
@@ -96,6 +97,8 @@ export class CowDevice implements BlockDevice {
   /** The data the overlay holds against its limits; undefined when there are none. */
   readonly #space: OverlaySpace | undefined;
   readonly #writer: OverlayWriter;
+  /** Inline or threadpool for this device's reads of the shared base (BaseImage.read). */
+  readonly #baseGuard = new InlineIoGuard();
 
   constructor(options: CowDeviceOptions) {
     overlayGeometry(options.blockSize, options.base.size); // validates the block size now
@@ -117,6 +120,7 @@ export class CowDevice implements BlockDevice {
       space: this.#space,
       events: options.events ?? NO_OVERLAY_EVENTS,
       elideBaseMatches: options.elideBaseMatches ?? false,
+      baseGuard: this.#baseGuard,
     });
   }
 
@@ -144,7 +148,7 @@ export class CowDevice implements BlockDevice {
   read(offset: number, dest: Buffer): Promise<void> {
     if (this.#closing !== undefined) return Promise.reject(this.#closedError());
     const overlay = this.#overlay;
-    if (overlay === undefined) return this.#base.read(offset, dest);
+    if (overlay === undefined) return this.#base.read(offset, dest, this.#baseGuard);
     const end = offset + dest.length;
     // Most reads are one run: its one promise is returned as it is (often already settled).
     let first: Promise<void> | undefined;
@@ -152,7 +156,7 @@ export class CowDevice implements BlockDevice {
     this.#forEachRun(overlay.map, offset, end, Infinity, (state, start, runEnd) => {
       const piece = dest.subarray(start - offset, runEnd - offset);
       let read: Promise<void>;
-      if (state === BLOCK_BASE) read = this.#base.read(start, piece);
+      if (state === BLOCK_BASE) read = this.#base.read(start, piece, this.#baseGuard);
       else if (state === BLOCK_DATA) read = overlay.readData(start, piece);
       else return void piece.fill(0);
       if (first === undefined) first = read;

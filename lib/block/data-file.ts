@@ -33,9 +33,13 @@ export class DataFile {
     return new DataFile(path, await openFile(path, flags, mode));
   }
 
-  /** Fill all of `buf` from `position`; bytes past the end of the file read as zeros. */
-  read(buf: Buffer, position: number): Promise<void> {
-    if (!this.#guard.allows(buf.length)) return readFullyInThreadpool(this.#fd, buf, position);
+  /**
+   * Fill all of `buf` from `position`; bytes past the end of the file read as zeros. `guard`
+   * decides inline or threadpool: the file's own by default, or a reader's own (a connection's,
+   * on a file many share), so that one reader's cache misses send only its reads to the pool.
+   */
+  read(buf: Buffer, position: number, guard: InlineIoGuard = this.#guard): Promise<void> {
+    if (!guard.allows(buf.length)) return readFullyInThreadpool(this.#fd, buf, position);
     const start = performance.now();
     try {
       readFullyInline(this.#fd, buf, position);
@@ -43,7 +47,7 @@ export class DataFile {
     } catch (err) {
       return Promise.reject(err);
     } finally {
-      this.#guard.record(start);
+      guard.record(start);
     }
   }
 

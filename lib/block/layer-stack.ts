@@ -17,6 +17,7 @@ import { type Bitmap, BLOCK_BASE, BLOCK_DATA, BLOCK_ZERO } from './bitmap.js';
 import { codedError } from './coded-error.js';
 import type { DataFile } from './data-file.js';
 import { type Extent, type ExtentState, extentDepth } from './device.js';
+import type { InlineIoGuard } from './inline-io-guard.js';
 import { layerIdentity } from './layer-identity.js';
 import type { OverlayHeader } from './overlay-header.js';
 import { forEachRun, openOverlayReadOnly } from './overlay-inspect.js';
@@ -49,13 +50,13 @@ class Layer extends ReadOnlyImage {
     this.#map = map;
   }
 
-  read(offset: number, dest: Buffer): Promise<void> {
+  read(offset: number, dest: Buffer, guard?: InlineIoGuard): Promise<void> {
     if (this.#closed) return Promise.reject(codedError('ESHUTDOWN', `layer ${this.path} is closed`));
     const reads: Promise<void>[] = [];
     this.#forEachRun(offset, offset + dest.length, (state, start, end) => {
       const piece = dest.subarray(start - offset, end - offset);
-      if (state === BLOCK_BASE) reads.push(this.#below.read(start, piece));
-      else if (state === BLOCK_DATA) reads.push(this.#file.read(piece, this.#geometry.dataOffset + start));
+      if (state === BLOCK_BASE) reads.push(this.#below.read(start, piece, guard));
+      else if (state === BLOCK_DATA) reads.push(this.#file.read(piece, this.#geometry.dataOffset + start, guard));
       else piece.fill(0);
     });
     return reads.length === 1 ? (reads[0] as Promise<void>) : Promise.all(reads).then(() => undefined);

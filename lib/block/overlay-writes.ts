@@ -12,6 +12,7 @@
 
 import type { BaseImage } from './base-image.js';
 import { type Bitmap, BLOCK_BASE, BLOCK_DATA, BLOCK_ZERO } from './bitmap.js';
+import type { InlineIoGuard } from './inline-io-guard.js';
 import type { OverlayEvents } from './overlay-events.js';
 import type { OverlayFile } from './overlay-file.js';
 import { blockSpan, type PartialBlock, roundDown, type SplitRange, splitRange, type WholeBlocks } from './ranges.js';
@@ -54,6 +55,8 @@ export interface OverlayWriterOptions {
   readonly events: OverlayEvents;
   /** Compare each whole block a WRITE stores with the base's, and store none that is equal. */
   readonly elideBaseMatches: boolean;
+  /** The device's guard for its base reads (BaseImage.read); the base file's own when absent. */
+  readonly baseGuard?: InlineIoGuard;
 }
 
 export class OverlayWriter {
@@ -63,8 +66,10 @@ export class OverlayWriter {
   readonly #space: OverlaySpace | undefined;
   readonly #events: OverlayEvents;
   readonly #elideBaseMatches: boolean;
+  readonly #baseGuard: InlineIoGuard | undefined;
 
   constructor(options: OverlayWriterOptions) {
+    this.#baseGuard = options.baseGuard;
     this.#base = options.base;
     this.#blockSize = options.blockSize;
     this.#size = options.base.size;
@@ -169,7 +174,7 @@ export class OverlayWriter {
     for (let start = body.start; start < body.end; start += step) {
       const end = Math.min(start + step, body.end);
       const base = buf.subarray(0, end - start);
-      await this.#base.read(start, base);
+      await this.#base.read(start, base, this.#baseGuard);
       const blocks: WholeBlocks = { first: start / bs, count: Math.ceil((end - start) / bs), start, end };
       for (const run of payload.classify(blocks, bs, base) ?? [{ ...blocks, state: BLOCK_DATA }]) {
         const last = runs.at(-1);
@@ -186,7 +191,7 @@ export class OverlayWriter {
     if (state === BLOCK_DATA) return overlay.writeData(piece.start, bytes);
     const blockStart = piece.block * this.#blockSize;
     const block = Buffer.allocUnsafe(Math.min(blockStart + this.#blockSize, this.#size) - blockStart);
-    if (state === BLOCK_BASE) await this.#base.read(blockStart, block);
+    if (state === BLOCK_BASE) await this.#base.read(blockStart, block, this.#baseGuard);
     else block.fill(0);
     bytes.copy(block, piece.start - blockStart);
     await overlay.writeData(blockStart, block);

@@ -10,6 +10,7 @@ import type { BaseImage } from '../block/base-image.js';
 import { CowDevice } from '../block/cow-device.js';
 import type { BlockDevice } from '../block/device.js';
 import { ephemeralOverlayName } from '../block/ephemeral.js';
+import { InlineIoGuard } from '../block/inline-io-guard.js';
 import { openImageStack } from '../block/layer-stack.js';
 import { NamedOverlays } from '../block/named-overlays.js';
 import type { OverlayEvents } from '../block/overlay-events.js';
@@ -152,12 +153,16 @@ export class ExportBacking {
   }
 }
 
-/** A view of the shared base for one read-only connection: closing it keeps the base open. */
+/**
+ * A view of the shared base for one read-only connection: its reads go inline or to the
+ * threadpool by a guard of its own (BaseImage.read); closing it keeps the base open.
+ */
 function readOnlyView(base: BaseImage): BlockDevice {
+  const guard = new InlineIoGuard();
   return {
     size: base.size,
     writable: false,
-    read: (offset, dest) => base.read(offset, dest),
+    read: (offset, dest) => base.read(offset, dest, guard),
     write: (offset, data, options) => base.write(offset, data, options),
     zero: (offset, length, options) => base.zero(offset, length, options),
     trim: (offset, length, options) => base.trim(offset, length, options),

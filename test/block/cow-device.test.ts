@@ -535,3 +535,28 @@ t.test('a request that fails part way keeps the space of what it wrote and gives
   t.equal(s.budget.used, 8 * 4096, 'what was given back can be used: exactly the limit');
   t.equal(await dataBytes(s.dev), 8 * 4096);
 });
+
+t.test('each device reads the shared base with a guard of its own, in reads and copy-ups alike', async (t) => {
+  const s = await setup(t, 64 * 1024, 4096);
+  const seen: unknown[] = [];
+  const base = s.base;
+  const spy: BaseImage = Object.assign(Object.create(base) as BaseImage, {
+    read(offset: number, dest: Buffer, guard?: unknown) {
+      seen.push(guard);
+      return base.read(offset, dest);
+    },
+  });
+  const a = new CowDevice({ base: spy, blockSize: 4096, overlayPath: join(t.testdir(), 'a.cow') });
+  const b = new CowDevice({ base: spy, blockSize: 4096, overlayPath: join(t.testdir(), 'b.cow') });
+  await a.read(0, Buffer.alloc(4096)); // no overlay yet
+  await a.write(10, Buffer.alloc(10, 1), { fua: false }); // copy-up of block 0 from the base
+  await a.read(8192, Buffer.alloc(4096)); // through the overlay's map
+  await b.read(0, Buffer.alloc(4096));
+  t.equal(seen.length, 4);
+  t.ok(seen[0] instanceof Object, 'a guard is passed');
+  t.equal(seen[1], seen[0], 'the copy-up reads with the same guard');
+  t.equal(seen[2], seen[0], 'so does a read through the map');
+  t.not(seen[3], seen[0], 'another device has a guard of its own');
+  await a.close();
+  await b.close();
+});

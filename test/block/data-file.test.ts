@@ -2,6 +2,7 @@ import fs, { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { DataFile } from '../../lib/block/data-file.js';
+import { InlineIoGuard } from '../../lib/block/inline-io-guard.js';
 import { O_CREAT_EXCL_RDWR, O_RDONLY } from '../../lib/block/syscalls.js';
 
 t.test('write then read round-trips at a position; sync, stat, truncate', async (t) => {
@@ -109,5 +110,28 @@ t.test('writev of a small total joins the pieces and writes them inline', async 
   const small = Buffer.alloc(4);
   await file.read(small, 1);
   t.equal(small.toString(), 'abcd');
+  await file.close();
+});
+
+t.test("a reader's own guard decides inline or threadpool for its reads, not the file's", async (t) => {
+  const path = join(t.testdir(), 'f');
+  writeFileSync(path, Buffer.alloc(8192, 0x61));
+  const file = await DataFile.open(path, O_RDONLY);
+  const tripped = new InlineIoGuard();
+  tripped.record(performance.now() - 50); // one 50 ms call: a slow disk, to the threadpool for a while
+  t.notOk(tripped.allows(4096), 'the reader guard is tripped');
+  const viaPool = Buffer.alloc(4096);
+  const pending = file.read(viaPool, 0, tripped);
+  t.equal(viaPool[0], 0, 'with the tripped guard, the read is still in the threadpool when read() returns');
+  await pending;
+  t.equal(viaPool[0], 0x61);
+  const inline = Buffer.alloc(4096);
+  const done = file.read(inline, 4096);
+  t.equal(inline[0], 0x61, "with the file's own guard (untouched), the same read ran inline");
+  await done;
+  const fresh = Buffer.alloc(4096);
+  const alsoInline = file.read(fresh, 0, new InlineIoGuard());
+  t.equal(fresh[0], 0x61, "another reader's fresh guard reads inline too: one reader's misses cost only that reader");
+  await alsoInline;
   await file.close();
 });
