@@ -57,10 +57,11 @@ async function childMain(): Promise<void> {
   } catch (err) {
     report = { error: (err as Error).message };
   }
-  process.stdout.write(`RESULT ${JSON.stringify(report)}\n`);
+  // The handler first: the parent sends SIGTERM as soon as it has read the RESULT line.
   process.once('SIGTERM', () => {
     void Promise.all(listeners.map((l) => l.stop())).then(() => process.exit(0));
   });
+  process.stdout.write(`RESULT ${JSON.stringify(report)}\n`);
 }
 
 /** The child's RESULT, once it printed it (it starts at the first connection, which the caller makes). */
