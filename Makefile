@@ -47,7 +47,7 @@ deps-test:
 	fi
 
 # Anchor servers and fio's nbd engine for the benchmark; installed only when missing.
-DEB_BENCH_PACKAGES := nbd-server nbdkit qemu-utils fio
+DEB_BENCH_PACKAGES := nbd-server nbdkit qemu-utils fio python3-libnbd
 deps-bench:
 	@$(MAKE) --no-print-directory deps-test DEB_TEST_PACKAGES="$(DEB_BENCH_PACKAGES)"
 

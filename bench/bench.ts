@@ -13,7 +13,8 @@ import { NbdSession } from '../test/helpers/raw-nbd/session.js';
 import { makeBase, primeMemory, sha256, warmBase } from './lib/base-image.js';
 import { buildLayer, LAYER_TOKEN } from './lib/layer.js';
 import { die, log } from './lib/log.js';
-import { alive, childPids, cpuSeconds, sleep, startTime, statusKiB, stopPid, tail } from './lib/proc.js';
+import { findPython, runNoisy } from './lib/noisy.js';
+import { alive, childPids, sleep, startTime, stopPid, tail, treeCpuSeconds, treeStatusKiB } from './lib/proc.js';
 import { computeRatios, MEMORY, OURS, renderMarkdown } from './lib/report.js';
 import type { Results, ScalePhase, ServerRecord, WorkloadEntry } from './lib/results.js';
 import { runScalePhase } from './lib/scale.js';
@@ -26,7 +27,7 @@ import {
   type Transport,
 } from './lib/servers.js';
 import { defaultResultsPath, readSettings, splitWorkload } from './lib/settings.js';
-import { errorText, FIO_WORKLOADS, FioError, round, runFio, runSessions } from './lib/workloads.js';
+import { errorText, FIO_WORKLOADS, FioError, fioWrites, round, runFio, runSessions } from './lib/workloads.js';
 
 // This file runs as dist/bench/bench.js: the checkout is two levels up.
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -201,7 +202,8 @@ async function startServer(name: string, transport: Transport): Promise<RunningS
         await stopServer(srv);
         return { error: `export size ${size}, expected ${BASE_SIZE}`, run };
       }
-      await waitChildren(srv.pid);
+      // nbd-server's child for this probe exits; nbd-cow's workers (--workers N) stay.
+      await waitChildren(srv.pid, name.startsWith(OURS) ? childPids(srv.pid) : []);
       return srv;
     } catch (err) {
       lastErr = errorText(err);
@@ -213,9 +215,10 @@ async function startServer(name: string, transport: Transport): Promise<RunningS
 }
 
 /** A forking server (nbd-server) adds a connection's CPU time only once it reaped the child. */
-async function waitChildren(pid: number, ms = 5000): Promise<void> {
+/** Wait (at most `ms`) until the children `pid` has beyond `keep` are gone: nbd-server's per-client forks, not nbd-cow's workers. */
+async function waitChildren(pid: number, keep: readonly number[], ms = 5000): Promise<void> {
   const deadline = Date.now() + ms;
-  while (childPids(pid).length > 0 && Date.now() < deadline) await sleep(50);
+  while (childPids(pid).some((c) => !keep.includes(c)) && Date.now() < deadline) await sleep(50);
 }
 
 function removeRun(srv: RunningServer): void {
@@ -225,6 +228,21 @@ function removeRun(srv: RunningServer): void {
 // ------------------------------------------------------------------ workloads per server
 
 let baseFd: number | null = null;
+
+/** The python3 with python3-libnbd for noisy-neighbour; looked up once, if that workload runs. */
+const noisyPython = runWorkloads.some((w) => w.startsWith('noisy-neighbour')) ? findPython(process.env) : null;
+
+/** Established connections to the server now, by `ss` (TCP: its port; unix: its socket path). */
+function connectionCounter(srv: RunningServer): () => number | null {
+  const { port, socket } = srv.endpoint;
+  const args = socket
+    ? ['-Hxn', 'state', 'established', 'src', socket]
+    : ['-Htn', 'state', 'established', `( sport = :${port} )`];
+  return () => {
+    const r = spawnSync('ss', args, { encoding: 'utf8', timeout: 5000 });
+    return r.status === 0 ? r.stdout.split('\n').filter((l) => l.trim()).length : null;
+  };
+}
 
 /** Append `note` to the entry's note, if it has one already, after a '; '. */
 const addNote = (entry: WorkloadEntry, note: string): void => {
@@ -246,6 +264,32 @@ async function measure(def: ServerDef, srv: RunningServer, base: string, transpo
       if (r.mismatches > 0) addNote(entry, `${r.mismatches} reads differ from the base`);
       return entry;
     }
+    if (base === 'noisy-neighbour') {
+      if (noisyPython === null)
+        return { status: 'skip', transport, note: 'no python3 with python3-libnbd (import nbd); set NOISY_PYTHON' };
+      const logFd = openSync(join(srv.run, 'noisy.log'), 'a');
+      try {
+        const noisy = await runNoisy({
+          python: noisyPython,
+          script: join(ROOT, 'bench', 'noisy_neighbour.py'),
+          uri: srv.endpoint.uri,
+          base: BASE,
+          size: BASE_SIZE,
+          warmBytes: Math.min(settings.noisy_warm_mb * 1024 * 1024, BASE_SIZE / 2),
+          seconds: settings.noisy_seconds,
+          coldBs: 65536,
+          coldQd: 16,
+          logFd,
+          clients,
+          env: srv.endpoint.clientEnv,
+        });
+        return { status: 'ok', transport, noisy };
+      } catch (err) {
+        return { status: 'fail', transport, note: `${errorText(err)}; ${tail(join(srv.run, 'noisy.log'))}` };
+      } finally {
+        closeSync(logFd);
+      }
+    }
     const logFd = openSync(join(srv.run, 'fio.log'), 'a');
     try {
       const r = await runFio(base, srv.endpoint.uri, {
@@ -255,8 +299,12 @@ async function measure(def: ServerDef, srv: RunningServer, base: string, transpo
         logFd,
         clients,
         env: srv.endpoint.clientEnv,
+        countConnections: connectionCounter(srv),
       });
-      return { status: 'ok', transport, ...r };
+      const entry: WorkloadEntry = { status: 'ok', transport, ...r };
+      if (r.connections_seen !== null && r.connections_seen !== r.numjobs)
+        entry.note = `fio ran ${r.numjobs} jobs, the server had ${r.connections_seen} connections at most`;
+      return entry;
     } finally {
       closeSync(logFd);
     }
@@ -277,15 +325,17 @@ async function benchWorkload(name: string, w: string): Promise<{ entry: Workload
     return { entry: { status: 'fail', transport, note: `server did not start: ${srv.error}` } };
   }
   if (settings.warm_base) warmBase(BASE);
-  if (settings.prime_memory && FIO_WORKLOADS[base]?.rw.includes('write')) primeMemory(join(WORK, 'prime.scratch'), BASE_SIZE);
-  const cpu0 = cpuSeconds(srv.pid);
+  const fio = FIO_WORKLOADS[base];
+  if (settings.prime_memory && fio !== undefined && fioWrites(fio)) primeMemory(join(WORK, 'prime.scratch'), BASE_SIZE);
+  const lasting = childPids(srv.pid);
+  const cpu0 = treeCpuSeconds(srv.pid);
   const t0 = performance.now();
   const entry = await measure(def, srv, base, transport);
   const wall = (performance.now() - t0) / 1000;
   if (stopping) await hang(); // interrupted: cleanupAndExit finishes the job
-  await waitChildren(srv.pid);
-  const cpu1 = cpuSeconds(srv.pid);
-  entry.server_peak_rss_kib = statusKiB(srv.pid, 'VmHWM');
+  await waitChildren(srv.pid, lasting);
+  const cpu1 = treeCpuSeconds(srv.pid);
+  entry.server_peak_rss_kib = treeStatusKiB(srv.pid, 'VmHWM');
   if (!alive(srv.pid)) {
     entry.status = 'fail';
     addNote(entry, `server died during the workload; ${tail(srv.logFile)}`);
@@ -383,7 +433,7 @@ async function main(): Promise<void> {
     `settings: BASE_MB=${settings.base_mb} RUNTIME=${settings.runtime} RAMP=${settings.ramp} SESSION_SECONDS=${settings.session_seconds} ` +
       `SCALE_CONNECTIONS=${settings.scale_connections} SERVERS="${settings.anchors.join(' ')}" WORKLOADS="${settings.workloads.join(' ')}"`,
   );
-  if (runWorkloads.some((w) => !w.startsWith('sessions'))) {
+  if (runWorkloads.some((w) => !w.startsWith('sessions') && !w.startsWith('noisy-neighbour'))) {
     if (spawnSync('fio', ['--enghelp=nbd'], { stdio: 'ignore' }).status !== 0)
       die("fio with the 'nbd' engine is needed (Debian: fio)");
   }

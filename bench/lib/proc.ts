@@ -38,6 +38,34 @@ export function cpuSeconds(pid: number): number | null {
   return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / CLK_TCK;
 }
 
+/** The process and every live descendant (a server's workers, nbd-server's children), parents first. */
+export function processTree(pid: number): number[] {
+  const out = [pid];
+  for (let i = 0; i < out.length && out.length < 4096; i++) out.push(...childPids(out[i] as number));
+  return out;
+}
+
+/**
+ * cpuSeconds summed over the process tree: live workers count too (a reaped child is in its
+ * parent's cutime already), or null when `pid` is gone.
+ */
+export function treeCpuSeconds(pid: number): number | null {
+  const own = cpuSeconds(pid);
+  if (own === null) return null;
+  return processTree(pid)
+    .slice(1)
+    .reduce((sum, p) => sum + (cpuSeconds(p) ?? 0), own);
+}
+
+/** statusKiB summed over the process tree (VmRSS of a server and its workers), or null when `pid` is gone. */
+export function treeStatusKiB(pid: number, field: string): number | null {
+  const own = statusKiB(pid, field);
+  if (own === null) return null;
+  return processTree(pid)
+    .slice(1)
+    .reduce((sum, p) => sum + (statusKiB(p, field) ?? 0), own);
+}
+
 /** A field of /proc/PID/status in KiB (VmRSS, VmHWM, ...), or null. */
 export function statusKiB(pid: number, field: string): number | null {
   try {
@@ -67,12 +95,17 @@ export function childPids(pid: number): number[] {
   return out;
 }
 
+/** Open descriptors of the process and its live descendants (a server's workers), or null when it is gone. */
 export function openFdCount(pid: number): number | null {
-  try {
-    return readdirSync(`/proc/${pid}/fd`).length;
-  } catch {
-    return null;
+  let count: number | null = null;
+  for (const p of processTree(pid)) {
+    try {
+      count = (count ?? 0) + readdirSync(`/proc/${p}/fd`).length;
+    } catch {
+      // gone meanwhile
+    }
   }
+  return count;
 }
 
 export interface OpenFiles {
@@ -87,14 +120,13 @@ export interface OpenFiles {
 export function openFilesAllocated(pid: number, dir: string): OpenFiles | null {
   let bytes = 0;
   let files = 0;
-  let fds: string[];
+  const fds: string[] = [];
   try {
-    fds = readdirSync(`/proc/${pid}/fd`);
+    for (const p of processTree(pid)) fds.push(...readdirSync(`/proc/${p}/fd`).map((fd) => `/proc/${p}/fd/${fd}`));
   } catch {
-    return null;
+    if (fds.length === 0) return null;
   }
-  for (const fd of fds) {
-    const p = `/proc/${pid}/fd/${fd}`;
+  for (const p of fds) {
     try {
       if (!readlinkSync(p).startsWith(`${dir}/`)) continue;
       const st = statSync(p);

@@ -1,5 +1,6 @@
 // Markdown report and ratio computation from the results object that bench.ts builds.
 
+import type { NoisyPhase } from './noisy.js';
 import type { MetricKey, RatioEntry, Results, ScalePhase, ServerRecord, WorkloadEntry } from './results.js';
 
 export const OURS = 'nbd-cow';
@@ -22,7 +23,13 @@ function headline(workload: string): Headline | null {
       return { key: 'MiB_per_s', label: 'MiB/s', lowerBetter: false };
     case 'rand-read':
     case 'rand-write':
+    case 'rand-read-4c':
+    case 'rand-write-4c':
+    case 'rand-read-16c':
+    case 'rand-write-16c':
       return { key: 'iops', label: 'IOPS', lowerBetter: false };
+    case 'boot-4c':
+      return { key: 'MiB_per_s', label: 'MiB/s', lowerBetter: false };
     case 'rand-read-qd1':
       return { key: 'lat_mean_us', key2: 'lat_p99_us', label: 'mean / p99 µs', lowerBetter: true };
     case 'sessions':
@@ -164,7 +171,7 @@ export function renderMarkdown(results: Results): string {
   p();
 
   if (columns.length > 0) {
-    p('### One client, fresh server and empty overlay per workload');
+    p('### Fresh server and empty overlay per workload; one client (`-4c`, `-16c`: 4, 16 connections, summed)');
     p();
     const header = ['server', ...columns.map(({ w, h }) => columnLabel(w, h, settings.transport))];
     p(`| ${header.join(' | ')} |`);
@@ -212,7 +219,27 @@ export function renderMarkdown(results: Results): string {
       p(`| ${s.name} | ${columns.map(({ w }) => cpuCell(s.workloads[w])).join(' | ')} |`);
     }
     p();
+
+    const fioColumns = columns.filter(({ w }) => results.servers.some((s) => s.workloads[w]?.fio_cpu_s != null));
+    if (fioColumns.length > 0) {
+      p("### fio's CPU per workload: seconds (% of one core), all jobs, measured time only");
+      p();
+      const h3 = ['server', ...fioColumns.map(({ w }) => w)];
+      p(`| ${h3.join(' | ')} |`);
+      p(`|${h3.map(() => '---').join('|')}|`);
+      for (const s of results.servers) {
+        p(`| ${s.name} | ${fioColumns.map(({ w }) => fioCpuCell(s.workloads[w])).join(' | ')} |`);
+      }
+      p();
+      p(
+        "fio's usr_cpu + sys_cpu (with `--group_reporting`: of the jobs' summed runtime) × runtime; server CPU above also counts fio's ramp. " +
+          'fio and the server share the host: a client near 100 % per core is a client-bound column.',
+      );
+      p();
+    }
   }
+
+  renderNoisy(results, p);
 
   renderScale(results, p);
 
@@ -237,6 +264,51 @@ export function renderMarkdown(results: Results): string {
 }
 
 const cpuCell = (r: WorkloadEntry | undefined): string => (r?.status === 'ok' ? fmt(r.server_cpu_s) : '–');
+
+const fioCpuCell = (r: WorkloadEntry | undefined): string =>
+  r?.status === 'ok' && r.fio_cpu_s != null ? `${fmt(r.fio_cpu_s)} (${r.fio_cpu_pct ?? '–'} %)` : '–';
+
+const latCell = (ph: NoisyPhase): string => `${fmt(ph.lat_mean_us)} / ${fmt(ph.lat_p99_us)}`;
+
+function renderNoisy(results: Results, p: (s?: string) => void): void {
+  const rows = results.servers.flatMap((s) => {
+    const entries = Object.entries(s.workloads).filter(([w]) => w.split('@')[0] === 'noisy-neighbour');
+    return entries.map(([w, r]) => ({ s, w, r }));
+  });
+  if (rows.length === 0) return;
+  const any = rows.find(({ r }) => r.noisy)?.r.noisy;
+  p('### Noisy neighbour: QD1 4 KiB reads of a warm region, alone and beside a cold reader');
+  p();
+  p(
+    '| server | workload | alone mean / p99 µs | beside cold reader mean / p99 µs | mean × | p99 × | cold reader MiB/s (reads, mean µs) | base resident after drop | server CPU s |',
+  );
+  p('|---|---|---|---|---|---|---|---|---|');
+  for (const { s, w, r } of rows) {
+    const n = r.noisy;
+    if (r.status !== 'ok' || !n) {
+      p(`| ${s.name} | ${w} | ${r.status.toUpperCase()} | | | | | | |`);
+      continue;
+    }
+    const x = (a: number | null, b: number | null): string => (a && b ? `${(b / a).toFixed(2)}×` : '–');
+    const c = n.cold_reader;
+    p(
+      `| ${s.name === OURS ? `**${s.name}**` : s.name} | ${w} | ${latCell(n.alone)} | ${latCell(n.beside_cold)} | ` +
+        `${x(n.alone.lat_mean_us, n.beside_cold.lat_mean_us)} | ${x(n.alone.lat_p99_us, n.beside_cold.lat_p99_us)} | ` +
+        `${fmt(c.MiB_per_s)} (${c.reads}, ${fmt(c.lat_mean_us)})${c.wraps ? `, ${c.wraps} re-drop${c.wraps === 1 ? '' : 's'}` : ''} | ${fmtBytes(n.resident_after_drop_bytes)} | ${fmt(r.server_cpu_s)} |`,
+    );
+  }
+  p();
+  if (any) {
+    p(
+      `python3-libnbd clients (bench/noisy_neighbour.py): the first ${fmtBytes(any.warm_bytes)} of the ${fmtBytes(any.warm_bytes + any.cold_bytes)} base read ` +
+        `once through the server, the rest dropped from the page cache (posix_fadvise DONTNEED); then ${any.seconds} s of QD1 4 KiB reads at random in the warm ` +
+        `region alone, and ${any.seconds} s more while a second connection reads ${fmtBytes(any.cold_bs)} blocks of the cold part in a random order, ` +
+        `${any.cold_qd} in flight (each block once; should it read them all, the cold part is dropped again: "re-drops"). ` +
+        '× = beside ÷ alone. Latency is per blocking `pread`, Python included. nbdkit-memory serves no base: its "cold" reads come from RAM.',
+    );
+    p();
+  }
+}
 
 function renderScale(results: Results, p: (s?: string) => void): void {
   const sc = results.scale;

@@ -1,6 +1,7 @@
 // The shape of bench/results/latest.json: built by bench.ts, rendered by report.ts. Key order
 // in these types is the order in the JSON.
 
+import type { NoisyResult } from './noisy.js';
 import type { DiskUsage, OpenFiles } from './proc.js';
 import type { Settings } from './settings.js';
 import type { FioResult, SessionsResult } from './workloads.js';
@@ -16,6 +17,8 @@ export interface WorkloadEntry extends Partial<FioResult>, Partial<SessionsResul
   server_cpu_s?: number | null;
   wall_s?: number | null;
   server_cpu_pct?: number;
+  /** noisy-neighbour's numbers (bench/noisy_neighbour.py). */
+  noisy?: NoisyResult;
 }
 
 export interface ServerRecord {

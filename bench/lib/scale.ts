@@ -4,7 +4,7 @@
 
 import { NbdSession } from '../../test/helpers/raw-nbd/session.js';
 import { log } from './log.js';
-import { alive, cpuSeconds, diskUsage, openFdCount, openFilesAllocated, sleep, statusKiB, tail } from './proc.js';
+import { alive, diskUsage, openFdCount, openFilesAllocated, sleep, tail, treeCpuSeconds, treeStatusKiB } from './proc.js';
 import { OURS } from './report.js';
 import type { ScaleMeasured, ScalePhase } from './results.js';
 import type { RunningServer, StartFailure } from './servers.js';
@@ -39,7 +39,7 @@ class PeakSampler {
   }
 
   sample(): void {
-    const r = statusKiB(this.#pid, 'VmRSS');
+    const r = treeStatusKiB(this.#pid, 'VmRSS');
     if (r !== null && r > this.rssMax) this.rssMax = r;
     const f = openFdCount(this.#pid);
     if (f !== null && f > this.fdMax) this.fdMax = f;
@@ -77,8 +77,8 @@ export async function runScalePhase(mode: 'write' | 'read', ctx: ScaleContext): 
   const srv = await ctx.start();
   if ('error' in srv) return { status: 'fail', note: `server did not start: ${srv.error}` };
   const [writeMinKiB, writeMaxKiB] = scaleWriteRange(settings);
-  const rssBefore = statusKiB(srv.pid, 'VmRSS');
-  const cpu0 = cpuSeconds(srv.pid);
+  const rssBefore = treeStatusKiB(srv.pid, 'VmRSS');
+  const cpu0 = treeCpuSeconds(srv.pid);
   const peaks = new PeakSampler(srv.pid, rssBefore);
   const opened = await openMany({
     target: srv.endpoint.target,
@@ -97,7 +97,7 @@ export async function runScalePhase(mode: 'write' | 'read', ctx: ScaleContext): 
   peaks.sample();
   const overlay = diskUsage(srv.overlayDir);
   const openFd = openFilesAllocated(srv.pid, srv.overlayDir);
-  const rssIdle = statusKiB(srv.pid, 'VmRSS');
+  const rssIdle = treeStatusKiB(srv.pid, 'VmRSS');
   const probeMs = await probeSession(srv, mode, ctx);
   const alive1 = alive(srv.pid);
   await pool(opened.conns.length, 64, async (i) => {
@@ -112,9 +112,9 @@ export async function runScalePhase(mode: 'write' | 'read', ctx: ScaleContext): 
   peaks.sample();
   peaks.stop();
   const afterClose = diskUsage(srv.overlayDir);
-  const rssAfterClose = statusKiB(srv.pid, 'VmRSS');
-  const cpu1 = cpuSeconds(srv.pid);
-  const hwm = statusKiB(srv.pid, 'VmHWM');
+  const rssAfterClose = treeStatusKiB(srv.pid, 'VmRSS');
+  const cpu1 = treeCpuSeconds(srv.pid);
+  const hwm = treeStatusKiB(srv.pid, 'VmHWM');
   const open = opened.conns.length;
   const r: ScaleMeasured = {
     status: alive1 && open > 0 ? 'ok' : 'fail',

@@ -14,6 +14,9 @@ export interface Settings {
   readonly runtime: number;
   readonly ramp: number;
   readonly session_seconds: number;
+  /** noisy-neighbour: seconds per phase, and the warm region in MiB. */
+  readonly noisy_seconds: number;
+  readonly noisy_warm_mb: number;
   readonly scale_connections: number;
   readonly scale_idle_seconds: number;
   readonly scale_concurrency: number;
@@ -67,6 +70,8 @@ export function readSettings(env: NodeJS.ProcessEnv, defaultResults: string): Se
     runtime: intSetting('RUNTIME', quick ? 3 : 10),
     ramp: intSetting('RAMP', quick ? 1 : 2),
     session_seconds: intSetting('SESSION_SECONDS', quick ? 2 : 5),
+    noisy_seconds: intSetting('NOISY_SECONDS', quick ? 3 : 5),
+    noisy_warm_mb: intSetting('NOISY_WARM_MB', 64),
     scale_connections: intSetting('SCALE_CONNECTIONS', 1000),
     scale_idle_seconds: intSetting('SCALE_IDLE', quick ? 2 : 5),
     scale_concurrency: intSetting('SCALE_CONCURRENCY', 32),
@@ -96,6 +101,9 @@ function check(settings: Settings, scaleWriteKiB: string | undefined): void {
   if (lo === undefined || hi === undefined || !(lo >= 4 && hi >= lo && lo % 4 === 0 && hi % 4 === 0))
     die(`SCALE_WRITE_KIB must be MIN-MAX in KiB, multiples of 4, got '${scaleWriteKiB}'`);
   if (settings.base_mb < 1) die('BASE_MB must be at least 1');
+  if (settings.noisy_seconds < 1) die('NOISY_SECONDS must be at least 1');
+  if (settings.workloads.some((w) => w.startsWith('noisy-neighbour')) && settings.noisy_warm_mb * 2 > settings.base_mb)
+    die('NOISY_WARM_MB must be at most half of BASE_MB (the rest is the cold part)');
   for (const a of settings.anchors) {
     if (a === OURS) continue; // nbd-cow always runs; naming it is harmless
     if (SERVERS[a] === undefined)
@@ -108,7 +116,8 @@ function check(settings: Settings, scaleWriteKiB: string | undefined): void {
   const seen = new Set<string>();
   for (const w of settings.workloads) {
     const [base = w, transport] = w.split('@');
-    if (FIO_WORKLOADS[base] === undefined && base !== 'sessions' && base !== 'scale') die(`unknown workload '${w}'`);
+    if (FIO_WORKLOADS[base] === undefined && !['sessions', 'scale', 'noisy-neighbour'].includes(base))
+      die(`unknown workload '${w}'`);
     if (transport !== undefined && transport !== 'tcp' && transport !== 'unix') die(`unknown transport in '${w}' (tcp or unix)`);
     if (seen.has(w)) die(`workload '${w}' named twice`);
     seen.add(w);

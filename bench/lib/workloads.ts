@@ -7,12 +7,21 @@ import type { ListenAddress } from '../../lib/server/listener.js';
 import { NbdSession } from '../../test/helpers/raw-nbd/session.js';
 
 export interface FioWorkload {
-  readonly rw: 'read' | 'write' | 'randread' | 'randwrite';
+  readonly rw: 'read' | 'write' | 'randread' | 'randwrite' | 'randrw';
+  /** A block size, or fio's bssplit (`4k/50:64k/40:1m/10`) when it has a '/'. */
   readonly bs: string;
+  /** Per job (connection). */
   readonly iodepth: number;
   /** Time-based with a ramp; otherwise one pass capped at RUNTIME. */
   readonly timed: boolean;
+  /** fio jobs, one NBD connection each (default 1); more than one: --group_reporting. */
+  readonly numjobs?: number;
+  /** randrw: percent of reads. */
+  readonly rwmixread?: number;
 }
+
+/** The workload writes (so the memory priming before it applies). */
+export const fioWrites = (w: FioWorkload): boolean => w.rw.includes('write') || w.rw === 'randrw';
 
 export const FIO_WORKLOADS: Readonly<Record<string, FioWorkload>> = {
   'seq-read': { rw: 'read', bs: '1M', iodepth: 8, timed: true },
@@ -22,6 +31,15 @@ export const FIO_WORKLOADS: Readonly<Record<string, FioWorkload>> = {
   'rand-read': { rw: 'randread', bs: '4k', iodepth: 32, timed: true },
   'rand-write': { rw: 'randwrite', bs: '4k', iodepth: 32, timed: true },
   'rand-read-qd1': { rw: 'randread', bs: '4k', iodepth: 1, timed: true },
+  // Many clients: N connections (fio jobs) of QD32 each, the group's summed IOPS. Each job
+  // ranges over the whole export with its own random sequence.
+  'rand-read-4c': { rw: 'randread', bs: '4k', iodepth: 32, timed: true, numjobs: 4 },
+  'rand-write-4c': { rw: 'randwrite', bs: '4k', iodepth: 32, timed: true, numjobs: 4 },
+  'rand-read-16c': { rw: 'randread', bs: '4k', iodepth: 32, timed: true, numjobs: 16 },
+  'rand-write-16c': { rw: 'randwrite', bs: '4k', iodepth: 32, timed: true, numjobs: 16 },
+  // "VMs booting": 4 connections, each reading a spread of the image and writing a little:
+  // random, 90 % reads, half the requests 4 KiB, 40 % 64 KiB, 10 % 1 MiB, QD 8 each.
+  'boot-4c': { rw: 'randrw', bs: '4k/50:64k/40:1m/10', iodepth: 8, timed: true, numjobs: 4, rwmixread: 90 },
 };
 
 export const round = (x: number | null | undefined, d = 1): number | null =>
@@ -40,6 +58,19 @@ export interface FioResult {
   readonly lat_max_us: number | null;
   readonly io_bytes: number;
   readonly measured_s: number | null;
+  /** fio jobs = NBD connections fio opened. */
+  readonly numjobs: number;
+  /** randrw: the two sides' IOPS (iops is their sum; latencies are the reads'). */
+  readonly read_iops?: number;
+  readonly write_iops?: number;
+  readonly write_lat_mean_us?: number | null;
+  readonly write_lat_p99_us?: number | null;
+  /** fio's own CPU over the measured time (ramp excluded), all jobs: usr + sys seconds. */
+  readonly fio_cpu_s: number | null;
+  /** fio_cpu_s in percent of the measured seconds (100 = one core busy). */
+  readonly fio_cpu_pct: number | null;
+  /** The most established connections to the server seen while fio ran (ss); null: not sampled. */
+  readonly connections_seen: number | null;
   readonly fio_error: number;
   readonly fio_args: string;
 }
@@ -63,8 +94,19 @@ interface FioSide {
   readonly lat_ns?: { readonly mean?: number; readonly max?: number; readonly percentile?: Readonly<Record<string, number>> };
 }
 
+interface FioJob {
+  readonly error?: number;
+  readonly read: FioSide;
+  readonly write: FioSide;
+  /** Percent of job_runtime (with --group_reporting: of the jobs' summed runtime). */
+  readonly usr_cpu?: number;
+  readonly sys_cpu?: number;
+  /** ms; with --group_reporting the sum over the jobs. */
+  readonly job_runtime?: number;
+}
+
 interface FioJson {
-  readonly jobs?: readonly { readonly error?: number; readonly read: FioSide; readonly write: FioSide }[];
+  readonly jobs?: readonly FioJob[];
 }
 
 export interface FioOptions {
@@ -76,6 +118,8 @@ export interface FioOptions {
   readonly clients?: Set<ChildProcess>;
   /** fio's environment (default: ours); libnbd reads TLS certificates from $HOME/.pki/libnbd. */
   readonly env?: NodeJS.ProcessEnv | undefined;
+  /** Established connections to the server now (sampled once a second while fio runs), or null. */
+  readonly countConnections?: () => number | null;
 }
 
 /** Run one fio job against `uri`; resolves with parsed numbers or throws with fio's output. */
@@ -83,13 +127,16 @@ export function runFio(workload: string, uri: string, options: FioOptions): Prom
   const { runtime, ramp, outFile, logFd, clients = new Set<ChildProcess>() } = options;
   const w = FIO_WORKLOADS[workload];
   if (w === undefined) return Promise.reject(new Error(`unknown fio workload '${workload}'`));
+  const numjobs = w.numjobs ?? 1;
   const args = [
     `--name=${workload}`,
     '--ioengine=nbd',
     `--uri=${uri}`,
-    '--numjobs=1',
+    `--numjobs=${numjobs}`,
+    ...(numjobs > 1 ? ['--group_reporting'] : []),
     `--rw=${w.rw}`,
-    `--bs=${w.bs}`,
+    ...(w.rwmixread === undefined ? [] : [`--rwmixread=${w.rwmixread}`]),
+    w.bs.includes('/') ? `--bssplit=${w.bs}` : `--bs=${w.bs}`,
     `--iodepth=${w.iodepth}`,
     `--runtime=${runtime}`,
     '--lat_percentiles=1',
@@ -103,12 +150,21 @@ export function runFio(workload: string, uri: string, options: FioOptions): Prom
     clients.add(child);
     const limit = (runtime + ramp + 60) * 1000;
     const timer = setTimeout(() => child.kill('SIGKILL'), limit);
+    let connectionsSeen: number | null = null;
+    const sampler = options.countConnections
+      ? setInterval(() => {
+          const n = options.countConnections?.() ?? null;
+          if (n !== null) connectionsSeen = Math.max(connectionsSeen ?? 0, n);
+        }, 1000)
+      : null;
     child.once('error', (e) => {
       clearTimeout(timer);
+      if (sampler) clearInterval(sampler);
       reject(e);
     });
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
+      if (sampler) clearInterval(sampler);
       clients.delete(child);
       let data: FioJson;
       try {
@@ -122,20 +178,38 @@ export function runFio(workload: string, uri: string, options: FioOptions): Prom
         reject(new Error('fio JSON has no job'));
         return;
       }
-      const side = w.rw.includes('write') ? job.write : job.read;
+      const mixed = w.rw === 'randrw';
+      const side = w.rw === 'write' || w.rw === 'randwrite' ? job.write : job.read;
       const lat = side.lat_ns ?? {};
       const pct = lat.percentile ?? {};
       const us = (ns: number | undefined): number | null => (ns === undefined ? null : round(ns / 1000));
+      const measured = Math.max(job.read.runtime, job.write.runtime) / 1000;
+      const cpuS =
+        job.job_runtime === undefined || job.usr_cpu === undefined || job.sys_cpu === undefined
+          ? null
+          : (((job.usr_cpu + job.sys_cpu) / 100) * job.job_runtime) / 1000;
       const result: FioResult = {
-        MiB_per_s: round(side.bw_bytes / 1048576),
-        iops: Math.round(side.iops),
+        MiB_per_s: round((mixed ? job.read.bw_bytes + job.write.bw_bytes : side.bw_bytes) / 1048576),
+        iops: Math.round(mixed ? job.read.iops + job.write.iops : side.iops),
         lat_mean_us: us(lat.mean),
         lat_p50_us: us(pct['50.000000']),
         lat_p99_us: us(pct['99.000000']),
         lat_p999_us: us(pct['99.900000']),
         lat_max_us: us(lat.max),
-        io_bytes: side.io_bytes,
-        measured_s: round(side.runtime / 1000, 2),
+        io_bytes: mixed ? job.read.io_bytes + job.write.io_bytes : side.io_bytes,
+        measured_s: round(measured, 2),
+        numjobs,
+        ...(mixed
+          ? {
+              read_iops: Math.round(job.read.iops),
+              write_iops: Math.round(job.write.iops),
+              write_lat_mean_us: us(job.write.lat_ns?.mean),
+              write_lat_p99_us: us(job.write.lat_ns?.percentile?.['99.000000']),
+            }
+          : {}),
+        fio_cpu_s: round(cpuS, 2),
+        fio_cpu_pct: cpuS === null || measured <= 0 ? null : Math.round((cpuS / measured) * 100),
+        connections_seen: connectionsSeen,
         fio_error: job.error ?? 0,
         fio_args: args.filter((a) => !a.startsWith('--uri=') && !a.startsWith('--output=')).join(' '),
       };
