@@ -16,6 +16,7 @@ import { formatStats, STATS_DEFINITIONS, skipWarning, statsJson } from '../lib/b
 import { loadConfigFile } from '../lib/config/config-file.js';
 import { reloadFromFile } from '../lib/config/reload.js';
 import type { ServerConfig } from '../lib/config/server-config.js';
+import { defaultOverlayDir } from '../lib/defaults.js';
 import { writePatternImage } from '../lib/demo-image.js';
 import { parseHostPort as parseHostPortValue } from '../lib/host-port.js';
 import {
@@ -40,12 +41,15 @@ import { createLogger, LOG_FORMATS, type LogFormat, type Logger, levelFromEnv } 
 import { progressBar } from '../lib/progress-bar.js';
 import { runWithServer } from '../lib/run-command.js';
 import { AccessList } from '../lib/server/access-list.js';
+import type { ConnectionLimits } from '../lib/server/connection-limits.js';
 import type { ListenAddress } from '../lib/server/listener.js';
 import { logEvents } from '../lib/server/log-events.js';
 import { notifyReady } from '../lib/server/readiness.js';
 import { DEFAULT_STATUS_URL, fetchSessions, formatSessionTable, parseSessions, sessionsUrl } from '../lib/server/session-list.js';
 import { inheritedListenAddresses } from '../lib/server/socket-activation.js';
 import { formatUri } from '../lib/server/uri.js';
+import { parseWorkerAddresses, serveAsWorker } from '../lib/server/worker-process.js';
+import { startWorkers, WORKER_ENV } from '../lib/server/workers.js';
 import { parseByteSize } from '../lib/size.js';
 
 const DEMO_SIZE = 64 * 1024 * 1024;
@@ -92,6 +96,7 @@ interface CliOptions {
   bufferMemory?: number;
   metrics?: { host: string; port: number };
   config?: string;
+  workers?: number;
 }
 
 /** --layer for the overlay commands: the stack the overlay sits on, as serve takes it. */
@@ -277,7 +282,9 @@ function addServeOptions(cmd: Command): Command {
 function cliLogger(opts: CliOptions, config?: ServerConfig, formatFromCli = true): Logger {
   const level = opts.verbose === true ? 'debug' : opts.quiet === true ? 'error' : levelFromEnv(config?.logLevel ?? 'info');
   const format = formatFromCli ? opts.logFormat : (config?.logFormat ?? opts.logFormat);
-  return createLogger(level, undefined, { format });
+  // A worker of --workers N tags its text lines with its pid (pino's JSON carries the pid anyway).
+  const tag = process.env[WORKER_ENV] === undefined ? {} : { tag: `worker ${process.pid}` };
+  return createLogger(level, undefined, { format, ...tag });
 }
 
 function toServerOptions(base: string, opts: CliOptions): Omit<ServerOptions, 'listen'> & { listen: ServerOptions['listen'] } {
@@ -358,7 +365,7 @@ async function demoImage(): Promise<string> {
 }
 
 /** The serve options that --config replaces, by commander's attribute name. */
-const CONFIG_ONLY_OK = new Set(['config', 'verbose', 'quiet', 'logFormat', 'maxInFlight']);
+const CONFIG_ONLY_OK = new Set(['config', 'verbose', 'quiet', 'logFormat', 'maxInFlight', 'workers']);
 /** The serve options that say where to listen: systemd's sockets replace them. */
 const LISTEN_OPTIONS = new Set(['bind', 'port', 'socket', 'socketMode', 'socketGroup']);
 
@@ -413,18 +420,10 @@ async function serve(cmd: Command, base: string | undefined, opts: CliOptions): 
       log.info(`socket activation: serving the ${inherited.length} socket(s) systemd passed, not the file's listen:`);
     config = { ...config, listen: inherited.map((address) => ({ address })) };
   }
-  const server = await startConfiguredServer(config, {
-    log,
-    events: [logEvents(log)],
-    ...(opts.maxInFlight !== undefined || opts.handshakeTimeout !== undefined
-      ? {
-          limits: {
-            ...(opts.maxInFlight !== undefined ? { maxInFlight: opts.maxInFlight } : {}),
-            ...(opts.handshakeTimeout !== undefined ? { handshakeTimeoutMs: opts.handshakeTimeout } : {}),
-          },
-        }
-      : {}),
-  });
+  const workerAddresses = process.env[WORKER_ENV];
+  if (workerAddresses !== undefined) return serveWorker(config, log, opts, parseWorkerAddresses(workerAddresses));
+  if ((opts.workers ?? 1) > 1) return servePrimary(config, log, opts);
+  const server = await startConfiguredServer(config, { log, events: [logEvents(log)], ...runtimeLimits(opts) });
   // One URI a listener (the first export's), then the metrics URL.
   const first = config.exports[0];
   const uris = server.addresses.map((address: ListenAddress, i) =>
@@ -444,16 +443,72 @@ async function serve(cmd: Command, base: string | undefined, opts: CliOptions): 
   notifyReady({ status: `serving ${server.uri}` }).catch((err: unknown) => {
     log.warn(`could not tell systemd the server is ready: ${err instanceof Error ? err.message : String(err)}`);
   });
+  stopOnSignals(() => server.stop());
+}
+
+/** The limits the flags give (beside a configuration too), for startConfiguredServer's runtime. */
+function runtimeLimits(opts: CliOptions): { limits?: Partial<ConnectionLimits> } {
+  if (opts.maxInFlight === undefined && opts.handshakeTimeout === undefined) return {};
+  return {
+    limits: {
+      ...(opts.maxInFlight !== undefined ? { maxInFlight: opts.maxInFlight } : {}),
+      ...(opts.handshakeTimeout !== undefined ? { handshakeTimeoutMs: opts.handshakeTimeout } : {}),
+    },
+  };
+}
+
+/** SIGINT/SIGTERM: `stop`, then exit 0 (1 if it fails); a second signal exits at once. */
+function stopOnSignals(stop: () => Promise<void>): void {
   let signals = 0;
   const onSignal = (): void => {
     if (++signals > 1) process.exit(1);
-    server.stop().then(
+    stop().then(
       () => process.exit(0),
       (err: unknown) => fail(err),
     );
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+}
+
+/** The primary of --workers N: bind, start the workers, hand them connections (lib/server/workers.ts). */
+async function servePrimary(config: ServerConfig, log: Logger, opts: CliOptions): Promise<void> {
+  if (config.metrics !== undefined) throw new Error('--metrics is not available with --workers above 1 yet (doc/workers.md)');
+  const workers = await startWorkers(config, {
+    workers: opts.workers ?? 1,
+    log,
+    script: process.argv[1] as string,
+    args: process.argv.slice(2),
+    overlayDirs: config.exports.filter((e) => !e.readOnly).map((e) => e.overlayDir ?? defaultOverlayDir()),
+  });
+  const first = config.exports[0];
+  for (const [i, address] of workers.addresses.entries()) {
+    process.stdout.write(`${i === 0 ? workers.uri : formatUri(address, first?.name ?? '', workers.uri.startsWith('nbds'))}\n`);
+  }
+  log.info(`serving with ${workers.pids.length} worker processes: ${workers.pids.join(', ')}`);
+  if (opts.config !== undefined) {
+    process.on('SIGHUP', () => {
+      log.info('SIGHUP: each worker reloads the configuration file');
+      workers.reload();
+    });
+  }
+  notifyReady({ status: `serving ${workers.uri} with ${workers.pids.length} workers` }).catch((err: unknown) => {
+    log.warn(`could not tell systemd the server is ready: ${err instanceof Error ? err.message : String(err)}`);
+  });
+  stopOnSignals(() => workers.stop());
+}
+
+/** One worker of --workers N: serve what the primary hands over (lib/server/worker-process.ts). */
+async function serveWorker(config: ServerConfig, log: Logger, opts: CliOptions, adopted: ListenAddress[]): Promise<void> {
+  const server = await serveAsWorker(config, { log, events: [logEvents(log)], ...runtimeLimits(opts) }, adopted);
+  if (opts.config !== undefined) {
+    const path = opts.config;
+    let reloading = Promise.resolve(true);
+    process.on('SIGHUP', () => {
+      reloading = reloading.then(() => reloadFromFile(server, path, log));
+    });
+  }
+  stopOnSignals(() => server.stop());
 }
 
 async function run(base: string, command: string[], opts: CliOptions): Promise<void> {
@@ -491,6 +546,13 @@ addAccessOptions(
     parseHostPort,
   )
   .option('--config <file>', 'serve the listeners and exports of a YAML configuration file (doc/config.md); SIGHUP reloads it')
+  .addOption(
+    new Option(
+      '--workers <n>',
+      'worker processes serving the connections (doc/workers.md); 1 (the default) is one process. Above 1, ' +
+        'the connections of a named overlay move to the worker that has it open (not over TLS yet), and --metrics is not available',
+    ).argParser(parsePositive),
+  )
   .action((base: string | undefined, opts: CliOptions, cmd: Command) => serve(cmd, base, opts).catch(fail));
 
 addServeOptions(

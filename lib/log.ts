@@ -33,6 +33,8 @@ export interface LoggerOptions {
   /** `text` (default): `nbd-cow: [level: ]message` lines; `json`: pino's JSON lines. */
   readonly format?: LogFormat;
   readonly maxLinesPerSecond?: number;
+  /** Text lines begin `nbd-cow[tag]:` (a worker's `worker PID`); JSON lines carry pino's pid anyway. */
+  readonly tag?: string;
 }
 
 export function isLogLevel(value: string): value is LogLevel {
@@ -53,8 +55,9 @@ type LineLevel = Exclude<LogLevel, 'silent'>;
 /** Where a line that passed the level and the rate limit goes, formatted. */
 type Sink = (at: LineLevel, message: string, fields: LogFields | undefined) => void;
 
-function textSink(write: (line: string) => void): Sink {
-  return (at, message) => write(`nbd-cow: ${at === 'info' ? '' : `${at}: `}${message}\n`);
+function textSink(write: (line: string) => void, tag: string | undefined): Sink {
+  const prefix = tag === undefined ? 'nbd-cow: ' : `nbd-cow[${tag}]: `;
+  return (at, message) => write(`${prefix}${at === 'info' ? '' : `${at}: `}${message}\n`);
 }
 
 /**
@@ -80,7 +83,8 @@ function jsonSink(write: ((line: string) => void) | undefined): Sink {
  */
 export function createLogger(level: LogLevel, write?: (line: string) => void, options: LoggerOptions = {}): Logger {
   const maxLinesPerSecond = options.maxLinesPerSecond ?? MAX_LINES_PER_SECOND;
-  const sink = options.format === 'json' ? jsonSink(write) : textSink(write ?? ((line) => process.stderr.write(line)));
+  const sink =
+    options.format === 'json' ? jsonSink(write) : textSink(write ?? ((line) => process.stderr.write(line)), options.tag);
   const threshold = RANK[level];
   let secondStart = 0;
   let written = 0;

@@ -2,6 +2,7 @@
 // check everything that can be checked, open the exports, bind every listener, give up root,
 // then serve metrics. reload() applies a new configuration's exports to the running server.
 
+import type { Socket } from 'node:net';
 import { resolve } from 'node:path';
 import type { ExportConfig, ServerConfig } from './config/server-config.js';
 import { DEFAULT_BUFFER_MEMORY, DEFAULT_MAX_CONNECTIONS, defaultOverlayDir } from './defaults.js';
@@ -12,6 +13,7 @@ import { listenerPermissions } from './server/access-options.js';
 import { validateConnectionLimit } from './server/admission.js';
 import { ConfiguredExports, type ReloadSummary } from './server/configured-exports.js';
 import { type ConnectionLimits, DEFAULT_LIMITS } from './server/connection-limits.js';
+import type { Replay } from './server/hand-over.js';
 import { type ListenAddress, ListenerGroup, NbdListener } from './server/listener.js';
 import { MemoryBudget } from './server/memory-budget.js';
 import { ServerMetrics } from './server/metrics.js';
@@ -26,6 +28,15 @@ export interface ServerRuntime {
   readonly log: Logger;
   readonly events?: readonly ServerEvents[];
   readonly limits?: Partial<ConnectionLimits>;
+  /**
+   * A worker (workers.ts): the addresses its primary listens on, one per configured listener.
+   * The listeners are made but do not listen; adopt() serves the sockets the primary passes.
+   */
+  readonly adopted?: readonly ListenAddress[];
+  /** A worker's: whether a pid is a sibling worker (hand-over.ts). */
+  readonly siblingWorker?: (pid: number) => boolean;
+  /** A worker's: move a connection accepted on listener `listener` to worker `owner`, which holds its named overlay. */
+  readonly handOver?: (listener: number, socket: Socket, replay: Replay, owner: number) => void;
 }
 
 export interface RunningServer {
@@ -54,6 +65,8 @@ export interface RunningServer {
   reload(config: ServerConfig): Promise<ReloadSummary>;
   /** Stop accepting, finish in-flight requests, delete ephemeral overlays, close (keep) named ones, release the bases. */
   stop(): Promise<void>;
+  /** A worker's: serve `socket`, which its primary accepted on listener `index` (and another worker began, with `replay`). */
+  adopt(index: number, socket: Socket, replay?: Replay): void;
 }
 
 export async function startConfiguredServer(config: ServerConfig, runtime: ServerRuntime): Promise<RunningServer> {
@@ -80,6 +93,7 @@ export async function startConfiguredServer(config: ServerConfig, runtime: Serve
     tlsMode: tls.mode,
     defaultOverlayDir: resolve(defaultOverlayDir(target?.uid)),
     privilegeTarget: target,
+    ...(runtime.siblingWorker !== undefined ? { siblingWorker: runtime.siblingWorker } : {}),
   });
   const listeners: NbdListener[] = [];
   let status: StatusServer | null = null;
@@ -93,6 +107,7 @@ export async function startConfiguredServer(config: ServerConfig, runtime: Serve
     const addresses: ListenAddress[] = [];
     // One connection cap and one numbering for every listener.
     const group = new ListenerGroup({ allow, maxConnections }, log, events);
+    const handOver = runtime.handOver;
     for (const [i, listen] of config.listen.entries()) {
       const listener = new NbdListener({
         registry: exports.table,
@@ -103,9 +118,13 @@ export async function startConfiguredServer(config: ServerConfig, runtime: Serve
         group,
         ...(permissions[i] !== undefined ? { socketPermissions: permissions[i] } : {}),
         events,
+        ...(handOver !== undefined
+          ? { handOver: (socket: Socket, replay: Replay, owner: number) => handOver(i, socket, replay, owner) }
+          : {}),
       });
       listeners.push(listener);
-      addresses.push(await listener.listen(listen.address));
+      const adopted = runtime.adopted?.[i];
+      addresses.push(adopted ?? (await listener.listen(listen.address)));
     }
     // In the same turn as the last listen(): no client is accepted before the switch.
     if (target !== null) {
@@ -148,6 +167,15 @@ export async function startConfiguredServer(config: ServerConfig, runtime: Serve
       stop: () => {
         stopping ??= stopAll();
         return stopping;
+      },
+      adopt: (index, socket, replay) => {
+        const listener = listeners[index];
+        const address = addresses[index];
+        if (runtime.adopted === undefined || listener === undefined || address === undefined) {
+          socket.destroy();
+          throw new Error(`no listener ${index} to adopt a connection on`);
+        }
+        listener.adopt(socket, address, replay);
       },
     };
   } catch (err) {

@@ -165,3 +165,12 @@ t.test('text: fields are not shown, the message is the line', async (t) => {
   log.info('conn 1 (unix): connected', { event: 'connect', conn: 1 });
   t.strictSame(lines, ['nbd-cow: conn 1 (unix): connected\n']);
 });
+
+t.test('a tag names the process in text lines (a worker of --workers N)', (t) => {
+  const lines: string[] = [];
+  const log = createLogger('info', (line) => lines.push(line), { tag: 'worker 42' });
+  log.info('conn 1 (peer): connected');
+  log.warn('late');
+  t.same(lines, ['nbd-cow[worker 42]: conn 1 (peer): connected\n', 'nbd-cow[worker 42]: warn: late\n']);
+  t.end();
+});

@@ -40,6 +40,8 @@ export interface NamedOverlaysOptions {
   readonly events?: OverlayEvents;
   /** Whole blocks a WRITE makes equal to the base's go back to "base" (CowDeviceOptions.elideBaseMatches). */
   readonly elideBaseMatches?: boolean;
+  /** A lock holder (pid) whose overlays the server reaches another way (a sibling worker): no warning when it holds one. */
+  readonly reachable?: (holder: number) => boolean;
 }
 
 interface Opened {
@@ -86,7 +88,10 @@ export class NamedOverlays {
       const path = this.pathOf(exportName, overlayName);
       return await this.#attach(path, lockFileName(path), what);
     } catch (err) {
-      this.#options.warn?.(`refused ${what}: ${err instanceof Error ? err.message : String(err)}`);
+      const holder = (err as { holder?: number }).holder;
+      if (holder === undefined || this.#options.reachable?.(holder) !== true) {
+        this.#options.warn?.(`refused ${what}: ${err instanceof Error ? err.message : String(err)}`);
+      }
       throw err;
     }
   }

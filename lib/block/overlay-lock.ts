@@ -77,7 +77,10 @@ export async function acquireOverlayLock(lockPath: string, what: string): Promis
           : holder?.pid !== undefined
             ? `process ${holder.pid}`
             : 'another process';
-      throw Object.assign(new Error(`${what} is in use by ${who} (lock file ${lockPath})`), { code: 'EBUSY' });
+      throw Object.assign(new Error(`${what} is in use by ${who} (lock file ${lockPath})`), {
+        code: 'EBUSY',
+        holder: holder?.pid,
+      });
     }
     // Stale (or gone since EEXIST): remove it if it is still the one we judged, then retry.
     const again = await readText(lockPath);

@@ -8,6 +8,7 @@
 import { constants as fsConstants } from 'node:fs';
 import { access, mkdir } from 'node:fs/promises';
 import { basename } from 'node:path';
+import type { BlockDevice } from '../block/device.js';
 import { sweepEphemeralOverlays } from '../block/ephemeral.js';
 import { validateBlockSize } from '../block/overlay-layout.js';
 import { spaceLimits } from '../block/space-budget.js';
@@ -17,6 +18,7 @@ import { AccessList } from './access-list.js';
 import { ExportBacking } from './export-backing.js';
 import { ExportTable, type ExportTableEntry } from './export-table.js';
 import { type Export, overlayExportRegistry } from './exports.js';
+import { HandOver } from './hand-over.js';
 import { handOverCreatedDirs, type PrivilegeTarget } from './privileges.js';
 import type { ServerEvents } from './server-events.js';
 import type { TlsMode } from './tls-credentials.js';
@@ -30,6 +32,8 @@ export interface ExportsContext {
   readonly defaultOverlayDir: string;
   /** Who the server will become: the overlay directories it creates at start are handed over. */
   readonly privilegeTarget: PrivilegeTarget | null;
+  /** A worker's: whether a pid is a sibling worker, to which a named overlay's connections move (hand-over.ts). */
+  readonly siblingWorker?: (pid: number) => boolean;
 }
 
 /** What a reload changed, by export name. */
@@ -164,8 +168,22 @@ export class ConfiguredExports {
       elideBaseMatches: config.elideBaseMatches ?? false,
       events,
       warn: (message) => log.warn(message),
+      ...(this.#context.siblingWorker !== undefined ? { siblingWorker: this.#context.siblingWorker } : {}),
       nextOverlayNumber: () => ++this.#overlayNumber,
     });
+  }
+
+  /** A connection's handle on a named overlay; held by a sibling worker, a HandOver to it instead. */
+  async #attachNamed(backing: ExportBacking, overlayName: string): Promise<BlockDevice> {
+    try {
+      return await backing.openNamed(overlayName);
+    } catch (err) {
+      const holder = (err as { holder?: number }).holder;
+      if (holder !== undefined && this.#context.siblingWorker?.(holder) === true) {
+        throw new HandOver(holder, err instanceof Error ? err.message : String(err));
+      }
+      throw err;
+    }
   }
 
   #entry(config: ExportConfig, backing: ExportBacking): ExportTableEntry {
@@ -185,7 +203,7 @@ export class ConfiguredExports {
       plain,
       policy: config.overlays,
       namedOwner: config.namedOverlayOwner,
-      ...(config.readOnly ? {} : { attachNamed: (overlayName: string) => backing.openNamed(overlayName) }),
+      ...(config.readOnly ? {} : { attachNamed: (overlayName: string) => this.#attachNamed(backing, overlayName) }),
     });
     return {
       plain,

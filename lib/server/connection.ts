@@ -15,6 +15,9 @@
 // and every reply finished in one event-loop turn leaves in one writev (reply-batcher.ts).
 // Back-pressure: at the in-flight cap, or when too many bytes wait in the socket's write
 // buffer, the socket is paused and parsing stops until there is room again.
+// In a worker of --workers N (hand-over.ts), a GO whose named overlay another worker holds ends
+// this connection's part without a reply: the socket and the handshake bytes go to that worker,
+// whose Connection replays the earlier options muted and answers the GO itself.
 
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
@@ -45,6 +48,7 @@ import { type BufferPool, POOL_MIN_BYTES } from './buffer-pool.js';
 import { ByteQueue } from './byte-queue.js';
 import type { ConnectionLimits } from './connection-limits.js';
 import type { ExportRegistry } from './exports.js';
+import { handedOverReason, MAX_HOPS, MAX_REPLAY_BYTES, type Replay } from './hand-over.js';
 import type { BudgetHolder, MemoryBudget } from './memory-budget.js';
 import { handleOption, type NegotiationState, type SettledOutcome } from './negotiation.js';
 import { ReplyBatcher } from './reply-batcher.js';
@@ -83,6 +87,10 @@ export interface ConnectionOptions {
   /** Bytes of payloads and unsent replies, shared by every connection. */
   readonly budget: MemoryBudget;
   readonly tls: TlsSettings;
+  /** A worker's: move the connection to worker `owner`, which holds the named overlay its GO names. */
+  readonly handOver?: (socket: Socket, replay: Replay, owner: number) => void;
+  /** A connection handed over by another worker: go on from there (no greeting; earlier options muted). */
+  readonly replay?: Replay;
 }
 
 export class Connection implements BudgetHolder {
@@ -97,6 +105,11 @@ export class Connection implements BudgetHolder {
   #state: State = 'client-flags';
   #option: OptionHeader = { option: 0, length: 0 };
   #optionCount = 0;
+  /** With handOver: the bytes of the handshake so far (client flags, then each option's header and data). */
+  #handshakeLog: Buffer[] | null;
+  #handshakeLogBytes = 0;
+  /** Replaying a handed-over handshake: its replies went out from the other worker already. */
+  #muted = false;
   #negotiation: NegotiationState = {
     structuredReplies: false,
     metaContexts: null,
@@ -165,10 +178,46 @@ export class Connection implements BudgetHolder {
       bytesWritten: 0,
       overlayBytes: () => this.#device?.dataBytes?.() ?? 0,
     };
+    const hops = options.replay?.hops ?? 0;
+    this.#handshakeLog = options.handOver === undefined ? null : [];
+    this.#negotiation = { ...this.#negotiation, mayHandOver: options.handOver !== undefined && hops < MAX_HOPS };
     socket.setNoDelay(true);
     this.#listen(socket);
-    socket.write(encodeGreeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES));
+    if (options.replay === undefined) socket.write(encodeGreeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES));
     options.events.connectionOpened(this.record);
+    if (options.replay !== undefined) this.#replay(options.replay);
+  }
+
+  /** Go on with a handed-over connection: the earlier options muted, then the GO and what followed. */
+  #replay(replay: Replay): void {
+    this.#muted = true;
+    this.#queue.push(replay.handshake);
+    this.#process();
+    this.#muted = false;
+    if (this.#state !== 'option-header' || this.#queue.length > 0) {
+      this.#close('protocol error: a handed-over handshake did not end before its GO');
+      return;
+    }
+    this.#queue.push(replay.pending);
+    this.#process();
+  }
+
+  /**
+   * Record handshake bytes (with handOver, until transmission or TLS): the replay if the
+   * connection moves. Copies, so no received chunk is held; past MAX_REPLAY_BYTES (real clients
+   * send a few hundred) recording stops and the connection can no longer move.
+   */
+  #logged(bytes: Buffer): Buffer {
+    const log = this.#handshakeLog;
+    if (log === null) return bytes;
+    this.#handshakeLogBytes += bytes.length;
+    if (this.#handshakeLogBytes > MAX_REPLAY_BYTES) {
+      this.#handshakeLog = null;
+      this.#negotiation = { ...this.#negotiation, mayHandOver: false };
+    } else {
+      log.push(Buffer.from(bytes));
+    }
+    return bytes;
   }
 
   readonly #onData = (chunk: Buffer): void => {
@@ -262,17 +311,19 @@ export class Connection implements BudgetHolder {
     switch (this.#state) {
       case 'client-flags':
         if (queue.length < CLIENT_FLAGS_SIZE) return false;
-        return this.#onClientFlags(decodeClientFlags(queue.take(CLIENT_FLAGS_SIZE)));
+        return this.#onClientFlags(decodeClientFlags(this.#logged(queue.take(CLIENT_FLAGS_SIZE))));
       case 'option-header':
         if (queue.length < OPTION_HEADER_SIZE) return false;
-        return this.#onOptionHeader(decodeOptionHeader(queue.take(OPTION_HEADER_SIZE)));
+        return this.#onOptionHeader(decodeOptionHeader(this.#logged(queue.take(OPTION_HEADER_SIZE))));
       case 'option-data':
         if (queue.length < this.#option.length) return false;
-        return this.#onOption(queue.take(this.#option.length));
+        return this.#onOption(this.#logged(queue.take(this.#option.length)));
       case 'opening': {
         const opened = this.#opened;
         if (opened === null) return false;
         this.#opened = null;
+        // A GO that opened nothing here: replaying it elsewhere would open again, so no later move.
+        if (opened.kind !== 'handover') this.#negotiation = { ...this.#negotiation, mayHandOver: false };
         return this.#onOutcome(opened);
       }
       case 'request-header':
@@ -360,6 +411,10 @@ export class Connection implements BudgetHolder {
 
   #onOutcome(outcome: SettledOutcome): boolean {
     if (outcome.kind === 'starttls') return this.#startTls(outcome.replies);
+    if (outcome.kind === 'handover') {
+      this.#handOver(outcome.owner);
+      return false;
+    }
     this.#writeAll(outcome.replies);
     switch (outcome.kind) {
       case 'continue':
@@ -372,6 +427,7 @@ export class Connection implements BudgetHolder {
         return false;
       case 'transmission':
         this.#clearHandshakeTimer();
+        this.#handshakeLog = null;
         this.#device = outcome.device;
         this.#session = {
           device: outcome.device,
@@ -396,6 +452,7 @@ export class Connection implements BudgetHolder {
 
   /** Report a refused option to the observers (log-events.ts logs it, with the peer). */
   #reportRefusal(refused: OptionError): void {
+    if (this.#muted) return; // logged by the worker that answered it
     this.#options.events.optionRefused(this.record, this.#option.option, refused.replyType, refused.message);
   }
 
@@ -404,6 +461,7 @@ export class Connection implements BudgetHolder {
     const credentials = this.#options.tls.credentials;
     if (credentials === null) throw new Error('STARTTLS accepted without TLS credentials');
     this.#state = 'tls-handshake';
+    this.#handshakeLog = null; // a TLS session stays in this process
     this.#replies.flush();
     const plain = this.#socket;
     startTls(plain, Buffer.concat(replies), credentials, {
@@ -561,9 +619,36 @@ export class Connection implements BudgetHolder {
     }
   }
 
+  /**
+   * The GO's named overlay is open in worker `owner`: give it the socket, unread from here on, and
+   * the handshake to replay (hand-over.ts). This connection ends here without a reply.
+   */
+  #handOver(owner: number): void {
+    const handOver = this.#options.handOver;
+    const log = this.#handshakeLog;
+    if (handOver === undefined || log === null || log.length < 3) throw new Error('a hand-over without a recorded handshake');
+    const socket = this.#socket;
+    this.#unlisten(socket);
+    socket.pause();
+    const after: Buffer[] = [this.#queue.take(this.#queue.length)];
+    for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) after.push(chunk);
+    const replay: Replay = {
+      handshake: Buffer.concat(log.slice(0, -2)),
+      pending: Buffer.concat([...log.slice(-2), ...after]),
+      hops: (this.#options.replay?.hops ?? 0) + 1,
+    };
+    this.#handshakeLog = null;
+    this.#clearHandshakeTimer();
+    this.#state = 'closed';
+    this.#flow.releaseAll();
+    this.#options.events.connectionClosed(this.record, handedOverReason(owner));
+    this.#resolveClosed();
+    handOver(socket, replay, owner);
+  }
+
   /** Send replies (each message whole, batched per event: reply-batcher.ts). */
   #writeAll(messages: readonly Buffer[]): void {
-    if (this.#state === 'closed' || messages.length === 0) return;
+    if (this.#muted || this.#state === 'closed' || messages.length === 0) return;
     this.#flow.written(this.#replies.write(messages));
   }
 

@@ -31,6 +31,8 @@ export interface BackingOptions {
   readonly elideBaseMatches: boolean;
   readonly events: OverlayEvents;
   readonly warn: (message: string) => void;
+  /** A worker's: whether a named overlay's lock holder is a sibling worker (the connection moves there). */
+  readonly siblingWorker?: (pid: number) => boolean;
   /** Ephemeral overlay file names are `eph-<pid>-<n>.cow`: n from here, unique in the process. */
   readonly nextOverlayNumber: () => number;
 }
@@ -59,6 +61,7 @@ export class ExportBacking {
       ...(options.space !== undefined ? { space: options.space } : {}),
       elideBaseMatches: options.elideBaseMatches,
       events: options.events,
+      ...(options.siblingWorker !== undefined ? { reachable: options.siblingWorker } : {}),
     });
   }
 

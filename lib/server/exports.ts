@@ -25,6 +25,7 @@ import {
   NBD_REP_ERR_UNKNOWN,
 } from '../protocol/constants.js';
 import { OptionError } from '../protocol/errors.js';
+import { HandOver } from './hand-over.js';
 
 export interface Export {
   /** Canonical name. */
@@ -160,6 +161,8 @@ function namedExport(plain: Export, overlayName: string, attach: (overlayName: s
       try {
         return await attach(overlayName);
       } catch (err) {
+        // Open in a sibling worker: negotiation.ts moves the connection there (hand-over.ts).
+        if (err instanceof HandOver) throw err;
         // In use by another process, another base's overlay, a corrupt file: the message says which.
         throw new OptionError(NBD_REP_ERR_UNKNOWN, err instanceof Error ? err.message : String(err));
       }

@@ -10,6 +10,7 @@ import { BufferPool } from './buffer-pool.js';
 import { Connection } from './connection.js';
 import type { ConnectionLimits } from './connection-limits.js';
 import type { ExportRegistry } from './exports.js';
+import type { Replay } from './hand-over.js';
 import { resolveInherited } from './inherited-socket.js';
 import type { MemoryBudget } from './memory-budget.js';
 import { NO_EVENTS, type ServerEvents, type SessionRecord } from './server-events.js';
@@ -65,6 +66,14 @@ export interface NbdListenerOptions {
   readonly socketPermissions?: SocketPermissions;
   /** Where connections report what happens (logs, metrics); absent: nowhere. */
   readonly events?: ServerEvents;
+  /**
+   * A primary's listener (workers.ts): accept paused (no byte read), admit, then hand the socket
+   * to `forward` instead of serving it; `done` is called once the connection has closed wherever
+   * it went, so the connection cap counts it until then.
+   */
+  readonly forward?: (socket: Socket, done: () => void) => void;
+  /** A worker's listener: how a connection moves to the worker holding its named overlay (hand-over.ts). */
+  readonly handOver?: (socket: Socket, replay: Replay, owner: number) => void;
 }
 
 export class NbdListener {
@@ -82,7 +91,8 @@ export class NbdListener {
   constructor(options: NbdListenerOptions) {
     this.#options = options;
     this.#group = options.group ?? new ListenerGroup(options.admission ?? {}, options.log, options.events ?? NO_EVENTS);
-    this.#server = createServer({ noDelay: true, allowHalfOpen: true }, (socket) => this.#accept(socket));
+    const pauseOnConnect = options.forward !== undefined;
+    this.#server = createServer({ noDelay: true, allowHalfOpen: true, pauseOnConnect }, (socket) => this.#accept(socket));
   }
 
   /** The bound address (with the real port when 0 was asked for; an inherited socket's real address). */
@@ -156,6 +166,20 @@ export class NbdListener {
     });
   }
 
+  /**
+   * Serve `socket`, accepted by another process's listener at `address` (a worker's listener
+   * never listens: the primary passes it what it accepted, see workers.ts).
+   */
+  adopt(socket: Socket, address: ListenAddress, replay?: Replay): void {
+    this.#address ??= address;
+    // As the listener's own sockets are made (a socket received over IPC gets Node's defaults).
+    socket.allowHalfOpen = true;
+    socket.setNoDelay(true);
+    // A socket a connection let go of (hand-over.ts) is paused: the new connection reads it.
+    socket.resume();
+    this.#accept(socket, replay);
+  }
+
   /** Stop accepting, let every connection finish its in-flight requests, close everything. */
   stop(): Promise<void> {
     this.#stopping ??= this.#stop();
@@ -163,7 +187,14 @@ export class NbdListener {
   }
 
   async #stop(): Promise<void> {
-    const closedListener = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    // A primary's (forward) connections live on in the workers, which stop them: close() stops
+    // listening at once, and its callback would wait for sockets handed to workers (a dead
+    // worker's, or one handed on to a sibling, are never reported closed).
+    const forwarding = this.#options.forward !== undefined;
+    const closedListener = new Promise<void>((resolve) => {
+      this.#server.close(() => resolve());
+      if (forwarding) resolve();
+    });
     const connections = [...this.#connections];
     await Promise.all(connections.map((conn) => conn.shutdown()));
     // A client that stopped reading would hold its socket open for ever: after a grace
@@ -180,12 +211,22 @@ export class NbdListener {
     if (this.#ownsSocketFile && this.#address?.kind === 'unix') await unlink(this.#address.path).catch(() => undefined);
   }
 
-  #accept(socket: Socket): void {
+  #accept(socket: Socket, replay?: Replay): void {
     if (this.#stopping !== null) {
       socket.destroy();
       return;
     }
     if (!this.#group.admission.admit(socket, this.#group.open, this.#address?.kind === 'tcp')) return;
+    const forward = this.#options.forward;
+    if (forward !== undefined) {
+      this.#group.open++;
+      let counted = true;
+      forward(socket, () => {
+        if (counted) this.#group.open--;
+        counted = false;
+      });
+      return;
+    }
     const id = this.#group.nextId();
     const peer = describePeer(socket, this.#address?.kind === 'tcp');
     const conn = new Connection(socket, {
@@ -199,6 +240,8 @@ export class NbdListener {
       buffers: this.#buffers,
       budget: this.#options.budget,
       tls: this.#options.tls,
+      ...(this.#options.handOver !== undefined ? { handOver: this.#options.handOver } : {}),
+      ...(replay !== undefined ? { replay } : {}),
     });
     this.#connections.add(conn);
     this.#group.open++;

@@ -16,6 +16,7 @@ import {
   optionName,
   REPLY_ERROR_NAMES,
 } from '../protocol/constants.js';
+import { isHandedOver } from './hand-over.js';
 import type { ServerEvents, SessionRecord } from './server-events.js';
 
 const OVERLAY_WORDS = { throwaway: 'throwaway overlay', named: 'named overlay', 'read-only': 'read-only, no overlay' };
@@ -76,6 +77,11 @@ function exportChosen(log: Logger, session: SessionRecord): void {
 
 function connectionClosed(log: Logger, session: SessionRecord, reason: string): void {
   const durationMs = Date.now() - session.openedAt;
+  if (isHandedOver(reason)) {
+    // Not a disconnection: the client goes on with the other worker (hand-over.ts).
+    log.info(`${label(session)}: ${reason}`, { ...connectionFields(session, 'handover'), reason });
+    return;
+  }
   const overlayBytes = session.overlayBytes();
   const served =
     session.exportName === null

@@ -57,6 +57,7 @@ import {
   encodeServerReplyPayload,
 } from '../protocol/handshake.js';
 import { type ClientIdentity, type Export, type ExportRegistry, quoteName, transmissionFlags } from './exports.js';
+import { HandOver } from './hand-over.js';
 import { isWellFormedQuery, listContexts, type MetaContext, selectContexts } from './meta-contexts.js';
 import type { TlsMode } from './tls-credentials.js';
 
@@ -72,6 +73,8 @@ export interface NegotiationState {
   readonly tlsIdentity: string | undefined;
   /** The TCP peer's IP address (for per-export allow lists); undefined for a unix-socket client. */
   readonly peerAddress: string | undefined;
+  /** This connection may move to the worker that holds its named overlay (hand-over.ts); never once TLS runs. */
+  readonly mayHandOver?: boolean;
 }
 
 /** What to do after an option, once any device open it started is over. */
@@ -90,7 +93,9 @@ export type SettledOutcome =
       readonly device: BlockDevice;
       readonly flags: number;
       readonly contexts: readonly MetaContext[];
-    };
+    }
+  /** Send nothing: the named overlay is open in worker `owner`, which answers this option (hand-over.ts). */
+  | { readonly kind: 'handover'; readonly owner: number };
 
 export type OptionOutcome =
   | SettledOutcome
@@ -146,11 +151,17 @@ function refusal(option: number, err: OptionError): SettledOutcome {
  */
 function openDevice(
   exp: Export,
+  ctx: OptionContext,
   opened: (device: BlockDevice) => SettledOutcome,
   refused: (err: OptionError) => SettledOutcome,
 ): OptionOutcome {
   const settled = exp.openDevice().then(opened, (err: unknown) => {
     if (err instanceof OptionError) return refused(err);
+    if (err instanceof HandOver) {
+      if (ctx.state.mayHandOver === true && !ctx.state.tls) return { kind: 'handover' as const, owner: err.owner };
+      const why = ctx.state.tls ? '; a TLS session cannot move to another process (doc/workers.md)' : '';
+      return refused(new OptionError(NBD_REP_ERR_UNKNOWN, `${err.message}${why}`));
+    }
     throw err;
   });
   return { kind: 'opening', settled };
@@ -178,6 +189,7 @@ const handleExportName: Handler = (payload, _option, ctx) => {
   const contexts = contextsFor(ctx, exp);
   return openDevice(
     exp,
+    ctx,
     (device) => ({ kind: 'transmission', replies, exp, device, flags, contexts }),
     (err) => refuse(err.message),
   );
@@ -228,6 +240,7 @@ const handleInfoOrGo: Handler = (payload, option, ctx) => {
   const contexts = contextsFor(ctx, exp);
   return openDevice(
     exp,
+    ctx,
     (device) => ({ kind: 'transmission', replies, exp, device, flags, contexts }),
     (err) => refusal(option, err),
   );

@@ -10,27 +10,9 @@ import { requireClients } from '../helpers/clients.js';
 import { listDir } from '../helpers/files.js';
 import { describeRun, run } from '../helpers/processes.js';
 import { startServe } from '../helpers/server-process.js';
-import { type PskClient, tlsFixtures } from '../helpers/tls-fixtures.js';
+import { libnbdPskUri as libnbdUri, qemuPskArgs as qemuArgs, tlsFixtures } from '../helpers/tls-fixtures.js';
 
 const SIZE = 8 * 1024 * 1024;
-
-/** libnbd's URI for `user` with its key file, to export `name` of the server at `uri`. */
-function libnbdUri(uri: string, user: PskClient, name?: string): string {
-  const url = new URL(uri);
-  const path = name === undefined ? url.pathname : `/${encodeURIComponent(name)}`;
-  return `nbds://${user.username}@${url.host}${path}?tls-psk-file=${encodeURIComponent(user.file)}`;
-}
-
-function qemuArgs(uri: string, user: PskClient, name?: string): string[] {
-  const { port, pathname } = new URL(uri);
-  const exportName = name ?? decodeURIComponent(pathname.slice(1));
-  return [
-    '--object',
-    `tls-creds-psk,id=tls0,dir=${user.dir},username=${user.username},endpoint=client`,
-    '--image-opts',
-    `driver=nbd,host=127.0.0.1,port=${port},export=${exportName},tls-creds=tls0`,
-  ];
-}
 
 if (requireClients(t, ['nbdinfo', 'qemu-img', 'qemu-io', 'openssl'])) {
   t.test('--tls require with PSK: nbdinfo and qemu over TLS; a wrong key is refused', async (t) => {

@@ -47,6 +47,7 @@ def flags_of(req):
 
 def op_connect(req):
     h = nbd.NBD()
+    h.set_uri_allow_local_file(True)  # the tests' URIs name key files (tls-psk-file)
     for ctx in req.get("contexts", []):
         h.add_meta_context(ctx)
     h.connect_uri(req["uri"])

@@ -68,15 +68,23 @@ export function context(
 }
 
 /** handleOption, with the device open of a GO or EXPORT_NAME awaited. */
-export async function handle(option: number, payload: Buffer, ctx: OptionContext): Promise<SettledOutcome> {
+/** An outcome that answers the client here (every one but a hand-over to another worker). */
+export type AnsweredOutcome = Exclude<SettledOutcome, { kind: 'handover' }>;
+
+function answered(outcome: SettledOutcome): AnsweredOutcome {
+  if (outcome.kind === 'handover') throw new Error(`handed over to worker ${outcome.owner}`);
+  return outcome;
+}
+
+export async function handle(option: number, payload: Buffer, ctx: OptionContext): Promise<AnsweredOutcome> {
   const outcome = handleOption(option, payload, ctx);
-  return outcome.kind === 'opening' ? outcome.settled : outcome;
+  return answered(outcome.kind === 'opening' ? await outcome.settled : outcome);
 }
 
 /** The outcome of an option answered at once (anything but GO and EXPORT_NAME). */
-export function settledNow(outcome: ReturnType<typeof handleOption>): SettledOutcome {
+export function settledNow(outcome: ReturnType<typeof handleOption>): AnsweredOutcome {
   if (outcome.kind === 'opening') throw new Error('answered only after a device open');
-  return outcome;
+  return answered(outcome);
 }
 
 export interface Reply {
@@ -86,7 +94,7 @@ export interface Reply {
 }
 
 export function replies(outcome: SettledOutcome): Reply[] {
-  return outcome.replies.map((r) => {
+  return answered(outcome).replies.map((r) => {
     const d = decodeOptionReply(r);
     if (r.length !== 20 + d.payload.length) throw new Error(`a reply of ${r.length} bytes is not exactly one message`);
     return { option: d.option, replyType: d.replyType, payload: Buffer.from(d.payload) };

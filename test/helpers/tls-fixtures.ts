@@ -158,3 +158,22 @@ export async function clientCertificate(
   const ca = { cert: fixtures.caCert, key: fixtures.caKey };
   return makeClient(fixtures.root, ca, label, [fixtures.caCert], subject, extensions);
 }
+
+/** libnbd's URI for `user` with its key file, to export `name` (default: the URI's) of the server at `uri`. */
+export function libnbdPskUri(uri: string, user: PskClient, name?: string): string {
+  const url = new URL(uri);
+  const path = name === undefined ? url.pathname : `/${encodeURIComponent(name)}`;
+  return `nbds://${user.username}@${url.host}${path}?tls-psk-file=${encodeURIComponent(user.file)}`;
+}
+
+/** qemu-img / qemu-io arguments for `user`'s PSK to export `name` (default: the URI's) of the TCP server at `uri`. */
+export function qemuPskArgs(uri: string, user: PskClient, name?: string): string[] {
+  const { port, pathname } = new URL(uri);
+  const exportName = name ?? decodeURIComponent(pathname.slice(1));
+  return [
+    '--object',
+    `tls-creds-psk,id=tls0,dir=${user.dir},username=${user.username},endpoint=client`,
+    '--image-opts',
+    `driver=nbd,host=127.0.0.1,port=${port},export=${exportName},tls-creds=tls0`,
+  ];
+}

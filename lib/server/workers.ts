@@ -1,0 +1,236 @@
+// `serve --workers N` (doc/workers.md): the primary process. It binds every listener, admits
+// connections (allow list and connection cap, counted over all workers) and hands each accepted
+// socket, paused and unread, to the worker process with fewest open connections, which runs the
+// whole server (handshake, TLS, exports, overlays) for it.
+//
+// Workers are this same program started again with NBD_COW_WORKER set: they read the same flags
+// or configuration file, and serve what the primary sends (start-server.ts, adopted listeners).
+// A worker that exits unasked loses its own connections only: the primary logs it, removes the
+// throwaway overlays it left (their names carry its pid) and starts another. Stopping sends each
+// worker SIGTERM (it drains as one process does) and waits for them; reload sends SIGHUP.
+//
+// A named overlay is open in one worker at a time (its lock file names the holder): a GO for it in
+// another worker moves that connection to the holder through the primary (hand-over.ts), so every
+// connection to EXPORT@NAME shares one device. Not yet (doc/workers.md): metrics over all
+// workers (serve refuses --metrics with more than one), and moving TLS connections.
+
+import { type ChildProcess, fork } from 'node:child_process';
+import type { Socket } from 'node:net';
+import { sweepEphemeralOverlays } from '../block/cow-device.js';
+import type { ServerConfig } from '../config/server-config.js';
+import { DEFAULT_MAX_CONNECTIONS } from '../defaults.js';
+import type { Logger } from '../log.js';
+import { AccessList } from './access-list.js';
+import { listenerPermissions } from './access-options.js';
+import { validateConnectionLimit } from './admission.js';
+import { DEFAULT_LIMITS } from './connection-limits.js';
+import { ExportTable } from './export-table.js';
+import type { ReplayMessage } from './hand-over.js';
+import { type ListenAddress, ListenerGroup, NbdListener } from './listener.js';
+import { MemoryBudget } from './memory-budget.js';
+import { NO_TLS } from './tls-credentials.js';
+import { formatUri } from './uri.js';
+
+/** The environment variable that makes a started nbd-cow a worker: the listeners' addresses, as JSON. */
+export const WORKER_ENV = 'NBD_COW_WORKER';
+
+/** Messages between the primary and a worker (a socket goes with 'connection' and 'handover'). */
+export type ToWorker =
+  | { readonly type: 'connection'; readonly listener: number; readonly replay?: ReplayMessage }
+  /** Every worker's pid, sent to all whenever one starts: a named overlay's lock held by one of them is reachable. */
+  | { readonly type: 'siblings'; readonly pids: readonly number[] };
+export type FromWorker =
+  | { readonly type: 'ready' }
+  | { readonly type: 'closed' }
+  /** Move this socket to worker `to`, which holds the named overlay its GO names (hand-over.ts). */
+  | { readonly type: 'handover'; readonly listener: number; readonly to: number; readonly replay: ReplayMessage };
+
+/** How long stop() waits for a worker to drain before it kills it. */
+const STOP_GRACE_MS = 15_000;
+
+export interface WorkersOptions {
+  readonly workers: number;
+  readonly log: Logger;
+  /** The program and arguments a worker runs: this process's own. */
+  readonly script: string;
+  readonly args: readonly string[];
+  /** Overlay directories to sweep for a dead worker's throwaway overlays. */
+  readonly overlayDirs: readonly string[];
+}
+
+export interface RunningWorkers {
+  readonly uri: string;
+  readonly addresses: readonly ListenAddress[];
+  /** Worker pids now. */
+  readonly pids: readonly number[];
+  reload(): void;
+  stop(): Promise<void>;
+}
+
+interface Worker {
+  child: ChildProcess;
+  /** Connections handed to it and not closed yet: their `done` callbacks, oldest first. */
+  readonly open: Array<() => void>;
+  exited: Promise<void>;
+}
+
+/** Bind the listeners, start the workers, and hand them connections until stop(). */
+export async function startWorkers(config: ServerConfig, options: WorkersOptions): Promise<RunningWorkers> {
+  const { log } = options;
+  const maxConnections = config.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  validateConnectionLimit(maxConnections);
+  const allow = config.allow === undefined ? undefined : new AccessList(config.allow);
+  const permissions = await Promise.all(config.listen.map((l) => listenerPermissions(l)));
+  const group = new ListenerGroup({ allow, maxConnections }, log);
+  const workers: Worker[] = [];
+  let stopping = false;
+  let nextTurn = 0;
+
+  // The worker with fewest open connections; ties in turn.
+  const pick = (): Worker => {
+    const live = workers.filter((w) => w.child.connected);
+    const pool = live.length > 0 ? live : workers;
+    nextTurn = (nextTurn + 1) % pool.length;
+    let best = pool[nextTurn] as Worker;
+    for (const w of pool) if (w.open.length < best.open.length) best = w;
+    return best;
+  };
+
+  const listeners = config.listen.map(
+    (_, i) =>
+      new NbdListener({
+        // The primary never serves a connection: it forwards them all (no exports, buffers or TLS here).
+        registry: new ExportTable([]),
+        log,
+        limits: DEFAULT_LIMITS,
+        budget: new MemoryBudget({ limit: 0, stallMs: DEFAULT_LIMITS.replyStallMs }),
+        tls: NO_TLS,
+        group,
+        ...(permissions[i] !== undefined ? { socketPermissions: permissions[i] } : {}),
+        forward: (socket, done) => {
+          const worker = pick();
+          worker.open.push(done);
+          const message: ToWorker = { type: 'connection', listener: i };
+          try {
+            worker.child.send(message, socket, { keepOpen: false }, (err) => {
+              if (err) dropOne(worker, done, socket);
+            });
+          } catch {
+            dropOne(worker, done, socket);
+          }
+        },
+      }),
+  );
+  const dropOne = (worker: Worker, done: () => void, socket: Socket): void => {
+    socket.destroy();
+    const at = worker.open.indexOf(done);
+    if (at >= 0) worker.open.splice(at, 1);
+    done();
+  };
+
+  const addresses: ListenAddress[] = [];
+  try {
+    for (const [i, listen] of config.listen.entries()) addresses.push(await (listeners[i] as NbdListener).listen(listen.address));
+  } catch (err) {
+    await Promise.all(listeners.map((l) => l.stop()));
+    throw err;
+  }
+
+  const spawnWorker = (slot: number): Promise<void> => {
+    const child = fork(options.script, [...options.args], {
+      env: { ...process.env, [WORKER_ENV]: JSON.stringify(addresses) },
+      stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+    });
+    const worker: Worker = { child, open: [], exited: Promise.resolve() };
+    worker.exited = new Promise<void>((resolve) => {
+      child.once('exit', (code, signal) => {
+        const lost = worker.open.splice(0);
+        for (const done of lost) done();
+        for (const dir of options.overlayDirs) void sweepEphemeralOverlays(dir).catch(() => undefined);
+        resolve();
+        if (stopping) return;
+        log.warn(
+          `worker ${child.pid} exited (${signal ?? `code ${code}`}): its ${lost.length} connection(s) were dropped; starting another`,
+        );
+        void spawnWorker(slot).catch((err: unknown) => log.error(`cannot start a worker: ${(err as Error).message}`));
+      });
+    });
+    child.on('message', (msg: FromWorker, socket?: Socket) => {
+      if (msg.type === 'closed') worker.open.shift()?.();
+      else if (msg.type === 'handover' && socket !== undefined) moveConnection(worker, msg, socket);
+    });
+    workers[slot] = worker;
+    return new Promise<void>((resolve, reject) => {
+      const onMessage = (msg: FromWorker): void => {
+        if (msg.type !== 'ready') return;
+        child.off('message', onMessage);
+        announceSiblings();
+        resolve();
+      };
+      child.on('message', onMessage);
+      void worker.exited.then(() => reject(new Error(`worker ${child.pid} exited before it was ready`)));
+    });
+  };
+
+  // A connection moves from `from` to the worker holding its named overlay; the cap counts it there now.
+  const moveConnection = (from: Worker, msg: Extract<FromWorker, { type: 'handover' }>, socket: Socket): void => {
+    const done = from.open.shift() ?? (() => undefined);
+    const to = workers.find((w) => w.child.pid === msg.to && w.child.connected);
+    if (to === undefined || stopping) {
+      log.warn(
+        `a connection could not move to worker ${msg.to}, which holds its named overlay: ${stopping ? 'stopping' : 'it is gone'}`,
+      );
+      socket.destroy();
+      done();
+      return;
+    }
+    to.open.push(done);
+    const message: ToWorker = { type: 'connection', listener: msg.listener, replay: msg.replay };
+    try {
+      to.child.send(message, socket, { keepOpen: false }, (err) => {
+        if (err) dropOne(to, done, socket);
+      });
+    } catch {
+      dropOne(to, done, socket);
+    }
+  };
+
+  // Every worker learns every worker's pid (again whenever one is replaced).
+  const announceSiblings = (): void => {
+    const message: ToWorker = { type: 'siblings', pids: workers.map((w) => w.child.pid ?? 0) };
+    for (const w of workers) if (w.child.connected) w.child.send(message, undefined, {}, () => undefined);
+  };
+
+  const stop = async (): Promise<void> => {
+    stopping = true;
+    await Promise.all(listeners.map((l) => l.stop()));
+    await Promise.all(
+      workers.map(async (w) => {
+        w.child.kill('SIGTERM');
+        const timer = setTimeout(() => w.child.kill('SIGKILL'), STOP_GRACE_MS);
+        await w.exited;
+        clearTimeout(timer);
+      }),
+    );
+  };
+
+  try {
+    await Promise.all(Array.from({ length: options.workers }, (_, slot) => spawnWorker(slot)));
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  const first = config.exports[0];
+  const tlsRequired = config.tls?.mode === 'require' || first?.requireTls === true;
+  return {
+    uri: formatUri(addresses[0] as ListenAddress, first?.name ?? '', tlsRequired),
+    addresses,
+    get pids() {
+      return workers.map((w) => w.child.pid ?? 0);
+    },
+    reload: () => {
+      for (const w of workers) w.child.kill('SIGHUP');
+    },
+    stop,
+  };
+}

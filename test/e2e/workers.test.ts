@@ -1,0 +1,229 @@
+// `serve --workers 2` with real clients (doc/workers.md, lib/server/workers.ts): the primary hands
+// each connection to the worker process with fewest connections (so two held connections land
+// on both), throwaway overlays stay private, a worker killed with
+// SIGKILL loses only its own connection (the primary says so, removes its overlay files and
+// starts another), --metrics is refused in one line, and SIGTERM stops every process and leaves
+// no overlay behind. A named overlay is one device: connections that land on other workers move
+// to the one that has it open (hand-over.ts), and see each other's writes; when that worker is
+// killed, the next GO opens the overlay in a live one. Over TLS a connection cannot move: its GO
+// is refused with the reason.
+
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t, { type Test } from 'tap';
+import { makePatternBase } from '../helpers/bases.js';
+import { requireClients } from '../helpers/clients.js';
+import { describeRun, run } from '../helpers/processes.js';
+import { pySession } from '../helpers/py-session.js';
+import { runCli, type ServerProcess, startServe } from '../helpers/server-process.js';
+import { libnbdPskUri, qemuPskArgs, type TlsFixtures, tlsFixtures } from '../helpers/tls-fixtures.js';
+
+const SIZE = 4 * 1024 * 1024;
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Poll `check` every 50 ms for up to `ms`; true once it held. */
+async function eventually(check: () => boolean, ms = 10_000): Promise<boolean> {
+  for (const end = Date.now() + ms; Date.now() < end; ) {
+    if (check()) return true;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return check();
+}
+
+/** serve --workers 2 --tls require with the fixtures' PSK file, over TCP. */
+async function startTlsWorkers(t: Test): Promise<{ server: ServerProcess; tls: TlsFixtures }> {
+  const tls = await tlsFixtures();
+  const dir = t.testdir();
+  const base = await makePatternBase(dir, SIZE);
+  const args = ['--overlay-dir', join(dir, 'ov'), '--workers', '2', '--tls', 'require', '--tls-psk', tls.pskFile];
+  return { server: await startServe(t, base, args), tls };
+}
+
+if (requireClients(t, ['qemu-io'], true)) {
+  t.test('two workers serve throwaway overlays; a dead worker costs only its connections', async (t) => {
+    const dir = t.testdir();
+    const overlays = join(dir, 'overlays');
+    const base = await makePatternBase(dir, SIZE);
+    // sun_path is short: the socket lives in a short private directory.
+    const sockDir = mkdtempSync(join(tmpdir(), 'nbdcow-w-'));
+    t.teardown(() => rmSync(sockDir, { recursive: true, force: true }));
+    const sock = join(sockDir, 's');
+    const server = await startServe(t, base, ['-k', sock, '--overlay-dir', overlays, '--workers', '2']);
+    const pids = (): number[] => {
+      const lines = [...server.stderr().matchAll(/serving with 2 worker processes: (\d+), (\d+)/g)];
+      return lines.length === 0 ? [] : [Number(lines[0]?.[1]), Number(lines[0]?.[2])];
+    };
+    t.ok(await eventually(() => pids().length === 2), 'the primary names its two workers');
+    const [w1, w2] = pids() as [number, number];
+    t.ok(alive(w1) && alive(w2), 'both workers run');
+    t.not(w1, server.pid);
+
+    const py = pySession(t);
+    await py.ok({ op: 'connect', h: 'a', uri: server.uri });
+    await py.ok({ op: 'connect', h: 'b', uri: server.uri });
+    await py.ok({ op: 'pwrite', h: 'a', offset: 0, data: Buffer.alloc(4096, 0xaa).toString('base64') });
+    t.same(await py.pread('a', 0, 4096), Buffer.alloc(4096, 0xaa), 'a reads its own write');
+    t.notSame(await py.pread('b', 0, 4096), Buffer.alloc(4096, 0xaa), "b does not see a's throwaway overlay");
+    const labels = (): string[] => [
+      ...new Set([...server.stderr().matchAll(/nbd-cow\[worker (\d+)\]: conn \d+ /g)].map((m) => m[1] as string)),
+    ];
+    t.ok(await eventually(() => labels().length === 2), `the two connections went to different workers (${labels().join(', ')})`);
+    t.same(labels().map(Number).sort(), [w1, w2].sort());
+    t.equal(readdirSync(overlays).filter((f) => f.endsWith('.cow')).length, 1, "a's overlay file exists");
+
+    // Kill the worker holding a (the one whose overlay file exists).
+    const owner = Number(/^eph-(\d+)-/.exec(readdirSync(overlays).find((f) => f.endsWith('.cow')) ?? '')?.[1]);
+    t.ok(owner === w1 || owner === w2, `the overlay file carries a worker's pid (${owner})`);
+    process.kill(owner, 'SIGKILL');
+    t.ok(
+      await eventually(() =>
+        new RegExp(`worker ${owner} exited \\(SIGKILL\\): its 1 connection\\(s\\) were dropped; starting another`).test(
+          server.stderr(),
+        ),
+      ),
+      'the primary says which worker died and what it cost',
+    );
+    const broken = await py.call({ op: 'pread', h: 'a', offset: 0, length: 4096 });
+    t.equal(broken.ok, false, "the dead worker's client gets an error");
+    t.same(await py.pread('b', 4096, 4096), await py.pread('b', 4096, 4096), 'the other worker goes on');
+    t.ok(
+      await eventually(() => readdirSync(overlays).filter((f) => f.endsWith('.cow')).length === 0),
+      "the dead worker's overlay is swept",
+    );
+    const again = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5c 0 64k', '-c', 'read -P 0x5c 0 64k', server.uri]);
+    t.equal(again.code, 0, `a new client is served: ${describeRun(again)}`);
+    t.notMatch(again.stdout, /Pattern verification failed/);
+
+    await py.ok({ op: 'close', h: 'b' });
+    await py.end();
+    const workersNow = [w1, w2].filter((p) => p !== owner);
+    t.equal((await server.stop()).code, 0, 'SIGTERM: the primary exits 0');
+    t.ok(await eventually(() => workersNow.every((p) => !alive(p)), 15_000), 'and its workers are gone');
+    t.same(
+      readdirSync(overlays).filter((f) => f.endsWith('.cow')),
+      [],
+      'no overlay is left',
+    );
+  });
+}
+
+if (requireClients(t, ['nbdinfo', 'qemu-io', 'openssl'], true)) {
+  t.test('TLS with workers: each worker does the whole handshake; a client without TLS is refused', async (t) => {
+    const { server, tls } = await startTlsWorkers(t);
+    t.match(server.uri, /^nbds:/, 'the primary prints the TLS URI');
+    const info = await run('nbdinfo', ['--size', libnbdPskUri(server.uri, tls.pskAlice)]);
+    t.equal(info.code, 0, describeRun(info));
+    t.equal(info.stdout.trim(), String(SIZE));
+    const io = await run('qemu-io', [
+      ...qemuPskArgs(server.uri, tls.pskBob),
+      '-c',
+      'write -P 0x33 0 8192',
+      '-c',
+      'read -P 0x33 0 8192',
+    ]);
+    t.equal(io.code, 0, describeRun(io));
+    t.notMatch(io.stdout, /Pattern verification failed/);
+    const url = new URL(server.uri);
+    const plain = await run('nbdinfo', ['--size', `nbd://${url.host}${url.pathname}`]);
+    t.not(plain.code, 0, 'a client without TLS is refused');
+    t.match(plain.stderr, /TLS/);
+    t.equal((await server.stop()).code, 0);
+  });
+}
+
+if (requireClients(t, ['qemu-io'], true)) {
+  t.test('a named overlay is one device across workers: its connections move to the worker that has it open', async (t) => {
+    const dir = t.testdir();
+    const overlays = join(dir, 'overlays');
+    const base = await makePatternBase(dir, SIZE);
+    const sockDir = mkdtempSync(join(tmpdir(), 'nbdcow-w-'));
+    t.teardown(() => rmSync(sockDir, { recursive: true, force: true }));
+    const sock = join(sockDir, 's');
+    const server = await startServe(t, base, ['-k', sock, '--overlay-dir', overlays, '--workers', '2']);
+    const named = `nbd+unix:///base@vm?socket=${sock}`;
+    const py = pySession(t);
+    // Meta contexts are negotiated before GO: a moved connection must have them too (the replay).
+    const contexts = ['base:allocation', 'qemu:allocation-depth'];
+    for (const h of ['a', 'b', 'c']) await py.ok({ op: 'connect', h, uri: named, contexts });
+    for (const h of ['a', 'b', 'c']) {
+      const info = await py.ok({ op: 'info', h });
+      t.same(info.contexts, { 'base:allocation': true, 'qemu:allocation-depth': true }, `${h}: both meta contexts`);
+      t.equal(info.can_multi_conn, true, `${h}: CAN_MULTI_CONN`);
+    }
+    await py.ok({ op: 'pwrite', h: 'a', offset: 0, data: Buffer.alloc(4096, 0xab).toString('base64') });
+    t.same(await py.pread('b', 0, 4096), Buffer.alloc(4096, 0xab), "b sees a's completed write");
+    await py.ok({ op: 'pwrite', h: 'c', offset: 8192, data: Buffer.alloc(4096, 0xcd).toString('base64') });
+    await py.ok({ op: 'flush', h: 'b' });
+    t.same(await py.pread('a', 8192, 4096), Buffer.alloc(4096, 0xcd), "a sees c's write");
+    const status = await py.ok({ op: 'block_status', h: 'b', offset: 0, length: 16384 });
+    t.same(
+      (status.contexts as Record<string, number[][]>)['qemu:allocation-depth'],
+      [
+        [4096, 1],
+        [4096, 2],
+        [4096, 1],
+        [4096, 2],
+      ],
+      "b's block status (negotiated before it moved) shows both writes in the overlay",
+    );
+    const owners = (): string[] => [
+      ...new Set(
+        [...server.stderr().matchAll(/nbd-cow\[worker (\d+)\]: conn \d+ \(unix\): export "base@vm"/g)].map((m) => m[1] as string),
+      ),
+    ];
+    t.equal(owners().length, 1, `every connection to base@vm is served by one worker (${owners().join(', ')})`);
+    t.match(server.stderr(), /handed over to worker \d+, which has the named overlay open/, 'a connection moved');
+    t.notMatch(server.stderr(), /refused base@vm/, 'no refusal is logged for a move');
+
+    // The owner dies: the connections it served are gone, and the next GO opens the overlay in a live worker.
+    const owner = Number(owners()[0]);
+    process.kill(owner, 'SIGKILL');
+    t.ok(
+      await eventually(() => new RegExp(`worker ${owner} exited \\(SIGKILL\\)`).test(server.stderr())),
+      'the primary saw the owner die',
+    );
+    const again = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0xab 0 4k', named]);
+    t.equal(again.code, 0, `after the owner died, base@vm is served again: ${describeRun(again)}`);
+    t.notMatch(again.stdout, /Pattern verification failed/, 'with the write a made (qemu-io flushed nothing, but b flushed)');
+    await py.end();
+    t.equal((await server.stop()).code, 0);
+    t.same(readdirSync(overlays).sort(), ['named-base@vm.cow'], 'the named overlay is kept, its lock released');
+  });
+}
+
+if (requireClients(t, ['nbdinfo', 'openssl'], true)) {
+  t.test('over TLS a connection cannot move: a GO for a named overlay another worker holds is refused with why', async (t) => {
+    const { server, tls } = await startTlsWorkers(t);
+    const alice = libnbdPskUri(server.uri, tls.pskAlice, 'base@vm');
+    const py = pySession(t);
+    await py.ok({ op: 'connect', h: 'a', uri: alice });
+    // The primary gives the next connection to the other worker (fewest connections).
+    const second = await run('nbdinfo', ['--size', alice]);
+    t.not(second.code, 0, 'the second connection is refused');
+    // libnbd shows NBD_REP_ERR_UNKNOWN as "no export named"; the server's log has the reason.
+    t.match(second.stderr, /base@vm/);
+    t.match(server.stderr(), /refused NBD_OPT_GO: .*in use by process \d+.*; a TLS session cannot move to another process/);
+    await py.end();
+    t.equal((await server.stop()).code, 0);
+  });
+}
+
+t.test('--workers above 1 refuses what it does not serve yet, in one line', async (t) => {
+  const dir = t.testdir();
+  const base = await makePatternBase(dir, SIZE);
+  const metrics = await runCli(['serve', base, '-p', '0', '--workers', '2', '--metrics', '127.0.0.1:0']);
+  t.equal(metrics.code, 1);
+  t.equal(metrics.stderr, 'nbd-cow: --metrics is not available with --workers above 1 yet (doc/workers.md)\n');
+  const zero = await runCli(['serve', base, '-p', '0', '--workers', '0']);
+  t.equal(zero.code, 1);
+  t.match(zero.stderr, /--workers/);
+});
