@@ -473,7 +473,12 @@ function stopOnSignals(stop: () => Promise<void>): void {
 
 /** The primary of --workers N: bind, start the workers, hand them connections (lib/server/workers.ts). */
 async function servePrimary(config: ServerConfig, log: Logger, opts: CliOptions): Promise<void> {
-  if (config.metrics !== undefined) throw new Error('--metrics is not available with --workers above 1 yet (doc/workers.md)');
+  if (config.metrics !== undefined && config.user !== undefined) {
+    // The primary serves the metrics and keeps root (it starts every worker, replacements too).
+    throw new Error(
+      '--metrics with --user is not available with --workers above 1 yet: the primary, which would serve it, stays root (doc/workers.md)',
+    );
+  }
   const workers = await startWorkers(config, {
     workers: opts.workers ?? 1,
     log,
@@ -485,6 +490,7 @@ async function servePrimary(config: ServerConfig, log: Logger, opts: CliOptions)
   for (const [i, address] of workers.addresses.entries()) {
     process.stdout.write(`${i === 0 ? workers.uri : formatUri(address, first?.name ?? '', workers.uri.startsWith('nbds'))}\n`);
   }
+  if (workers.metricsUri !== null) process.stdout.write(`${workers.metricsUri}\n`);
   log.info(`serving with ${workers.pids.length} worker processes: ${workers.pids.join(', ')}`);
   if (opts.config !== undefined) {
     process.on('SIGHUP', () => {
@@ -550,7 +556,7 @@ addAccessOptions(
     new Option(
       '--workers <n>',
       'worker processes serving the connections (doc/workers.md); 1 (the default) is one process. Above 1, ' +
-        'the connections of a named overlay move to the worker that has it open (not over TLS yet), and --metrics is not available',
+        'the connections of a named overlay move to (over TLS: are relayed to) the worker that has it open; --metrics counts every process',
     ).argParser(parsePositive),
   )
   .action((base: string | undefined, opts: CliOptions, cmd: Command) => serve(cmd, base, opts).catch(fail));

@@ -4,6 +4,7 @@
 
 import type { Socket } from 'node:net';
 import { resolve } from 'node:path';
+import type { MetricObjectWithValues, MetricValue } from 'prom-client';
 import type { ExportConfig, ServerConfig } from './config/server-config.js';
 import { DEFAULT_BUFFER_MEMORY, DEFAULT_MAX_CONNECTIONS, defaultOverlayDir } from './defaults.js';
 import type { Logger } from './log.js';
@@ -19,7 +20,7 @@ import { MemoryBudget } from './server/memory-budget.js';
 import { ServerMetrics } from './server/metrics.js';
 import { dropPrivileges, privilegeTarget } from './server/privileges.js';
 import { combineEvents, type ServerEvents, type SessionRecord } from './server/server-events.js';
-import { StatusServer } from './server/status-server.js';
+import { localStatus, StatusServer } from './server/status-server.js';
 import { loadTlsSettings } from './server/tls-credentials.js';
 import { formatUri } from './server/uri.js';
 
@@ -56,6 +57,8 @@ export interface RunningServer {
   sessions(): SessionRecord[];
   /** With metrics configured: where they are, e.g. http://127.0.0.1:9810/metrics (/sessions beside it); else null. */
   readonly metricsUri: string | null;
+  /** With metrics configured: prom-client's JSON of them (a worker's, for its primary to merge); else []. */
+  metricsJson(): Promise<MetricObjectWithValues<MetricValue<string>>[]>;
   /**
    * Serve `config`'s exports from now on: new exports appear, removed ones refuse new
    * connections while live ones go on, changed ones apply to new connections. Settings read
@@ -134,8 +137,8 @@ export async function startConfiguredServer(config: ServerConfig, runtime: Serve
     }
     const sessions = (): SessionRecord[] => listeners.flatMap((l) => l.sessions());
     // After the switch: the HTTP parser never runs as root.
-    if (config.metrics !== undefined && metrics !== null) {
-      status = await StatusServer.start({ ...config.metrics, metrics, sessions });
+    if (config.metrics !== undefined && metrics !== null && runtime.adopted === undefined) {
+      status = await StatusServer.start({ ...config.metrics, source: localStatus(metrics, sessions) });
     }
     const first = config.exports[0] as ExportConfig;
     const firstAddress = addresses[0] as ListenAddress;
@@ -156,6 +159,7 @@ export async function startConfiguredServer(config: ServerConfig, runtime: Serve
       },
       sessions,
       metricsUri: status === null ? null : `${status.url}/metrics`,
+      metricsJson: () => metrics?.json() ?? Promise.resolve([]),
       reload: async (next) => {
         const summary = await exports.reload(next.exports);
         for (const setting of startOnlyChanges(current, next)) {

@@ -178,14 +178,31 @@ export class Connection implements BudgetHolder {
       bytesWritten: 0,
       overlayBytes: () => this.#device?.dataBytes?.() ?? 0,
     };
-    const hops = options.replay?.hops ?? 0;
     this.#handshakeLog = options.handOver === undefined ? null : [];
-    this.#negotiation = { ...this.#negotiation, mayHandOver: options.handOver !== undefined && hops < MAX_HOPS };
+    this.#negotiation = { ...this.#negotiation, mayHandOver: this.#mayHandOver() };
+    const relayedTls = options.replay?.tls;
+    if (relayedTls !== undefined) {
+      // Relayed by the worker that holds the TLS session: negotiation goes on after STARTTLS.
+      this.#negotiation = {
+        ...this.#negotiation,
+        tls: true,
+        tlsIdentity: relayedTls.identity,
+        noZeroes: relayedTls.noZeroes,
+        peerAddress: relayedTls.peerAddress,
+      };
+      this.record.tls = { protocol: relayedTls.protocol, cipher: relayedTls.cipher, identity: relayedTls.identity };
+      this.#state = 'option-header';
+    }
     socket.setNoDelay(true);
     this.#listen(socket);
     if (options.replay === undefined) socket.write(encodeGreeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES));
     options.events.connectionOpened(this.record);
     if (options.replay !== undefined) this.#replay(options.replay);
+  }
+
+  /** Whether this connection may still move to another worker (hand-over.ts). */
+  #mayHandOver(): boolean {
+    return this.#options.handOver !== undefined && (this.#options.replay?.hops ?? 0) < MAX_HOPS;
   }
 
   /** Go on with a handed-over connection: the earlier options muted, then the GO and what followed. */
@@ -461,7 +478,8 @@ export class Connection implements BudgetHolder {
     const credentials = this.#options.tls.credentials;
     if (credentials === null) throw new Error('STARTTLS accepted without TLS credentials');
     this.#state = 'tls-handshake';
-    this.#handshakeLog = null; // a TLS session stays in this process
+    // The options before STARTTLS do not count (proto.md): a relay replays those after it (#onSecure).
+    this.#handshakeLog = null;
     this.#replies.flush();
     const plain = this.#socket;
     startTls(plain, Buffer.concat(replies), credentials, {
@@ -497,7 +515,12 @@ export class Connection implements BudgetHolder {
       tls: true,
       tlsIdentity: identity,
       peerAddress: this.#negotiation.peerAddress,
+      mayHandOver: this.#mayHandOver(),
     };
+    if (this.#options.handOver !== undefined) {
+      this.#handshakeLog = [];
+      this.#handshakeLogBytes = 0;
+    }
     this.record.tls = { protocol: secure.getProtocol() ?? '', cipher: secure.getCipher().name, identity };
     this.#options.events.tlsEstablished(this.record);
     this.#state = 'option-header';
@@ -626,7 +649,8 @@ export class Connection implements BudgetHolder {
   #handOver(owner: number): void {
     const handOver = this.#options.handOver;
     const log = this.#handshakeLog;
-    if (handOver === undefined || log === null || log.length < 3) throw new Error('a hand-over without a recorded handshake');
+    // At least the GO's header and data (and the client flags, without TLS).
+    if (handOver === undefined || log === null || log.length < 2) throw new Error('a hand-over without a recorded handshake');
     const socket = this.#socket;
     this.#unlisten(socket);
     socket.pause();
@@ -636,12 +660,24 @@ export class Connection implements BudgetHolder {
       handshake: Buffer.concat(log.slice(0, -2)),
       pending: Buffer.concat([...log.slice(-2), ...after]),
       hops: (this.#options.replay?.hops ?? 0) + 1,
+      ...(this.#negotiation.tls && this.record.tls !== null
+        ? {
+            tls: {
+              peer: this.record.peer,
+              peerAddress: this.#negotiation.peerAddress,
+              identity: this.#negotiation.tlsIdentity,
+              noZeroes: this.#negotiation.noZeroes,
+              protocol: this.record.tls.protocol,
+              cipher: this.record.tls.cipher,
+            },
+          }
+        : {}),
     };
     this.#handshakeLog = null;
     this.#clearHandshakeTimer();
     this.#state = 'closed';
     this.#flow.releaseAll();
-    this.#options.events.connectionClosed(this.record, handedOverReason(owner));
+    this.#options.events.connectionClosed(this.record, handedOverReason(owner, replay.tls !== undefined));
     this.#resolveClosed();
     handOver(socket, replay, owner);
   }

@@ -7,8 +7,11 @@
 // so structured replies, meta contexts and the client flags are set as they were, then answers
 // the GO itself: the client sees one ordinary handshake, and every request runs in the owner.
 //
-// Not for TLS: the TLS session cannot leave the process that made it (negotiation.ts refuses the
-// GO instead, naming the worker that holds the overlay).
+// A TLS session cannot leave the process that made it. A TLS connection stays in its worker, which
+// relays its plain bytes over a unix socket of the owner's own (worker-process.ts): the owner
+// gets the options sent after STARTTLS, with the TLS identity and the client flags, and serves the
+// relayed stream as the connection. That costs a process hop per request, for those connections
+// only.
 
 /** What the owner needs to go on with a handed-over connection. */
 export interface Replay {
@@ -18,16 +21,34 @@ export interface Replay {
   readonly pending: Buffer;
   /** How many times this connection has moved (a lock that changed hands meanwhile moves it again). */
   readonly hops: number;
+  /**
+   * A TLS connection, relayed: `handshake` holds only the options after STARTTLS, and the owner
+   * takes these from the worker that holds the TLS session.
+   */
+  readonly tls?: RelayedTls;
+}
+
+/** The TLS session of a relayed connection, as its owner needs it (the session stays with the relaying worker). */
+export interface RelayedTls {
+  /** The client as the relaying worker sees it: for the log, and its IP address for per-export allow lists. */
+  readonly peer: string;
+  readonly peerAddress: string | undefined;
+  readonly identity: string | undefined;
+  readonly noZeroes: boolean;
+  readonly protocol: string;
+  readonly cipher: string;
 }
 
 /** The reason a connection's part in this worker ends with (the observers' disconnect line). */
-export function handedOverReason(owner: number): string {
-  return `handed over to worker ${owner}, which has the named overlay open`;
+export function handedOverReason(owner: number, relayed = false): string {
+  return relayed
+    ? `relayed to worker ${owner}, which has the named overlay open (the TLS session stays here)`
+    : `handed over to worker ${owner}, which has the named overlay open`;
 }
 
-/** Whether a close reason is a hand-over: the connection lives on in another worker. */
+/** Whether a close reason is a hand-over or a relay: the connection lives on in another worker. */
 export function isHandedOver(reason: string): boolean {
-  return reason.startsWith('handed over to worker ');
+  return reason.startsWith('handed over to worker ') || reason.startsWith('relayed to worker ');
 }
 
 /** The most handshake bytes a worker keeps for a move (a hostile client's options are not kept past it). */
@@ -55,10 +76,28 @@ export interface ReplayMessage {
   readonly handshake: string;
   readonly pending: string;
   readonly hops: number;
+  readonly tls?: {
+    readonly peer: string;
+    readonly peerAddress?: string;
+    readonly identity?: string;
+    readonly noZeroes: boolean;
+    readonly protocol: string;
+    readonly cipher: string;
+  };
 }
 
 export function encodeReplay(replay: Replay): ReplayMessage {
-  return { handshake: replay.handshake.toString('base64'), pending: replay.pending.toString('base64'), hops: replay.hops };
+  const message = {
+    handshake: replay.handshake.toString('base64'),
+    pending: replay.pending.toString('base64'),
+    hops: replay.hops,
+  };
+  if (replay.tls === undefined) return message;
+  const { identity, peerAddress, ...rest } = replay.tls;
+  return {
+    ...message,
+    tls: { ...rest, ...(identity === undefined ? {} : { identity }), ...(peerAddress === undefined ? {} : { peerAddress }) },
+  };
 }
 
 /** The Replay in an IPC message, or a clear error for anything malformed. */
@@ -75,5 +114,55 @@ export function decodeReplay(message: unknown): Replay {
   ) {
     throw new Error('a handed-over connection came without its handshake');
   }
-  return { handshake: Buffer.from(m.handshake, 'base64'), pending: Buffer.from(m.pending, 'base64'), hops: m.hops };
+  const replay = { handshake: Buffer.from(m.handshake, 'base64'), pending: Buffer.from(m.pending, 'base64'), hops: m.hops };
+  if (m.tls === undefined) return replay;
+  const tls = m.tls as Partial<Record<keyof RelayedTls, unknown>> | null;
+  const optionalString = (value: unknown): boolean => value === undefined || typeof value === 'string';
+  if (
+    typeof tls !== 'object' ||
+    tls === null ||
+    typeof tls.peer !== 'string' ||
+    typeof tls.noZeroes !== 'boolean' ||
+    typeof tls.protocol !== 'string' ||
+    typeof tls.cipher !== 'string' ||
+    !optionalString(tls.identity) ||
+    !optionalString(tls.peerAddress)
+  ) {
+    throw new Error('a relayed TLS connection came without its TLS state');
+  }
+  return {
+    ...replay,
+    tls: {
+      peer: tls.peer,
+      peerAddress: tls.peerAddress as string | undefined,
+      identity: tls.identity as string | undefined,
+      noZeroes: tls.noZeroes,
+      protocol: tls.protocol,
+      cipher: tls.cipher,
+    },
+  };
+}
+
+/** The most a relay header may hold: a replay of MAX_REPLAY_BYTES, as base64 and JSON. */
+export const MAX_RELAY_HEADER_BYTES = 4 * MAX_REPLAY_BYTES;
+
+/** What a relayed connection begins with on the owner's unix socket: a 4-byte length, then the replay as JSON. */
+export function encodeRelayHeader(replay: Replay): Buffer {
+  const json = Buffer.from(JSON.stringify(encodeReplay(replay)), 'utf8');
+  const length = Buffer.alloc(4);
+  length.writeUInt32BE(json.length, 0);
+  return Buffer.concat([length, json]);
+}
+
+/**
+ * The replay at the start of `bytes` (relay header), and how many bytes it took; null while more
+ * bytes are needed. Throws on a header that is too long or malformed.
+ */
+export function decodeRelayHeader(bytes: Buffer): { replay: Replay; used: number } | null {
+  if (bytes.length < 4) return null;
+  const length = bytes.readUInt32BE(0);
+  if (length > MAX_RELAY_HEADER_BYTES) throw new Error(`a relay header of ${length} bytes`);
+  if (bytes.length < 4 + length) return null;
+  const message = JSON.parse(bytes.subarray(4, 4 + length).toString('utf8')) as unknown;
+  return { replay: decodeReplay(message), used: 4 + length };
 }

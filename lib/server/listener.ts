@@ -228,7 +228,8 @@ export class NbdListener {
       return;
     }
     const id = this.#group.nextId();
-    const peer = describePeer(socket, this.#address?.kind === 'tcp');
+    const relayed = replay?.tls?.peer;
+    const peer = relayed === undefined ? describePeer(socket, this.#address?.kind === 'tcp') : `${relayed}, relayed`;
     const conn = new Connection(socket, {
       registry: this.#options.registry,
       log: this.#options.log,

@@ -158,9 +158,8 @@ function openDevice(
   const settled = exp.openDevice().then(opened, (err: unknown) => {
     if (err instanceof OptionError) return refused(err);
     if (err instanceof HandOver) {
-      if (ctx.state.mayHandOver === true && !ctx.state.tls) return { kind: 'handover' as const, owner: err.owner };
-      const why = ctx.state.tls ? '; a TLS session cannot move to another process (doc/workers.md)' : '';
-      return refused(new OptionError(NBD_REP_ERR_UNKNOWN, `${err.message}${why}`));
+      if (ctx.state.mayHandOver === true) return { kind: 'handover' as const, owner: err.owner };
+      return refused(new OptionError(NBD_REP_ERR_UNKNOWN, err.message));
     }
     throw err;
   });

@@ -26,6 +26,8 @@ export interface SessionJson {
   readonly structured_replies: boolean;
   readonly meta_contexts: readonly string[];
   readonly tls: { readonly version: string; readonly cipher: string; readonly identity: string | null } | null;
+  /** With --workers above 1: the worker process serving it (ids are numbered per worker). */
+  readonly worker?: number;
 }
 
 export function toSessionJson(record: SessionRecord, now = Date.now()): SessionJson {
@@ -108,7 +110,7 @@ const RIGHT = new Set<string>(['ID', 'AGE', 'REQUESTS', 'READ', 'WRITTEN', 'OVER
 export function formatSessionTable(sessions: readonly SessionJson[]): string {
   if (sessions.length === 0) return 'no sessions\n';
   const rows = sessions.map((s) => [
-    String(s.id),
+    s.worker === undefined ? String(s.id) : `${s.worker}.${s.id}`,
     s.peer,
     s.export ?? '(negotiating)',
     s.overlay ?? '-',

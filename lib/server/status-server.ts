@@ -1,12 +1,13 @@
 // The HTTP status endpoint (--metrics HOST:PORT): GET /metrics is the Prometheus exposition of a
-// ServerMetrics registry, GET /sessions the live sessions as JSON (session-list.ts). Plain
-// node:http with tight limits, as any client that reaches the port may be hostile; no auth.
+// ServerMetrics registry, GET /sessions the live sessions as JSON (session-list.ts), both from a
+// StatusSource: this process's (localStatus), or with --workers all processes' (workers.ts).
+// Plain node:http with tight limits, as any client that reaches the port may be hostile; no auth.
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { ServerMetrics } from './metrics.js';
 import type { SessionRecord } from './server-events.js';
-import { toSessionJson } from './session-list.js';
+import { type SessionJson, toSessionJson } from './session-list.js';
 
 /** What a slow or greedy HTTP client may take. A scrape is one small GET; Prometheus sends no body. */
 export interface StatusLimits {
@@ -30,12 +31,29 @@ export const STATUS_LIMITS: StatusLimits = {
   maxConnections: 32,
 };
 
+/** What the endpoint serves. */
+export interface StatusSource {
+  /** The Prometheus text exposition and its content type. */
+  metrics(): Promise<{ readonly contentType: string; readonly text: string }>;
+  /** The connections open now. */
+  sessions(): Promise<readonly SessionJson[]>;
+}
+
+/** One process's metrics and sessions (`sessions`: RunningServer.sessions). */
+export function localStatus(metrics: ServerMetrics, sessions: () => readonly SessionRecord[]): StatusSource {
+  return {
+    metrics: async () => ({ contentType: metrics.registry.contentType, text: await metrics.exposition() }),
+    sessions: async () => {
+      const now = Date.now();
+      return sessions().map((record) => toSessionJson(record, now));
+    },
+  };
+}
+
 export interface StatusServerOptions {
   readonly host: string;
   readonly port: number;
-  readonly metrics: ServerMetrics;
-  /** The connections open now (RunningServer.sessions). */
-  readonly sessions: () => readonly SessionRecord[];
+  readonly source: StatusSource;
   readonly limits?: Partial<StatusLimits>;
 }
 
@@ -102,15 +120,15 @@ export class StatusServer {
     }
     const path = (req.url ?? '').split('?', 1)[0];
     if (path === '/metrics') {
-      const metrics = this.#options.metrics;
-      metrics.exposition().then(
-        (text) => send(res, 200, metrics.registry.contentType, text),
+      this.#options.source.metrics().then(
+        ({ contentType, text }) => send(res, 200, contentType, text),
         (err: unknown) => send(res, 500, 'text/plain; charset=utf-8', `metrics failed: ${String(err)}\n`),
       );
     } else if (path === '/sessions') {
-      const now = Date.now();
-      const list = this.#options.sessions().map((record) => toSessionJson(record, now));
-      send(res, 200, 'application/json', `${JSON.stringify(list, null, 2)}\n`);
+      this.#options.source.sessions().then(
+        (list) => send(res, 200, 'application/json', `${JSON.stringify(list, null, 2)}\n`),
+        (err: unknown) => send(res, 500, 'text/plain; charset=utf-8', `sessions failed: ${String(err)}\n`),
+      );
     } else {
       send(res, 404, 'text/plain; charset=utf-8', 'not found: try /metrics or /sessions\n');
     }

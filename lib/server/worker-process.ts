@@ -3,7 +3,7 @@
 // socket arrives over the IPC channel, unread, with the number of the listener that accepted it,
 // or from a sibling worker with the handshake to replay (hand-over.ts). The worker tells the
 // primary when it is ready and each time a connection closes (the primary counts connections
-// against the cap across all workers). A GO for a named overlay that a sibling holds sends the
+// against the cap across all workers), and answers its requests for metrics and sessions. A GO for a named overlay that a sibling holds sends the
 // connection there, through the primary (Node's IPC runs between parent and child only).
 
 import type { Socket } from 'node:net';
@@ -13,6 +13,8 @@ import { type RunningServer, type ServerRuntime, startConfiguredServer } from '.
 import { decodeReplay, encodeReplay, isHandedOver } from './hand-over.js';
 import type { ListenAddress } from './listener.js';
 import { NO_EVENTS, type ServerEvents } from './server-events.js';
+import { toSessionJson } from './session-list.js';
+import { relayTo, startRelayServer } from './worker-relay.js';
 import type { FromWorker, ToWorker } from './workers.js';
 
 function tell(message: FromWorker, socket?: Socket): void {
@@ -44,7 +46,9 @@ export async function serveAsWorker(
   runtime: ServerRuntime & { readonly log: Logger },
   adopted: readonly ListenAddress[],
 ): Promise<RunningServer> {
-  let siblings = new Set<number>();
+  /** Sibling workers by pid: their relay sockets (worker-relay.ts). */
+  let siblings = new Map<number, string>();
+  const { log } = runtime;
   const closed: ServerEvents = {
     ...NO_EVENTS,
     connectionClosed: (_session, reason) => {
@@ -52,20 +56,56 @@ export async function serveAsWorker(
       if (!isHandedOver(reason)) tell({ type: 'closed' });
     },
   };
-  // The primary's listeners, whatever this process's flags say (systemd's sockets went to the primary).
-  const { metrics: _metrics, ...rest } = config;
-  const served: ServerConfig = { ...rest, listen: adopted.map((address) => ({ address })) };
+  // The primary's listeners, whatever this process's flags say (systemd's sockets went to the
+  // primary). Metrics are kept here and served by the primary, which asks for them ('status').
+  const served: ServerConfig = { ...config, listen: adopted.map((address) => ({ address })) };
   const server = await startConfiguredServer(served, {
     ...runtime,
     events: [...(runtime.events ?? []), closed],
     adopted,
     siblingWorker: (pid) => siblings.has(pid),
-    handOver: (listener, socket, replay, owner) =>
-      tell({ type: 'handover', listener, to: owner, replay: encodeReplay(replay) }, socket),
+    handOver: (listener, socket, replay, owner) => {
+      if (replay.tls === undefined) {
+        tell({ type: 'handover', listener, to: owner, replay: encodeReplay(replay) }, socket);
+        return;
+      }
+      // TLS stays here: relay the plain bytes to the owner (worker-relay.ts).
+      const path = siblings.get(owner);
+      const failed = (why: string): void => {
+        log.warn(`a TLS connection could not be relayed to worker ${owner}: ${why}`);
+        socket.destroy();
+        tell({ type: 'closed' });
+      };
+      if (path === undefined) failed('it is not a worker any more');
+      else relayTo(path, socket, replay, { connected: () => tell({ type: 'relayed', to: owner }), failed });
+    },
   });
+  // Relayed TLS connections from siblings, served as connections of the first listener.
+  const relay = await startRelayServer((socket, replay) => {
+    try {
+      server.adopt(0, socket, replay);
+    } catch (err) {
+      socket.destroy();
+      log.error(`worker: ${(err as Error).message}`);
+    }
+  }, log);
+  const stopServer = server.stop;
+  server.stop = async () => {
+    await relay.close();
+    await stopServer();
+  };
   process.on('message', (message: ToWorker, socket?: Socket) => {
     if (message?.type === 'siblings') {
-      siblings = new Set(message.pids.filter((pid) => pid !== process.pid));
+      siblings = new Map(message.workers.filter((w) => w.pid !== process.pid).map((w) => [w.pid, w.relay]));
+      return;
+    }
+    if (message?.type === 'status') {
+      const now = Date.now();
+      const sessions = server.sessions().map((record) => ({ ...toSessionJson(record, now), worker: process.pid }));
+      server.metricsJson().then(
+        (metrics) => tell({ type: 'status', id: message.id, metrics, sessions }),
+        (err: unknown) => log.warn(`worker: metrics failed: ${String(err)}`),
+      );
       return;
     }
     if (message?.type !== 'connection' || socket === undefined) return;
@@ -73,10 +113,10 @@ export async function serveAsWorker(
       server.adopt(message.listener, socket, message.replay === undefined ? undefined : decodeReplay(message.replay));
     } catch (err) {
       socket.destroy();
-      runtime.log.error(`worker: ${(err as Error).message}`);
+      log.error(`worker: ${(err as Error).message}`);
       tell({ type: 'closed' });
     }
   });
-  tell({ type: 'ready' });
+  tell({ type: 'ready', relay: relay.path });
   return server;
 }

@@ -11,8 +11,8 @@
 //
 // A named overlay is open in one worker at a time (its lock file names the holder): a GO for it in
 // another worker moves that connection to the holder through the primary (hand-over.ts), so every
-// connection to EXPORT@NAME shares one device. Not yet (doc/workers.md): metrics over all
-// workers (serve refuses --metrics with more than one), and moving TLS connections.
+// connection to EXPORT@NAME shares one device. --metrics is served here for every process
+// (workers-status.ts). A TLS connection stays in its worker, which relays it (worker-relay.ts).
 
 import { type ChildProcess, fork } from 'node:child_process';
 import type { Socket } from 'node:net';
@@ -28,8 +28,13 @@ import { ExportTable } from './export-table.js';
 import type { ReplayMessage } from './hand-over.js';
 import { type ListenAddress, ListenerGroup, NbdListener } from './listener.js';
 import { MemoryBudget } from './memory-budget.js';
+import { ServerMetrics } from './metrics.js';
+import { NO_EVENTS } from './server-events.js';
+import type { SessionJson } from './session-list.js';
+import { StatusServer } from './status-server.js';
 import { NO_TLS } from './tls-credentials.js';
 import { formatUri } from './uri.js';
+import { WorkersStatus } from './workers-status.js';
 
 /** The environment variable that makes a started nbd-cow a worker: the listeners' addresses, as JSON. */
 export const WORKER_ENV = 'NBD_COW_WORKER';
@@ -37,11 +42,25 @@ export const WORKER_ENV = 'NBD_COW_WORKER';
 /** Messages between the primary and a worker (a socket goes with 'connection' and 'handover'). */
 export type ToWorker =
   | { readonly type: 'connection'; readonly listener: number; readonly replay?: ReplayMessage }
-  /** Every worker's pid, sent to all whenever one starts: a named overlay's lock held by one of them is reachable. */
-  | { readonly type: 'siblings'; readonly pids: readonly number[] };
+  /** Send your metrics (prom-client JSON) and sessions, for the primary's --metrics endpoint. */
+  | { readonly type: 'status'; readonly id: number }
+  /**
+   * Every worker's pid and relay socket, sent to all whenever one starts: a named overlay's lock
+   * held by one of them is reachable (hand-over.ts, worker-relay.ts).
+   */
+  | { readonly type: 'siblings'; readonly workers: readonly { readonly pid: number; readonly relay: string }[] };
 export type FromWorker =
-  | { readonly type: 'ready' }
+  /** Started; `relay` is its socket for relayed TLS connections. */
+  | { readonly type: 'ready'; readonly relay: string }
   | { readonly type: 'closed' }
+  | {
+      readonly type: 'status';
+      readonly id: number;
+      readonly metrics: readonly object[];
+      readonly sessions: readonly SessionJson[];
+    }
+  /** A TLS connection is relayed to worker `to` from now on: the cap counts it there (its close comes from there). */
+  | { readonly type: 'relayed'; readonly to: number }
   /** Move this socket to worker `to`, which holds the named overlay its GO names (hand-over.ts). */
   | { readonly type: 'handover'; readonly listener: number; readonly to: number; readonly replay: ReplayMessage };
 
@@ -60,6 +79,8 @@ export interface WorkersOptions {
 
 export interface RunningWorkers {
   readonly uri: string;
+  /** With metrics configured: where the primary serves them for every process; else null. */
+  readonly metricsUri: string | null;
   readonly addresses: readonly ListenAddress[];
   /** Worker pids now. */
   readonly pids: readonly number[];
@@ -69,6 +90,8 @@ export interface RunningWorkers {
 
 interface Worker {
   child: ChildProcess;
+  /** Its socket for relayed TLS connections, once it is ready. */
+  relay: string | null;
   /** Connections handed to it and not closed yet: their `done` callbacks, oldest first. */
   readonly open: Array<() => void>;
   exited: Promise<void>;
@@ -81,7 +104,9 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
   validateConnectionLimit(maxConnections);
   const allow = config.allow === undefined ? undefined : new AccessList(config.allow);
   const permissions = await Promise.all(config.listen.map((l) => listenerPermissions(l)));
-  const group = new ListenerGroup({ allow, maxConnections }, log);
+  // The primary's own metrics (admission refusals; its process) go into the merged /metrics.
+  const metrics = config.metrics === undefined ? null : new ServerMetrics();
+  const group = new ListenerGroup({ allow, maxConnections }, log, metrics ?? NO_EVENTS);
   const workers: Worker[] = [];
   let stopping = false;
   let nextTurn = 0;
@@ -141,7 +166,7 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
       env: { ...process.env, [WORKER_ENV]: JSON.stringify(addresses) },
       stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
     });
-    const worker: Worker = { child, open: [], exited: Promise.resolve() };
+    const worker: Worker = { child, relay: null, open: [], exited: Promise.resolve() };
     worker.exited = new Promise<void>((resolve) => {
       child.once('exit', (code, signal) => {
         const lost = worker.open.splice(0);
@@ -157,13 +182,16 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
     });
     child.on('message', (msg: FromWorker, socket?: Socket) => {
       if (msg.type === 'closed') worker.open.shift()?.();
+      else if (msg.type === 'status') status?.answer(msg);
       else if (msg.type === 'handover' && socket !== undefined) moveConnection(worker, msg, socket);
+      else if (msg.type === 'relayed') countElsewhere(worker, msg.to);
     });
     workers[slot] = worker;
     return new Promise<void>((resolve, reject) => {
       const onMessage = (msg: FromWorker): void => {
         if (msg.type !== 'ready') return;
         child.off('message', onMessage);
+        worker.relay = msg.relay;
         announceSiblings();
         resolve();
       };
@@ -195,15 +223,30 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
     }
   };
 
-  // Every worker learns every worker's pid (again whenever one is replaced).
+  // A TLS connection relayed from `from` to worker `to`: its close will come from `to`.
+  const countElsewhere = (from: Worker, to: number): void => {
+    const done = from.open.shift();
+    const owner = workers.find((w) => w.child.pid === to);
+    if (done === undefined) return;
+    if (owner === undefined) done();
+    else owner.open.push(done);
+  };
+
+  // Every worker learns every ready worker's pid and relay socket (again whenever one is replaced).
   const announceSiblings = (): void => {
-    const message: ToWorker = { type: 'siblings', pids: workers.map((w) => w.child.pid ?? 0) };
+    const ready = workers.flatMap((w) =>
+      w.relay === null || w.child.pid === undefined ? [] : [{ pid: w.child.pid, relay: w.relay }],
+    );
+    const message: ToWorker = { type: 'siblings', workers: ready };
     for (const w of workers) if (w.child.connected) w.child.send(message, undefined, {}, () => undefined);
   };
 
+  const status = metrics === null ? null : new WorkersStatus(metrics, () => workers.map((w) => w.child));
+  let statusServer: StatusServer | null = null;
+
   const stop = async (): Promise<void> => {
     stopping = true;
-    await Promise.all(listeners.map((l) => l.stop()));
+    await Promise.all([statusServer?.close(), ...listeners.map((l) => l.stop())]);
     await Promise.all(
       workers.map(async (w) => {
         w.child.kill('SIGTERM');
@@ -216,6 +259,9 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
 
   try {
     await Promise.all(Array.from({ length: options.workers }, (_, slot) => spawnWorker(slot)));
+    if (config.metrics !== undefined && status !== null) {
+      statusServer = await StatusServer.start({ ...config.metrics, source: status.source() });
+    }
   } catch (err) {
     await stop();
     throw err;
@@ -225,6 +271,7 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
   return {
     uri: formatUri(addresses[0] as ListenAddress, first?.name ?? '', tlsRequired),
     addresses,
+    metricsUri: statusServer === null ? null : `${statusServer.url}/metrics`,
     get pids() {
       return workers.map((w) => w.child.pid ?? 0);
     },

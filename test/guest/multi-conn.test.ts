@@ -97,31 +97,43 @@ if (requireGuestTools(t)) {
     },
   );
 
-  t.test('nbd-client -C 4 on a named overlay with --workers 2: its connections move to the worker that has it open', async (t) => {
-    const { guest, dir, overlays, base } = await setUpGuest(t);
-    const server = await startServer(t, base.path, { overlayDir: overlays, serveArgs: ['--workers', '2'] });
-    if (server.port === undefined) throw new Error(`no TCP port in ${server.uri}`);
-    const boot = await bootGuest(t, guest, 'multi-conn-workers', {
-      mode: 'client',
-      port: server.port,
-      exportName: 'base@mc',
-      connections: 4,
-      relayLog: `${dir}/relay-workers.log`,
-      cpus: CPUS,
-      prior: 'absent',
-    });
-    checkBoot(t, boot, { base, pristine: true }, server);
-    const flags = servedFlags(server.log(), 'base@mc');
-    t.equal(flags.length, 4, 'the server served base@mc on 4 connections');
-    t.ok(flags.every((f) => (f & FLAG_CAN_MULTI_CONN) !== 0), 'each with CAN_MULTI_CONN');
-    const servedBy = new Set(
-      [...server.log().matchAll(/nbd-cow\[worker (\d+)\]: debug: conn \d+ \([^)]*\): serving export "base@mc"/g)].map((m) => m[1]),
-    );
-    t.equal(servedBy.size, 1, `all 4 served by one worker (${[...servedBy].join(', ')})`);
-    t.match(server.log(), /handed over to worker \d+, which has the named overlay open/, 'connections that reached the other worker moved');
-    await checkOverlaysGone(t, overlays, boot.name, ['named-base@mc.cow']);
-    await stopAndCheckBase(t, server, base);
-  });
+  t.test(
+    'nbd-client -C 4 on a named overlay with --workers 2: its connections move to the worker that has it open',
+    async (t) => {
+      const { guest, dir, overlays, base } = await setUpGuest(t);
+      const server = await startServer(t, base.path, { overlayDir: overlays, serveArgs: ['--workers', '2'] });
+      if (server.port === undefined) throw new Error(`no TCP port in ${server.uri}`);
+      const boot = await bootGuest(t, guest, 'multi-conn-workers', {
+        mode: 'client',
+        port: server.port,
+        exportName: 'base@mc',
+        connections: 4,
+        relayLog: `${dir}/relay-workers.log`,
+        cpus: CPUS,
+        prior: 'absent',
+      });
+      checkBoot(t, boot, { base, pristine: true }, server);
+      const flags = servedFlags(server.log(), 'base@mc');
+      t.equal(flags.length, 4, 'the server served base@mc on 4 connections');
+      t.ok(
+        flags.every((f) => (f & FLAG_CAN_MULTI_CONN) !== 0),
+        'each with CAN_MULTI_CONN',
+      );
+      const servedBy = new Set(
+        [...server.log().matchAll(/nbd-cow\[worker (\d+)\]: debug: conn \d+ \([^)]*\): serving export "base@mc"/g)].map(
+          (m) => m[1],
+        ),
+      );
+      t.equal(servedBy.size, 1, `all 4 served by one worker (${[...servedBy].join(', ')})`);
+      t.match(
+        server.log(),
+        /handed over to worker \d+, which has the named overlay open/,
+        'connections that reached the other worker moved',
+      );
+      await checkOverlaysGone(t, overlays, boot.name, ['named-base@mc.cow']);
+      await stopAndCheckBase(t, server, base);
+    },
+  );
 
   t.test('nbd-client -C 4 on the plain (throwaway) export is refused by the kernel: no CAN_MULTI_CONN', async (t) => {
     const { guest, dir, overlays, base } = await setUpGuest(t);

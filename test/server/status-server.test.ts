@@ -7,7 +7,7 @@ import t, { type Test } from 'tap';
 import { ServerMetrics } from '../../lib/server/metrics.js';
 import type { SessionRecord } from '../../lib/server/server-events.js';
 import type { SessionJson } from '../../lib/server/session-list.js';
-import { type StatusLimits, StatusServer } from '../../lib/server/status-server.js';
+import { localStatus, type StatusLimits, StatusServer } from '../../lib/server/status-server.js';
 import { within } from '../helpers/wait.js';
 
 const RECORD: SessionRecord = {
@@ -31,7 +31,7 @@ async function start(
   limits: Partial<StatusLimits> = {},
 ): Promise<{ server: StatusServer; metrics: ServerMetrics; port: number }> {
   const metrics = new ServerMetrics({ processMetrics: false });
-  const server = await StatusServer.start({ host: '127.0.0.1', port: 0, metrics, sessions: () => [RECORD], limits });
+  const server = await StatusServer.start({ host: '127.0.0.1', port: 0, source: localStatus(metrics, () => [RECORD]), limits });
   t.teardown(() => server.close());
   return { server, metrics, port: Number(new URL(server.url).port) };
 }
@@ -147,7 +147,7 @@ t.test('a port in use is an error naming the endpoint', async (t) => {
   const address = holder.address();
   const port = typeof address === 'object' && address !== null ? address.port : 0;
   const metrics = new ServerMetrics({ processMetrics: false });
-  await t.rejects(StatusServer.start({ host: '127.0.0.1', port, metrics, sessions: () => [] }), {
+  await t.rejects(StatusServer.start({ host: '127.0.0.1', port, source: localStatus(metrics, () => []) }), {
     code: 'EADDRINUSE',
     message: new RegExp(`^metrics endpoint 127\\.0\\.0\\.1:${port}: `),
   });
