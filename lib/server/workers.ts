@@ -66,6 +66,10 @@ export type FromWorker =
 
 /** How long stop() waits for a worker to drain before it kills it. */
 const STOP_GRACE_MS = 15_000;
+/** A worker that dies sooner than this after its start is replaced only after a pause, doubled each time (up to the most). */
+const QUICK_EXIT_MS = 10_000;
+const RESPAWN_PAUSE_MS = 500;
+const RESPAWN_PAUSE_MAX_MS = 30_000;
 
 export interface WorkersOptions {
   readonly workers: number;
@@ -161,7 +165,10 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
     throw err;
   }
 
-  const spawnWorker = (slot: number): Promise<void> => {
+  // Pauses before replacing a worker that keeps dying at start (a broken file, a full disk), by slot.
+  const pauses: number[] = [];
+  const spawnWorker = (slot: number, replacing?: number): Promise<void> => {
+    const startedAt = Date.now();
     const child = fork(options.script, [...options.args], {
       env: { ...process.env, [WORKER_ENV]: JSON.stringify(addresses) },
       stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
@@ -174,10 +181,17 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
         for (const dir of options.overlayDirs) void sweepEphemeralOverlays(dir).catch(() => undefined);
         resolve();
         if (stopping) return;
+        const quick = Date.now() - startedAt < QUICK_EXIT_MS;
+        const pause = quick ? Math.min((pauses[slot] ?? RESPAWN_PAUSE_MS / 2) * 2, RESPAWN_PAUSE_MAX_MS) : 0;
+        pauses[slot] = pause;
         log.warn(
-          `worker ${child.pid} exited (${signal ?? `code ${code}`}): its ${lost.length} connection(s) were dropped; starting another`,
+          `worker ${child.pid} exited (${signal ?? `code ${code}`}): its ${lost.length} connection(s) were dropped; ` +
+            `starting another${pause > 0 ? ` in ${pause / 1000} s` : ''}`,
         );
-        void spawnWorker(slot).catch((err: unknown) => log.error(`cannot start a worker: ${(err as Error).message}`));
+        setTimeout(() => {
+          if (stopping) return;
+          spawnWorker(slot, child.pid).catch((err: unknown) => log.error(`cannot start a worker: ${(err as Error).message}`));
+        }, pause).unref();
       });
     });
     child.on('message', (msg: FromWorker, socket?: Socket) => {
@@ -193,6 +207,7 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
         child.off('message', onMessage);
         worker.relay = msg.relay;
         announceSiblings();
+        if (replacing !== undefined) log.info(`worker ${child.pid} started, replacing ${replacing}`);
         resolve();
       };
       child.on('message', onMessage);

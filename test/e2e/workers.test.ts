@@ -92,11 +92,15 @@ if (requireClients(t, ['qemu-io'], true)) {
     process.kill(owner, 'SIGKILL');
     t.ok(
       await eventually(() =>
-        new RegExp(`worker ${owner} exited \\(SIGKILL\\): its 1 connection\\(s\\) were dropped; starting another`).test(
+        new RegExp(`worker ${owner} exited \\(SIGKILL\\): its 1 connection\\(s\\) were dropped; starting another in 0.5 s`).test(
           server.stderr(),
         ),
       ),
-      'the primary says which worker died and what it cost',
+      'the primary says which worker died and what it cost (it died young: its replacement waits a little)',
+    );
+    t.ok(
+      await eventually(() => new RegExp(`worker \\d+ started, replacing ${owner}`).test(server.stderr())),
+      'and then that a replacement started',
     );
     const broken = await py.call({ op: 'pread', h: 'a', offset: 0, length: 4096 });
     t.equal(broken.ok, false, "the dead worker's client gets an error");
