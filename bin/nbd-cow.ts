@@ -4,7 +4,7 @@
 
 import { readFileSync } from 'node:fs';
 import { mkdir, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { commitOverlay } from '../lib/block/overlay-commit.js';
@@ -171,6 +171,11 @@ function parsePositive(value: string): number {
   const n = Number(value);
   if (!/^\d+$/.test(value) || n < 1) throw new InvalidArgumentError('expected a positive integer');
   return n;
+}
+
+/** --workers: a positive integer, or `auto` for the CPUs this process may use. */
+function parseWorkers(value: string): number {
+  return value === 'auto' ? availableParallelism() : parsePositive(value);
 }
 
 /** HOST:PORT or [IPv6]:PORT, where --metrics listens. */
@@ -555,9 +560,9 @@ addAccessOptions(
   .addOption(
     new Option(
       '--workers <n>',
-      'worker processes serving the connections (doc/workers.md); 1 (the default) is one process. Above 1, ' +
+      'worker processes serving the connections (doc/workers.md): a number, or "auto" for one per CPU; 1 (the default) is one process. Above 1, ' +
         'the connections of a named overlay move to (over TLS: are relayed to) the worker that has it open; --metrics counts every process',
-    ).argParser(parsePositive),
+    ).argParser(parseWorkers),
   )
   .action((base: string | undefined, opts: CliOptions, cmd: Command) => serve(cmd, base, opts).catch(fail));
 

@@ -9,7 +9,7 @@
 // worker that holds its TLS session relays it to the owner.
 
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { parseSessions } from '../../lib/server/session-list.js';
@@ -268,6 +268,23 @@ if (requireClients(t, [], true)) {
   });
 }
 
+if (requireClients(t, ['nbdinfo'])) {
+  t.test('--workers auto: one worker per CPU this process may use', async (t) => {
+    const dir = t.testdir();
+    const base = await makePatternBase(dir, SIZE);
+    const cpus = availableParallelism();
+    const server = await startServe(t, base, ['--overlay-dir', join(dir, 'ov'), '--workers', 'auto']);
+    if (cpus > 1) {
+      t.ok(await eventually(() => server.stderr().includes(`serving with ${cpus} worker processes`)), `${cpus} workers`);
+    } else {
+      t.notMatch(server.stderr(), /worker processes/, 'one CPU: one process, no primary');
+    }
+    const info = await run('nbdinfo', ['--size', server.uri]);
+    t.equal(info.stdout.trim(), String(SIZE), describeRun(info));
+    t.equal((await server.stop()).code, 0);
+  });
+}
+
 t.test('--workers above 1 refuses what it does not serve yet, in one line', async (t) => {
   const dir = t.testdir();
   const base = await makePatternBase(dir, SIZE);
@@ -277,7 +294,9 @@ t.test('--workers above 1 refuses what it does not serve yet, in one line', asyn
     metrics.stderr,
     'nbd-cow: --metrics with --user is not available with --workers above 1 yet: the primary, which would serve it, stays root (doc/workers.md)\n',
   );
-  const zero = await runCli(['serve', base, '-p', '0', '--workers', '0']);
-  t.equal(zero.code, 1);
-  t.match(zero.stderr, /--workers/);
+  for (const bad of ['0', 'many', '1.5']) {
+    const refused = await runCli(['serve', base, '-p', '0', '--workers', bad]);
+    t.equal(refused.code, 1, `--workers ${bad}`);
+    t.match(refused.stderr, /--workers/);
+  }
 });
