@@ -16,7 +16,7 @@
 //
 // CPUs. /dev/nbd0 gets one blk-mq hardware queue per connection and the kernel maps CPUs to
 // queues, so with one guest CPU only the first connection carries I/O (the other three only
-// negotiate). The guest gets 2 CPUs, which spreads the I/O over at least two connections. Not
+// negotiate). The guest gets 2 CPUs, which usually spreads the I/O over two connections. Not
 // 4: on a 2-core host under load, 3 of ~10 TCG boots with -smp 4 stalled 30 s on a reply that
 // the server had sent (the relay's byte dump shows every request answered within milliseconds)
 // but the guest never took in, until the kernel's "Connection timed out, retrying (4/4 alive)"
@@ -77,9 +77,11 @@ if (requireGuestTools(t)) {
         flags.every((f) => (f & FLAG_CAN_MULTI_CONN) !== 0),
         `each with CAN_MULTI_CONN (flags ${flags.map((f) => `0x${f.toString(16)}`).join(', ')})`,
       );
+      // Which connections carry the I/O is the guest's choice (one blk-mq queue per connection,
+      // mapped to CPUs): with 2 guest CPUs it is usually two, but a loaded host's TCG guest has
+      // been seen to run every write on one CPU (2026-12-02). Reported, not asserted.
       const busy = conns.filter((c) => c.toHost + c.toGuest > 256 * 1024);
       t.comment(`${busy.length} of ${conns.length} connections carried more than 256 KiB (guest CPUs: ${CPUS})`);
-      if (CPUS >= 2) t.ok(busy.length >= 2, 'the I/O was spread over several connections');
       await checkOverlaysGone(t, overlays, first.name, ['named-base@mc.cow']);
 
       // One connection, through the ordinary `tcp:` guestfwd.
