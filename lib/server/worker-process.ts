@@ -90,9 +90,10 @@ export async function serveAsWorker(
     }
   }, log);
   const stopServer = server.stop;
+  // The server first: it ends the relayed connections too, which the relay socket's close waits for.
   server.stop = async () => {
-    await relay.close();
     await stopServer();
+    await relay.close();
   };
   process.on('message', (message: ToWorker, socket?: Socket) => {
     if (message?.type === 'siblings') {

@@ -26,7 +26,7 @@ export interface RelayServer {
 
 /** Listen for relayed connections; `serve` gets each one's socket (header read, rest unread) and replay. */
 export async function startRelayServer(serve: (socket: Socket, replay: Replay) => void, log: Logger): Promise<RelayServer> {
-  const dir = await mkdtemp(join(tmpdir(), 'nbd-cow-relay-'));
+  const dir = await mkdtemp(join(tmpdir(), `nbd-cow-relay-${process.pid}-`));
   const path = join(dir, 's');
   const server: Server = createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => readHeader(socket, serve, log));
   await new Promise<void>((resolve, reject) => {

@@ -15,7 +15,9 @@
 // (workers-status.ts). A TLS connection stays in its worker, which relays it (worker-relay.ts).
 
 import { type ChildProcess, fork } from 'node:child_process';
+import { rm } from 'node:fs/promises';
 import type { Socket } from 'node:net';
+import { dirname } from 'node:path';
 import { sweepEphemeralOverlays } from '../block/cow-device.js';
 import type { ServerConfig } from '../config/server-config.js';
 import { DEFAULT_MAX_CONNECTIONS } from '../defaults.js';
@@ -188,6 +190,8 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
         const lost = worker.open.splice(0);
         for (const done of lost) done();
         for (const dir of options.overlayDirs) void sweepEphemeralOverlays(dir).catch(() => undefined);
+        // Its relay socket's private directory (worker-relay.ts), left behind by a worker that was killed.
+        if (worker.relay !== null) void rm(dirname(worker.relay), { recursive: true, force: true }).catch(() => undefined);
         resolve();
         if (stopping) return;
         const quick = Date.now() - startedAt < QUICK_EXIT_MS;

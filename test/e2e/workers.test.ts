@@ -109,6 +109,10 @@ if (requireClients(t, ['qemu-io'], true)) {
       await eventually(() => readdirSync(overlays).filter((f) => f.endsWith('.cow')).length === 0),
       "the dead worker's overlay is swept",
     );
+    t.ok(
+      await eventually(() => !readdirSync(tmpdir()).some((f) => f.startsWith(`nbd-cow-relay-${owner}-`))),
+      "and so is its relay socket's directory",
+    );
     const again = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5c 0 64k', '-c', 'read -P 0x5c 0 64k', server.uri]);
     t.equal(again.code, 0, `a new client is served: ${describeRun(again)}`);
     t.notMatch(again.stdout, /Pattern verification failed/);
