@@ -118,6 +118,15 @@ export async function serveAsWorker(
       tell({ type: 'closed' });
     }
   });
+  // The primary is gone (killed): no connection can come any more, and nobody would replace
+  // this worker or count its connections. Drain and exit, as on SIGTERM: no orphan holds locks.
+  process.once('disconnect', () => {
+    log.warn('worker: the primary process is gone: stopping');
+    server.stop().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  });
   tell({ type: 'ready', relay: relay.path });
   return server;
 }

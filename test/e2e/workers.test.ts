@@ -289,6 +289,30 @@ if (requireClients(t, ['nbdinfo'])) {
   });
 }
 
+if (requireClients(t, [], true)) {
+  t.test('the primary killed: its workers stop too, leaving no overlay and no orphan', async (t) => {
+    const { overlays, server } = await startUnixWorkers(t);
+    const found = (): number[] =>
+      [...server.stderr().matchAll(/serving with 2 worker processes: (\d+), (\d+)/g)].flatMap((m) => [
+        Number(m[1]),
+        Number(m[2]),
+      ]);
+    t.ok(await eventually(() => found().length === 2), 'two workers');
+    const py = pySession(t);
+    await py.ok({ op: 'connect', h: 'a', uri: server.uri });
+    await py.ok({ op: 'pwrite', h: 'a', offset: 0, data: Buffer.alloc(4096, 1).toString('base64') });
+    t.equal((await server.stop('SIGKILL')).signal, 'SIGKILL');
+    t.ok(await eventually(() => found().every((pid) => !alive(pid)), 20_000), 'both workers exited');
+    t.match(server.stderr(), /the primary process is gone: stopping/);
+    t.same(
+      readdirSync(overlays).filter((f) => f.endsWith('.cow')),
+      [],
+      "the connection's throwaway overlay is gone",
+    );
+    await py.end();
+  });
+}
+
 t.test('--workers above 1 refuses what it does not serve yet, in one line', async (t) => {
   const dir = t.testdir();
   const base = await makePatternBase(dir, SIZE);
