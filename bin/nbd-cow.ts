@@ -30,6 +30,7 @@ import {
   type NamedOverlayOwner,
   OVERLAY_POLICIES,
   type OverlayPolicy,
+  type RunningServer,
   type ServerOptions,
   serverConfigFromOptions,
   startConfiguredServer,
@@ -429,26 +430,40 @@ async function serve(cmd: Command, base: string | undefined, opts: CliOptions): 
   if (workerAddresses !== undefined) return serveWorker(config, log, opts, parseWorkerAddresses(workerAddresses));
   if ((opts.workers ?? 1) > 1) return servePrimary(config, log, opts);
   const server = await startConfiguredServer(config, { log, events: [logEvents(log)], ...runtimeLimits(opts) });
-  // One URI a listener (the first export's), then the metrics URL.
-  const first = config.exports[0];
-  const uris = server.addresses.map((address: ListenAddress, i) =>
-    i === 0 ? server.uri : formatUri(address, first?.name ?? '', server.uri.startsWith('nbds')),
-  );
-  for (const uri of uris) process.stdout.write(`${uri}\n`);
-  if (server.metricsUri !== null) process.stdout.write(`${server.metricsUri}\n`);
+  printUris(config, server);
   if (opts.config !== undefined) {
     for (const exp of config.exports) log.info(`export "${exp.name}": ${exp.base}${exp.readOnly ? ' (read-only)' : ''}`);
-    const path = opts.config;
-    let reloading = Promise.resolve(true);
-    process.on('SIGHUP', () => {
-      log.info(`SIGHUP: reloading ${path}`);
-      reloading = reloading.then(() => reloadFromFile(server, path, log));
-    });
+    reloadOnSighup(server, opts.config, log);
   }
-  notifyReady({ status: `serving ${server.uri}` }).catch((err: unknown) => {
+  tellSystemdReady(`serving ${server.uri}`, log);
+  stopOnSignals(() => server.stop());
+}
+
+/** One URI a listener (the first export's), then the metrics URL, on stdout. */
+function printUris(
+  config: ServerConfig,
+  server: { uri: string; addresses: readonly ListenAddress[]; metricsUri: string | null },
+): void {
+  const first = config.exports[0];
+  for (const [i, address] of server.addresses.entries()) {
+    process.stdout.write(`${i === 0 ? server.uri : formatUri(address, first?.name ?? '', server.uri.startsWith('nbds'))}\n`);
+  }
+  if (server.metricsUri !== null) process.stdout.write(`${server.metricsUri}\n`);
+}
+
+/** SIGHUP: reload the configuration file into `server`, one reload after the other. */
+function reloadOnSighup(server: RunningServer, path: string, log: Logger): void {
+  let reloading = Promise.resolve(true);
+  process.on('SIGHUP', () => {
+    log.info(`SIGHUP: reloading ${path}`);
+    reloading = reloading.then(() => reloadFromFile(server, path, log));
+  });
+}
+
+function tellSystemdReady(status: string, log: Logger): void {
+  notifyReady({ status }).catch((err: unknown) => {
     log.warn(`could not tell systemd the server is ready: ${err instanceof Error ? err.message : String(err)}`);
   });
-  stopOnSignals(() => server.stop());
 }
 
 /** The limits the flags give (beside a configuration too), for startConfiguredServer's runtime. */
@@ -491,11 +506,7 @@ async function servePrimary(config: ServerConfig, log: Logger, opts: CliOptions)
     args: process.argv.slice(2),
     overlayDirs: config.exports.filter((e) => !e.readOnly).map((e) => e.overlayDir ?? defaultOverlayDir()),
   });
-  const first = config.exports[0];
-  for (const [i, address] of workers.addresses.entries()) {
-    process.stdout.write(`${i === 0 ? workers.uri : formatUri(address, first?.name ?? '', workers.uri.startsWith('nbds'))}\n`);
-  }
-  if (workers.metricsUri !== null) process.stdout.write(`${workers.metricsUri}\n`);
+  printUris(config, workers);
   log.info(`serving with ${workers.pids.length} worker processes: ${workers.pids.join(', ')}`);
   if (opts.config !== undefined) {
     process.on('SIGHUP', () => {
@@ -503,22 +514,14 @@ async function servePrimary(config: ServerConfig, log: Logger, opts: CliOptions)
       workers.reload();
     });
   }
-  notifyReady({ status: `serving ${workers.uri} with ${workers.pids.length} workers` }).catch((err: unknown) => {
-    log.warn(`could not tell systemd the server is ready: ${err instanceof Error ? err.message : String(err)}`);
-  });
+  tellSystemdReady(`serving ${workers.uri} with ${workers.pids.length} workers`, log);
   stopOnSignals(() => workers.stop());
 }
 
 /** One worker of --workers N: serve what the primary hands over (lib/server/worker-process.ts). */
 async function serveWorker(config: ServerConfig, log: Logger, opts: CliOptions, adopted: ListenAddress[]): Promise<void> {
   const server = await serveAsWorker(config, { log, events: [logEvents(log)], ...runtimeLimits(opts) }, adopted);
-  if (opts.config !== undefined) {
-    const path = opts.config;
-    let reloading = Promise.resolve(true);
-    process.on('SIGHUP', () => {
-      reloading = reloading.then(() => reloadFromFile(server, path, log));
-    });
-  }
+  if (opts.config !== undefined) reloadOnSighup(server, opts.config, log);
   stopOnSignals(() => server.stop());
 }
 

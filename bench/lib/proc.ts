@@ -50,20 +50,21 @@ export function processTree(pid: number): number[] {
  * parent's cutime already), or null when `pid` is gone.
  */
 export function treeCpuSeconds(pid: number): number | null {
-  const own = cpuSeconds(pid);
-  if (own === null) return null;
-  return processTree(pid)
-    .slice(1)
-    .reduce((sum, p) => sum + (cpuSeconds(p) ?? 0), own);
+  return sumOverTree(pid, cpuSeconds);
 }
 
 /** statusKiB summed over the process tree (VmRSS of a server and its workers), or null when `pid` is gone. */
 export function treeStatusKiB(pid: number, field: string): number | null {
-  const own = statusKiB(pid, field);
+  return sumOverTree(pid, (p) => statusKiB(p, field));
+}
+
+/** `read` of `pid` plus that of each live descendant (one gone meanwhile counts 0); null when `pid` is gone. */
+function sumOverTree(pid: number, read: (pid: number) => number | null): number | null {
+  const own = read(pid);
   if (own === null) return null;
   return processTree(pid)
     .slice(1)
-    .reduce((sum, p) => sum + (statusKiB(p, field) ?? 0), own);
+    .reduce((sum, p) => sum + (read(p) ?? 0), own);
 }
 
 /** A field of /proc/PID/status in KiB (VmRSS, VmHWM, ...), or null. */

@@ -23,7 +23,7 @@ import { CowDevice } from './cow-device.js';
 import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from './device.js';
 import type { OverlayEvents } from './overlay-events.js';
 import { OverlayFile } from './overlay-file.js';
-import { acquireOverlayLock, type OverlayLock } from './overlay-lock.js';
+import { acquireOverlayLock, lockHolderOf, type OverlayLock } from './overlay-lock.js';
 import { lockFileName, namedOverlayFileName } from './overlay-names.js';
 import type { SpaceLimits } from './space-budget.js';
 
@@ -88,7 +88,7 @@ export class NamedOverlays {
       const path = this.pathOf(exportName, overlayName);
       return await this.#attach(path, lockFileName(path), what);
     } catch (err) {
-      const holder = (err as { holder?: number }).holder;
+      const holder = lockHolderOf(err);
       if (holder === undefined || this.#options.reachable?.(holder) !== true) {
         this.#options.warn?.(`refused ${what}: ${err instanceof Error ? err.message : String(err)}`);
       }

@@ -46,6 +46,12 @@ export async function lockHolder(lockPath: string): Promise<LockHolder | undefin
   return { pid, alive };
 }
 
+/** The pid of the live holder an acquireOverlayLock refusal names, if `err` is one that names it. */
+export function lockHolderOf(err: unknown): number | undefined {
+  const holder = (err as { holder?: unknown } | null)?.holder;
+  return typeof holder === 'number' ? holder : undefined;
+}
+
 /**
  * Take the lock for this process or throw an EBUSY-coded error naming the holder. `what` names
  * the overlay in the message.

@@ -8,7 +8,6 @@
 import { constants as fsConstants } from 'node:fs';
 import { access, mkdir } from 'node:fs/promises';
 import { basename } from 'node:path';
-import type { BlockDevice } from '../block/device.js';
 import { sweepEphemeralOverlays } from '../block/ephemeral.js';
 import { validateBlockSize } from '../block/overlay-layout.js';
 import { spaceLimits } from '../block/space-budget.js';
@@ -18,7 +17,6 @@ import { AccessList } from './access-list.js';
 import { ExportBacking } from './export-backing.js';
 import { ExportTable, type ExportTableEntry } from './export-table.js';
 import { type Export, overlayExportRegistry } from './exports.js';
-import { HandOver } from './hand-over.js';
 import { handOverCreatedDirs, type PrivilegeTarget } from './privileges.js';
 import type { ServerEvents } from './server-events.js';
 import type { TlsMode } from './tls-credentials.js';
@@ -173,19 +171,6 @@ export class ConfiguredExports {
     });
   }
 
-  /** A connection's handle on a named overlay; held by a sibling worker, a HandOver to it instead. */
-  async #attachNamed(backing: ExportBacking, overlayName: string): Promise<BlockDevice> {
-    try {
-      return await backing.openNamed(overlayName);
-    } catch (err) {
-      const holder = (err as { holder?: number }).holder;
-      if (holder !== undefined && this.#context.siblingWorker?.(holder) === true) {
-        throw new HandOver(holder, err instanceof Error ? err.message : String(err));
-      }
-      throw err;
-    }
-  }
-
   #entry(config: ExportConfig, backing: ExportBacking): ExportTableEntry {
     const plain: Export = {
       name: config.name,
@@ -203,7 +188,7 @@ export class ConfiguredExports {
       plain,
       policy: config.overlays,
       namedOwner: config.namedOverlayOwner,
-      ...(config.readOnly ? {} : { attachNamed: (overlayName: string) => this.#attachNamed(backing, overlayName) }),
+      ...(config.readOnly ? {} : { attachNamed: (overlayName: string) => backing.openNamed(overlayName) }),
     });
     return {
       plain,

@@ -432,7 +432,8 @@ export class Connection implements BudgetHolder {
       this.#handOver(outcome.owner);
       return false;
     }
-    this.#writeAll(outcome.replies);
+    // A replayed option's replies went out from the worker that answered it (hand-over.ts).
+    if (!this.#muted) this.#writeAll(outcome.replies);
     switch (outcome.kind) {
       case 'continue':
         if (outcome.refused !== undefined) this.#reportRefusal(outcome.refused);
@@ -684,7 +685,7 @@ export class Connection implements BudgetHolder {
 
   /** Send replies (each message whole, batched per event: reply-batcher.ts). */
   #writeAll(messages: readonly Buffer[]): void {
-    if (this.#muted || this.#state === 'closed' || messages.length === 0) return;
+    if (this.#state === 'closed' || messages.length === 0) return;
     this.#flow.written(this.#replies.write(messages));
   }
 

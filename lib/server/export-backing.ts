@@ -14,7 +14,9 @@ import { InlineIoGuard } from '../block/inline-io-guard.js';
 import { openImageStack } from '../block/layer-stack.js';
 import { NamedOverlays } from '../block/named-overlays.js';
 import type { OverlayEvents } from '../block/overlay-events.js';
+import { lockHolderOf } from '../block/overlay-lock.js';
 import type { SpaceLimits } from '../block/space-budget.js';
+import { HandOver } from './hand-over.js';
 
 export interface BackingOptions {
   /** The export's name: its named overlays' files are `named-<name>@<overlay>.cow`. */
@@ -91,7 +93,10 @@ export class ExportBacking {
     return this.#counted(device);
   }
 
-  /** One connection's handle on the named overlay `overlayName` (shared, kept). */
+  /**
+   * One connection's handle on the named overlay `overlayName` (shared, kept). Held by a sibling
+   * worker, a HandOver to it instead (hand-over.ts).
+   */
   async openNamed(overlayName: string): Promise<BlockDevice> {
     // Counted from the start: a retire() during the attach must not close the base under it.
     this.#openDevices++;
@@ -100,6 +105,10 @@ export class ExportBacking {
       device = await this.#named.attach(this.options.exportName, overlayName);
     } catch (err) {
       this.#deviceClosed();
+      const holder = lockHolderOf(err);
+      if (holder !== undefined && this.options.siblingWorker?.(holder) === true) {
+        throw new HandOver(holder, err instanceof Error ? err.message : String(err));
+      }
       throw err;
     }
     return this.#closeCounted(device);

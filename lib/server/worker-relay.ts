@@ -28,7 +28,7 @@ export interface RelayServer {
 export async function startRelayServer(serve: (socket: Socket, replay: Replay) => void, log: Logger): Promise<RelayServer> {
   const dir = await mkdtemp(join(tmpdir(), `nbd-cow-relay-${process.pid}-`));
   const path = join(dir, 's');
-  const server: Server = createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => readHeader(socket, serve, log));
+  const server: Server = createServer({ allowHalfOpen: true }, (socket) => readHeader(socket, serve, log));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(path, () => {

@@ -146,25 +146,25 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
         tls: NO_TLS,
         group,
         ...(permissions[i] !== undefined ? { socketPermissions: permissions[i] } : {}),
-        forward: (socket, done) => {
-          const worker = pick();
-          worker.open.push(done);
-          const message: ToWorker = { type: 'connection', listener: i };
-          try {
-            worker.child.send(message, socket, { keepOpen: false }, (err) => {
-              if (err) dropOne(worker, done, socket);
-            });
-          } catch {
-            dropOne(worker, done, socket);
-          }
-        },
+        forward: (socket, done) => sendConnection(pick(), { type: 'connection', listener: i }, socket, done),
       }),
   );
-  const dropOne = (worker: Worker, done: () => void, socket: Socket): void => {
-    socket.destroy();
-    const at = worker.open.indexOf(done);
-    if (at >= 0) worker.open.splice(at, 1);
-    done();
+  // Give `worker` the connection on `socket`, counted (`done`) as its own; one it cannot take is dropped.
+  const sendConnection = (worker: Worker, message: ToWorker, socket: Socket, done: () => void): void => {
+    worker.open.push(done);
+    const drop = (): void => {
+      socket.destroy();
+      const at = worker.open.indexOf(done);
+      if (at >= 0) worker.open.splice(at, 1);
+      done();
+    };
+    try {
+      worker.child.send(message, socket, { keepOpen: false }, (err) => {
+        if (err) drop();
+      });
+    } catch {
+      drop();
+    }
   };
 
   const addresses: ListenAddress[] = [];
@@ -240,15 +240,7 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
       done();
       return;
     }
-    to.open.push(done);
-    const message: ToWorker = { type: 'connection', listener: msg.listener, replay: msg.replay };
-    try {
-      to.child.send(message, socket, { keepOpen: false }, (err) => {
-        if (err) dropOne(to, done, socket);
-      });
-    } catch {
-      dropOne(to, done, socket);
-    }
+    sendConnection(to, { type: 'connection', listener: msg.listener, replay: msg.replay }, socket, done);
   };
 
   // A TLS connection relayed from `from` to worker `to`: its close will come from `to`.
