@@ -2,7 +2,7 @@
 # `make test` runs every test. Both install what they need first.
 
 SHELL := /bin/bash
-DEB_TEST_PACKAGES := qemu-utils libnbd-bin python3-libnbd fio qemu-system-x86 nbd-client e2fsprogs busybox-static xz-utils openssl gnutls-bin prometheus systemd
+DEB_TEST_PACKAGES := qemu-utils libnbd-bin python3-libnbd fio qemu-system-x86 nbd-client e2fsprogs busybox-static xz-utils openssl gnutls-bin prometheus systemd nginx
 BASE ?=
 SERVE_ARGS ?=
 COVERAGE_FLOOR ?= 90

@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { mkdir, stat } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { commitOverlay } from '../lib/block/overlay-commit.js';
 import { inspectOverlay, overlayExtents, overlayInfo } from '../lib/block/overlay-inspect.js';
@@ -40,6 +40,13 @@ import {
 } from '../lib/index.js';
 import { createLogger, LOG_FORMATS, type LogFormat, type Logger, levelFromEnv } from '../lib/log.js';
 import { progressBar } from '../lib/progress-bar.js';
+import {
+  DEFAULT_REMOTE_RETRIES,
+  DEFAULT_REMOTE_TIMEOUT_MS,
+  MIN_CACHE_SIZE,
+  type RemoteOptions,
+} from '../lib/remote/remote-options.js';
+import { isRemoteBase, shownUrl } from '../lib/remote/remote-url.js';
 import { runWithServer } from '../lib/run-command.js';
 import { AccessList } from '../lib/server/access-list.js';
 import type { ConnectionLimits } from '../lib/server/connection-limits.js';
@@ -98,6 +105,11 @@ interface CliOptions {
   metrics?: { host: string; port: number };
   config?: string;
   workers?: number;
+  cacheDir?: string;
+  cacheSize?: number;
+  prefetch?: boolean;
+  remoteTimeout?: number;
+  remoteRetries?: number;
 }
 
 /** --layer for the overlay commands: the stack the overlay sits on, as serve takes it. */
@@ -145,6 +157,16 @@ function parseSeconds(value: string): number {
     throw new InvalidArgumentError('expected a number of seconds above 0, at most 86400');
   }
   return Math.round(seconds * 1000);
+}
+
+const parseCacheSize = sizeParser((bytes) => {
+  if (bytes < MIN_CACHE_SIZE) throw new RangeError(`expected at least ${MIN_CACHE_SIZE >> 20}M`);
+});
+
+function parseRetries(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n > 20) throw new InvalidArgumentError('expected a whole number from 0 to 20');
+  return n;
 }
 
 const parseLimit = sizeParser((bytes) => {
@@ -272,6 +294,30 @@ function addServeOptions(cmd: Command): Command {
           `(default: ${DEFAULT_BUFFER_MEMORY >> 20}M; at least ${MAX_PAYLOAD >> 20}M)`,
       ).argParser(parseBufferMemory),
     )
+    .option(
+      '--cache-dir <dir>',
+      'a remote base (BASE an http:// or https:// URL): where its block cache lives, kept across restarts ' +
+        '(default: $CACHE_DIRECTORY under systemd, else ~/.cache/nbd-cow)',
+    )
+    .addOption(
+      new Option(
+        '--cache-size <size>',
+        `a remote base: most bytes its block cache keeps, e.g. 20G; the least recently used go past it (default: the image's size; at least ${MIN_CACHE_SIZE >> 20}M)`,
+      ).argParser(parseCacheSize),
+    )
+    .option('--prefetch', "a remote base: fetch the whole image into the cache in the background, after the clients' reads")
+    .addOption(
+      new Option(
+        '--remote-timeout <seconds>',
+        `a remote base: seconds one HTTP request may take before it is tried again (default: ${DEFAULT_REMOTE_TIMEOUT_MS / 1000})`,
+      ).argParser(parseSeconds),
+    )
+    .addOption(
+      new Option(
+        '--remote-retries <n>',
+        `a remote base: further tries of a failed HTTP request, with backoff; then the read fails with EIO (default: ${DEFAULT_REMOTE_RETRIES})`,
+      ).argParser(parseRetries),
+    )
     .option('-v, --verbose', 'debug log: also every option, request, copy-up and zeroed block')
     .option('-q, --quiet', 'log errors only')
     .addOption(
@@ -317,6 +363,7 @@ function toServerOptions(base: string, opts: CliOptions): Omit<ServerOptions, 'l
     ...(opts.maxOverlayDirSize !== undefined ? { maxOverlayDirSize: opts.maxOverlayDirSize } : {}),
     ...(opts.elideBaseMatches === true ? { elideBaseMatches: true } : {}),
     ...(opts.layer !== undefined ? { layers: opts.layer } : {}),
+    ...remoteOptions(opts),
     ...(opts.allow !== undefined ? { allow: opts.allow } : {}),
     ...(opts.maxConnections !== undefined ? { maxConnections: opts.maxConnections } : {}),
     ...(opts.metrics !== undefined ? { metrics: opts.metrics } : {}),
@@ -331,6 +378,18 @@ function toServerOptions(base: string, opts: CliOptions): Omit<ServerOptions, 'l
       ...(opts.tlsVerifyPeer === true ? { verifyPeer: true } : {}),
     },
   };
+}
+
+/** The remote-base flags, as ServerOptions.remote when any is given. */
+function remoteOptions(opts: CliOptions): { remote?: RemoteOptions } {
+  const remote: RemoteOptions = {
+    ...(opts.cacheDir !== undefined ? { cacheDir: resolve(opts.cacheDir) } : {}),
+    ...(opts.cacheSize !== undefined ? { cacheSize: opts.cacheSize } : {}),
+    ...(opts.prefetch === true ? { prefetch: true } : {}),
+    ...(opts.remoteTimeout !== undefined ? { timeoutMs: opts.remoteTimeout } : {}),
+    ...(opts.remoteRetries !== undefined ? { retries: opts.remoteRetries } : {}),
+  };
+  return Object.keys(remote).length === 0 ? {} : { remote };
 }
 
 /** Who may connect and who the server runs as (serve only: `run` keeps its socket private). */
@@ -428,11 +487,20 @@ async function serve(cmd: Command, base: string | undefined, opts: CliOptions): 
   }
   const workerAddresses = process.env[WORKER_ENV];
   if (workerAddresses !== undefined) return serveWorker(config, log, opts, parseWorkerAddresses(workerAddresses));
-  if ((opts.workers ?? 1) > 1) return servePrimary(config, log, opts);
+  if ((opts.workers ?? 1) > 1) {
+    const remote = config.exports.find((exp) => isRemoteBase(exp.base));
+    if (remote !== undefined) {
+      throw new Error(
+        `export ${remote.name} has a remote base, which one process serves for now (its block cache has one owner): use --workers 1`,
+      );
+    }
+    return servePrimary(config, log, opts);
+  }
   const server = await startConfiguredServer(config, { log, events: [logEvents(log)], ...runtimeLimits(opts) });
   printUris(config, server);
   if (opts.config !== undefined) {
-    for (const exp of config.exports) log.info(`export "${exp.name}": ${exp.base}${exp.readOnly ? ' (read-only)' : ''}`);
+    for (const exp of config.exports)
+      log.info(`export "${exp.name}": ${shownUrl(exp.base)}${exp.readOnly ? ' (read-only)' : ''}`);
     reloadOnSighup(server, opts.config, log);
   }
   tellSystemdReady(`serving ${server.uri}`, log);

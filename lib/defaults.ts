@@ -16,9 +16,21 @@ export const DEFAULT_BUFFER_MEMORY = 256 * 1024 * 1024;
  */
 export const DEFAULT_MAX_CONNECTIONS = 1024;
 
-/** The default export name for a base path: its file name without the extension. */
+/** The file name a base path or URL ends in (a URL's query and fragment left out). */
+export function baseFileName(base: string): string {
+  if (/^https?:\/\//i.test(base)) {
+    try {
+      return basename(decodeURIComponent(new URL(base).pathname));
+    } catch {
+      return basename(base);
+    }
+  }
+  return basename(base);
+}
+
+/** The default export name for a base path or URL: its file name without the extension. */
 export function defaultExportName(basePath: string): string {
-  const name = basename(basePath);
+  const name = baseFileName(basePath);
   const stem = name.slice(0, name.length - extname(name).length);
   return stem === '' ? name : stem;
 }

@@ -12,6 +12,7 @@ import { resolve } from 'node:path';
 import type { ServerConfig } from './config/server-config.js';
 import { DEFAULT_BLOCK_SIZE, defaultExportName } from './defaults.js';
 import { createLogger, type LogFormat, type Logger, type LogLevel, levelFromEnv } from './log.js';
+import type { RemoteOptions } from './remote/remote-options.js';
 import type { AccessOptions } from './server/access-options.js';
 import type { ConnectionLimits } from './server/connection-limits.js';
 import type { NamedOverlayOwner, OverlayPolicy } from './server/exports.js';
@@ -34,6 +35,7 @@ export {
 } from './defaults.js';
 export { LOG_FORMATS, type LogFormat, type LogLevel } from './log.js';
 export { MAX_PAYLOAD } from './protocol/constants.js';
+export { defaultCacheDir, type RemoteOptions } from './remote/remote-options.js';
 export type { AccessOptions } from './server/access-options.js';
 export type { ReloadSummary } from './server/configured-exports.js';
 export type { ConnectionLimits } from './server/connection-limits.js';
@@ -48,8 +50,10 @@ export { type RunningServer, type ServerRuntime, startConfiguredServer } from '.
 
 /** What startServer takes: the base and its export, and (AccessOptions) where and to whom it listens. */
 export interface ServerOptions extends AccessOptions {
-  /** Path of the base image; opened read-only and never written. */
+  /** Path of the base image, or an http:// or https:// URL of one; opened read-only and never written. */
   readonly base: string;
+  /** A remote base: where and how much to cache, prefetch, timeouts and retries (lib/remote/). */
+  readonly remote?: RemoteOptions;
   /** Frozen overlays (`nbd-cow overlay freeze`) stacked on the base, bottom first; clients' overlays sit on the last. */
   readonly layers?: readonly string[];
   /** Export name; default: the base file's name without its extension. */
@@ -124,6 +128,7 @@ export function serverConfigFromOptions(options: ServerOptions): ServerConfig {
       {
         name: options.exportName ?? defaultExportName(options.base),
         base: options.base,
+        ...(options.remote !== undefined ? { remote: options.remote } : {}),
         ...(options.layers !== undefined && options.layers.length > 0 ? { layers: options.layers.map((l) => resolve(l)) } : {}),
         ...(options.description !== undefined ? { description: options.description } : {}),
         readOnly,

@@ -98,6 +98,7 @@ export async function startConfiguredServer(config: ServerConfig, runtime: Serve
     privilegeTarget: target,
     ...(runtime.siblingWorker !== undefined ? { siblingWorker: runtime.siblingWorker } : {}),
   });
+  metrics?.watchRemoteBases(() => exports.remoteBases());
   const listeners: NbdListener[] = [];
   let status: StatusServer | null = null;
   const stopAll = async (): Promise<void> => {

@@ -142,11 +142,16 @@ export async function openLayer(path: string, below: BaseImage): Promise<BaseIma
 
 /**
  * The base file at `basePath` with `layerPaths` on it, bottom first, as one read-only image
- * (just the base file when there are none). Closing it closes every level. On a refusal
+ * (just the base file when there are none). `openBottom` opens the base (a remote one:
+ * lib/remote/open-base-image.ts). Closing it closes every level. On a refusal
  * whatever was opened is closed again.
  */
-export async function openImageStack(basePath: string, layerPaths: readonly string[] = []): Promise<BaseImage> {
-  let image = await openBase(basePath);
+export async function openImageStack(
+  basePath: string,
+  layerPaths: readonly string[] = [],
+  openBottom: (path: string) => Promise<BaseImage> = openBase,
+): Promise<BaseImage> {
+  let image = await openBottom(basePath);
   try {
     for (const path of layerPaths) image = await openLayer(path, image);
   } catch (err) {

@@ -6,6 +6,8 @@
 import { validateBlockSize } from '../block/overlay-layout.js';
 import { isValidNamePart, NAME_RULE } from '../block/overlay-names.js';
 import { DEFAULT_BLOCK_SIZE } from '../defaults.js';
+import { MIN_CACHE_SIZE, type RemoteOptions } from '../remote/remote-options.js';
+import { isRemoteBase } from '../remote/remote-url.js';
 import { NAMED_OVERLAY_OWNERS, OVERLAY_POLICIES } from '../server/exports.js';
 import type { TlsMode } from '../server/tls-credentials.js';
 import { type ConfigMapping, type ConfigValue, quote } from './config-value.js';
@@ -26,6 +28,11 @@ const EXPORT_KEYS = [
   'named-overlays-owner',
   'allow',
   'require-tls',
+  'cache-dir',
+  'cache-size',
+  'prefetch',
+  'remote-timeout',
+  'remote-retries',
 ] as const;
 
 export interface ExportContext {
@@ -47,7 +54,8 @@ function readExport(name: string, settings: ConfigValue, { dir, tlsMode }: Expor
   const fields = settings.mapping(EXPORT_KEYS, 'the settings of an export, at least base: PATH');
   const exp: ExportConfig = {
     name,
-    base: readPath(fields.require('base', 'the base image this export serves'), dir),
+    base: readBase(fields.require('base', 'the base image this export serves'), dir),
+    ...remoteSettings(fields, dir),
     ...fields.optional('layers', 'layers', (value) => readLayers(value, dir)),
     ...fields.optional('description', 'description', (value) => value.string()),
     readOnly: fields.read('read-only', (value) => value.boolean(), false),
@@ -75,6 +83,40 @@ function checkTlsNeeds(exp: ExportConfig, fields: ConfigMapping, tlsMode: TlsMod
   if (tlsMode === 'require' && !exp.requireTls) {
     fields.get('require-tls')?.fail('cannot be false while tls.mode is require: every client must start TLS first');
   }
+}
+
+/** A path (resolved like any other) or an http:// or https:// URL, kept as written. */
+function readBase(value: ConfigValue, dir: string): string {
+  const text = value.nonEmptyString('a path or an http(s):// URL');
+  return isRemoteBase(text) ? text : readPath(value, dir);
+}
+
+/** cache-dir, cache-size, prefetch, remote-timeout and remote-retries: as `remote` when any is set. */
+function remoteSettings(fields: ConfigMapping, dir: string): { remote?: RemoteOptions } {
+  const remote: RemoteOptions = {
+    ...fields.optional('cache-dir', 'cacheDir', (value) => readPath(value, dir)),
+    ...fields.optional('cache-size', 'cacheSize', (value) =>
+      readSize(value, (bytes) => (bytes < MIN_CACHE_SIZE ? `expected at least ${MIN_CACHE_SIZE >> 20}M` : undefined)),
+    ),
+    ...fields.optional('prefetch', 'prefetch', (value) => value.boolean()),
+    ...fields.optional('remote-timeout', 'timeoutMs', (value) => readSeconds(value) * 1000),
+    ...fields.optional('remote-retries', 'retries', readRetries),
+  };
+  return Object.keys(remote).length === 0 ? {} : { remote };
+}
+
+/** Seconds, more than 0 and at most an hour (fractions allowed). */
+function readSeconds(value: ConfigValue): number {
+  const seconds = value.number('a number of seconds');
+  if (!(seconds > 0 && seconds <= 3600)) value.fail(`expected seconds above 0 and at most 3600, not ${value.describe()}`);
+  return seconds;
+}
+
+function readRetries(value: ConfigValue): number {
+  const retries = value.number('a number of retries');
+  if (!Number.isInteger(retries) || retries < 0 || retries > 20)
+    value.fail(`expected a whole number from 0 to 20, not ${value.describe()}`);
+  return retries;
 }
 
 /** A power of two from 512 to 1M, as --block-size takes it (`4096` or `64K`). */

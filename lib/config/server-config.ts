@@ -3,6 +3,7 @@
 // thing with one listener and one export (bin/nbd-cow.ts), so both run one code path.
 
 import type { LogFormat, LogLevel } from '../log.js';
+import type { RemoteOptions } from '../remote/remote-options.js';
 import type { NamedOverlayOwner, OverlayPolicy } from '../server/exports.js';
 import type { ListenAddress } from '../server/listener.js';
 import type { TlsMode } from '../server/tls-credentials.js';
@@ -18,8 +19,13 @@ export interface ListenerConfig {
 export interface ExportConfig {
   /** The name clients give in NBD_OPT_GO; unique; [A-Za-z0-9._-], 1-64 characters, not starting with '.'. */
   readonly name: string;
-  /** Path of the base image (resolved against the config file's directory when relative). */
+  /**
+   * Path of the base image (resolved against the config file's directory when relative), or an
+   * http:// or https:// URL of one (lib/remote/).
+   */
   readonly base: string;
+  /** How a remote base is fetched and cached; unused for a local file. */
+  readonly remote?: RemoteOptions;
   /**
    * Frozen overlays stacked on the base, bottom first (resolved like base): clients' overlays
    * sit on the last one. None when absent.

@@ -7,12 +7,13 @@
 
 import { constants as fsConstants } from 'node:fs';
 import { access, mkdir } from 'node:fs/promises';
-import { basename } from 'node:path';
 import { sweepEphemeralOverlays } from '../block/ephemeral.js';
 import { validateBlockSize } from '../block/overlay-layout.js';
 import { spaceLimits } from '../block/space-budget.js';
 import type { ExportConfig } from '../config/server-config.js';
+import { baseFileName } from '../defaults.js';
 import type { Logger } from '../log.js';
+import type { RemoteBaseStats } from '../remote/remote-base.js';
 import { AccessList } from './access-list.js';
 import { ExportBacking } from './export-backing.js';
 import { ExportTable, type ExportTableEntry } from './export-table.js';
@@ -53,6 +54,7 @@ function backingKey(config: ExportConfig, overlayDir: string): string {
     config.maxOverlaySize,
     config.maxOverlayDirSize,
     config.elideBaseMatches ?? false,
+    config.remote ?? {},
   ]);
 }
 
@@ -138,6 +140,13 @@ export class ConfiguredExports {
     return summary;
   }
 
+  /** The current exports whose base is remote, with its fetch and cache counters (metrics.ts). */
+  remoteBases(): Array<{ readonly exportName: string; readonly stats: RemoteBaseStats }> {
+    return [...this.#backings.values()].flatMap((backing) =>
+      backing.remote === undefined ? [] : [{ exportName: backing.options.exportName, stats: backing.remote.stats }],
+    );
+  }
+
   /** Close every backing, current and retired (server stop, after the connections). */
   async close(): Promise<void> {
     await Promise.allSettled([...this.#backings.values(), ...this.#retired].map((b) => b.close()));
@@ -166,6 +175,8 @@ export class ConfiguredExports {
       elideBaseMatches: config.elideBaseMatches ?? false,
       events,
       warn: (message) => log.warn(message),
+      info: (message) => log.info(message),
+      ...(config.remote !== undefined ? { remote: config.remote } : {}),
       ...(this.#context.siblingWorker !== undefined ? { siblingWorker: this.#context.siblingWorker } : {}),
       nextOverlayNumber: () => ++this.#overlayNumber,
     });
@@ -177,8 +188,8 @@ export class ConfiguredExports {
       description:
         config.description ??
         (config.readOnly
-          ? `${basename(config.base)}, read-only`
-          : `${basename(config.base)} with a private copy-on-write overlay`),
+          ? `${baseFileName(config.base)}, read-only`
+          : `${baseFileName(config.base)} with a private copy-on-write overlay`),
       size: backing.base.size,
       readOnly: config.readOnly,
       preferredBlockSize: config.blockSize,

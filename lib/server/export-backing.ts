@@ -16,6 +16,9 @@ import { NamedOverlays } from '../block/named-overlays.js';
 import type { OverlayEvents } from '../block/overlay-events.js';
 import { lockHolderOf } from '../block/overlay-lock.js';
 import type { SpaceLimits } from '../block/space-budget.js';
+import { openBaseImage } from '../remote/open-base-image.js';
+import { RemoteBase } from '../remote/remote-base.js';
+import type { RemoteOptions } from '../remote/remote-options.js';
 import { HandOver } from './hand-over.js';
 
 export interface BackingOptions {
@@ -33,6 +36,9 @@ export interface BackingOptions {
   readonly elideBaseMatches: boolean;
   readonly events: OverlayEvents;
   readonly warn: (message: string) => void;
+  readonly info?: (message: string) => void;
+  /** How a remote base (an http:// or https:// basePath) is fetched and cached. */
+  readonly remote?: RemoteOptions;
   /** A worker's: whether a named overlay's lock holder is a sibling worker (the connection moves there). */
   readonly siblingWorker?: (pid: number) => boolean;
   /** Ephemeral overlay file names are `eph-<pid>-<n>.cow`: n from here, unique in the process. */
@@ -42,6 +48,8 @@ export interface BackingOptions {
 export class ExportBacking {
   readonly options: BackingOptions;
   readonly base: BaseImage;
+  /** The remote base at the bottom of `base`, when basePath is a URL (for its metrics). */
+  readonly remote: RemoteBase | undefined;
   readonly #named: NamedOverlays;
   #openDevices = 0;
   #retired = false;
@@ -52,9 +60,10 @@ export class ExportBacking {
     this.#resolveClosed = resolve;
   });
 
-  private constructor(options: BackingOptions, base: BaseImage) {
+  private constructor(options: BackingOptions, base: BaseImage, remote: RemoteBase | undefined) {
     this.options = options;
     this.base = base;
+    this.remote = remote;
     this.#named = new NamedOverlays({
       base,
       blockSize: options.blockSize,
@@ -69,7 +78,14 @@ export class ExportBacking {
 
   /** Open the base and its layers (errors name the path and the cause). */
   static async open(options: BackingOptions): Promise<ExportBacking> {
-    return new ExportBacking(options, await openImageStack(options.basePath, options.layers));
+    const log = { warn: options.warn, info: options.info ?? (() => undefined) };
+    let remote: RemoteBase | undefined;
+    const base = await openImageStack(options.basePath, options.layers, async (path) => {
+      const bottom = await openBaseImage(path, options.remote, log);
+      if (bottom instanceof RemoteBase) remote = bottom;
+      return bottom;
+    });
+    return new ExportBacking(options, base, remote);
   }
 
   /** Devices open on this backing now. */

@@ -17,6 +17,7 @@ import {
   type MetricValue,
   Registry,
 } from 'prom-client';
+import type { RemoteBaseStats } from '../remote/remote-base.js';
 import { RequestCounts, type SampleValue } from './request-counts.js';
 import type { ConnectionRefusal, ServerEvents, SessionRecord } from './server-events.js';
 
@@ -69,6 +70,32 @@ interface OverlayUse {
   readonly count: number;
   readonly bytes: number;
 }
+
+/** A remote base's counters, by the export it serves (ConfiguredExports.remoteBases). */
+export type RemoteBaseSource = () => Iterable<{ readonly exportName: string; readonly stats: RemoteBaseStats }>;
+
+/** The remote-base metrics: name, type, help and the stats field each one reads. */
+const REMOTE_METRICS: ReadonlyArray<readonly ['counter' | 'gauge', string, string, keyof RemoteBaseStats]> = [
+  ['counter', 'nbd_cow_remote_fetches_total', 'Range requests to the origin answered, by export.', 'fetches'],
+  ['counter', 'nbd_cow_remote_fetched_bytes_total', 'Bytes fetched from the origin, by export.', 'bytesFetched'],
+  ['counter', 'nbd_cow_remote_retries_total', 'Requests to the origin that failed and were tried again, by export.', 'retries'],
+  [
+    'counter',
+    'nbd_cow_remote_failures_total',
+    'Fetches that failed for good (the reads waiting got EIO), by export.',
+    'failures',
+  ],
+  ['counter', 'nbd_cow_remote_cache_hits_total', 'Blocks a read found in the block cache, by export.', 'hits'],
+  ['counter', 'nbd_cow_remote_cache_misses_total', 'Blocks a read had to fetch (or wait for), by export.', 'misses'],
+  ['gauge', 'nbd_cow_remote_cached_bytes', 'Bytes the block cache holds, by export.', 'cachedBytes'],
+  ['gauge', 'nbd_cow_remote_cache_capacity_bytes', 'Bytes the block cache may hold (--cache-size), by export.', 'cacheCapacity'],
+  [
+    'gauge',
+    'nbd_cow_remote_distinct_read_bytes',
+    'Bytes of the image read at least once (4 KiB pages), by export: what fetched bytes compare with.',
+    'distinctBytesRead',
+  ],
+];
 
 export class ServerMetrics implements ServerEvents {
   readonly registry = new Registry();
@@ -133,6 +160,15 @@ export class ServerMetrics implements ServerEvents {
       { labels: { to: 'zero' }, value: this.#elidedBlocks.zero },
       { labels: { to: 'base' }, value: this.#elidedBlocks.base },
     ]);
+  }
+
+  /** Serve the remote-base metrics (REMOTE_METRICS) of the exports `source` lists at each scrape. */
+  watchRemoteBases(source: RemoteBaseSource): void {
+    for (const [type, name, help, field] of REMOTE_METRICS) {
+      refilled(this.registry, type, name, help, ['export'], () =>
+        Array.from(source(), ({ exportName, stats }) => ({ labels: { export: exportName }, value: stats[field] })),
+      );
+    }
   }
 
   connectionOpened(session: SessionRecord): void {

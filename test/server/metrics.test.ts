@@ -198,6 +198,37 @@ t.test('refused connections, copy-ups, zeroed and elided blocks', async (t) => {
   t.equal(s.get('nbd_cow_elided_blocks_total{to="base"}'), 2);
 });
 
+t.test('remote bases: fetch and cache counters by export, read at each scrape', async (t) => {
+  const m = new ServerMetrics({ processMetrics: false });
+  const stats = {
+    fetches: 3,
+    bytesFetched: 4096,
+    retries: 1,
+    failures: 0,
+    hits: 10,
+    misses: 2,
+    cachedBlocks: 2,
+    cacheSlots: 8,
+    cachedBytes: 131072,
+    cacheCapacity: 524288,
+    distinctBytesRead: 8192,
+  };
+  m.watchRemoteBases(() => [{ exportName: 'golden', stats }]);
+  let got = await scrape(m);
+  t.equal(got.get('nbd_cow_remote_fetches_total{export="golden"}'), 3);
+  t.equal(got.get('nbd_cow_remote_fetched_bytes_total{export="golden"}'), 4096);
+  t.equal(got.get('nbd_cow_remote_retries_total{export="golden"}'), 1);
+  t.equal(got.get('nbd_cow_remote_failures_total{export="golden"}'), 0);
+  t.equal(got.get('nbd_cow_remote_cache_hits_total{export="golden"}'), 10);
+  t.equal(got.get('nbd_cow_remote_cache_misses_total{export="golden"}'), 2);
+  t.equal(got.get('nbd_cow_remote_cached_bytes{export="golden"}'), 131072);
+  t.equal(got.get('nbd_cow_remote_cache_capacity_bytes{export="golden"}'), 524288);
+  t.equal(got.get('nbd_cow_remote_distinct_read_bytes{export="golden"}'), 8192);
+  stats.hits = 11;
+  got = await scrape(m);
+  t.equal(got.get('nbd_cow_remote_cache_hits_total{export="golden"}'), 11, 'read afresh');
+});
+
 t.test('past MAX_EXPORT_LABELS exports, new ones are counted together as (other)', async (t) => {
   const m = new ServerMetrics({ processMetrics: false });
   for (let i = 0; i < MAX_EXPORT_LABELS + 10; i++) m.requestDone(session(i, `e${i}@n`, 'named'), WRITE, 0, 1, 0.00001);

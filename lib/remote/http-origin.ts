@@ -1,0 +1,358 @@
+// The HTTP(S) server a remote base image is read from (its "origin"), read by byte ranges.
+//
+// Opening it (probe) asks for the first byte: the 206 answer's Content-Range gives the size,
+// and its ETag and Last-Modified say which version of the image this is. That identity is what
+// overlays bind to and what keys the block cache (remote-base.ts), and every later request
+// carries it as a precondition (If-Match on a strong ETag, else If-Unmodified-Since), so an
+// image replaced on the server is never mixed with the old one: the server answers 412 and the
+// read fails (ESTALE) instead of returning new bytes under old overlays.
+//
+// Each fetch is one GET with a Range header, answered 206 with exactly the asked range:
+//   - a request that fails on the way (connection refused or reset, no complete answer within
+//     the timeout, a short body, 429 or a 5xx status) is tried again, `retries` more times,
+//     after 0.25 s, 0.5 s, 1 s, … (at most 4 s between tries);
+//   - a kept-alive connection the server had closed meanwhile (reset as the request goes out on
+//     it: nginx closes its connection after each 412, while saying keep-alive) is not a failure
+//     of the origin: the request goes again at once on another connection, up to
+//     ORIGIN_CONNECTIONS times, without using up a retry;
+//   - any other answer (200 for a range, another range, another ETag, 404, 412, …) fails at once;
+//   - at most ORIGIN_CONNECTIONS requests run at once; the others wait, and their timeout only
+//     starts when they are sent;
+//   - a body is read into the caller's buffer and never past it: a longer one fails the request.
+// Redirects are not followed: the answer names the status and asks for the final URL.
+
+import http from 'node:http';
+import https from 'node:https';
+import { codedError } from '../block/coded-error.js';
+import { ORIGIN_CONNECTIONS } from './remote-options.js';
+import { shownUrl } from './remote-url.js';
+
+export interface OriginIdentity {
+  /** Bytes of the image. */
+  readonly size: number;
+  /** The ETag the server gave, as given (quotes and W/ included), if any. */
+  readonly etag?: string;
+  /** The Last-Modified the server gave, if any. */
+  readonly lastModified?: string;
+}
+
+export interface OriginOptions {
+  readonly timeoutMs: number;
+  readonly retries: number;
+  /** Told of each failed try that will be tried again (for the log). */
+  readonly onRetry?: (message: string) => void;
+}
+
+export interface OriginCounters {
+  /** Range requests answered in full. */
+  requests: number;
+  /** Body bytes received in those answers. */
+  bytes: number;
+  /** Tries that failed and were tried again. */
+  retries: number;
+  /** Fetches that failed for good. */
+  failures: number;
+}
+
+const FIRST_RETRY_DELAY_MS = 250;
+const MAX_RETRY_DELAY_MS = 4000;
+const USER_AGENT = 'nbd-cow';
+
+/** A failure worth another try: the network, a timeout, a short body, 429, 5xx. */
+function transient(err: Error): Error {
+  return Object.assign(err, { transient: true });
+}
+
+function isTransient(err: unknown): boolean {
+  return (err as { transient?: unknown } | null)?.transient === true;
+}
+
+/** TLS refusals (an untrusted or mismatched certificate, a failed handshake): trying again changes nothing. */
+function isTlsRefusal(code: string): boolean {
+  return /CERT|SSL|TLS|SIGNATURE|VERIFY/.test(code);
+}
+
+/** A reset on a kept-alive connection before any answer: the server had closed it. */
+function isStaleConnection(err: unknown): boolean {
+  return (err as { staleConnection?: unknown } | null)?.staleConnection === true;
+}
+
+/** `bytes FIRST-LAST/TOTAL` → the numbers, or undefined. */
+export function parseContentRange(value: string | undefined): { first: number; last: number; total: number } | undefined {
+  const match = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(value?.trim() ?? '');
+  if (match === null) return undefined;
+  const [first, last, total] = [Number(match[1]), Number(match[2]), Number(match[3])];
+  if (![first, last, total].every(Number.isSafeInteger) || last < first || last >= total) return undefined;
+  return { first, last, total };
+}
+
+/** The headers that make a request fail (412) if the image is no longer `identity`'s version. */
+export function preconditionHeaders(identity: OriginIdentity): Record<string, string> {
+  if (identity.etag !== undefined && !identity.etag.startsWith('W/')) return { 'If-Match': identity.etag };
+  if (identity.lastModified !== undefined) return { 'If-Unmodified-Since': identity.lastModified };
+  return {};
+}
+
+/** Counts requests in flight and makes the ones past `limit` wait, first come first served. */
+class RequestSlots {
+  readonly #limit: number;
+  #busy = 0;
+  readonly #waiting: Array<() => void> = [];
+
+  constructor(limit: number) {
+    this.#limit = limit;
+  }
+
+  async take(): Promise<void> {
+    if (this.#busy < this.#limit) {
+      this.#busy++;
+      return;
+    }
+    await new Promise<void>((resolve) => this.#waiting.push(resolve));
+  }
+
+  give(): void {
+    const next = this.#waiting.shift();
+    if (next !== undefined) next();
+    else this.#busy--;
+  }
+}
+
+interface Answer {
+  readonly status: number;
+  readonly headers: http.IncomingHttpHeaders;
+  /** The body, exactly as long as asked for. */
+  readonly body: Buffer;
+}
+
+export class HttpOrigin {
+  readonly url: URL;
+  /** What logs and messages show: the URL without user and password. */
+  readonly shown: string;
+  readonly identity: OriginIdentity;
+  readonly counters: OriginCounters;
+  readonly #options: OriginOptions;
+  readonly #agent: http.Agent;
+  readonly #slots = new RequestSlots(ORIGIN_CONNECTIONS);
+  #closed = false;
+
+  private constructor(
+    url: URL,
+    identity: OriginIdentity,
+    options: OriginOptions,
+    agent: http.Agent,
+    counters: OriginCounters = { requests: 0, bytes: 0, retries: 0, failures: 0 },
+  ) {
+    this.url = url;
+    this.counters = counters;
+    this.shown = shownUrl(url);
+    this.identity = identity;
+    this.#options = options;
+    this.#agent = agent;
+  }
+
+  /** Ask for the first byte to learn the size and version; throws one line when the server cannot serve ranges. */
+  static async probe(url: URL, options: OriginOptions): Promise<HttpOrigin> {
+    const agentOptions = { keepAlive: true, maxSockets: ORIGIN_CONNECTIONS, maxFreeSockets: ORIGIN_CONNECTIONS };
+    const agent = url.protocol === 'https:' ? new https.Agent(agentOptions) : new http.Agent(agentOptions);
+    const probing = new HttpOrigin(url, { size: 0 }, options, agent);
+    try {
+      const answer = await probing.#withRetries('probe', () => probing.#send({ Range: 'bytes=0-0' }, 1, undefined));
+      const range = parseContentRange(header(answer.headers, 'content-range'));
+      if (range === undefined || range.first !== 0 || range.last !== 0) {
+        throw codedError('EPROTO', `${probing.shown}: the answer to a range request has no usable Content-Range`);
+      }
+      const etag = header(answer.headers, 'etag');
+      const lastModified = header(answer.headers, 'last-modified');
+      if (etag === undefined && lastModified === undefined) {
+        throw codedError(
+          'EPROTO',
+          `${probing.shown}: the server gives neither ETag nor Last-Modified, so a replaced image could not be told apart`,
+        );
+      }
+      const identity: OriginIdentity = {
+        size: range.total,
+        ...(etag !== undefined ? { etag } : {}),
+        ...(lastModified !== undefined ? { lastModified } : {}),
+      };
+      return new HttpOrigin(url, identity, options, agent, probing.counters);
+    } catch (err) {
+      agent.destroy();
+      throw err;
+    }
+  }
+
+  /**
+   * The image's `length` bytes at `offset`. The buffer is only allocated once the request may be
+   * sent, so fetches waiting their turn hold no memory.
+   */
+  async fetch(offset: number, length: number): Promise<Buffer> {
+    if (length === 0) return Buffer.alloc(0);
+    const last = offset + length - 1;
+    const headers = { Range: `bytes=${offset}-${last}`, ...preconditionHeaders(this.identity) };
+    const answer = await this.#withRetries(`bytes ${offset}-${last}`, () => this.#send(headers, length, { first: offset, last }));
+    return answer.body;
+  }
+
+  /** Close the idle connections; requests in flight fail. */
+  close(): void {
+    this.#closed = true;
+    this.#agent.destroy();
+  }
+
+  async #withRetries(what: string, attempt: () => Promise<Answer>): Promise<Answer> {
+    let staleConnections = 0;
+    for (let tried = 0; ; tried++) {
+      if (this.#closed) throw codedError('ESHUTDOWN', `${this.shown}: closed`);
+      try {
+        const answer = await attempt();
+        this.counters.requests++;
+        this.counters.bytes += answer.body.length;
+        return answer;
+      } catch (err) {
+        if (isStaleConnection(err) && staleConnections++ < ORIGIN_CONNECTIONS) {
+          tried--;
+          continue;
+        }
+        const message = err instanceof Error ? err.message : String(err);
+        if (!isTransient(err) || tried >= this.#options.retries) {
+          this.counters.failures++;
+          const tries = tried === 0 ? '' : ` (after ${tried + 1} tries)`;
+          const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
+          throw codedError(code, `${this.shown} ${what}: ${message}${tries}`);
+        }
+        this.counters.retries++;
+        const delay = Math.min(MAX_RETRY_DELAY_MS, FIRST_RETRY_DELAY_MS * 2 ** tried);
+        this.#options.onRetry?.(`${this.shown} ${what}: ${message}; trying again in ${delay / 1000} s`);
+        await new Promise((resolve) => setTimeout(resolve, delay));
+      }
+    }
+  }
+
+  /** One request once a connection is free: the answer's status and headers checked, its body read into a new buffer of `length` bytes. */
+  async #send(
+    headers: Record<string, string>,
+    length: number,
+    expect: { first: number; last: number } | undefined,
+  ): Promise<Answer> {
+    await this.#slots.take();
+    try {
+      return await this.#request(headers, Buffer.allocUnsafe(length), expect);
+    } finally {
+      this.#slots.give();
+    }
+  }
+
+  #request(headers: Record<string, string>, dest: Buffer, expect: { first: number; last: number } | undefined): Promise<Answer> {
+    const transport = this.url.protocol === 'https:' ? https : http;
+    return new Promise<Answer>((resolve, reject) => {
+      let settled = false;
+      const finish = (err: Error | undefined, answer?: Answer): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        if (err !== undefined) {
+          req.destroy();
+          reject(err);
+        } else resolve(answer as Answer);
+      };
+      const req = transport.request(this.url, {
+        agent: this.#agent,
+        method: 'GET',
+        headers: { ...headers, 'User-Agent': USER_AGENT, 'Accept-Encoding': 'identity' },
+      });
+      const seconds = this.#options.timeoutMs / 1000;
+      const timer = setTimeout(
+        () => finish(transient(codedError('ETIMEDOUT', `no complete answer within ${seconds} s`))),
+        this.#options.timeoutMs,
+      );
+      let answered = false;
+      req.on('error', (err) => {
+        const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
+        if (isTlsRefusal(code)) {
+          const hint = /CERT|VERIFY|SIGNATURE/.test(code) ? ' (NODE_EXTRA_CA_CERTS=FILE adds a CA to trust)' : '';
+          finish(codedError(code, `${err.message}${hint}`));
+          return;
+        }
+        const failure = transient(codedError(code, err.message));
+        const stale = req.reusedSocket && !answered && code === 'ECONNRESET';
+        finish(stale ? Object.assign(failure, { staleConnection: true }) : failure);
+      });
+      req.on('response', (res) => {
+        answered = true;
+        const status = res.statusCode ?? 0;
+        const problem = this.#checkAnswer(status, res.headers, dest.length, expect);
+        if (problem !== undefined) {
+          res.resume();
+          finish(problem);
+          return;
+        }
+        let received = 0;
+        res.on('data', (chunk: Buffer) => {
+          if (received + chunk.length > dest.length) {
+            finish(codedError('EPROTO', `the answer is longer than the ${dest.length} bytes asked for`));
+            return;
+          }
+          chunk.copy(dest, received);
+          received += chunk.length;
+        });
+        res.on('end', () => {
+          if (received === dest.length) finish(undefined, { status, headers: res.headers, body: dest });
+          else finish(transient(codedError('EIO', `the answer ended after ${received} of ${dest.length} bytes`)));
+        });
+        res.on('error', (err) => finish(transient(codedError('EIO', `the answer broke off: ${err.message}`))));
+        res.on('close', () => {
+          if (!res.complete)
+            finish(transient(codedError('EIO', `the answer broke off after ${received} of ${dest.length} bytes`)));
+        });
+      });
+      req.end();
+    });
+  }
+
+  /** Why an answer cannot be used (transient when worth another try), or undefined. */
+  #checkAnswer(
+    status: number,
+    headers: http.IncomingHttpHeaders,
+    length: number,
+    expect: { first: number; last: number } | undefined,
+  ): Error | undefined {
+    if (status === 429 || status >= 500) return transient(codedError('EIO', `the server answered ${status}`));
+    if (status === 412) {
+      return codedError('ESTALE', 'the image on the server changed since it was opened: restart to serve the new one');
+    }
+    if (status === 200 && header(headers, 'content-length') === '0') return codedError('EINVAL', 'the image is empty');
+    if (status === 200) return codedError('EPROTO', 'the server ignores range requests (it answered 200, not 206)');
+    if (status >= 300 && status < 400) {
+      return codedError('EPROTO', `the server answered ${status} (a redirect): give the final URL`);
+    }
+    if (status !== 206) return codedError(status === 404 ? 'ENOENT' : 'EIO', `the server answered ${status}`);
+    const range = parseContentRange(header(headers, 'content-range'));
+    const contentLength = header(headers, 'content-length');
+    if (range === undefined) return codedError('EPROTO', 'a 206 answer without a usable Content-Range');
+    if (expect !== undefined) {
+      if (range.first !== expect.first || range.last !== expect.last || range.total !== this.identity.size) {
+        return codedError(
+          'EPROTO',
+          `the server sent bytes ${range.first}-${range.last}/${range.total} for bytes ${expect.first}-${expect.last}/${this.identity.size}`,
+        );
+      }
+      const etag = header(headers, 'etag');
+      if (etag !== undefined && this.identity.etag !== undefined && etag !== this.identity.etag) {
+        return codedError(
+          'ESTALE',
+          `the image on the server changed since it was opened (ETag ${this.identity.etag} is now ${etag})`,
+        );
+      }
+    }
+    if (contentLength !== undefined && Number(contentLength) !== length) {
+      return codedError('EPROTO', `a ${contentLength}-byte answer for ${length} bytes`);
+    }
+    return undefined;
+  }
+}
+
+function header(headers: http.IncomingHttpHeaders, name: string): string | undefined {
+  const value = headers[name];
+  return Array.isArray(value) ? value[0] : value;
+}

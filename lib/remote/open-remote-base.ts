@@ -1,0 +1,98 @@
+// Opening a remote base: ask the origin for its size and version, derive the identity overlays
+// bind to, open the block cache kept for that URL, and start the prefetch when asked.
+//
+// Identity: a sha256 over a tag, the size, the ETag and the Last-Modified, so an overlay made
+// on one version of the image is refused on another, and the cache of the old version is
+// discarded (block-cache.ts). It is not the content fingerprint of a base file
+// (base-image.ts): an overlay made on a local copy of the image does not bind to its URL.
+
+import { createHash } from 'node:crypto';
+import { basename, join, resolve } from 'node:path';
+import type { BaseIdentity } from '../block/base-image.js';
+import { codedError } from '../block/coded-error.js';
+import { BlockCache } from './block-cache.js';
+import { HttpOrigin, type OriginIdentity } from './http-origin.js';
+import { RemoteBase } from './remote-base.js';
+import {
+  CACHE_BLOCK_SIZE,
+  DEFAULT_REMOTE_RETRIES,
+  DEFAULT_REMOTE_TIMEOUT_MS,
+  defaultCacheDir,
+  MIN_CACHE_SIZE,
+  type RemoteLog,
+  type RemoteOptions,
+} from './remote-options.js';
+import { parseRemoteUrl, shownUrl } from './remote-url.js';
+
+const FINGERPRINT_TAG = 'nbd-cow remote base v1\n';
+
+/** The fingerprint of a remote image's version: sha256 over the tag, size, ETag and Last-Modified. */
+export function remoteFingerprint(identity: OriginIdentity): string {
+  return createHash('sha256')
+    .update(`${FINGERPRINT_TAG}${identity.size}\n${identity.etag ?? ''}\n${identity.lastModified ?? ''}\n`, 'utf8')
+    .digest('hex');
+}
+
+/** The cache's file name stem for `url`: its file name (safe characters only) and a hash of the URL. */
+export function cacheStem(url: URL): string {
+  const name =
+    basename(url.pathname)
+      .replace(/[^A-Za-z0-9._-]/g, '_')
+      .slice(0, 48) || 'image';
+  const hash = createHash('sha256').update(shownUrl(url), 'utf8').digest('hex').slice(0, 16);
+  return `${name}-${hash}`;
+}
+
+/** Remote bases open in this process, by their cache's files: one RemoteBase each, shared. */
+const openHere = new Map<string, Promise<RemoteBase>>();
+
+/**
+ * Open the remote base at `base` (an http:// or https:// URL); errors are one line naming it.
+ * One already open in this process on the same cache (same URL and cache directory) is shared
+ * (RemoteBase.retain), with the options and the image version it was opened with.
+ */
+export async function openRemoteBase(base: string, options: RemoteOptions, log: RemoteLog): Promise<RemoteBase> {
+  const url = parseRemoteUrl(base);
+  const key = join(resolve(options.cacheDir ?? defaultCacheDir()), cacheStem(url));
+  const existing = openHere.get(key);
+  if (existing !== undefined) {
+    const shared = await existing.catch(() => undefined);
+    if (shared !== undefined && !shared.closed) return shared.retain();
+  }
+  const opening = openNew(url, options, log);
+  openHere.set(key, opening);
+  const forget = (): void => {
+    if (openHere.get(key) === opening) openHere.delete(key);
+  };
+  opening.then((remote) => remote.whenClosed.then(forget), forget);
+  return opening;
+}
+
+async function openNew(url: URL, options: RemoteOptions, log: RemoteLog): Promise<RemoteBase> {
+  let origin: HttpOrigin | undefined;
+  try {
+    origin = await HttpOrigin.probe(url, {
+      timeoutMs: options.timeoutMs ?? DEFAULT_REMOTE_TIMEOUT_MS,
+      retries: options.retries ?? DEFAULT_REMOTE_RETRIES,
+      onRetry: log.warn,
+    });
+    if (origin.identity.size === 0) throw codedError('EINVAL', 'the image is empty');
+    const identity: BaseIdentity = { size: origin.identity.size, fingerprint: remoteFingerprint(origin.identity) };
+    const cache = await BlockCache.open({
+      dir: options.cacheDir ?? defaultCacheDir(),
+      stem: cacheStem(url),
+      identity,
+      blockSize: CACHE_BLOCK_SIZE,
+      capacity: Math.max(MIN_CACHE_SIZE, options.cacheSize ?? identity.size),
+      warn: log.warn,
+    });
+    const remote = new RemoteBase(origin, cache, identity, log);
+    if (options.prefetch === true) remote.prefetch(log.info);
+    return remote;
+  } catch (err) {
+    origin?.close();
+    const e = err as NodeJS.ErrnoException;
+    const message = e.message.startsWith(shownUrl(url)) ? e.message : `${shownUrl(url)}: ${e.message}`;
+    throw codedError(e.code ?? 'EIO', `cannot open base image ${message}`);
+  }
+}

@@ -1,0 +1,190 @@
+import { randomBytes } from 'node:crypto';
+import { closeSync, openSync, readdirSync, statSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import t from 'tap';
+import { BlockCache, type BlockCacheOptions, ENTRY_BYTES, MAP_HEADER_BYTES } from '../../lib/remote/block-cache.js';
+
+const BS = 4096;
+const IMAGE = BS * 10 + 1000; // ten whole blocks and a short last one
+
+function options(dir: string, warnings: string[], more: Partial<BlockCacheOptions> = {}): BlockCacheOptions {
+  return {
+    dir,
+    stem: 'img-0123',
+    identity: { size: IMAGE, fingerprint: 'a'.repeat(64) },
+    blockSize: BS,
+    capacity: IMAGE,
+    warn: (message) => warnings.push(message),
+    ...more,
+  };
+}
+
+/** The bytes of `block` in a made-up image. */
+function blockData(block: number, size = IMAGE): Buffer {
+  const length = Math.min(BS, size - block * BS);
+  return Buffer.alloc(length, block + 1);
+}
+
+async function readBlock(cache: BlockCache, block: number, length = BS): Promise<Buffer | undefined> {
+  const dest = Buffer.alloc(length);
+  return (await cache.read(block, 0, dest)) ? dest : undefined;
+}
+
+t.test('stored blocks read back, in part too, and survive a reopen', async (t) => {
+  const dir = t.testdir();
+  const warnings: string[] = [];
+  const cache = await BlockCache.open(options(dir, warnings));
+  t.equal(cache.slots, 11, 'one slot per block of the image when the capacity covers it');
+  t.notOk(cache.has(3));
+  t.equal(await readBlock(cache, 3), undefined, 'a block not held reads as a miss');
+  await cache.store(3, blockData(3));
+  await cache.store(10, blockData(10));
+  t.ok(cache.has(3));
+  t.same(await readBlock(cache, 3), blockData(3));
+  const part = Buffer.alloc(100);
+  t.ok(await cache.read(3, 50, part));
+  t.same(part, blockData(3).subarray(50, 150), 'a part of a block from its offset');
+  t.same(await readBlock(cache, 10, 1000), blockData(10), 'the short last block');
+  await cache.close();
+  t.same(readdirSync(dir).sort(), ['img-0123.data', 'img-0123.map'], 'the lock goes at close');
+
+  const again = await BlockCache.open(options(dir, warnings));
+  t.equal(again.cachedBlocks, 2);
+  t.same(await readBlock(again, 3), blockData(3), 'checked against its hash and served');
+  t.same(await readBlock(again, 10, 1000), blockData(10));
+  await again.close();
+  t.same(warnings, []);
+});
+
+t.test('a second process (or server) on the same cache is refused', async (t) => {
+  const dir = t.testdir();
+  const cache = await BlockCache.open(options(dir, []));
+  await t.rejects(BlockCache.open(options(dir, [])), { code: 'EBUSY', message: /in use by this process/ });
+  await cache.close();
+});
+
+t.test('past the capacity, the least recently used block goes', async (t) => {
+  const dir = t.testdir();
+  const cache = await BlockCache.open(options(dir, [], { capacity: 3 * BS }));
+  t.equal(cache.slots, 3);
+  for (const block of [0, 1, 2]) await cache.store(block, blockData(block));
+  t.ok(await readBlock(cache, 0), 'block 0 used again: now 1 is the oldest');
+  await cache.store(5, blockData(5));
+  t.same(
+    [0, 1, 2, 5].map((b) => cache.has(b)),
+    [true, false, true, true],
+  );
+  t.ok(statSync(join(dir, 'img-0123.data')).size <= 3 * BS, 'the data file never grows past the capacity');
+  await cache.close();
+
+  // The order is kept across a restart: 2 is now the oldest.
+  const again = await BlockCache.open(options(dir, [], { capacity: 3 * BS }));
+  await again.store(7, blockData(7));
+  t.same(
+    [0, 2, 5, 7].map((b) => again.has(b)),
+    [true, false, true, true],
+  );
+  t.same(await readBlock(again, 7), blockData(7));
+  await again.close();
+});
+
+t.test('a damaged block is dropped and reported, never served', async (t) => {
+  const dir = t.testdir();
+  const warnings: string[] = [];
+  const cache = await BlockCache.open(options(dir, warnings));
+  for (const block of [0, 1, 2]) await cache.store(block, blockData(block));
+  await cache.close();
+  // Which slot holds which block is the cache's business: damage every slot's middle but one's.
+  const map = await BlockCache.open(options(dir, warnings));
+  await map.close();
+  const fd = openSync(join(dir, 'img-0123.data'), 'r+');
+  writeSync(fd, Buffer.from('garbage'), 0, 7, 1 * BS + 100);
+  closeSync(fd);
+  const again = await BlockCache.open(options(dir, warnings));
+  const results = await Promise.all([0, 1, 2].map((b) => readBlock(again, b)));
+  const served = results.filter((r) => r !== undefined);
+  t.equal(served.length, 2, 'two blocks pass their check');
+  for (const [i, r] of results.entries()) if (r !== undefined) t.same(r, blockData(i), `block ${i} is its own bytes`);
+  t.equal(again.cachedBlocks, 2, 'the damaged one is forgotten');
+  t.match(warnings, [/does not match its hash/]);
+  await again.close();
+  const last = await BlockCache.open(options(dir, []));
+  t.equal(last.cachedBlocks, 2, 'and stays forgotten after a restart');
+  await last.close();
+});
+
+t.test('a slot whose entry names the block it held before is caught by the hash', async (t) => {
+  const dir = t.testdir();
+  const warnings: string[] = [];
+  const cache = await BlockCache.open(options(dir, warnings));
+  await cache.store(4, blockData(4));
+  await cache.close();
+  // A crash between a slot's new data and its entry: the data is another block's.
+  const fd = openSync(join(dir, 'img-0123.data'), 'r+');
+  writeSync(fd, blockData(9), 0, BS, 0);
+  closeSync(fd);
+  const again = await BlockCache.open(options(dir, warnings));
+  t.equal(await readBlock(again, 4), undefined, 'not served');
+  t.equal(warnings.length, 1);
+  await again.close();
+});
+
+t.test('a map made for another image version, block size or capacity is discarded', async (t) => {
+  const dir = t.testdir();
+  const warnings: string[] = [];
+  const cache = await BlockCache.open(options(dir, warnings));
+  await cache.store(1, blockData(1));
+  await cache.close();
+  const other = await BlockCache.open(options(dir, warnings, { identity: { size: IMAGE, fingerprint: 'b'.repeat(64) } }));
+  t.equal(other.cachedBlocks, 0, 'another version: empty');
+  t.equal(statSync(join(dir, 'img-0123.data')).size, 0, 'its data is gone');
+  t.match(warnings, [/made for another image version or size; starting empty/]);
+  await other.close();
+  const smaller = await BlockCache.open(
+    options(dir, [], { identity: { size: IMAGE, fingerprint: 'b'.repeat(64) }, capacity: 4 * BS }),
+  );
+  t.equal(smaller.slots, 4);
+  t.equal(smaller.cachedBlocks, 0);
+  await smaller.close();
+});
+
+t.test('a map that is not one (damaged header, bad entries) starts empty without a word', async (t) => {
+  const dir = t.testdir();
+  const cache = await BlockCache.open(options(dir, []));
+  await cache.store(2, blockData(2));
+  await cache.close();
+  const fd = openSync(join(dir, 'img-0123.map'), 'r+');
+  // An entry naming a block past the image, and one repeating block 2.
+  const entry = Buffer.alloc(ENTRY_BYTES);
+  entry.writeBigUInt64BE(1000n, 0);
+  writeSync(fd, entry, 0, ENTRY_BYTES, MAP_HEADER_BYTES + 5 * ENTRY_BYTES);
+  closeSync(fd);
+  const again = await BlockCache.open(options(dir, []));
+  t.equal(again.cachedBlocks, 1, 'the entry past the image is ignored');
+  await again.close();
+  const fd2 = openSync(join(dir, 'img-0123.map'), 'r+');
+  writeSync(fd2, randomBytes(64), 0, 64, 0);
+  closeSync(fd2);
+  const warnings: string[] = [];
+  const fresh = await BlockCache.open(options(dir, warnings));
+  t.equal(fresh.cachedBlocks, 0);
+  t.same(warnings, [], 'a header that is not ours is not another version: nothing to say');
+  await fresh.close();
+});
+
+t.test('a store after close, or of a block already held, is a no-op', async (t) => {
+  const dir = t.testdir();
+  const cache = await BlockCache.open(options(dir, []));
+  await cache.store(1, blockData(1));
+  await cache.store(1, Buffer.alloc(BS, 0xee));
+  t.same(await readBlock(cache, 1), blockData(1), 'the first copy stays');
+  await cache.close();
+  await cache.store(2, blockData(2));
+  t.notOk(cache.has(2));
+});
+
+t.test('a cache directory that cannot be made is one line naming it', async (t) => {
+  const file = join(t.testdir(), 'not-a-dir');
+  closeSync(openSync(file, 'w'));
+  await t.rejects(BlockCache.open(options(join(file, 'sub'), [])), { code: 'ENOTDIR' });
+});
