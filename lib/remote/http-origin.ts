@@ -157,7 +157,7 @@ export class HttpOrigin {
     const agent = url.protocol === 'https:' ? new https.Agent(agentOptions) : new http.Agent(agentOptions);
     const probing = new HttpOrigin(url, { size: 0 }, options, agent);
     try {
-      const answer = await probing.#withRetries('probe', () => probing.#send({ Range: 'bytes=0-0' }, 1, undefined));
+      const answer = await probing.#withRetries('', () => probing.#send({ Range: 'bytes=0-0' }, 1, undefined));
       const range = parseContentRange(header(answer.headers, 'content-range'));
       if (range === undefined || range.first !== 0 || range.last !== 0) {
         throw codedError('EPROTO', `${probing.shown}: the answer to a range request has no usable Content-Range`);
@@ -200,6 +200,11 @@ export class HttpOrigin {
     this.#agent.destroy();
   }
 
+  /** The URL, then what was asked of it when it is not the probe ("bytes 0-9"). */
+  #about(what: string): string {
+    return what === '' ? this.shown : `${this.shown} ${what}`;
+  }
+
   async #withRetries(what: string, attempt: () => Promise<Answer>): Promise<Answer> {
     let staleConnections = 0;
     for (let tried = 0; ; tried++) {
@@ -219,11 +224,11 @@ export class HttpOrigin {
           this.counters.failures++;
           const tries = tried === 0 ? '' : ` (after ${tried + 1} tries)`;
           const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
-          throw codedError(code, `${this.shown} ${what}: ${message}${tries}`);
+          throw codedError(code, `${this.#about(what)}: ${message}${tries}`);
         }
         this.counters.retries++;
         const delay = Math.min(MAX_RETRY_DELAY_MS, FIRST_RETRY_DELAY_MS * 2 ** tried);
-        this.#options.onRetry?.(`${this.shown} ${what}: ${message}; trying again in ${delay / 1000} s`);
+        this.#options.onRetry?.(`${this.#about(what)}: ${message}; trying again in ${delay / 1000} s`);
         await new Promise((resolve) => setTimeout(resolve, delay));
       }
     }

@@ -255,9 +255,16 @@ export class RemoteBase extends ReadOnlyImage {
     const start = first * bs;
     const length = Math.min(count * bs, this.size - start);
     if (forClient) this.#clientFetches++;
-    const whole = this.#origin.fetch(start, length).finally(() => {
-      if (forClient) this.#clientFetches--;
-    });
+    // Whatever went wrong on the way (refused, timed out, the image changed), the reads waiting
+    // get EIO: the NBD errno a client takes for a failed read (the message keeps the cause).
+    const whole = this.#origin
+      .fetch(start, length)
+      .catch((err: Error) => {
+        throw codedError('EIO', err.message);
+      })
+      .finally(() => {
+        if (forClient) this.#clientFetches--;
+      });
     const blocks: Array<Promise<Buffer>> = [];
     for (let i = 0; i < count; i++) {
       const data = whole.then((buf) => buf.subarray(i * bs, Math.min((i + 1) * bs, buf.length)));

@@ -296,11 +296,20 @@ t.test('a remote base: the URL kept as written, and its cache and fetch settings
   `;
   const [golden, plain] = exportsOf(text);
   t.equal(golden?.base, 'https://images.example/golden.raw', 'not resolved as a path');
-  t.strictSame(golden?.remote, { cacheDir: '/etc/nbd-cow/cache', cacheSize: 20 * 2 ** 30, prefetch: true, timeoutMs: 2500, retries: 0 });
+  t.strictSame(golden?.remote, {
+    cacheDir: '/etc/nbd-cow/cache',
+    cacheSize: 20 * 2 ** 30,
+    prefetch: true,
+    timeoutMs: 2500,
+    retries: 0,
+  });
   t.equal(plain?.base, 'http://images.example/plain.raw');
   t.equal(plain?.remote, undefined, 'no remote settings: none given');
   t.match(messageOf('exports: { g: { base: https://x/g.raw, cache-size: 1M } }\n'), /cache-size.*expected at least 16M/);
   t.match(messageOf('exports: { g: { base: https://x/g.raw, remote-timeout: 0 } }\n'), /remote-timeout.*above 0/);
-  t.match(messageOf('exports: { g: { base: https://x/g.raw, remote-retries: 1.5 } }\n'), /remote-retries.*whole number from 0 to 20/);
+  t.match(
+    messageOf('exports: { g: { base: https://x/g.raw, remote-retries: 1.5 } }\n'),
+    /remote-retries.*whole number from 0 to 20/,
+  );
   t.match(messageOf('exports: { g: { base: https://x/g.raw, prefetch: yes please } }\n'), /prefetch.*true or false/);
 });

@@ -35,7 +35,7 @@ if (requireNginx(t) && requireClients(t, ['nbdcopy'])) {
 
     const untrusted = await runCli(['run', url, '--cache-dir', join(dir, 'cache2'), '--', 'true'], { timeoutMs: 60_000 });
     t.equal(untrusted.code, 1);
-    t.match(untrusted.stderr, /^nbd-cow: cannot open base image https:\/\/127\.0\.0\.1:\d+\/golden\.raw probe: .*certificate/m);
+    t.match(untrusted.stderr, /^nbd-cow: cannot open base image https:\/\/127\.0\.0\.1:\d+\/golden\.raw: .*certificate/m);
     t.equal(untrusted.stderr.trim().split('\n').length, 1, untrusted.stderr);
   });
 }

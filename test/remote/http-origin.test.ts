@@ -67,7 +67,7 @@ if (requireNginx(t)) {
 
     await t.rejects(HttpOrigin.probe(new URL(nginx.url('missing.raw')), options()), {
       code: 'ENOENT',
-      message: `${nginx.url('missing.raw')} probe: the server answered 404`,
+      message: `${nginx.url('missing.raw')}: the server answered 404`,
     });
     writeFileSync(join(root, 'empty.raw'), '');
     await t.rejects(HttpOrigin.probe(new URL(nginx.url('empty.raw')), options()), {
