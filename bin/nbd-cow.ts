@@ -2,11 +2,12 @@
 // The nbd-cow command line: parse flags into ServerOptions, start the server or the scripted
 // `run` mode, translate signals and errors into exit codes. No serving logic lives here.
 
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { mkdir, stat } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { type BaseImage, openBase } from '../lib/block/base-image.js';
 import { commitOverlay } from '../lib/block/overlay-commit.js';
 import { inspectOverlay, overlayExtents, overlayInfo } from '../lib/block/overlay-inspect.js';
 import { createOverlay, discardOverlay, freezeOverlay } from '../lib/block/overlay-lifecycle.js';
@@ -40,6 +41,7 @@ import {
 } from '../lib/index.js';
 import { createLogger, LOG_FORMATS, type LogFormat, type Logger, levelFromEnv } from '../lib/log.js';
 import { progressBar } from '../lib/progress-bar.js';
+import { openBaseImage } from '../lib/remote/open-base-image.js';
 import {
   DEFAULT_REMOTE_RETRIES,
   DEFAULT_REMOTE_TIMEOUT_MS,
@@ -645,6 +647,19 @@ addServeOptions(
     .argument('<command...>', 'command and arguments, after --'),
 ).action((base: string, command: string[], opts: CliOptions) => run(base, command, opts).catch(fail));
 
+/**
+ * How the overlay commands open --base: a file, or a URL read through a cache of their own,
+ * removed at exit (a server may hold the URL's cache; a tool reads little, or, to commit, all
+ * of it once).
+ */
+async function toolBase(path: string): Promise<BaseImage> {
+  if (!isRemoteBase(path)) return openBase(path);
+  const cacheDir = mkdtempSync(join(tmpdir(), 'nbd-cow-tool-cache-'));
+  process.once('exit', () => rmSync(cacheDir, { recursive: true, force: true }));
+  const warn = (message: string): void => void process.stderr.write(`nbd-cow: warning: ${message}\n`);
+  return openBaseImage(path, { cacheDir }, { warn, info: () => undefined });
+}
+
 const overlay = program.command('overlay').description('inspect, check and commit overlay files');
 
 overlay
@@ -658,10 +673,13 @@ overlay
   .addOption(layerOption())
   .option('--repair', 'make an overlay left by a crash consistent and clean (refuses corruption)')
   .action((file: string, opts: { base: string; layer?: string[]; repair?: boolean }) =>
-    checkOverlay(file, { base: opts.base, layers: opts.layer ?? [], repair: opts.repair === true }).then((r) => {
-      for (const line of r.lines) process.stdout.write(`${line}\n`);
-      process.exitCode = r.exitCode;
-    }, fail),
+    checkOverlay(file, { base: opts.base, layers: opts.layer ?? [], repair: opts.repair === true, openBase: toolBase }).then(
+      (r) => {
+        for (const line of r.lines) process.stdout.write(`${line}\n`);
+        process.exitCode = r.exitCode;
+      },
+      fail,
+    ),
   );
 
 overlay
@@ -706,7 +724,7 @@ overlay
   .option('--json', 'print one JSON object (README, "Overlay tools")')
   .addHelpText('after', STATS_DEFINITIONS)
   .action((dir: string, opts: { base?: string; json?: boolean }) =>
-    overlayStats(dir, opts.base === undefined ? {} : { base: opts.base }).then((stats) => {
+    overlayStats(dir, opts.base === undefined ? {} : { base: opts.base, openBase: toolBase }).then((stats) => {
       for (const s of stats.skipped) process.stderr.write(skipWarning(s.reason));
       process.stdout.write(opts.json === true ? statsJson(stats) : formatStats(stats));
     }, fail),
@@ -739,6 +757,7 @@ overlay
     try {
       const result = await commitOverlay(file, {
         base: opts.base,
+        openBase: toolBase,
         layers: opts.layer ?? [],
         output: opts.output,
         force: opts.force === true,
@@ -766,8 +785,9 @@ overlay
   .addOption(layerOption())
   .option('--block-size <n>', 'block size, power of two from 512 to 1M', parseBlockSize, DEFAULT_BLOCK_SIZE)
   .action((file: string, opts: { base: string; layer?: string[]; blockSize: number }) =>
-    createOverlay(file, { base: opts.base, layers: opts.layer ?? [], blockSize: opts.blockSize }).then(
-      () => void process.stdout.write(`${file}: created, empty, for ${[opts.base, ...(opts.layer ?? [])].join(' + ')}\n`),
+    createOverlay(file, { base: opts.base, layers: opts.layer ?? [], blockSize: opts.blockSize, openBase: toolBase }).then(
+      () =>
+        void process.stdout.write(`${file}: created, empty, for ${[shownUrl(opts.base), ...(opts.layer ?? [])].join(' + ')}\n`),
       fail,
     ),
   );

@@ -36,6 +36,8 @@ export interface CheckReport {
 
 export interface CheckOptions {
   readonly base: string;
+  /** Opens the base (default: the local file; lib/remote/open-base-image.ts opens a URL too). */
+  readonly openBase?: (path: string) => Promise<BaseImage>;
   /** Frozen overlays on the base, bottom first: the overlay belongs on the last. */
   readonly layers?: readonly string[];
   readonly repair?: boolean;
@@ -55,7 +57,7 @@ export async function checkOverlay(path: string, options: CheckOptions): Promise
   const lines: string[] = [];
   let base: BaseImage;
   try {
-    base = await openImageStack(options.base, options.layers ?? []);
+    base = await openImageStack(options.base, options.layers ?? [], options.openBase);
   } catch (err) {
     return report('error', [`cannot check: ${(err as Error).message}`]);
   }

@@ -11,6 +11,7 @@
 //
 // The copy itself (sparse, verified, flushed) is commit-copy.ts.
 
+import type { BaseImage } from './base-image.js';
 import { codedError } from './coded-error.js';
 import { Composer, copyVerified } from './commit-copy.js';
 import { CommitOutput } from './commit-output.js';
@@ -28,6 +29,8 @@ export interface CommitProgress {
 
 export interface CommitOptions {
   readonly base: string;
+  /** Opens the base (default: the local file; lib/remote/open-base-image.ts opens a URL too). */
+  readonly openBase?: (path: string) => Promise<BaseImage>;
   /** Frozen overlays on the base, bottom first: the overlay belongs on the last. */
   readonly layers?: readonly string[];
   readonly output: string;
@@ -81,7 +84,7 @@ function checkBelongs(o: InspectedOverlay, base: { size: number; fingerprint: st
 export async function commitOverlay(path: string, options: CommitOptions): Promise<CommitResult> {
   const force = options.force ?? false;
   const layers = options.layers ?? [];
-  const base = await openImageStack(options.base, layers);
+  const base = await openImageStack(options.base, layers, options.openBase);
   try {
     const { inspected, file } = await openOverlayReadOnly(path);
     try {

@@ -16,7 +16,7 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import type { BaseIdentity } from './base-image.js';
+import type { BaseIdentity, BaseImage } from './base-image.js';
 import { codedError } from './coded-error.js';
 import { syncDirectory } from './control-file.js';
 import { DataFile } from './data-file.js';
@@ -31,6 +31,8 @@ import { O_RDWR, unlinkFile } from './syscalls.js';
 
 export interface CreateOptions {
   readonly base: string;
+  /** Opens the base (default: the local file; lib/remote/open-base-image.ts opens a URL too). */
+  readonly openBase?: (path: string) => Promise<BaseImage>;
   /** Frozen overlays on the base, bottom first: the new overlay is made on the last one. */
   readonly layers?: readonly string[];
   readonly blockSize: number;
@@ -64,7 +66,7 @@ async function takeWriteBits(path: string): Promise<void> {
 
 /** Create a clean empty overlay at `path` for the base (and layers) of `options`; returns what it is made on. */
 export async function createOverlay(path: string, options: CreateOptions): Promise<BaseIdentity> {
-  const image = await openImageStack(options.base, options.layers ?? []);
+  const image = await openImageStack(options.base, options.layers ?? [], options.openBase);
   try {
     await mkdir(dirname(path), { recursive: true, mode: 0o700 });
     return await withLock(path, async () => {

@@ -87,6 +87,8 @@ export interface OverlayStats {
 export interface StatsOptions {
   /** Only overlays of this base image; also count data blocks equal to it. */
   readonly base?: string;
+  /** Opens the base (default: the local file; lib/remote/open-base-image.ts opens a URL too). */
+  readonly openBase?: (path: string) => Promise<BaseImage>;
 }
 
 // ContentSet slot flags, in the low bits of a slot's fourth word.
@@ -313,7 +315,7 @@ async function isRegularFile(path: string): Promise<boolean> {
 /** Scan the overlays in `dir` (see the top of this file); nothing is written, no lock is taken. */
 export async function overlayStats(dir: string, options: StatsOptions = {}): Promise<OverlayStats> {
   const names = await overlayNames(dir);
-  const base = options.base === undefined ? undefined : await openBase(options.base);
+  const base = options.base === undefined ? undefined : await (options.openBase ?? openBase)(options.base);
   const buffers: Buffers = { data: Buffer.allocUnsafe(READ_CHUNK), base: base && Buffer.allocUnsafe(READ_CHUNK) };
   const groups = new Map<string, GroupCounter>();
   const skipped: SkippedFile[] = [];
