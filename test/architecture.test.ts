@@ -47,15 +47,21 @@ const RULES: readonly Rule[] = [
   },
   {
     folder: 'lib/block',
-    forbiddenImports: ['node:net', 'net', 'node:tls', 'tls', 'node:dgram', 'dgram', 'lib/server', 'lib/protocol'],
+    forbiddenImports: ['node:net', 'net', 'node:tls', 'tls', 'node:dgram', 'dgram', 'lib/server', 'lib/protocol', 'lib/remote'],
     forbiddenGlobals: [],
-    why: 'the block layer knows nothing of sockets, the server or NBD',
+    why: 'the block layer knows nothing of sockets, the server or NBD, nor of remote bases (they are given to it)',
   },
   {
     folder: 'lib',
     forbiddenImports: ['test', 'bench', 'bin'],
     forbiddenGlobals: [],
     why: 'the library stands alone',
+  },
+  {
+    folder: 'lib/remote',
+    forbiddenImports: ['lib/server', 'lib/protocol', 'lib/config'],
+    forbiddenGlobals: [],
+    why: 'a remote base is a block device fetched over HTTP: it knows nothing of NBD or the server',
   },
 ];
 
