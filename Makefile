@@ -2,13 +2,13 @@
 # `make test` runs every test. Both install what they need first.
 
 SHELL := /bin/bash
-DEB_TEST_PACKAGES := qemu-utils libnbd-bin python3-libnbd fio qemu-system-x86 nbd-client e2fsprogs busybox-static xz-utils openssl gnutls-bin prometheus systemd nginx
+DEB_TEST_PACKAGES := qemu-utils libnbd-bin python3-libnbd fio qemu-system-x86 nbd-client e2fsprogs busybox-static xz-utils openssl gnutls-bin prometheus systemd nginx curl ceph-mon ceph-osd radosgw ceph-common
 BASE ?=
 SERVE_ARGS ?=
 COVERAGE_FLOOR ?= 90
 BRANCH_FLOOR ?= 85
 
-.PHONY: all build serve pack test test-only test-guest deps-test deps-bench bench bench-commit typecheck lint format fuzz clean
+.PHONY: all build serve pack test test-only test-guest deps-test deps-bench bench bench-commit bench-remote typecheck lint format fuzz clean
 
 all: build
 
@@ -62,6 +62,14 @@ bench-commit: build
 	@$(MAKE) --no-print-directory deps-test DEB_TEST_PACKAGES="qemu-utils"
 	npx tsc -p tsconfig.bench.json
 	node dist/bench/commit.js
+
+# A base image on an HTTP server (nginx on loopback) against the same file served locally and
+# nbdkit's curl plugin under its cache filter (bench/remote.ts): cold first read, 16 cold clients,
+# warm fio columns. Prints tables, writes bench/results/remote-latest.json. BASE_MB, RUNTIME change it.
+bench-remote: build
+	@$(MAKE) --no-print-directory deps-test DEB_TEST_PACKAGES="nginx nbdkit fio libnbd-bin"
+	npx tsc -p tsconfig.bench.json
+	node dist/bench/remote.js
 
 # Hostile input at scale against a live server (fuzz/README.md); long, never part of `make test`.
 # Settings from the environment: FUZZ_STREAMS (1000000), FUZZ_SEED, FUZZ_CONCURRENCY, FUZZ_BATCH,

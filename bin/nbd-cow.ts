@@ -49,6 +49,7 @@ import {
   type RemoteOptions,
 } from '../lib/remote/remote-options.js';
 import { isRemoteBase, shownUrl } from '../lib/remote/remote-url.js';
+import type { S3Options } from '../lib/remote/s3-location.js';
 import { runWithServer } from '../lib/run-command.js';
 import { AccessList } from '../lib/server/access-list.js';
 import type { ConnectionLimits } from '../lib/server/connection-limits.js';
@@ -112,6 +113,9 @@ interface CliOptions {
   prefetch?: boolean;
   remoteTimeout?: number;
   remoteRetries?: number;
+  s3Endpoint?: string;
+  s3Region?: string;
+  s3Profile?: string;
 }
 
 /** --layer for the overlay commands: the stack the overlay sits on, as serve takes it. */
@@ -298,7 +302,7 @@ function addServeOptions(cmd: Command): Command {
     )
     .option(
       '--cache-dir <dir>',
-      'a remote base (BASE an http:// or https:// URL): where its block cache lives, kept across restarts ' +
+      'a remote base (BASE an http://, https:// or s3:// URL): where its block cache lives, kept across restarts ' +
         '(default: $CACHE_DIRECTORY under systemd, else ~/.cache/nbd-cow)',
     )
     .addOption(
@@ -319,6 +323,20 @@ function addServeOptions(cmd: Command): Command {
         '--remote-retries <n>',
         `a remote base: further tries of a failed HTTP request, with backoff; then the read fails with EIO (default: ${DEFAULT_REMOTE_RETRIES})`,
       ).argParser(parseRetries),
+    )
+    .option(
+      '--s3-endpoint <url>',
+      'an s3://BUCKET/KEY base: the S3 endpoint, e.g. http://rgw.lab:7480 (addressed path-style); default: ' +
+        "AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the profile's endpoint_url, else AWS's",
+    )
+    .option(
+      '--s3-region <region>',
+      "an s3:// base: the region signed for (default: AWS_REGION, AWS_DEFAULT_REGION, the profile's, us-east-1)",
+    )
+    .option(
+      '--s3-profile <name>',
+      "an s3:// base: the profile of ~/.aws/credentials and ~/.aws/config to take keys from (default: the environment's " +
+        'AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, else AWS_PROFILE or "default"; no keys at all: unsigned requests)',
     )
     .option('-v, --verbose', 'debug log: also every option, request, copy-up and zeroed block')
     .option('-q, --quiet', 'log errors only')
@@ -382,6 +400,16 @@ function toServerOptions(base: string, opts: CliOptions): Omit<ServerOptions, 'l
   };
 }
 
+/** The --s3-* flags, as RemoteOptions.s3 when any is given. */
+function s3Options(opts: CliOptions): { s3?: S3Options } {
+  const s3: S3Options = {
+    ...(opts.s3Endpoint !== undefined ? { endpoint: opts.s3Endpoint } : {}),
+    ...(opts.s3Region !== undefined ? { region: opts.s3Region } : {}),
+    ...(opts.s3Profile !== undefined ? { profile: opts.s3Profile } : {}),
+  };
+  return Object.keys(s3).length === 0 ? {} : { s3 };
+}
+
 /** The remote-base flags, as ServerOptions.remote when any is given. */
 function remoteOptions(opts: CliOptions): { remote?: RemoteOptions } {
   const remote: RemoteOptions = {
@@ -390,6 +418,7 @@ function remoteOptions(opts: CliOptions): { remote?: RemoteOptions } {
     ...(opts.prefetch === true ? { prefetch: true } : {}),
     ...(opts.remoteTimeout !== undefined ? { timeoutMs: opts.remoteTimeout } : {}),
     ...(opts.remoteRetries !== undefined ? { retries: opts.remoteRetries } : {}),
+    ...s3Options(opts),
   };
   return Object.keys(remote).length === 0 ? {} : { remote };
 }

@@ -18,7 +18,7 @@ export const DEFAULT_MAX_CONNECTIONS = 1024;
 
 /** The file name a base path or URL ends in (a URL's query and fragment left out). */
 export function baseFileName(base: string): string {
-  if (/^https?:\/\//i.test(base)) {
+  if (/^(https?|s3):\/\//i.test(base)) {
     try {
       return basename(decodeURIComponent(new URL(base).pathname));
     } catch {

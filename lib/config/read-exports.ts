@@ -8,6 +8,7 @@ import { isValidNamePart, NAME_RULE } from '../block/overlay-names.js';
 import { DEFAULT_BLOCK_SIZE } from '../defaults.js';
 import { MIN_CACHE_SIZE, type RemoteOptions } from '../remote/remote-options.js';
 import { isRemoteBase } from '../remote/remote-url.js';
+import type { S3Options } from '../remote/s3-location.js';
 import { NAMED_OVERLAY_OWNERS, OVERLAY_POLICIES } from '../server/exports.js';
 import type { TlsMode } from '../server/tls-credentials.js';
 import { type ConfigMapping, type ConfigValue, quote } from './config-value.js';
@@ -33,6 +34,9 @@ const EXPORT_KEYS = [
   'prefetch',
   'remote-timeout',
   'remote-retries',
+  's3-endpoint',
+  's3-region',
+  's3-profile',
 ] as const;
 
 export interface ExportContext {
@@ -85,9 +89,9 @@ function checkTlsNeeds(exp: ExportConfig, fields: ConfigMapping, tlsMode: TlsMod
   }
 }
 
-/** A path (resolved like any other) or an http:// or https:// URL, kept as written. */
+/** A path (resolved like any other) or an http://, https:// or s3:// URL, kept as written. */
 function readBase(value: ConfigValue, dir: string): string {
-  const text = value.nonEmptyString('a path or an http(s):// URL');
+  const text = value.nonEmptyString('a path or an http(s):// or s3:// URL');
   return isRemoteBase(text) ? text : readPath(value, dir);
 }
 
@@ -101,8 +105,19 @@ function remoteSettings(fields: ConfigMapping, dir: string): { remote?: RemoteOp
     ...fields.optional('prefetch', 'prefetch', (value) => value.boolean()),
     ...fields.optional('remote-timeout', 'timeoutMs', (value) => readSeconds(value) * 1000),
     ...fields.optional('remote-retries', 'retries', readRetries),
+    ...s3Settings(fields),
   };
   return Object.keys(remote).length === 0 ? {} : { remote };
+}
+
+/** s3-endpoint, s3-region and s3-profile: as `s3` when any is set. */
+function s3Settings(fields: ConfigMapping): { s3?: S3Options } {
+  const s3: S3Options = {
+    ...fields.optional('s3-endpoint', 'endpoint', (value) => value.nonEmptyString('an http(s):// URL')),
+    ...fields.optional('s3-region', 'region', (value) => value.nonEmptyString('a region such as eu-west-1')),
+    ...fields.optional('s3-profile', 'profile', (value) => value.nonEmptyString('a profile name')),
+  };
+  return Object.keys(s3).length === 0 ? {} : { s3 };
 }
 
 /** Seconds, more than 0 and at most an hour (fractions allowed). */

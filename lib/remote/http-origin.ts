@@ -26,6 +26,7 @@ import https from 'node:https';
 import { codedError } from '../block/coded-error.js';
 import { ORIGIN_CONNECTIONS } from './remote-options.js';
 import { shownUrl } from './remote-url.js';
+import type { SigningRequest } from './sigv4.js';
 
 export interface OriginIdentity {
   /** Bytes of the image. */
@@ -39,6 +40,10 @@ export interface OriginIdentity {
 export interface OriginOptions {
   readonly timeoutMs: number;
   readonly retries: number;
+  /** What messages call the origin (default: the URL without user and password), e.g. s3://BUCKET/KEY. */
+  readonly shown?: string;
+  /** Headers that sign each request as it is sent (S3's SigV4, sigv4.ts). */
+  readonly sign?: (request: SigningRequest) => Record<string, string>;
   /** Told of each failed try that will be tried again (for the log). */
   readonly onRetry?: (message: string) => void;
 }
@@ -145,7 +150,7 @@ export class HttpOrigin {
   ) {
     this.url = url;
     this.counters = counters;
-    this.shown = shownUrl(url);
+    this.shown = options.shown ?? shownUrl(url);
     this.identity = identity;
     this.#options = options;
     this.#agent = agent;
@@ -261,11 +266,9 @@ export class HttpOrigin {
           reject(err);
         } else resolve(answer as Answer);
       };
-      const req = transport.request(this.url, {
-        agent: this.#agent,
-        method: 'GET',
-        headers: { ...headers, 'User-Agent': USER_AGENT, 'Accept-Encoding': 'identity' },
-      });
+      const sent = { ...headers, 'User-Agent': USER_AGENT, 'Accept-Encoding': 'identity' };
+      const signature = this.#options.sign?.({ method: 'GET', url: this.url, headers: sent }) ?? {};
+      const req = transport.request(this.url, { agent: this.#agent, method: 'GET', headers: { ...sent, ...signature } });
       const seconds = this.#options.timeoutMs / 1000;
       const timer = setTimeout(
         () => finish(transient(codedError('ETIMEDOUT', `no complete answer within ${seconds} s`))),
@@ -288,8 +291,9 @@ export class HttpOrigin {
         const status = res.statusCode ?? 0;
         const problem = this.#checkAnswer(status, res.headers, dest.length, expect);
         if (problem !== undefined) {
-          res.resume();
-          finish(problem);
+          readErrorCode(res, (code) =>
+            finish(code === undefined ? problem : Object.assign(problem, { message: `${problem.message} (${code})` })),
+          );
           return;
         }
         let received = 0;
@@ -360,4 +364,39 @@ export class HttpOrigin {
 function header(headers: http.IncomingHttpHeaders, name: string): string | undefined {
   const value = headers[name];
   return Array.isArray(value) ? value[0] : value;
+}
+
+/** Most bytes of an error answer read for its S3 error code. */
+const ERROR_BODY_BYTES = 4096;
+
+/**
+ * Read (at most ERROR_BODY_BYTES of) an error answer and call `done` with the `<Code>` an S3
+ * server puts in it (SignatureDoesNotMatch, NoSuchKey, AccessDenied…), or undefined.
+ */
+function readErrorCode(res: http.IncomingMessage, done: (code: string | undefined) => void): void {
+  if ((res.statusCode ?? 0) < 400) {
+    res.resume();
+    done(undefined);
+    return;
+  }
+  const chunks: Buffer[] = [];
+  let size = 0;
+  let called = false;
+  const finish = (): void => {
+    if (called) return;
+    called = true;
+    const text = Buffer.concat(chunks).toString('utf8', 0, ERROR_BODY_BYTES);
+    done(/<Code>([A-Za-z0-9.]{1,64})<\/Code>/.exec(text)?.[1]);
+  };
+  res.on('data', (chunk: Buffer) => {
+    if (size < ERROR_BODY_BYTES) chunks.push(chunk);
+    size += chunk.length;
+    if (size >= ERROR_BODY_BYTES) {
+      res.destroy();
+      finish();
+    }
+  });
+  res.on('end', finish);
+  res.on('close', finish);
+  res.on('error', finish);
 }

@@ -23,6 +23,8 @@ import {
   type RemoteOptions,
 } from './remote-options.js';
 import { parseRemoteUrl, shownUrl } from './remote-url.js';
+import { isS3Base, locateS3 } from './s3-location.js';
+import { type SigningRequest, signS3Request } from './sigv4.js';
 
 const FINGERPRINT_TAG = 'nbd-cow remote base v1\n';
 
@@ -52,14 +54,14 @@ const openHere = new Map<string, Promise<RemoteBase>>();
  * (RemoteBase.retain), with the options and the image version it was opened with.
  */
 export async function openRemoteBase(base: string, options: RemoteOptions, log: RemoteLog): Promise<RemoteBase> {
-  const url = parseRemoteUrl(base);
-  const key = join(resolve(options.cacheDir ?? defaultCacheDir()), cacheStem(url));
+  const target = locate(base, options);
+  const key = join(resolve(options.cacheDir ?? defaultCacheDir()), cacheStem(target.url));
   const existing = openHere.get(key);
   if (existing !== undefined) {
     const shared = await existing.catch(() => undefined);
     if (shared !== undefined && !shared.closed) return shared.retain();
   }
-  const opening = openNew(url, options, log);
+  const opening = openNew(target, options, log);
   openHere.set(key, opening);
   const forget = (): void => {
     if (openHere.get(key) === opening) openHere.delete(key);
@@ -68,13 +70,38 @@ export async function openRemoteBase(base: string, options: RemoteOptions, log: 
   return opening;
 }
 
-async function openNew(url: URL, options: RemoteOptions, log: RemoteLog): Promise<RemoteBase> {
+/** Where a remote base is read from: its URL, its name in messages, and how requests are signed. */
+interface Target {
+  readonly url: URL;
+  readonly shown: string;
+  readonly sign?: (request: SigningRequest) => Record<string, string>;
+}
+
+/** An http(s):// base as it is; an s3:// one where s3-location.ts finds it, signed when it has keys. */
+function locate(base: string, options: RemoteOptions): Target {
+  if (!isS3Base(base)) {
+    const url = parseRemoteUrl(base);
+    return { url, shown: shownUrl(url) };
+  }
+  const s3 = locateS3(base, options.s3);
+  const { credentials, region } = s3;
+  return {
+    url: s3.url,
+    shown: s3.shown,
+    ...(credentials !== undefined ? { sign: (request: SigningRequest) => signS3Request(request, credentials, region) } : {}),
+  };
+}
+
+async function openNew(target: Target, options: RemoteOptions, log: RemoteLog): Promise<RemoteBase> {
+  const { url, shown } = target;
   let origin: HttpOrigin | undefined;
   try {
     origin = await HttpOrigin.probe(url, {
       timeoutMs: options.timeoutMs ?? DEFAULT_REMOTE_TIMEOUT_MS,
       retries: options.retries ?? DEFAULT_REMOTE_RETRIES,
       onRetry: log.warn,
+      shown,
+      ...(target.sign !== undefined ? { sign: target.sign } : {}),
     });
     if (origin.identity.size === 0) throw codedError('EINVAL', 'the image is empty');
     const identity: BaseIdentity = { size: origin.identity.size, fingerprint: remoteFingerprint(origin.identity) };
@@ -92,7 +119,7 @@ async function openNew(url: URL, options: RemoteOptions, log: RemoteLog): Promis
   } catch (err) {
     origin?.close();
     const e = err as NodeJS.ErrnoException;
-    const message = e.message.startsWith(shownUrl(url)) ? e.message : `${shownUrl(url)}: ${e.message}`;
+    const message = e.message.startsWith(shown) ? e.message : `${shown}: ${e.message}`;
     throw codedError(e.code ?? 'EIO', `cannot open base image ${message}`);
   }
 }

@@ -4,6 +4,7 @@
 
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import type { S3Options } from './s3-location.js';
 
 export interface RemoteOptions {
   /** Where the block cache's files live; default: defaultCacheDir(). */
@@ -16,6 +17,8 @@ export interface RemoteOptions {
   readonly timeoutMs?: number;
   /** Further tries of a request that failed on the way (network, timeout, 5xx), with backoff. */
   readonly retries?: number;
+  /** An s3:// base: endpoint, region and credentials profile, beside the environment and ~/.aws (s3-location.ts). */
+  readonly s3?: S3Options;
 }
 
 /** Where a remote base says what it does: retries and damaged cache blocks (warn), prefetch and its totals (info). */

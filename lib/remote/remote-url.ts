@@ -5,9 +5,9 @@
 
 import { codedError } from '../block/coded-error.js';
 
-/** Whether `base` names a remote image (http:// or https://) rather than a file. */
+/** Whether `base` names a remote image (http://, https:// or s3://) rather than a file. */
 export function isRemoteBase(base: string): boolean {
-  return /^https?:\/\//i.test(base);
+  return /^(https?|s3):\/\//i.test(base);
 }
 
 /** Parse a remote base URL; throws EINVAL with one line for anything it cannot fetch. */

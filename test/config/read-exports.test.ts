@@ -293,8 +293,15 @@ t.test('a remote base: the URL kept as written, and its cache and fetch settings
         remote-retries: 0
       plain:
         base: http://images.example/plain.raw
+      bucket:
+        base: s3://images/golden.raw
+        s3-endpoint: http://rgw.lab:7480
+        s3-region: eu-west-1
+        s3-profile: lab
   `;
-  const [golden, plain] = exportsOf(text);
+  const [golden, plain, bucket] = exportsOf(text);
+  t.equal(bucket?.base, 's3://images/golden.raw');
+  t.strictSame(bucket?.remote, { s3: { endpoint: 'http://rgw.lab:7480', region: 'eu-west-1', profile: 'lab' } });
   t.equal(golden?.base, 'https://images.example/golden.raw', 'not resolved as a path');
   t.strictSame(golden?.remote, {
     cacheDir: '/etc/nbd-cow/cache',
