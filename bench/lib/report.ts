@@ -29,6 +29,7 @@ function headline(workload: string): Headline | null {
     case 'rand-write-16c':
       return { key: 'iops', label: 'IOPS', lowerBetter: false };
     case 'boot-4c':
+    case 'boot-read-16c':
       return { key: 'MiB_per_s', label: 'MiB/s', lowerBetter: false };
     case 'rand-read-qd1':
       return { key: 'lat_mean_us', key2: 'lat_p99_us', label: 'mean / p99 µs', lowerBetter: true };

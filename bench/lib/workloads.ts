@@ -40,6 +40,9 @@ export const FIO_WORKLOADS: Readonly<Record<string, FioWorkload>> = {
   // "VMs booting": 4 connections, each reading a spread of the image and writing a little:
   // random, 90 % reads, half the requests 4 KiB, 40 % 64 KiB, 10 % 1 MiB, QD 8 each.
   'boot-4c': { rw: 'randrw', bs: '4k/50:64k/40:1m/10', iodepth: 8, timed: true, numjobs: 4, rwmixread: 90 },
+  // 16 VMs booting at once, reads only (bench/remote.ts: a cold remote base, where the point
+  // is how often the same block is fetched): the same mix, 16 connections of QD 8.
+  'boot-read-16c': { rw: 'randread', bs: '4k/50:64k/40:1m/10', iodepth: 8, timed: true, numjobs: 16 },
 };
 
 export const round = (x: number | null | undefined, d = 1): number | null =>

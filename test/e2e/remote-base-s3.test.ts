@@ -103,10 +103,7 @@ if (requireRadosgw(t) && requireClients(t, ['qemu-img', 'qemu-io', 'nbdinfo'])) 
       ['--s3-profile', 'nope', '--cache-dir', join(dir, 'c3')],
       'true',
     );
-    t.match(
-      noProfile.stderr,
-      /^nbd-cow: remote base s3:\/\/images\/golden\.raw: no credentials for profile nope in /,
-    );
+    t.match(noProfile.stderr, /^nbd-cow: remote base s3:\/\/images\/golden\.raw: no credentials for profile nope in /);
   });
 
   t.test('refusals name the S3 error', async (t) => {
