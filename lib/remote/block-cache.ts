@@ -197,6 +197,26 @@ export class BlockCache {
   }
 
   /**
+   * Read `dest.length` bytes from `inner` bytes into block `first` with one file read, when
+   * `count` blocks from `first` are held, already checked, and in consecutive slots (as blocks
+   * fetched in order are kept); undefined, having done nothing, when they are not.
+   */
+  readSpan(first: number, count: number, inner: number, dest: Buffer, guard?: InlineIoGuard): Promise<void> | undefined {
+    const slot = this.#slotOf.get(first);
+    if (slot === undefined) return undefined;
+    for (let i = 0; i < count; i++) {
+      if (this.#slotOf.get(first + i) !== slot + i || this.#verified[slot + i] !== 1) return undefined;
+    }
+    for (let i = 0; i < count; i++) {
+      this.#touch(first + i, slot + i);
+      this.#pins[slot + i] = (this.#pins[slot + i] as number) + 1;
+    }
+    return this.#data.read(dest, slot * this.blockSize + inner, guard).finally(() => {
+      for (let i = 0; i < count; i++) this.#pins[slot + i] = (this.#pins[slot + i] as number) - 1;
+    });
+  }
+
+  /**
    * Keep `data` (the whole block, shorter only for the image's last) as `block`, evicting the
    * least recently used block not being read when no slot is free. A failure to write (a full
    * disk) is warned about once and leaves the block uncached: the cache only ever saves fetches.

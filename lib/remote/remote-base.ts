@@ -128,6 +128,14 @@ export class RemoteBase extends ReadOnlyImage {
     const bs = this.#blockSize;
     const first = Math.floor(offset / bs);
     const last = Math.floor((end - 1) / bs);
+    // Warm: every block held, checked and in consecutive slots: one file read, as from a base file.
+    const span = this.#cache.readSpan(first, last - first + 1, offset - first * bs, dest, guard);
+    if (span !== undefined) {
+      this.#hits += last - first + 1;
+      this.#followStream(offset, end);
+      this.#notePages(offset, end);
+      return span;
+    }
     const pieces: Array<Promise<void>> = [];
     const missing: number[] = [];
     for (let block = first; block <= last; block++) {
@@ -159,6 +167,7 @@ export class RemoteBase extends ReadOnlyImage {
         );
       });
     }
+    // After the read's own fetches, so its read-ahead queues behind them.
     this.#followStream(offset, end);
     this.#notePages(offset, end);
     await Promise.all(pieces);

@@ -188,3 +188,23 @@ t.test('a cache directory that cannot be made is one line naming it', async (t) 
   closeSync(openSync(file, 'w'));
   await t.rejects(BlockCache.open(options(join(file, 'sub'), [])), { code: 'ENOTDIR' });
 });
+
+t.test('a span of blocks in consecutive checked slots is read at once; anything else is left to read()', async (t) => {
+  const dir = t.testdir();
+  const cache = await BlockCache.open(options(dir, []));
+  for (const block of [2, 3, 4]) await cache.store(block, blockData(block));
+  await cache.store(6, blockData(6));
+  const dest = Buffer.alloc(2 * BS);
+  const span = cache.readSpan(2, 3, BS / 2, dest);
+  t.ok(span, 'blocks 2-4 sit in slots in a row');
+  await span;
+  t.same(dest, Buffer.concat([blockData(2), blockData(3), blockData(4)]).subarray(BS / 2, BS / 2 + 2 * BS));
+  t.equal(cache.readSpan(4, 3, 0, Buffer.alloc(3 * BS)), undefined, 'block 5 is not held');
+  t.equal(cache.readSpan(8, 1, 0, Buffer.alloc(BS)), undefined);
+  await cache.close();
+  const again = await BlockCache.open(options(dir, []));
+  t.equal(again.readSpan(2, 1, 0, Buffer.alloc(BS)), undefined, 'not checked yet in this process');
+  t.ok(await readBlock(again, 2));
+  t.ok(again.readSpan(2, 1, 0, Buffer.alloc(BS)), 'checked by a read: spans from now on');
+  await again.close();
+});
