@@ -12,10 +12,13 @@
 //   .lock   the pid of the server using the cache (overlay-lock.ts): one process per cache.
 //
 // Nothing is flushed on the way: a block's entry is written after its data, and the sha256 is
-// what makes that safe. A block is checked against its entry's hash the first time this
-// process reads it; one that does not match (a crash between the data and the entry, a slot
-// reused for another block whose entry never landed, a damaged disk) is dropped and fetched
-// again, never served. Blocks this process wrote itself are trusted.
+// what makes that safe. The map's header says whether the cache was closed cleanly (data and map
+// flushed, then the header marked clean; it is marked dirty again, and flushed, as a process
+// opens it). After a clean close every entry is trusted. After a crash each block is checked
+// against its entry's hash the first time this process reads it; one that does not match (a
+// crash between the data and the entry, a slot reused for another block whose entry never
+// landed) is dropped and fetched again, never served. Blocks this process wrote itself are
+// trusted.
 //
 // A map made for another version of the image (size, ETag or Last-Modified differ), another
 // block size or another number of slots is discarded whole: the cache starts empty.
@@ -51,6 +54,8 @@ interface MapHeader {
   readonly fingerprint: string;
   readonly blockSize: number;
   readonly slots: number;
+  /** Closed cleanly: data and map flushed, every block as its entry says. Absent: false. */
+  readonly clean?: boolean;
 }
 
 function digest(data: Buffer): Buffer {
@@ -69,7 +74,7 @@ function decodeHeader(buf: Buffer): MapHeader | undefined {
   if (!text.startsWith(MAGIC)) return undefined;
   try {
     const value = JSON.parse(text.slice(MAGIC.length)) as Partial<MapHeader>;
-    const { size, fingerprint, blockSize, slots } = value;
+    const { size, fingerprint, blockSize, slots, clean } = value;
     if (
       typeof size !== 'number' ||
       typeof fingerprint !== 'string' ||
@@ -78,7 +83,7 @@ function decodeHeader(buf: Buffer): MapHeader | undefined {
     ) {
       return undefined;
     }
-    return { size, fingerprint, blockSize, slots };
+    return { size, fingerprint, blockSize, slots, clean: clean === true };
   } catch {
     return undefined;
   }
@@ -110,6 +115,7 @@ export class BlockCache {
   readonly #checking = new Map<number, Promise<Buffer | undefined>>();
   readonly #warn: (message: string) => void;
   #clock = 0;
+  #header: MapHeader = { size: 0, fingerprint: '', blockSize: 0, slots: 0 };
   #closed = false;
   #storeFailed = false;
 
@@ -259,6 +265,9 @@ export class BlockCache {
       await this.#map.write(table, MAP_HEADER_BYTES);
       await this.#data.sync();
       await this.#map.sync();
+      // Only once both are on disk: the next process may trust every entry.
+      await this.#map.write(encodeHeader({ ...this.#header, clean: true }), 0);
+      await this.#map.sync();
     } finally {
       await this.#data.close().catch(() => undefined);
       await this.#map.close().catch(() => undefined);
@@ -267,6 +276,7 @@ export class BlockCache {
   }
 
   async #load(header: MapHeader): Promise<void> {
+    this.#header = header;
     const headerBuf = Buffer.alloc(MAP_HEADER_BYTES);
     await this.#map.read(headerBuf, 0);
     const found = decodeHeader(headerBuf);
@@ -300,6 +310,10 @@ export class BlockCache {
     for (const { slot, block } of held) this.#slotOf.set(block, slot);
     this.#clock = held.at(-1)?.lastUse ?? 0;
     for (let slot = this.slots - 1; slot >= 0; slot--) if (this.#blockOf[slot] === EMPTY) this.#free.push(slot);
+    if (found.clean === true) for (const { slot } of held) this.#verified[slot] = 1;
+    // Dirty on disk before the first block is kept: a crash from now on is seen as one.
+    await this.#map.write(encodeHeader(header), 0);
+    await this.#map.sync();
   }
 
   /** Read the whole slot and compare it with its entry's hash; drop it on a mismatch. */

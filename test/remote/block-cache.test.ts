@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, openSync, readdirSync, statSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { BlockCache, type BlockCacheOptions, ENTRY_BYTES, MAP_HEADER_BYTES } from '../../lib/remote/block-cache.js';
@@ -23,6 +23,18 @@ function options(dir: string, warnings: string[], more: Partial<BlockCacheOption
 function blockData(block: number, size = IMAGE): Buffer {
   const length = Math.min(BS, size - block * BS);
   return Buffer.alloc(length, block + 1);
+}
+
+/** Mark the map as a crashed process leaves it: not closed cleanly. */
+function markDirty(dir: string): void {
+  const path = join(dir, 'img-0123.map');
+  const header = readFileSync(path).subarray(0, MAP_HEADER_BYTES);
+  const text = header.toString('utf8').replace(/\0+$/, '');
+  const dirty = Buffer.alloc(MAP_HEADER_BYTES);
+  dirty.write(text.replace('"clean":true', '"clean":false'), 'utf8');
+  const fd = openSync(path, 'r+');
+  writeSync(fd, dirty, 0, MAP_HEADER_BYTES, 0);
+  closeSync(fd);
 }
 
 async function readBlock(cache: BlockCache, block: number, length = BS): Promise<Buffer | undefined> {
@@ -88,7 +100,7 @@ t.test('past the capacity, the least recently used block goes', async (t) => {
   await again.close();
 });
 
-t.test('a damaged block is dropped and reported, never served', async (t) => {
+t.test('after a crash, a damaged block is dropped and reported, never served', async (t) => {
   const dir = t.testdir();
   const warnings: string[] = [];
   const cache = await BlockCache.open(options(dir, warnings));
@@ -100,6 +112,7 @@ t.test('a damaged block is dropped and reported, never served', async (t) => {
   const fd = openSync(join(dir, 'img-0123.data'), 'r+');
   writeSync(fd, Buffer.from('garbage'), 0, 7, 1 * BS + 100);
   closeSync(fd);
+  markDirty(dir);
   const again = await BlockCache.open(options(dir, warnings));
   const results = await Promise.all([0, 1, 2].map((b) => readBlock(again, b)));
   const served = results.filter((r) => r !== undefined);
@@ -123,6 +136,7 @@ t.test('a slot whose entry names the block it held before is caught by the hash'
   const fd = openSync(join(dir, 'img-0123.data'), 'r+');
   writeSync(fd, blockData(9), 0, BS, 0);
   closeSync(fd);
+  markDirty(dir);
   const again = await BlockCache.open(options(dir, warnings));
   t.equal(await readBlock(again, 4), undefined, 'not served');
   t.equal(warnings.length, 1);
@@ -202,9 +216,26 @@ t.test('a span of blocks in consecutive checked slots is read at once; anything 
   t.equal(cache.readSpan(4, 3, 0, Buffer.alloc(3 * BS)), undefined, 'block 5 is not held');
   t.equal(cache.readSpan(8, 1, 0, Buffer.alloc(BS)), undefined);
   await cache.close();
+  const clean = await BlockCache.open(options(dir, []));
+  t.ok(clean.readSpan(2, 1, 0, Buffer.alloc(BS)), 'closed cleanly: every block is trusted at once');
+  await clean.close();
+  markDirty(dir);
   const again = await BlockCache.open(options(dir, []));
-  t.equal(again.readSpan(2, 1, 0, Buffer.alloc(BS)), undefined, 'not checked yet in this process');
+  t.equal(again.readSpan(2, 1, 0, Buffer.alloc(BS)), undefined, 'after a crash: not checked yet in this process');
   t.ok(await readBlock(again, 2));
   t.ok(again.readSpan(2, 1, 0, Buffer.alloc(BS)), 'checked by a read: spans from now on');
+  await again.close();
+});
+
+t.test('the map says dirty on disk while a process has it open, clean once it closed', async (t) => {
+  const dir = t.testdir();
+  const header = (): string => readFileSync(join(dir, 'img-0123.map')).subarray(0, MAP_HEADER_BYTES).toString('utf8');
+  const cache = await BlockCache.open(options(dir, []));
+  t.notMatch(header(), '"clean":true');
+  await cache.store(1, blockData(1));
+  await cache.close();
+  t.match(header(), '"clean":true');
+  const again = await BlockCache.open(options(dir, []));
+  t.notMatch(header(), '"clean":true', 'dirty again as soon as it is opened');
   await again.close();
 });
