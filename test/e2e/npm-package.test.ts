@@ -17,11 +17,12 @@ import { startServe } from '../helpers/server-process.js';
 const SHIPPED = /^(dist\/lib\/.+\.(js|d\.ts)|dist\/bin\/nbd-cow\.js|package\.json|README\.md|LICENSE)$/;
 // Measured on 2026-12-01: 81 files, 75.6 kB packed, 251.3 kB unpacked; 114 files, 113 kB and
 // 367 kB with the security work the same day; 186 files, 189 kB and 608 kB with the overlay
-// tools. The bounds leave the library room to grow by about a third; SHIPPED catches test/,
-// bench/ or the source maps by name, the bounds anything else that arrives in bulk.
-const MAX_FILES = 250;
-const MAX_PACKED_BYTES = 250_000;
-const MAX_UNPACKED_BYTES = 800_000;
+// tools; 224 files, 256 kB and 834 kB with workers and remote bases (2026-12-02). The bounds
+// leave the library room to grow by about a third; SHIPPED catches test/, bench/ or the source
+// maps by name, the bounds anything else that arrives in bulk.
+const MAX_FILES = 300;
+const MAX_PACKED_BYTES = 340_000;
+const MAX_UNPACKED_BYTES = 1_100_000;
 /** npm pack runs tsc; npm install and npx read the npm cache. Generous on a busy 2-core host. */
 const NPM_TIMEOUT_MS = 180_000;
 const SIZE = 8 * 1024 * 1024 + 1536;
