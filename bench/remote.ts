@@ -5,7 +5,9 @@
 //   2. cold, 16 clients at once: fio, 16 connections of a boot-like random read mix, and how many
 //      bytes the origin sent more than once (the goal: none for nbd-cow);
 //   3. warm: the fio columns of `make bench` on a cache filled once by --prefetch (every later
-//      start must fetch nothing but its probe), beside the local file and a warmed nbdkit.
+//      start must fetch nothing but its probe), beside the local file and a warmed nbdkit;
+//      WARM_ROUNDS rounds of local and URL in turn, the ratio of each round's pair, and their
+//      median: a host whose speed drifts moves both halves of a pair alike.
 // Prints the tables, writes bench/results/remote-latest.json. A benchmark, never a test:
 // `make bench-remote` (bench/README.md, "Remote base").
 
@@ -36,6 +38,7 @@ const settings = {
   prefetch_timeout_s: envNumber('PREFETCH_TIMEOUT', 600),
   cold_workload: 'boot-read-16c',
   warm_workloads: ['seq-read', 'rand-read', 'rand-read-qd1', 'rand-write', 'seq-write'],
+  warm_rounds: Math.max(1, Math.floor(envNumber('WARM_ROUNDS', 3))),
   results: resolve(process.env['REMOTE_RESULTS'] || join(ROOT, 'bench', 'results', 'remote-latest.json')),
   keep_tmp: process.env['KEEP_TMP'] === '1',
   prime_memory: process.env['PRIME_MEMORY'] !== '0',
@@ -456,7 +459,16 @@ const num = (x: number | null | undefined, d = 0): string =>
 /** The headline of a warm column: MiB/s for the sequential ones, IOPS for the random ones. */
 const headlineKey = (w: string): 'MiB_per_s' | 'iops' => (w.startsWith('seq-') ? 'MiB_per_s' : 'iops');
 
-function warmCell(m: Measured<FioEntry> | undefined, w: string): string {
+/** The round whose headline is the median of the cell's rounds (the lower middle one of an even count). */
+function medianRound(rounds: readonly Measured<FioEntry>[] | undefined, w: string): Measured<FioEntry> | undefined {
+  if (rounds === undefined || rounds.length === 0) return undefined;
+  if (rounds.some((m) => warmValue(m, w) === null)) return rounds.find((m) => warmValue(m, w) === null);
+  const sorted = [...rounds].sort((a, b) => (warmValue(a, w) ?? 0) - (warmValue(b, w) ?? 0));
+  return sorted[Math.floor((sorted.length - 1) / 2)];
+}
+
+function warmCell(rounds: readonly Measured<FioEntry>[] | undefined, w: string): string {
+  const m = medianRound(rounds, w);
   if (m === undefined) return '–';
   const f = m.result?.fio;
   if (m.status !== 'ok' || m.result?.status !== 'ok' || f === undefined) return 'FAIL';
@@ -468,6 +480,29 @@ function warmCell(m: Measured<FioEntry> | undefined, w: string): string {
 function warmValue(m: Measured<FioEntry> | undefined, w: string): number | null {
   if (m?.status !== 'ok' || m.result?.status !== 'ok') return null;
   return m.result.fio?.[headlineKey(w)] ?? null;
+}
+
+/** The median of the known values (the mean of the middle two of an even count), or null if any is unknown. */
+function median(values: ReadonlyArray<number | null>): number | null {
+  if (values.length === 0 || values.some((v) => v === null)) return null;
+  const sorted = (values as number[]).slice().sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  const m = sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+  return Math.round(m * 1000) / 1000;
+}
+
+/**
+ * The warm phase's starts of one workload, in order, as [round, kind]: each round runs the local
+ * file and the URL, the first of them alternating from round to round; nbdkit runs in round 0.
+ */
+function warmOrder(kinds: readonly Kind[], rounds: number): Array<[number, Kind]> {
+  const order: Array<[number, Kind]> = [];
+  for (let round = 0; round < rounds; round++) {
+    const pair: Kind[] = round % 2 === 0 ? ['local', 'remote'] : ['remote', 'local'];
+    for (const kind of pair) order.push([round, kind]);
+    if (round === 0 && kinds.includes('nbdkit')) order.push([round, 'nbdkit']);
+  }
+  return order;
 }
 
 const ratio = (a: number | null, b: number | null): number | null =>
@@ -496,11 +531,12 @@ async function main(): Promise<number> {
   }
   const kinds: Kind[] = nbdkitOk ? ['local', 'remote', 'nbdkit'] : ['local', 'remote'];
   const phase = settings.runtime + settings.ramp;
+  const fioRows = kinds.length + settings.warm_workloads.length * warmOrder(kinds, settings.warm_rounds).length;
   log(
     `settings: BASE_MB=${settings.base_mb} RUNTIME=${settings.runtime} RAMP=${settings.ramp}; ` +
       // Measured: each timed fio row costs its phase and about 1 s more; the rest (base, cold
       // reads, prefetch, warming, seq-write) about 1 minute per GiB of base on 2 cores.
-      `about ${Math.ceil((kinds.length * 5 * (phase + 1) + (settings.base_mb / 1024) * 60) / 60)} min`,
+      `WARM_ROUNDS=${settings.warm_rounds}; about ${Math.ceil((fioRows * (phase + 1) + (settings.base_mb / 1024) * 60) / 60)} min`,
   );
   mkdirSync(WWW, { recursive: true });
   const method = makeBase(BASE, SIZE);
@@ -554,22 +590,25 @@ async function main(): Promise<number> {
     );
   }
 
-  // 3. Warm: a fresh server per workload, the servers in turn within each workload.
-  const warm: Record<string, Partial<Record<Kind, Measured<FioEntry>>>> = {};
+  // 3. Warm: a fresh server per cell; per workload, WARM_ROUNDS rounds of the local file and the
+  // URL in turn (which goes first alternates), nbdkit in the first round only (each of its starts
+  // costs a full read to fill its cache).
+  const warm: Record<string, Partial<Record<Kind, Measured<FioEntry>[]>>> = {};
   for (const w of settings.warm_workloads) {
-    warm[w] = {};
+    const cells: Partial<Record<Kind, Measured<FioEntry>[]>> = {};
+    warm[w] = cells;
     const writes = fioWrites(FIO_WORKLOADS[w] ?? { rw: 'read', bs: '', iodepth: 0, timed: true });
-    for (const kind of kinds) {
+    for (const [round, kind] of warmOrder(kinds, settings.warm_rounds)) {
       warmFiles(kind === 'remote' ? [FULL_CACHE] : []);
       if (settings.prime_memory && writes) primeMemory(join(WORK, 'prime.scratch'), SIZE);
-      const entry = await measured<FioEntry>(`warm ${w}`, kind, { cacheDir: FULL_CACHE }, async (srv, m) => {
+      const entry = await measured<FioEntry>(`warm ${w}, round ${round + 1}`, kind, { cacheDir: FULL_CACHE }, async (srv, m) => {
         if (kind === 'nbdkit') {
           // The cache filter keeps what curl read: one full pass fills it, in this process.
           m.warmup = await nbdcopy(srv);
         }
         return fio(w, srv);
       });
-      warm[w][kind] = entry;
+      cells[kind] = [...(cells[kind] ?? []), entry];
       const f = entry.result?.fio;
       log(
         `  ${f ? `${f.MiB_per_s} MiB/s, ${f.iops} IOPS, mean ${f.lat_mean_us} µs` : (entry.result?.note ?? entry.note)}` +
@@ -580,21 +619,40 @@ async function main(): Promise<number> {
 
   // Every warm start of nbd-cow on the URL found its blocks in the cache: the origin saw the
   // start's probe (one request for the first byte) and nothing else.
-  const warmOrigin = settings.warm_workloads.map((w) => {
-    const o = warm[w]?.remote?.origin;
-    return { workload: w, requests: o?.requests ?? null, bytes: o?.bytes ?? null, statuses: o?.other_statuses ?? null };
-  });
+  const warmOrigin = settings.warm_workloads.flatMap((w) =>
+    (warm[w]?.remote ?? []).map((m, round) => {
+      const o = m.origin;
+      return {
+        workload: w,
+        round: round + 1,
+        requests: o?.requests ?? null,
+        bytes: o?.bytes ?? null,
+        statuses: o?.other_statuses ?? null,
+      };
+    }),
+  );
   const probeOnly = settings.warm_workloads.every((w) => {
-    const o = warm[w]?.remote?.origin;
-    return o !== undefined && o.requests === 1 && o.probe_requests === 1 && o.bytes <= 1;
+    const starts = warm[w]?.remote ?? [];
+    return (
+      starts.length > 0 &&
+      starts.every(({ origin: o }) => o !== undefined && o.requests === 1 && o.probe_requests === 1 && o.bytes <= 1)
+    );
   });
   const baseUnchanged = sha256(BASE) === baseSum;
 
+  // The URL's ratio per column: the median of its rounds' ratios, each to the local file's cell
+  // of the same round; nbdkit's (one round): to the local file's median.
   const ratios: Record<string, Record<string, number | null>> = { 'nbd-cow URL ÷ local': {}, 'nbdkit-curl-cache ÷ local': {} };
+  const roundRatios: Record<string, Array<number | null>> = {};
   for (const w of settings.warm_workloads) {
-    const local = warmValue(warm[w]?.local, w);
-    (ratios['nbd-cow URL ÷ local'] as Record<string, number | null>)[w] = ratio(warmValue(warm[w]?.remote, w), local);
-    (ratios['nbdkit-curl-cache ÷ local'] as Record<string, number | null>)[w] = ratio(warmValue(warm[w]?.nbdkit, w), local);
+    const locals = warm[w]?.local ?? [];
+    const pairs = (warm[w]?.remote ?? []).map((m, round) => ratio(warmValue(m, w), warmValue(locals[round], w)));
+    roundRatios[w] = pairs;
+    (ratios['nbd-cow URL ÷ local'] as Record<string, number | null>)[w] = median(pairs);
+    (ratios['nbdkit-curl-cache ÷ local'] as Record<string, number | null>)[w] = ratio(
+      median((warm[w]?.nbdkit ?? []).map((m) => warmValue(m, w))),
+      median(locals.map((m) => warmValue(m, w))),
+    );
   }
 
   const result = {
@@ -616,7 +674,14 @@ async function main(): Promise<number> {
     cold_full_read: coldRead,
     prefetch,
     cold_clients: { workload: settings.cold_workload, fio: FIO_WORKLOADS[settings.cold_workload], servers: coldMany },
-    warm: { servers: warm, ratios, remote_origin: warmOrigin, remote_probe_only: probeOnly },
+    warm: {
+      rounds: settings.warm_rounds,
+      servers: warm,
+      ratios,
+      round_ratios: roundRatios,
+      remote_origin: warmOrigin,
+      remote_probe_only: probeOnly,
+    },
     wall_s: round((performance.now() - T0) / 1000, 1),
   };
   mkdirSync(dirname(settings.results), { recursive: true });
@@ -668,7 +733,9 @@ async function main(): Promise<number> {
   }
   out.push(
     '',
-    '3. Warm (a fresh server per cell; nbd-cow on the URL: the cache --prefetch filled; nbdkit: one nbdcopy pass first). Cells: throughput (mean / p99 µs)',
+    `3. Warm (a fresh server per cell; nbd-cow on the URL: the cache --prefetch filled; nbdkit: one nbdcopy pass first). ` +
+      `Cells: throughput (mean / p99 µs), the median of ${settings.warm_rounds} round(s) (nbdkit: 1); ` +
+      "the URL's ratio is the median of its rounds' ratios to the local file, [lowest–highest]",
     '',
     `| server | ${settings.warm_workloads.join(' | ')} |`,
     `|---|${settings.warm_workloads.map(() => '---').join('|')}|`,
@@ -678,8 +745,12 @@ async function main(): Promise<number> {
   }
   for (const [name, row] of Object.entries(ratios)) {
     if (name.startsWith('nbdkit') && !nbdkitOk) continue;
+    const spread = (w: string): string => {
+      const known = name.startsWith('nbd-cow') ? (roundRatios[w] ?? []).filter((r): r is number => r !== null) : [];
+      return known.length > 1 ? ` [${Math.min(...known).toFixed(2)}–${Math.max(...known).toFixed(2)}]` : '';
+    };
     out.push(
-      `| ${name} | ${settings.warm_workloads.map((w) => (row[w] == null ? '–' : `${row[w]?.toFixed(2)}×`)).join(' | ')} |`,
+      `| ${name} | ${settings.warm_workloads.map((w) => (row[w] == null ? '–' : `${row[w]?.toFixed(2)}×${spread(w)}`)).join(' | ')} |`,
     );
   }
   const remoteRatios = Object.values(ratios['nbd-cow URL ÷ local'] ?? {});
@@ -690,7 +761,7 @@ async function main(): Promise<number> {
   out.push(
     '',
     `nbd-cow on the URL, ${warmOrigin.length} warm starts: the origin saw ` +
-      `${seenByWarm.size === 1 ? `${[...seenByWarm][0]} each` : warmOrigin.map((o) => `${o.workload}: ${o.requests ?? '?'} request(s), ${o.bytes ?? '?'} B`).join('; ')} ` +
+      `${seenByWarm.size === 1 ? `${[...seenByWarm][0]} each` : warmOrigin.map((o) => `${o.workload} #${o.round}: ${o.requests ?? '?'} request(s), ${o.bytes ?? '?'} B`).join('; ')} ` +
       `(${probeOnly ? 'the probe only: ok' : 'MORE THAN THE PROBE'}).`,
     `Goal ≥ 0.9× local in every warm column: ${remoteRatios.length > 0 && low.length === 0 ? 'met' : `not met (${low.join(', ')})`}; ` +
       `goal 0 bytes sent twice for nbd-cow with ${FIO_WORKLOADS[settings.cold_workload]?.numjobs} clients: ` +
@@ -703,7 +774,7 @@ async function main(): Promise<number> {
     ...Object.values(coldRead),
     prefetch,
     ...Object.values(coldMany),
-    ...Object.values(warm).flatMap((r) => Object.values(r)),
+    ...Object.values(warm).flatMap((r) => Object.values(r).flat()),
   ].some((m) => m?.status !== 'ok' || (m.result as FioEntry | undefined)?.status === 'fail');
   if (!baseUnchanged || !probeOnly) return 2;
   return failed ? 1 : 0;
