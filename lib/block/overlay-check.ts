@@ -12,7 +12,8 @@
 // would serve wrong data silently.
 //
 // Exit codes, as fsck: 0 clean, 1 repaired, 2 not closed cleanly (or in use) and not repaired,
-// 4 corrupt or made for another base, 8 could not check (missing file, unreadable base).
+// 4 corrupt or made for another base (said as WRONG BASE, not CORRUPT: the file is sound), 8 could
+// not check (missing file, unreadable base).
 
 import type { BaseImage } from './base-image.js';
 import { BLOCK_DATA, BLOCK_ZERO } from './bitmap.js';
@@ -78,11 +79,22 @@ export async function checkOverlay(path: string, options: CheckOptions): Promise
     return await checkOpen(path, file, identity, repair, holder?.alive === true ? holder.pid : undefined, lines);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
+    if (err instanceof OtherBase) return report('corrupt', [...lines, `WRONG BASE: ${err.message}${otherBaseHint(options)}`]);
     if (code === 'EINVAL') return report('corrupt', [...lines, `CORRUPT: ${(err as Error).message}`]);
     return report('error', [...lines, `cannot check: ${(err as Error).message}`]);
   } finally {
     await file.close();
   }
+}
+
+/** The overlay is sound but bound to another base (or layer) than the one given: not corruption. */
+class OtherBase extends Error {}
+
+/** What to try when the binding does not match: the layers the overlay may have been made on. */
+function otherBaseHint(options: CheckOptions): string {
+  return (options.layers ?? []).length === 0
+    ? ' (an overlay made on frozen layers is checked with them: --layer LAYER for each, bottom first)'
+    : ' (the layers are given bottom first, each frozen on the one before it)';
 }
 
 async function checkOpen(
@@ -99,7 +111,11 @@ async function checkOpen(
   }
   const { header, geometry: g } = await readOverlayHeader(file);
   lines.push(`header: ok (version 1, block size ${g.blockSize}, virtual size ${g.size} bytes = ${g.blocks} blocks, checksum ok)`);
-  checkBaseBinding(path, header, identity);
+  try {
+    checkBaseBinding(path, header, identity);
+  } catch (err) {
+    throw new OtherBase((err as Error).message);
+  }
   if (header.virtualSize !== identity.size) {
     throw codedError('EINVAL', `virtual size ${header.virtualSize} differs from the base size ${identity.size}`);
   }

@@ -105,6 +105,11 @@ t.test('another base, a missing file, a missing base', async (t) => {
   const r = await checkOverlay(file, { base: other.path });
   t.equal(r.exitCode, 4);
   t.match(r.lines.at(-1), /belongs to another base image: made for \(size 1048576, .*\), the base is \(size 1048576, /);
+  t.match(r.lines.at(-1), /^WRONG BASE: .*\(an overlay made on frozen layers is checked with them: --layer LAYER/);
+  t.notOk(
+    r.lines.some((l) => l.startsWith('CORRUPT')),
+    'a sound overlay of another base is not called corrupt',
+  );
   t.equal((await checkOverlay(join(dir, 'nope.cow'), { base })).exitCode, 8);
   t.equal((await checkOverlay(file, { base: join(dir, 'nope.img') })).exitCode, 8);
 });

@@ -88,6 +88,11 @@ if (requireClients(t, ['qemu-io', 'qemu-img', 'nbdinfo', 'nbdcopy'], true)) {
     t.match(checked.stdout, /^state: clean, frozen \(a layer: read-only for good\)$/m);
     const unchecked = await runCli(['overlay', 'check', patch, '--base', base]);
     t.equal(unchecked.code, 4, 'check without its layer: made for another base');
+    t.match(
+      unchecked.stdout,
+      /^WRONG BASE: overlay .* belongs to another base image: .*--layer LAYER for each, bottom first\)$/m,
+    );
+    t.notMatch(unchecked.stdout, /CORRUPT/, 'a layered overlay checked without its layer is not called corrupt');
 
     // In the wrong order, or not frozen: one line, exit 1.
     const reversed = await runCli(['serve', base, '--layer', patch, '--layer', tools, '-p', '0']);
