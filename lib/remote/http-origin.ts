@@ -21,9 +21,8 @@
 //   - a body is read into the caller's buffer and never past it: a longer one fails the request.
 // Redirects are not followed: the answer names the status and asks for the final URL.
 
-import http from 'node:http';
-import https from 'node:https';
 import { codedError } from '../block/coded-error.js';
+import { basicAuthorization, isNetworkFailure, RangeClient } from './range-client.js';
 import { ORIGIN_CONNECTIONS } from './remote-options.js';
 import { shownUrl } from './remote-url.js';
 import type { SigningRequest } from './sigv4.js';
@@ -125,7 +124,7 @@ class RequestSlots {
 
 interface Answer {
   readonly status: number;
-  readonly headers: http.IncomingHttpHeaders;
+  readonly headers: Readonly<Record<string, string>>;
   /** The body, exactly as long as asked for. */
   readonly body: Buffer;
 }
@@ -137,7 +136,7 @@ export class HttpOrigin {
   readonly identity: OriginIdentity;
   readonly counters: OriginCounters;
   readonly #options: OriginOptions;
-  readonly #agent: http.Agent;
+  readonly #client: RangeClient;
   readonly #slots = new RequestSlots(ORIGIN_CONNECTIONS);
   #closed = false;
 
@@ -145,7 +144,7 @@ export class HttpOrigin {
     url: URL,
     identity: OriginIdentity,
     options: OriginOptions,
-    agent: http.Agent,
+    client: RangeClient,
     counters: OriginCounters = { requests: 0, bytes: 0, retries: 0, failures: 0 },
   ) {
     this.url = url;
@@ -153,14 +152,13 @@ export class HttpOrigin {
     this.shown = options.shown ?? shownUrl(url);
     this.identity = identity;
     this.#options = options;
-    this.#agent = agent;
+    this.#client = client;
   }
 
   /** Ask for the first byte to learn the size and version; throws one line when the server cannot serve ranges. */
   static async probe(url: URL, options: OriginOptions): Promise<HttpOrigin> {
-    const agentOptions = { keepAlive: true, maxSockets: ORIGIN_CONNECTIONS, maxFreeSockets: ORIGIN_CONNECTIONS };
-    const agent = url.protocol === 'https:' ? new https.Agent(agentOptions) : new http.Agent(agentOptions);
-    const probing = new HttpOrigin(url, { size: 0 }, options, agent);
+    const client = new RangeClient(url);
+    const probing = new HttpOrigin(url, { size: 0 }, options, client);
     try {
       const answer = await probing.#withRetries('', () => probing.#send({ Range: 'bytes=0-0' }, 1, undefined));
       const range = parseContentRange(header(answer.headers, 'content-range'));
@@ -180,9 +178,9 @@ export class HttpOrigin {
         ...(etag !== undefined ? { etag } : {}),
         ...(lastModified !== undefined ? { lastModified } : {}),
       };
-      return new HttpOrigin(url, identity, options, agent, probing.counters);
+      return new HttpOrigin(url, identity, options, client, probing.counters);
     } catch (err) {
-      agent.destroy();
+      client.close();
       throw err;
     }
   }
@@ -202,7 +200,7 @@ export class HttpOrigin {
   /** Close the idle connections; requests in flight fail. */
   close(): void {
     this.#closed = true;
-    this.#agent.destroy();
+    this.#client.close();
   }
 
   /** The URL, then what was asked of it when it is not the probe ("bytes 0-9"). */
@@ -253,76 +251,33 @@ export class HttpOrigin {
     }
   }
 
-  #request(headers: Record<string, string>, dest: Buffer, expect: { first: number; last: number } | undefined): Promise<Answer> {
-    const transport = this.url.protocol === 'https:' ? https : http;
-    return new Promise<Answer>((resolve, reject) => {
-      let settled = false;
-      const finish = (err: Error | undefined, answer?: Answer): void => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        if (err !== undefined) {
-          req.destroy();
-          reject(err);
-        } else resolve(answer as Answer);
-      };
-      const sent = { ...headers, 'User-Agent': USER_AGENT, 'Accept-Encoding': 'identity' };
-      const signature = this.#options.sign?.({ method: 'GET', url: this.url, headers: sent }) ?? {};
-      const req = transport.request(this.url, { agent: this.#agent, method: 'GET', headers: { ...sent, ...signature } });
-      const seconds = this.#options.timeoutMs / 1000;
-      const timer = setTimeout(
-        () => finish(transient(codedError('ETIMEDOUT', `no complete answer within ${seconds} s`))),
-        this.#options.timeoutMs,
-      );
-      let answered = false;
-      req.on('error', (err) => {
-        const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
-        if (isTlsRefusal(code)) {
-          const hint = /CERT|VERIFY|SIGNATURE/.test(code) ? ' (NODE_EXTRA_CA_CERTS=FILE adds a CA to trust)' : '';
-          finish(codedError(code, `${err.message}${hint}`));
-          return;
-        }
-        const failure = transient(codedError(code, err.message));
-        const stale = req.reusedSocket && !answered && code === 'ECONNRESET';
-        finish(stale ? Object.assign(failure, { staleConnection: true }) : failure);
-      });
-      req.on('response', (res) => {
-        answered = true;
-        const status = res.statusCode ?? 0;
-        const problem = this.#checkAnswer(status, res.headers, dest.length, expect);
-        if (problem !== undefined) {
-          readErrorCode(res, (code) =>
-            finish(code === undefined ? problem : Object.assign(problem, { message: `${problem.message} (${code})` })),
-          );
-          return;
-        }
-        let received = 0;
-        res.on('data', (chunk: Buffer) => {
-          if (received + chunk.length > dest.length) {
-            finish(codedError('EPROTO', `the answer is longer than the ${dest.length} bytes asked for`));
-            return;
-          }
-          chunk.copy(dest, received);
-          received += chunk.length;
-        });
-        res.on('end', () => {
-          if (received === dest.length) finish(undefined, { status, headers: res.headers, body: dest });
-          else finish(transient(codedError('EIO', `the answer ended after ${received} of ${dest.length} bytes`)));
-        });
-        res.on('error', (err) => finish(transient(codedError('EIO', `the answer broke off: ${err.message}`))));
-        res.on('close', () => {
-          if (!res.complete)
-            finish(transient(codedError('EIO', `the answer broke off after ${received} of ${dest.length} bytes`)));
-        });
-      });
-      req.end();
-    });
+  async #request(
+    headers: Record<string, string>,
+    dest: Buffer,
+    expect: { first: number; last: number } | undefined,
+  ): Promise<Answer> {
+    const sent = { ...headers, 'User-Agent': USER_AGENT, 'Accept-Encoding': 'identity', ...basicAuthorization(this.url) };
+    const signature = this.#options.sign?.({ method: 'GET', url: this.url, headers: sent }) ?? {};
+    const check = (status: number, answered: Readonly<Record<string, string>>): Error | undefined =>
+      this.#checkAnswer(status, answered, dest.length, expect);
+    try {
+      return await this.#client.request({ ...sent, ...signature }, dest, check, this.#options.timeoutMs);
+    } catch (err) {
+      if (!isNetworkFailure(err)) throw err; // refused by the checks, or a broken answer: as it is
+      const code = err.code ?? 'EIO';
+      if (isTlsRefusal(code)) {
+        const hint = /CERT|VERIFY|SIGNATURE/.test(code) ? ' (NODE_EXTRA_CA_CERTS=FILE adds a CA to trust)' : '';
+        throw codedError(code, `${err.message}${hint}`);
+      }
+      const failure = transient(codedError(code, err.message));
+      throw err.staleConnection === true ? Object.assign(failure, { staleConnection: true }) : failure;
+    }
   }
 
   /** Why an answer cannot be used (transient when worth another try), or undefined. */
   #checkAnswer(
     status: number,
-    headers: http.IncomingHttpHeaders,
+    headers: Readonly<Record<string, string>>,
     length: number,
     expect: { first: number; last: number } | undefined,
   ): Error | undefined {
@@ -361,42 +316,6 @@ export class HttpOrigin {
   }
 }
 
-function header(headers: http.IncomingHttpHeaders, name: string): string | undefined {
-  const value = headers[name];
-  return Array.isArray(value) ? value[0] : value;
-}
-
-/** Most bytes of an error answer read for its S3 error code. */
-const ERROR_BODY_BYTES = 4096;
-
-/**
- * Read (at most ERROR_BODY_BYTES of) an error answer and call `done` with the `<Code>` an S3
- * server puts in it (SignatureDoesNotMatch, NoSuchKey, AccessDenied…), or undefined.
- */
-function readErrorCode(res: http.IncomingMessage, done: (code: string | undefined) => void): void {
-  if ((res.statusCode ?? 0) < 400) {
-    res.resume();
-    done(undefined);
-    return;
-  }
-  const chunks: Buffer[] = [];
-  let size = 0;
-  let called = false;
-  const finish = (): void => {
-    if (called) return;
-    called = true;
-    const text = Buffer.concat(chunks).toString('utf8', 0, ERROR_BODY_BYTES);
-    done(/<Code>([A-Za-z0-9.]{1,64})<\/Code>/.exec(text)?.[1]);
-  };
-  res.on('data', (chunk: Buffer) => {
-    if (size < ERROR_BODY_BYTES) chunks.push(chunk);
-    size += chunk.length;
-    if (size >= ERROR_BODY_BYTES) {
-      res.destroy();
-      finish();
-    }
-  });
-  res.on('end', finish);
-  res.on('close', finish);
-  res.on('error', finish);
+function header(headers: Readonly<Record<string, string>>, name: string): string | undefined {
+  return headers[name];
 }
