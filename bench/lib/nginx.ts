@@ -8,6 +8,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
+import { nginxConf } from '../../test/helpers/nginx-conf.js';
 import { freePort } from '../../test/helpers/processes.js';
 import { alive, registerPid, sleep, startTime, stopPid } from './proc.js';
 
@@ -56,41 +57,6 @@ export interface Nginx {
   stop(): Promise<void>;
 }
 
-const LOG_FORMAT = [
-  '{"method":"$request_method","status":$status,"range":"$http_range","contentRange":"$sent_http_content_range"',
-  ',"bodyBytesSent":$body_bytes_sent,"requestTime":$request_time,"connection":$connection}',
-].join('');
-
-const quoted = (value: string): string => `"${value.replace(/["\\]/g, '\\$&')}"`;
-
-function nginxConf(dir: string, root: string, port: number): string {
-  return [
-    'daemon off;',
-    'master_process off;',
-    `pid ${quoted(join(dir, 'nginx.pid'))};`,
-    `error_log ${quoted(join(dir, 'error.log'))} notice;`,
-    'events { worker_connections 1024; }',
-    'http {',
-    '  default_type application/octet-stream;',
-    `  client_body_temp_path ${quoted(join(dir, 'client_body'))};`,
-    `  proxy_temp_path ${quoted(join(dir, 'proxy'))};`,
-    `  fastcgi_temp_path ${quoted(join(dir, 'fastcgi'))};`,
-    `  uwsgi_temp_path ${quoted(join(dir, 'uwsgi'))};`,
-    `  scgi_temp_path ${quoted(join(dir, 'scgi'))};`,
-    `  log_format range_json escape=json '${LOG_FORMAT}';`,
-    `  access_log ${quoted(join(dir, 'access.log'))} range_json;`,
-    '  sendfile on;',
-    '  keepalive_requests 100000;',
-    '  server {',
-    `    listen 127.0.0.1:${port};`,
-    `    root ${quoted(root)};`,
-    '    etag on;',
-    '  }',
-    '}',
-    '',
-  ].join('\n');
-}
-
 /** The nginx binary: /usr/sbin/nginx, or nginx on PATH; null when not installed. */
 export function nginxBinary(): string | null {
   if (existsSync('/usr/sbin/nginx')) return '/usr/sbin/nginx';
@@ -123,7 +89,7 @@ export async function startNginx(dir: string, root: string, onStarted: (child: C
   for (let attempt = 1; ; attempt++) {
     const port = await freePort();
     const conf = join(dir, 'nginx.conf');
-    writeFileSync(conf, nginxConf(dir, root, port));
+    writeFileSync(conf, nginxConf(dir, port, { root, throughput: true }));
     const child = spawn(binary, ['-p', `${dir}/`, '-c', conf, '-e', errorLog], { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr?.setEncoding('utf8').on('data', (s: string) => (stderr += s));

@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import type { Test } from 'tap';
 import { requireAll } from './ci.js';
 import { which } from './clients.js';
+import { nginxConf } from './nginx-conf.js';
 import { type ExitStatus, freePort, pidOf, stopperOf } from './processes.js';
 import { within } from './wait.js';
 
@@ -76,50 +77,6 @@ export function nginxBinary(): string | undefined {
 /** Go on (true) when nginx is installed; otherwise skip the file, or fail it under CI. Call at top level. */
 export function requireNginx(t: Test): boolean {
   return requireAll(t, nginxBinary() === undefined ? ['nginx'] : [], 'make deps-test installs it');
-}
-
-// nginx's conf syntax: a double-quoted string.
-function quoted(value: string): string {
-  return `"${value.replace(/["\\]/g, '\\$&')}"`;
-}
-
-// One JSON object per line; escape=json logs a missing header as ''. Numbers are left unquoted.
-const LOG_FORMAT = [
-  '{"time":"$time_iso8601","method":"$request_method","uri":"$request_uri","status":$status',
-  ',"range":"$http_range","ifMatch":"$http_if_match","ifUnmodifiedSince":"$http_if_unmodified_since"',
-  ',"ifRange":"$http_if_range","contentRange":"$sent_http_content_range","etag":"$sent_http_etag"',
-  ',"bodyBytesSent":$body_bytes_sent,"requestTime":$request_time',
-  ',"connection":$connection,"connectionRequests":$connection_requests}',
-].join('');
-
-function nginxConf(dir: string, port: number, options: NginxOptions): string {
-  const tls = options.tls;
-  const listen = `listen 127.0.0.1:${port}${tls === undefined ? '' : ' ssl'};`;
-  const tlsLines = tls === undefined ? [] : [`ssl_certificate ${quoted(tls.cert)};`, `ssl_certificate_key ${quoted(tls.key)};`];
-  return [
-    'daemon off;',
-    'master_process off;',
-    `pid ${quoted(join(dir, 'nginx.pid'))};`,
-    `error_log ${quoted(join(dir, 'error.log'))} notice;`,
-    'events { worker_connections 128; }',
-    'http {',
-    '  default_type application/octet-stream;',
-    `  client_body_temp_path ${quoted(join(dir, 'client_body'))};`,
-    `  proxy_temp_path ${quoted(join(dir, 'proxy'))};`,
-    `  fastcgi_temp_path ${quoted(join(dir, 'fastcgi'))};`,
-    `  uwsgi_temp_path ${quoted(join(dir, 'uwsgi'))};`,
-    `  scgi_temp_path ${quoted(join(dir, 'scgi'))};`,
-    `  log_format range_json escape=json '${LOG_FORMAT}';`,
-    `  access_log ${quoted(join(dir, 'access.log'))} range_json;`,
-    '  server {',
-    `    ${listen}`,
-    ...tlsLines.map((line) => `    ${line}`),
-    `    root ${quoted(options.root)};`,
-    '    etag on;',
-    '  }',
-    '}',
-    '',
-  ].join('\n');
 }
 
 /** True once a TCP connection to 127.0.0.1:port is accepted (then closed). */
