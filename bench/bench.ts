@@ -14,7 +14,17 @@ import { makeBase, primeMemory, sha256, warmBase } from './lib/base-image.js';
 import { buildLayer, LAYER_TOKEN } from './lib/layer.js';
 import { die, log } from './lib/log.js';
 import { findPython, runNoisy } from './lib/noisy.js';
-import { alive, childPids, sleep, startTime, stopPid, tail, treeCpuSeconds, treeStatusKiB } from './lib/proc.js';
+import {
+  alive,
+  childPids,
+  exitOnSignalsAndErrors,
+  sleep,
+  startTime,
+  stopPid,
+  tail,
+  treeCpuSeconds,
+  treeStatusKiB,
+} from './lib/proc.js';
 import { computeRatios, MEMORY, OURS, renderMarkdown } from './lib/report.js';
 import type { Results, ScalePhase, ServerRecord, WorkloadEntry } from './lib/results.js';
 import { runScalePhase } from './lib/scale.js';
@@ -102,20 +112,7 @@ async function cleanupAndExit(code: number): Promise<never> {
   process.exit(code);
 }
 
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-  process.on(sig, () => {
-    if (stopping) return;
-    log(`${sig}: stopping servers`);
-    void cleanupAndExit(130);
-  });
-}
-const internalError = (err: unknown): void => {
-  if (stopping) return;
-  log(`internal error: ${err instanceof Error ? (err.stack ?? err) : err}`);
-  void cleanupAndExit(3);
-};
-process.on('uncaughtException', internalError);
-process.on('unhandledRejection', internalError);
+exitOnSignalsAndErrors(() => stopping, cleanupAndExit, log);
 
 // ------------------------------------------------------------------ one server start
 

@@ -21,7 +21,7 @@ import { NbdSession } from '../test/helpers/raw-nbd/session.js';
 import { makeBase, primeMemory, sha256, warmBase } from './lib/base-image.js';
 import { die, envNumber, log } from './lib/log.js';
 import { type Nginx, nginxBinary, type OriginTraffic, originTraffic, startNginx } from './lib/nginx.js';
-import { alive, registerPid, sleep, startTime, stopPid, tail, treeCpuSeconds } from './lib/proc.js';
+import { alive, exitOnSignalsAndErrors, registerPid, sleep, startTime, stopPid, tail, treeCpuSeconds } from './lib/proc.js';
 import { errorText, FIO_WORKLOADS, FioError, type FioResult, fioWrites, round, runFio } from './lib/workloads.js';
 
 // This file runs as dist/bench/remote.js: the checkout is two levels up.
@@ -88,20 +88,7 @@ async function cleanupAndExit(code: number): Promise<never> {
   process.exit(code);
 }
 
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-  process.on(sig, () => {
-    if (stopping) return;
-    log(`${sig}: stopping`);
-    void cleanupAndExit(130);
-  });
-}
-const internalError = (err: unknown): void => {
-  if (stopping) return;
-  log(`internal error: ${err instanceof Error ? (err.stack ?? err) : err}`);
-  void cleanupAndExit(3);
-};
-process.on('uncaughtException', internalError);
-process.on('unhandledRejection', internalError);
+const internalError = exitOnSignalsAndErrors(() => stopping, cleanupAndExit, log);
 
 /** Never settles: once stopping, cleanupAndExit() finishes the run. */
 const hang = (): Promise<never> => new Promise(() => undefined);

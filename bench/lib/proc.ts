@@ -252,3 +252,30 @@ export function spawnLogged(cmd: string, args: readonly string[], options: Spawn
   if (child.pid) registerPid(child.pid);
   return child;
 }
+
+/**
+ * A bench's way out: SIGINT, SIGTERM and SIGHUP exit 130, an uncaught error or rejection exits 3,
+ * each through `cleanupAndExit` (which stops what the bench started), once: nothing more is said
+ * while `stopping()`. Returns the handler for internal errors, for the bench's own main().catch.
+ */
+export function exitOnSignalsAndErrors(
+  stopping: () => boolean,
+  cleanupAndExit: (code: number) => Promise<unknown>,
+  log: (message: string) => void,
+): (err: unknown) => void {
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(sig, () => {
+      if (stopping()) return;
+      log(`${sig}: stopping`);
+      void cleanupAndExit(130);
+    });
+  }
+  const internalError = (err: unknown): void => {
+    if (stopping()) return;
+    log(`internal error: ${err instanceof Error ? (err.stack ?? err) : err}`);
+    void cleanupAndExit(3);
+  };
+  process.on('uncaughtException', internalError);
+  process.on('unhandledRejection', internalError);
+  return internalError;
+}
