@@ -2,7 +2,7 @@
 // answer's body straight into the caller's buffer (net.Socket's `onread`), with no stream, no
 // chunk buffers and no copy between the socket and the block. Measured on this 2-core VM against
 // Node's http client (nginx on loopback, 256 MiB in 256 KiB ranges, 8 connections): 0.5 CPU-s
-// against 1.0, half the wall time. http-origin.ts decides what to ask and what an answer means;
+// against 1.0, and 0.5 s of wall time against 0.8-1.0. http-origin.ts decides what to ask and what an answer means;
 // this file only moves bytes and says how a request failed:
 //
 //   - the answer's head (status line and headers, at most HEAD_LIMIT bytes) is read into a
