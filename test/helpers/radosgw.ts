@@ -86,17 +86,60 @@ async function must(cmd: string, args: readonly string[], what: string): Promise
   return r.stdout;
 }
 
-/** Poll `check` every 250 ms until it holds, or throw naming `what` after `timeoutMs`. */
-async function until(check: () => Promise<boolean>, what: string, timeoutMs = START_TIMEOUT_MS): Promise<void> {
+/** The last `lines` lines of a log file, or '' when there is none. */
+function logTail(file: string, lines = 15): string {
+  try {
+    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * Poll `check` every 250 ms until it holds, or throw naming `what` after `timeoutMs`, with the
+ * ends of `logs` (the daemons' own log files) in the message.
+ */
+async function until(
+  check: () => Promise<boolean>,
+  what: string,
+  logs: readonly string[] = [],
+  timeoutMs = START_TIMEOUT_MS,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`radosgw cluster: ${what} within ${timeoutMs} ms`);
+    if (Date.now() > deadline) {
+      const tails = logs.map((file) => `--- ${file}\n${logTail(file)}`).join('\n');
+      throw new Error(`radosgw cluster: ${what} within ${timeoutMs} ms${tails === '' ? '' : `\n${tails}`}`);
+    }
     await new Promise((resolve) => setTimeout(resolve, 250));
   }
 }
 
-/** Start the cluster (see the top of this file); everything is stopped and removed in t.teardown. */
+/**
+ * Start the cluster (see the top of this file); everything is stopped and removed in t.teardown.
+ * A start that fails is stopped at once and tried once more, on new ports: a port another test
+ * took between freePort() and the daemon's bind, or a loaded host, can fail one start.
+ */
 export async function startRadosgw(t: Test): Promise<Radosgw> {
+  try {
+    return await startCluster(t);
+  } catch (err) {
+    t.comment(`radosgw cluster: the first start failed, trying once more: ${(err as Error).message.split('\n')[0]}`);
+    return startCluster(t);
+  }
+}
+
+async function startCluster(t: Test): Promise<Radosgw> {
+  const started: ChildProcess[] = [];
+  try {
+    return await startClusterDaemons(t, started);
+  } catch (err) {
+    for (const child of started) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    throw err;
+  }
+}
+
+async function startClusterDaemons(t: Test, started: ChildProcess[]): Promise<Radosgw> {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-cow-ceph-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   for (const sub of ['run', 'log', 'mon', 'osd', 'rgw']) mkdirSync(join(dir, sub));
@@ -143,21 +186,34 @@ export async function startRadosgw(t: Test): Promise<Radosgw> {
   const monmap = join(dir, 'monmap');
   await must('monmaptool', ['--create', '--add', 'a', `v1:127.0.0.1:${monPort}`, '--fsid', fsid, monmap], 'monmaptool');
   await must('ceph-mon', [...ceph, '-i', 'a', '--mkfs', '--monmap', monmap], 'ceph-mon --mkfs');
-  daemon(t, 'ceph-mon', [...ceph, '-i', 'a', '-f'], join(dir, 'log', 'mon.out'));
+  started.push(daemon(t, 'ceph-mon', [...ceph, '-i', 'a', '-f'], join(dir, 'log', 'mon.out')));
   const osdUuid = randomUUID();
   await until(
     async () => (await run('ceph', [...ceph, '--connect-timeout', '5', 'osd', 'new', osdUuid], { timeoutMs: 15_000 })).code === 0,
     'the monitor answering',
+    [join(dir, 'log', 'mon.a.log'), join(dir, 'log', 'mon.out')],
   );
   await must('ceph-osd', [...ceph, '-i', '0', '--mkfs', '--osd-uuid', osdUuid], 'ceph-osd --mkfs');
-  daemon(t, 'ceph-osd', [...ceph, '-i', '0', '-f'], join(dir, 'log', 'osd.out'));
-  await until(async () => /1 up/.test((await run('ceph', [...ceph, 'osd', 'stat'], { timeoutMs: 15_000 })).stdout), 'the OSD up');
+  started.push(daemon(t, 'ceph-osd', [...ceph, '-i', '0', '-f'], join(dir, 'log', 'osd.out')));
+  let osdStat = '';
+  await until(
+    async () => {
+      const r = await run('ceph', [...ceph, 'osd', 'stat'], { timeoutMs: 15_000 });
+      osdStat = `${r.stdout}${r.stderr}`.trim();
+      return /1 up/.test(r.stdout);
+    },
+    'the OSD up',
+    [join(dir, 'log', 'osd.0.log'), join(dir, 'log', 'osd.out'), join(dir, 'log', 'mon.a.log')],
+  ).catch((err: Error) => {
+    throw Object.assign(err, { message: `${err.message}\n--- ceph osd stat: ${osdStat}` });
+  });
   const rgwLog = join(dir, 'log', 'rgw.out');
-  daemon(t, 'radosgw', [...ceph, '-n', 'client.rgw', '-f'], rgwLog);
+  started.push(daemon(t, 'radosgw', [...ceph, '-n', 'client.rgw', '-f'], rgwLog));
   const endpoint = `http://127.0.0.1:${rgwPort}`;
   await until(
     async () => (await run('curl', ['-s', '-m', '5', '-o', '/dev/null', '-w', '%{http_code}', `${endpoint}/`])).stdout === '200',
     'radosgw answering',
+    [join(dir, 'log', 'client.rgw.log'), rgwLog],
   );
   const user: S3User = { accessKeyId: 'NBDCOWTESTKEY', secretAccessKey: 'nbd-cow-test-secret' };
   await must(
