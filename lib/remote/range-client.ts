@@ -189,18 +189,11 @@ class RangeConnection {
     }
     const bytes = this.#scratch.subarray(0, n);
     if (this.#error !== undefined) {
-      this.#errorBytes += bytes.copy(this.#head, this.#errorBytes, 0, Math.max(0, ERROR_BODY_BYTES - this.#errorBytes));
-      this.#errorSeen += n;
-      this.#errorTail = `${this.#errorTail}${bytes.toString('latin1', Math.max(0, n - 5))}`.slice(-5);
-      if (this.#errorBytes >= ERROR_BODY_BYTES || this.#errorBodyDone()) this.#finishError();
+      this.#keepErrorBody(bytes);
       return true;
     }
     if (this.#answer === undefined) {
-      if (this.#headBytes + n > HEAD_LIMIT) {
-        this.#fail(codedError('EPROTO', `an answer head over ${HEAD_LIMIT} bytes`), 'EPROTO', true);
-        return false;
-      }
-      this.#headBytes += bytes.copy(this.#head, this.#headBytes);
+      this.#headBytes += bytes.copy(this.#head, this.#headBytes); // stops at HEAD_LIMIT: #parseHead refuses it
       this.#parseHead();
       return true;
     }
@@ -235,12 +228,11 @@ class RangeConnection {
     if (refused !== undefined) {
       // Keep what came of the body for the error's text; read a little more, then close.
       this.#error = refused;
-      this.#errorBytes = early.copy(this.#head, 0, 0, Math.min(early.length, ERROR_BODY_BYTES));
-      this.#errorSeen = early.length;
-      this.#errorTail = early.toString('latin1', Math.max(0, early.length - 5));
-      if (this.#errorBytes >= ERROR_BODY_BYTES || this.#errorBodyDone()) this.#finishError();
+      // Move what came of the body to the front of #head, where the error's text is kept.
+      const kept = Buffer.from(early);
+      this.#keepErrorBody(kept);
       // A body that does not say where it ends (or never comes) is not waited for long.
-      else this.#errorTimer = setTimeout(() => this.#finishError(), ERROR_BODY_WAIT_MS);
+      if (this.#pending !== undefined) this.#errorTimer = setTimeout(() => this.#finishError(), ERROR_BODY_WAIT_MS);
       return;
     }
     if (early.length > p.dest.length) {
@@ -256,14 +248,17 @@ class RangeConnection {
     const p = this.#pending as Pending;
     const a = this.#answer;
     if (a === undefined || this.#received < p.dest.length) return;
-    if (a.length !== undefined && a.length !== this.#received) {
-      // Content-Length said more than asked: the check refuses that before; kept as a guard.
-      this.#fail(codedError('EPROTO', `a ${a.length}-byte answer for ${p.dest.length} bytes`), 'EPROTO', true);
-      return;
-    }
     this.#pending = undefined;
     if (!a.keepAlive) this.destroy();
     p.resolve({ status: a.status, headers: a.headers, body: p.dest });
+  }
+
+  /** Keep the first ERROR_BODY_BYTES of a refused answer's body; settle it once all has come or enough is kept. */
+  #keepErrorBody(bytes: Buffer): void {
+    this.#errorBytes += bytes.copy(this.#head, this.#errorBytes, 0, Math.max(0, ERROR_BODY_BYTES - this.#errorBytes));
+    this.#errorSeen += bytes.length;
+    this.#errorTail = `${this.#errorTail}${bytes.toString('latin1', Math.max(0, bytes.length - 5))}`.slice(-5);
+    if (this.#errorBytes >= ERROR_BODY_BYTES || this.#errorBodyDone()) this.#finishError();
   }
 
   /** Whether a refused answer's body has all come: its Content-Length, or a chunked body's last chunk. */
