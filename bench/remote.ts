@@ -39,6 +39,8 @@ const settings = {
   cold_workload: 'boot-read-16c',
   warm_workloads: ['seq-read', 'rand-read', 'rand-read-qd1', 'rand-write', 'seq-write'],
   warm_rounds: Math.max(1, Math.floor(envNumber('WARM_ROUNDS', 3))),
+  /** `--workers` of nbd-cow's rows, local file and URL alike (1: one process, the default). */
+  workers: Math.max(1, Math.floor(envNumber('WORKERS', 1))),
   results: resolve(process.env['REMOTE_RESULTS'] || join(ROOT, 'bench', 'results', 'remote-latest.json')),
   keep_tmp: process.env['KEEP_TMP'] === '1',
   prime_memory: process.env['PRIME_MEMORY'] !== '0',
@@ -170,6 +172,7 @@ async function startServer(kind: Kind, options: StartOptions = {}): Promise<Runn
       if (options.prefetch === true) args.push('--prefetch');
     }
     if (options.metrics === true) args.push('--metrics', '127.0.0.1:0');
+    if (settings.workers > 1) args.push('--workers', String(settings.workers));
   }
   const shown = [
     kind === 'nbdkit' ? `TMPDIR=RUN/tmp ${cmd}` : 'node dist/bin/nbd-cow.js',

@@ -518,15 +518,7 @@ async function serve(cmd: Command, base: string | undefined, opts: CliOptions): 
   }
   const workerAddresses = process.env[WORKER_ENV];
   if (workerAddresses !== undefined) return serveWorker(config, log, opts, parseWorkerAddresses(workerAddresses));
-  if ((opts.workers ?? 1) > 1) {
-    const remote = config.exports.find((exp) => isRemoteBase(exp.base));
-    if (remote !== undefined) {
-      throw new Error(
-        `export ${remote.name} has a remote base, which one process serves for now (its block cache has one owner): use --workers 1`,
-      );
-    }
-    return servePrimary(config, log, opts);
-  }
+  if ((opts.workers ?? 1) > 1) return servePrimary(config, log, opts);
   const server = await startConfiguredServer(config, { log, events: [logEvents(log)], ...runtimeLimits(opts) });
   printUris(config, server);
   if (opts.config !== undefined) {

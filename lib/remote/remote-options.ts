@@ -19,6 +19,11 @@ export interface RemoteOptions {
   readonly retries?: number;
   /** An s3:// base: endpoint, region and credentials profile, beside the environment and ~/.aws (s3-location.ts). */
   readonly s3?: S3Options;
+  /**
+   * A worker's (`serve --workers N`): whether the process holding the block cache's lock is a
+   * sibling worker. Then the base opens as a RemoteBaseElsewhere, served by that worker.
+   */
+  readonly cacheHeldBySibling?: (holder: number) => boolean;
 }
 
 /** Where a remote base says what it does: retries and damaged cache blocks (warn), prefetch and its totals (info). */

@@ -429,7 +429,7 @@ export class Connection implements BudgetHolder {
   #onOutcome(outcome: SettledOutcome): boolean {
     if (outcome.kind === 'starttls') return this.#startTls(outcome.replies);
     if (outcome.kind === 'handover') {
-      this.#handOver(outcome.owner);
+      this.#handOver(outcome.owner, outcome.holds);
       return false;
     }
     // A replayed option's replies went out from the worker that answered it (hand-over.ts).
@@ -644,10 +644,10 @@ export class Connection implements BudgetHolder {
   }
 
   /**
-   * The GO's named overlay is open in worker `owner`: give it the socket, unread from here on, and
+   * What the GO opens is held by worker `owner` (its named overlay, its remote base's block cache): give it the socket, unread from here on, and
    * the handshake to replay (hand-over.ts). This connection ends here without a reply.
    */
-  #handOver(owner: number): void {
+  #handOver(owner: number, holds: string): void {
     const handOver = this.#options.handOver;
     const log = this.#handshakeLog;
     // At least the GO's header and data (and the client flags, without TLS).
@@ -678,7 +678,7 @@ export class Connection implements BudgetHolder {
     this.#clearHandshakeTimer();
     this.#state = 'closed';
     this.#flow.releaseAll();
-    this.#options.events.connectionClosed(this.record, handedOverReason(owner, replay.tls !== undefined));
+    this.#options.events.connectionClosed(this.record, handedOverReason(owner, replay.tls !== undefined, holds));
     this.#resolveClosed();
     handOver(socket, replay, owner);
   }

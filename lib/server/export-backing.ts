@@ -14,10 +14,14 @@ import { InlineIoGuard } from '../block/inline-io-guard.js';
 import { openImageStack } from '../block/layer-stack.js';
 import { NamedOverlays } from '../block/named-overlays.js';
 import type { OverlayEvents } from '../block/overlay-events.js';
-import { lockHolderOf } from '../block/overlay-lock.js';
+import { lockHolder, lockHolderOf } from '../block/overlay-lock.js';
+import { parentPid } from '../block/process-alive.js';
 import type { SpaceLimits } from '../block/space-budget.js';
+import { NBD_REP_ERR_UNKNOWN } from '../protocol/constants.js';
+import { OptionError } from '../protocol/errors.js';
 import { openBaseImage } from '../remote/open-base-image.js';
 import { RemoteBase } from '../remote/remote-base.js';
+import { RemoteBaseElsewhere } from '../remote/remote-base-elsewhere.js';
 import type { RemoteOptions } from '../remote/remote-options.js';
 import { HandOver } from './hand-over.js';
 
@@ -50,6 +54,8 @@ export class ExportBacking {
   readonly base: BaseImage;
   /** The remote base at the bottom of `base`, when basePath is a URL (for its metrics). */
   readonly remote: RemoteBase | undefined;
+  /** A worker's remote base whose block cache a sibling holds: connections move there. */
+  readonly #elsewhere: RemoteBaseElsewhere | undefined;
   readonly #named: NamedOverlays;
   #openDevices = 0;
   #retired = false;
@@ -60,10 +66,11 @@ export class ExportBacking {
     this.#resolveClosed = resolve;
   });
 
-  private constructor(options: BackingOptions, base: BaseImage, remote: RemoteBase | undefined) {
+  private constructor(options: BackingOptions, base: BaseImage, remote: RemoteBase | RemoteBaseElsewhere | undefined) {
     this.options = options;
     this.base = base;
-    this.remote = remote;
+    this.remote = remote instanceof RemoteBase ? remote : undefined;
+    this.#elsewhere = remote instanceof RemoteBaseElsewhere ? remote : undefined;
     this.#named = new NamedOverlays({
       base,
       blockSize: options.blockSize,
@@ -76,13 +83,22 @@ export class ExportBacking {
     });
   }
 
-  /** Open the base and its layers (errors name the path and the cause). */
+  /**
+   * Open the base and its layers (errors name the path and the cause). In a worker, a remote
+   * base whose block cache a sibling worker holds is opened as a RemoteBaseElsewhere: the
+   * connections to it move to that worker (#moveToCacheHolder).
+   */
   static async open(options: BackingOptions): Promise<ExportBacking> {
     const log = { warn: options.warn, info: options.info ?? (() => undefined) };
-    let remote: RemoteBase | undefined;
+    let remote: RemoteBase | RemoteBaseElsewhere | undefined;
+    // A worker's siblings are the primary's other children (the list of their pids comes later).
+    const remoteOptions: RemoteOptions | undefined =
+      options.siblingWorker === undefined
+        ? options.remote
+        : { ...options.remote, cacheHeldBySibling: (holder) => parentPid(holder) === process.ppid };
     const base = await openImageStack(options.basePath, options.layers, async (path) => {
-      const bottom = await openBaseImage(path, options.remote, log);
-      if (bottom instanceof RemoteBase) remote = bottom;
+      const bottom = await openBaseImage(path, remoteOptions, log);
+      if (bottom instanceof RemoteBase || bottom instanceof RemoteBaseElsewhere) remote = bottom;
       return bottom;
     });
     return new ExportBacking(options, base, remote);
@@ -95,6 +111,7 @@ export class ExportBacking {
 
   /** One connection's device: the base alone (read-only) or a new throwaway overlay on it. */
   async openPlain(): Promise<BlockDevice> {
+    if (this.#elsewhere !== undefined) await this.#moveToCacheHolder(this.#elsewhere);
     const { readOnly, blockSize, overlayDir, space, elideBaseMatches, events } = this.options;
     const device: BlockDevice = readOnly
       ? readOnlyView(this.base)
@@ -114,6 +131,7 @@ export class ExportBacking {
    * worker, a HandOver to it instead (hand-over.ts).
    */
   async openNamed(overlayName: string): Promise<BlockDevice> {
+    if (this.#elsewhere !== undefined) await this.#moveToCacheHolder(this.#elsewhere);
     // Counted from the start: a retire() during the attach must not close the base under it.
     this.#openDevices++;
     let device: BlockDevice;
@@ -128,6 +146,28 @@ export class ExportBacking {
       throw err;
     }
     return this.#closeCounted(device);
+  }
+
+  /**
+   * The worker holding the remote base's block cache serves every connection to it: a HandOver
+   * to it. When no sibling holds the cache now (its worker died and the one replacing it has not
+   * started yet), the GO is refused, to be tried again.
+   */
+  async #moveToCacheHolder(elsewhere: RemoteBaseElsewhere): Promise<never> {
+    const holder = await lockHolder(elsewhere.cacheLock);
+    const pid = holder?.alive === true ? holder.pid : undefined;
+    if (pid !== undefined && this.options.siblingWorker?.(pid) === true) {
+      throw new HandOver(
+        pid,
+        `the block cache of ${elsewhere.path} is held by worker ${pid}`,
+        "holds the remote base's block cache",
+      );
+    }
+    throw new OptionError(
+      NBD_REP_ERR_UNKNOWN,
+      `the block cache of ${elsewhere.path} is held by ${pid === undefined ? 'no worker now' : `process ${pid}, not a worker of this server`}: ` +
+        'the worker that held it is being replaced; try again',
+    );
   }
 
   /**

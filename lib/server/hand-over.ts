@@ -40,10 +40,10 @@ export interface RelayedTls {
 }
 
 /** The reason a connection's part in this worker ends with (the observers' disconnect line). */
-export function handedOverReason(owner: number, relayed = false): string {
+export function handedOverReason(owner: number, relayed = false, holds = HOLDS_NAMED_OVERLAY): string {
   return relayed
-    ? `relayed to worker ${owner}, which has the named overlay open (the TLS session stays here)`
-    : `handed over to worker ${owner}, which has the named overlay open`;
+    ? `relayed to worker ${owner}, which ${holds} (the TLS session stays here)`
+    : `handed over to worker ${owner}, which ${holds}`;
 }
 
 /** Whether a close reason is a hand-over or a relay: the connection lives on in another worker. */
@@ -57,17 +57,23 @@ export const MAX_REPLAY_BYTES = 64 * 1024;
 /** A connection moves at most this many times; then its GO is refused as "in use". */
 export const MAX_HOPS = 3;
 
+/** What the owner of a handed-over connection holds, by default (handedOverReason). */
+const HOLDS_NAMED_OVERLAY = 'has the named overlay open';
+
 /**
- * Thrown by a named export's openDevice when another worker of this server holds the overlay:
- * the connection should move to `owner` (a pid).
+ * Thrown by an export's openDevice when another worker of this server holds what the connection
+ * needs (its named overlay, or its remote base's block cache): the connection should move to
+ * `owner` (a pid). `holds` says what, for the log ("has the named overlay open").
  */
 export class HandOver extends Error {
   readonly owner: number;
+  readonly holds: string;
 
-  constructor(owner: number, message: string) {
+  constructor(owner: number, message: string, holds = HOLDS_NAMED_OVERLAY) {
     super(message);
     this.name = 'HandOver';
     this.owner = owner;
+    this.holds = holds;
   }
 }
 

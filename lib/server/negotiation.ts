@@ -95,7 +95,7 @@ export type SettledOutcome =
       readonly contexts: readonly MetaContext[];
     }
   /** Send nothing: the named overlay is open in worker `owner`, which answers this option (hand-over.ts). */
-  | { readonly kind: 'handover'; readonly owner: number };
+  | { readonly kind: 'handover'; readonly owner: number; readonly holds: string };
 
 export type OptionOutcome =
   | SettledOutcome
@@ -158,7 +158,7 @@ function openDevice(
   const settled = exp.openDevice().then(opened, (err: unknown) => {
     if (err instanceof OptionError) return refused(err);
     if (err instanceof HandOver) {
-      if (ctx.state.mayHandOver === true) return { kind: 'handover' as const, owner: err.owner };
+      if (ctx.state.mayHandOver === true) return { kind: 'handover' as const, owner: err.owner, holds: err.holds };
       return refused(new OptionError(NBD_REP_ERR_UNKNOWN, err.message));
     }
     throw err;

@@ -537,7 +537,6 @@ if (requireNginx(t) && requireClients(t, ['qemu-io', 'qemu-img', 'nbdinfo', 'nbd
       t.match(r.stderr, pattern, `${what}: ${r.stderr.trim()}`);
     };
 
-    oneLine(t, await serve(site.url, '--workers', '2'), /remote base.*use --workers 1/, '--workers 2');
     const missing = site.nginx.url('missing.raw');
     const notFound = await serve(missing);
     const shown = missing.replace(/[.]/g, '\\.');

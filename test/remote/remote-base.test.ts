@@ -8,6 +8,7 @@ import type { Test } from 'tap';
 import t from 'tap';
 import { cacheStem, openRemoteBase, remoteFingerprint } from '../../lib/remote/open-remote-base.js';
 import type { RemoteBase } from '../../lib/remote/remote-base.js';
+import { RemoteBaseElsewhere } from '../../lib/remote/remote-base-elsewhere.js';
 import { CACHE_BLOCK_SIZE, MIN_CACHE_SIZE, type RemoteOptions } from '../../lib/remote/remote-options.js';
 import { startFaultProxy } from '../helpers/fault-proxy.js';
 import { type Nginx, requireNginx, settledAccessLog, startNginx } from '../helpers/nginx.js';
@@ -30,7 +31,12 @@ async function serveImage(t: Test, size = SIZE): Promise<Served> {
   return { nginx: await startNginx(t, { root }), image, root, cacheDir: join(dir, 'cache') };
 }
 
-async function open(t: Test, url: string, options: RemoteOptions, messages: string[] = []): Promise<RemoteBase> {
+async function open(
+  t: Test,
+  url: string,
+  options: Omit<RemoteOptions, 'cacheHeldBySibling'>,
+  messages: string[] = [],
+): Promise<RemoteBase> {
   const base = await openRemoteBase(url, options, { warn: (m) => messages.push(`warn: ${m}`), info: (m) => messages.push(m) });
   t.teardown(() => base.close());
   return base;
@@ -228,6 +234,28 @@ if (requireNginx(t)) {
     await t.rejects(openRemoteBase(nginx.url('golden.raw'), { cacheDir }, quiet), {
       code: 'EBUSY',
       message: /^cannot open base image http:\/\/127\.0\.0\.1:\d+\/golden\.raw: block cache .* is in use by process 1 /,
+    });
+    // A worker of `serve --workers N` whose sibling holds the lock: the size and identity only.
+    const asked: number[] = [];
+    const siblings = {
+      cacheDir,
+      cacheHeldBySibling: (pid: number) => {
+        asked.push(pid);
+        return true;
+      },
+    };
+    const elsewhere = await openRemoteBase(nginx.url('golden.raw'), siblings, quiet);
+    t.ok(elsewhere instanceof RemoteBaseElsewhere, 'held by a sibling: a RemoteBaseElsewhere');
+    t.same(asked, [1], 'asked about the holder the lock names');
+    t.same(elsewhere.identity, third.identity, 'with the identity the origin gives');
+    t.equal(
+      (elsewhere as RemoteBaseElsewhere).cacheLock,
+      join(cacheDir, lock ?? 'none'),
+      'and the lock file that names the holder',
+    );
+    await t.rejects(elsewhere.read(0, Buffer.alloc(1)), { code: 'EAGAIN' }, 'nothing is read through it');
+    await t.rejects(openRemoteBase(nginx.url('golden.raw'), { ...siblings, cacheHeldBySibling: () => false }, quiet), {
+      code: 'EBUSY',
     });
   });
 }
