@@ -1,12 +1,16 @@
 // A queue of received chunks. take(n) returns the next n bytes as a zero-copy subarray when
 // they sit in one chunk and copies only when they span chunks (undici's `consume`);
-// takeChunks(n) never copies: it returns them as the list of pieces they arrived in.
+// takeChunks(n) never copies: it returns them as the list of pieces they arrived in. A chunk
+// pushed with pushVolatile() is a view of memory reused after the caller's turn
+// (read-in-place.ts): what is taken from it is copied, and settle() copies what is left of it.
 
 export class ByteQueue {
   #chunks: Buffer[] = [];
   /** Read position inside #chunks[0]. */
   #head = 0;
   #length = 0;
+  /** The chunk pushVolatile() queued, until settle(). */
+  #volatile: Buffer | null = null;
 
   get length(): number {
     return this.#length;
@@ -18,6 +22,37 @@ export class ByteQueue {
     this.#length += chunk.length;
   }
 
+  /** Queue a view of memory that will be reused: call settle() before the caller's turn ends. */
+  pushVolatile(chunk: Buffer): void {
+    this.push(chunk);
+    if (chunk.length > 0) this.#volatile = chunk;
+  }
+
+  /** Copy what is still queued of the volatile chunk, so nothing queued points into reused memory. */
+  settle(): void {
+    const chunk = this.#volatile;
+    if (chunk === null) return;
+    this.#volatile = null;
+    const at = this.#chunks.lastIndexOf(chunk);
+    if (at < 0) return;
+    this.#chunks[at] = Buffer.from(chunk.subarray(at === 0 ? this.#head : 0));
+    if (at === 0) this.#head = 0;
+  }
+
+  /** Copy the next `dest.length` bytes into `dest` and remove them; the caller checked `length >= dest.length`. */
+  takeInto(dest: Buffer): void {
+    const n = dest.length;
+    if (n > this.#length) throw new RangeError(`takeInto(${n}) with only ${this.#length} bytes queued`);
+    let filled = 0;
+    while (filled < n) {
+      const chunk = this.#chunks[0] as Buffer; // filled < n <= #length, so a chunk remains
+      const count = Math.min(chunk.length - this.#head, n - filled);
+      chunk.copy(dest, filled, this.#head, this.#head + count);
+      filled += count;
+      this.#advance(count);
+    }
+  }
+
   /**
    * Remove and return the next `n` bytes; the caller checked `length >= n`. When they span
    * chunks they are copied into `allocate(n)` (a pool, say); otherwise no copy is made.
@@ -27,20 +62,13 @@ export class ByteQueue {
     const first = this.#chunks[0];
     if (first === undefined || n === 0) return Buffer.alloc(0);
     const available = first.length - this.#head;
-    if (n <= available) {
+    if (n <= available && first !== this.#volatile) {
       const out = first.subarray(this.#head, this.#head + n);
       this.#advance(n);
       return out;
     }
     const out = allocate(n);
-    let filled = 0;
-    while (filled < n) {
-      const chunk = this.#chunks[0] as Buffer; // filled < n <= #length, so a chunk remains
-      const count = Math.min(chunk.length - this.#head, n - filled);
-      chunk.copy(out, filled, this.#head, this.#head + count);
-      filled += count;
-      this.#advance(count);
-    }
+    this.takeInto(out);
     return out;
   }
 
@@ -52,7 +80,8 @@ export class ByteQueue {
     while (taken < n) {
       const chunk = this.#chunks[0] as Buffer; // taken < n <= #length, so a chunk remains
       const count = Math.min(chunk.length - this.#head, n - taken);
-      out.push(chunk.subarray(this.#head, this.#head + count));
+      const piece = chunk.subarray(this.#head, this.#head + count);
+      out.push(chunk === this.#volatile ? Buffer.from(piece) : piece);
       taken += count;
       this.#advance(count);
     }
@@ -73,6 +102,7 @@ export class ByteQueue {
 
   /** Drop everything (on close), releasing the chunks. */
   clear(): void {
+    this.#volatile = null;
     this.#chunks = [];
     this.#head = 0;
     this.#length = 0;

@@ -51,6 +51,7 @@ import type { ExportRegistry } from './exports.js';
 import { handedOverReason, MAX_HOPS, MAX_REPLAY_BYTES, type Replay } from './hand-over.js';
 import type { BudgetHolder, MemoryBudget } from './memory-budget.js';
 import { handleOption, type NegotiationState, type SettledOutcome } from './negotiation.js';
+import { readInPlace, sharedReadBuffer } from './read-in-place.js';
 import { ReplyBatcher } from './reply-batcher.js';
 import { RequestFlow } from './request-flow.js';
 import { errorReply, type Payload, type Served, type Session, serveRequest, validateRequest } from './requests.js';
@@ -130,6 +131,12 @@ export class Connection implements BudgetHolder {
   /** Until transmission starts: drops a client that takes too long to choose an export. */
   #handshakeTimer: NodeJS.Timeout | null;
   #pendingWrite: Request | null = null;
+  /** Reading the socket in place (read-in-place.ts): from transmission on, for a socket without TLS. */
+  #inPlace = false;
+  /** A large WRITE's payload read straight into its pooled buffer: `filled` bytes of it so far. */
+  #payload: { readonly req: Request; readonly buffer: Buffer; filled: number } | null = null;
+  /** Whether the read in progress goes into #payload (else into the shared scratch buffer). */
+  #readingPayload = false;
   /** In waiting-memory: the READ or WRITE waiting for its bytes of the budget. */
   #waitingRequest: Request | null = null;
   #allocate: (length: number) => Buffer;
@@ -242,6 +249,67 @@ export class Connection implements BudgetHolder {
     this.#process();
   };
 
+  /** Where the next read in place goes: the rest of a large WRITE's payload, or the shared scratch. */
+  readonly #nextReadBuffer = (): Buffer => {
+    const payload = this.#payload;
+    this.#readingPayload = payload !== null;
+    return payload === null ? sharedReadBuffer() : payload.buffer.subarray(payload.filled);
+  };
+
+  /** A read in place: bytes of the payload being read, or bytes in the shared scratch, used or copied now. */
+  readonly #onReadInPlace = (nread: number, buffer: Buffer): boolean => {
+    const payload = this.#payload;
+    if (this.#readingPayload && payload !== null) {
+      payload.filled += nread;
+      if (payload.filled < payload.req.length) return true;
+      this.#payload = null;
+      this.#payloadRead(payload.req, payload.buffer);
+      this.#process();
+      return true;
+    }
+    this.#queue.pushVolatile(buffer.subarray(0, nread));
+    this.#process();
+    this.#queue.settle();
+    return true;
+  };
+
+  /**
+   * From the start of transmission on, a socket without TLS is read in place (read-in-place.ts):
+   * what it had buffered goes to the queue first, and 'data' events stop.
+   */
+  #startReadingInPlace(): void {
+    const socket = this.#socket;
+    if (this.#negotiation.tls) return;
+    socket.off('data', this.#onData);
+    for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null)
+      this.#queue.push(chunk);
+    this.#inPlace = readInPlace(socket, this.#nextReadBuffer, this.#onReadInPlace);
+    if (!this.#inPlace) socket.on('data', this.#onData);
+  }
+
+  /**
+   * A large WRITE: its payload goes into a pooled buffer, what is queued of it copied now and the
+   * rest read straight into it. False while bytes are still to come.
+   */
+  #readPayloadInPlace(req: Request): boolean {
+    const buffer = this.#options.buffers.acquire(req.length);
+    const queued = Math.min(this.#queue.length, req.length);
+    this.#queue.takeInto(buffer.subarray(0, queued));
+    if (queued === req.length) {
+      this.#payloadRead(req, buffer);
+      return true;
+    }
+    this.#payload = { req, buffer, filled: queued };
+    return false;
+  }
+
+  /** The whole payload of the pending WRITE is in `buffer` (pooled): serve it, then give the buffer back. */
+  #payloadRead(req: Request, buffer: Buffer): void {
+    this.#pendingWrite = null;
+    this.#state = 'request-header';
+    this.#dispatch(req, buffer, buffer);
+  }
+
   readonly #onDrain = (): void => {
     this.#flow.drained(this.#queuedReplyBytes());
     this.#process();
@@ -348,6 +416,8 @@ export class Connection implements BudgetHolder {
         return this.#onRequest(decodeRequest(queue.take(REQUEST_SIZE)));
       case 'write-payload': {
         const req = this.#pendingWrite as Request; // set whenever the state is write-payload
+        if (this.#payload !== null) return false; // coming straight into its buffer (#onReadInPlace)
+        if (this.#inPlace && req.length >= POOL_MIN_BYTES) return this.#readPayloadInPlace(req);
         if (queue.length < req.length) return false;
         this.#pendingWrite = null;
         this.#state = 'request-header';
@@ -464,6 +534,7 @@ export class Connection implements BudgetHolder {
         this.record.metaContexts = outcome.contexts.map((c) => c.name);
         this.#options.events.exportChosen(this.record);
         this.#state = 'request-header';
+        this.#startReadingInPlace();
         return true;
     }
   }
@@ -580,13 +651,18 @@ export class Connection implements BudgetHolder {
     return true;
   }
 
-  #dispatch(req: Request, payload: Payload | undefined): void {
+  /** Serve `req`; `pooled`, its payload's buffer from the pool, goes back once the request is served. */
+  #dispatch(req: Request, payload: Payload | undefined, pooled?: Buffer): void {
     const session = this.#session as Session; // requests are only dispatched with a session
     const cost = (req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE) && req.length <= MAX_PAYLOAD ? req.length : 0;
     this.#flow.started();
     const started = performance.now();
     serveRequest(req, payload, session).then(
-      (served) => this.#finish(req, cost, served, started),
+      (served) => {
+        // Served: the device is done with the payload (a failure below leaves it to the collector).
+        if (pooled !== undefined) this.#options.buffers.release(pooled);
+        this.#finish(req, cost, served, started);
+      },
       (err: unknown) => {
         this.#log.error(`${this.label}: request failed unexpectedly: ${String(err)}`);
         this.#finish(req, cost, null, started);

@@ -174,3 +174,33 @@ t.test('takeChunks returns the bytes as views of the chunks they arrived in', as
   );
   t.throws(() => q.takeChunks(FRAME.length), RangeError, 'more than is queued');
 });
+
+t.test('a volatile chunk: what is taken from it is a copy, and settle() copies what is left', async (t) => {
+  const q = new ByteQueue();
+  const scratch = Buffer.from(FRAME);
+  q.push(hex`aa`);
+  q.pushVolatile(scratch.subarray(0, 20));
+  const first = q.take(1);
+  const header = q.take(8);
+  const chunks = q.takeChunks(4);
+  q.settle();
+  scratch.fill(0xff); // the memory is reused: nothing taken or queued may see it
+  t.strictSame(first, hex`aa`, 'a non-volatile chunk is still given as it is');
+  t.strictSame(header, FRAME.subarray(0, 8), 'take() copied');
+  t.strictSame(Buffer.concat(chunks), FRAME.subarray(8, 12), 'takeChunks() copied');
+  t.equal(q.length, 8);
+  t.strictSame(q.take(8), FRAME.subarray(12, 20), 'settle() kept the rest as it was');
+
+  const dest = Buffer.alloc(6);
+  q.pushVolatile(Buffer.from('xyz'));
+  q.push(Buffer.from('123'));
+  q.takeInto(dest);
+  t.equal(dest.toString(), 'xyz123', 'takeInto() copies across chunks');
+  t.equal(q.length, 0);
+  q.settle();
+  t.equal(q.length, 0, 'settle() with the volatile chunk consumed changes nothing');
+  t.throws(() => q.takeInto(Buffer.alloc(1)), { name: 'RangeError', message: /takeInto\(1\) with only 0 bytes/ });
+  q.pushVolatile(Buffer.alloc(0));
+  q.settle();
+  t.equal(q.length, 0, 'an empty volatile chunk is ignored');
+});
