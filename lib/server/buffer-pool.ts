@@ -4,8 +4,10 @@
 // classes, up to a byte budget, and hands out exact-length views of them.
 //
 // Rule for callers: release a buffer only when nothing will read or write it again (a READ
-// reply once the socket's write callback ran). Large WRITE payloads need no pool: they stay in
-// the socket's own chunks (byte-queue.ts takeChunks) until the overlay has them.
+// reply once the socket's write callback ran, a WRITE payload once the request is served).
+// Large WRITE payloads on a plain socket are read straight into a buffer of the pool
+// (read-in-place.ts); on a TLS socket they stay in the socket's own chunks (byte-queue.ts
+// takeChunks) until the overlay has them.
 // Buffers the pool did not make are ignored by release().
 
 /** Below this, Node's own allocation is cheap enough (and small buffers are plentiful). */

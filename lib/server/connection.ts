@@ -15,9 +15,14 @@
 // and every reply finished in one event-loop turn leaves in one writev (reply-batcher.ts).
 // Back-pressure: at the in-flight cap, or when too many bytes wait in the socket's write
 // buffer, the socket is paused and parsing stops until there is room again.
-// In a worker of --workers N (hand-over.ts), a GO whose named overlay another worker holds ends
-// this connection's part without a reply: the socket and the handshake bytes go to that worker,
-// whose Connection replays the earlier options muted and answers the GO itself.
+// Reading: during the handshake, the socket's 'data' chunks. From transmission on, a socket
+// without TLS is read in place (read-in-place.ts): into a scratch buffer the process shares,
+// whose bytes are parsed or copied before the read callback returns, and a large WRITE's
+// payload straight into a pooled buffer, given back once the WRITE is served.
+// In a worker of --workers N (hand-over.ts), a GO whose named overlay (or remote base's block
+// cache) another worker holds ends this connection's part without a reply: the socket and the
+// handshake bytes go to that worker, whose Connection replays the earlier options muted and
+// answers the GO itself.
 
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
@@ -421,8 +426,9 @@ export class Connection implements BudgetHolder {
         if (queue.length < req.length) return false;
         this.#pendingWrite = null;
         this.#state = 'request-header';
-        // A large payload stays in the pieces it arrived in: the overlay takes them as they are
-        // (pwritev), which saves copying every byte once more on the event loop.
+        // A large payload (on a TLS socket: a plain one reads it in place) stays in the pieces it
+        // arrived in: the overlay takes them as they are (pwritev), which saves copying every
+        // byte once more on the event loop.
         this.#dispatch(req, req.length >= POOL_MIN_BYTES ? queue.takeChunks(req.length) : queue.take(req.length));
         return true;
       }
