@@ -266,10 +266,7 @@ export class Connection implements BudgetHolder {
     const payload = this.#payload;
     if (this.#readingPayload && payload !== null) {
       payload.filled += nread;
-      if (payload.filled < payload.req.length) return true;
-      this.#payload = null;
-      this.#payloadRead(payload.req, payload.buffer);
-      this.#process();
+      this.#process(); // the write-payload step serves it once it is whole
       return true;
     }
     this.#queue.pushVolatile(buffer.subarray(0, nread));
@@ -293,26 +290,25 @@ export class Connection implements BudgetHolder {
   }
 
   /**
-   * A large WRITE: its payload goes into a pooled buffer, what is queued of it copied now and the
-   * rest read straight into it. False while bytes are still to come.
+   * A large WRITE read in place: its payload goes into a pooled buffer, from the queue what is
+   * there (bytes read before the buffer was handed out) and from the socket the rest (read
+   * straight into it). Served, and true, once whole; false while bytes are still to come.
    */
-  #readPayloadInPlace(req: Request): boolean {
-    const buffer = this.#options.buffers.acquire(req.length);
-    const queued = Math.min(this.#queue.length, req.length);
-    this.#queue.takeInto(buffer.subarray(0, queued));
-    if (queued === req.length) {
-      this.#payloadRead(req, buffer);
-      return true;
+  #fillPayload(req: Request): boolean {
+    let payload = this.#payload;
+    if (payload === null) {
+      payload = { req, buffer: this.#options.buffers.acquire(req.length), filled: 0 };
+      this.#payload = payload;
     }
-    this.#payload = { req, buffer, filled: queued };
-    return false;
-  }
-
-  /** The whole payload of the pending WRITE is in `buffer` (pooled): serve it, then give the buffer back. */
-  #payloadRead(req: Request, buffer: Buffer): void {
+    const queued = Math.min(this.#queue.length, req.length - payload.filled);
+    this.#queue.takeInto(payload.buffer.subarray(payload.filled, payload.filled + queued));
+    payload.filled += queued;
+    if (payload.filled < req.length) return false;
+    this.#payload = null;
     this.#pendingWrite = null;
     this.#state = 'request-header';
-    this.#dispatch(req, buffer, buffer);
+    this.#dispatch(req, payload.buffer, payload.buffer);
+    return true;
   }
 
   readonly #onDrain = (): void => {
@@ -421,8 +417,7 @@ export class Connection implements BudgetHolder {
         return this.#onRequest(decodeRequest(queue.take(REQUEST_SIZE)));
       case 'write-payload': {
         const req = this.#pendingWrite as Request; // set whenever the state is write-payload
-        if (this.#payload !== null) return false; // coming straight into its buffer (#onReadInPlace)
-        if (this.#inPlace && req.length >= POOL_MIN_BYTES) return this.#readPayloadInPlace(req);
+        if (this.#inPlace && req.length >= POOL_MIN_BYTES) return this.#fillPayload(req);
         if (queue.length < req.length) return false;
         this.#pendingWrite = null;
         this.#state = 'request-header';

@@ -8,12 +8,12 @@
 import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { requireClients } from '../helpers/clients.js';
-import { type AccessLogEntry, requireNginx, settledAccessLog, startNginx } from '../helpers/nginx.js';
+import { type AccessLogEntry, type Nginx, requireNginx, settledAccessLog, startNginx } from '../helpers/nginx.js';
 import { describeRun, run } from '../helpers/processes.js';
 import { pySession } from '../helpers/py-session.js';
-import { startServe } from '../helpers/server-process.js';
+import { type ServerProcess, startServe } from '../helpers/server-process.js';
 import { libnbdPskUri, tlsFixtures } from '../helpers/tls-fixtures.js';
 
 const MiB = 1024 * 1024;
@@ -35,21 +35,26 @@ function fetchedBytes(log: readonly AccessLogEntry[]): number {
   return log.filter((e) => e.range !== PROBE).reduce((sum, e) => sum + e.bodyBytesSent, 0);
 }
 
+/** A random image served by nginx, and `serve URL --workers 2` on it with the test's cache and overlay directories. */
+async function serveWithWorkers(
+  t: Test,
+  args: readonly string[] = [],
+): Promise<{ image: Buffer; nginx: Nginx; cacheDir: string; server: ServerProcess }> {
+  const dir = t.testdir({ www: {} });
+  const image = randomBytes(SIZE);
+  writeFileSync(join(dir, 'www', 'golden.raw'), image);
+  const nginx = await startNginx(t, { root: join(dir, 'www') });
+  const cacheDir = join(dir, 'cache');
+  const server = await startServe(t, nginx.url('golden.raw'), [
+    ...['--cache-dir', cacheDir, '--overlay-dir', join(dir, 'overlays'), '--workers', '2'],
+    ...args,
+  ]);
+  return { image, nginx, cacheDir, server };
+}
+
 if (requireNginx(t) && requireClients(t, ['qemu-io'], true)) {
   t.test('two workers, one remote base: the worker holding the block cache serves every connection to it', async (t) => {
-    const dir = t.testdir({ www: {} });
-    const image = randomBytes(SIZE);
-    writeFileSync(join(dir, 'www', 'golden.raw'), image);
-    const nginx = await startNginx(t, { root: join(dir, 'www') });
-    const cacheDir = join(dir, 'cache');
-    const server = await startServe(t, nginx.url('golden.raw'), [
-      '--cache-dir',
-      cacheDir,
-      '--overlay-dir',
-      join(dir, 'overlays'),
-      '--workers',
-      '2',
-    ]);
+    const { image, nginx, cacheDir, server } = await serveWithWorkers(t);
     const workers = (): number[] => {
       const m = /serving with 2 worker processes: (\d+), (\d+)/.exec(server.stderr());
       return m === null ? [] : [Number(m[1]), Number(m[2])];
@@ -116,16 +121,8 @@ if (requireNginx(t) && requireClients(t, ['qemu-io'], true)) {
 
 if (requireNginx(t) && requireClients(t, ['openssl'], true)) {
   t.test('over TLS a connection cannot move: the worker with its TLS session relays it to the cache holder', async (t) => {
-    const dir = t.testdir({ www: {} });
-    const image = randomBytes(SIZE);
-    writeFileSync(join(dir, 'www', 'golden.raw'), image);
-    const nginx = await startNginx(t, { root: join(dir, 'www') });
     const tls = await tlsFixtures();
-    const cacheDir = join(dir, 'cache');
-    const server = await startServe(t, nginx.url('golden.raw'), [
-      ...['--cache-dir', cacheDir, '--overlay-dir', join(dir, 'overlays'), '--workers', '2'],
-      ...['--tls', 'require', '--tls-psk', tls.pskFile],
-    ]);
+    const { image, nginx, server } = await serveWithWorkers(t, ['--tls', 'require', '--tls-psk', tls.pskFile]);
     const py = pySession(t);
     // The primary gives the second connection to the other worker (fewest connections).
     await py.ok({ op: 'connect', h: 'a', uri: libnbdPskUri(server.uri, tls.pskAlice) });

@@ -89,3 +89,22 @@ t.test('clients that never read their replies hold the memory budget only until 
   // Payloads are taken before they are made; reply headers (16 bytes) are counted as queued.
   t.ok(most <= limit + 4096, `the server never held more than the budget (most: ${most} bytes)`);
 });
+
+t.test('large WRITEs pipelined past the memory budget wait in line and land whole (read in place)', async (t) => {
+  // Two 24 MiB payloads fit the 64 MiB budget, the third does not: it waits with the socket
+  // paused, and once admitted its payload is taken partly from bytes already read and partly from
+  // the socket, straight into its buffer.
+  const f = await start(t, 128 * MiB, { bufferMemory: 64 * MiB });
+  const { client } = await f.connect();
+  const length = 24 * MiB;
+  const writes = Array.from({ length: 4 }, (_, i) => Buffer.alloc(length, 0x30 + i));
+  for (const [i, data] of writes.entries()) {
+    client.write(requestBytes({ type: WRITE, cookie: BigInt(i + 1), offset: i * 25 * MiB + 512, length }), data);
+  }
+  for (let i = 0; i < writes.length; i++) t.equal((await readSimpleReply(client, 20_000)).error, 0, `WRITE ${i + 1}`);
+  for (const [i, data] of writes.entries()) {
+    client.write(requestBytes({ type: READ, cookie: 100n, offset: i * 25 * MiB + 512, length }));
+    t.equal((await readSimpleReply(client, 20_000)).error, 0);
+    t.ok((await client.read(length, 20_000)).equals(data), `the payload of WRITE ${i + 1} read back whole`);
+  }
+});
