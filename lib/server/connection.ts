@@ -140,8 +140,6 @@ export class Connection implements BudgetHolder {
   #inPlace = false;
   /** A large WRITE's payload read straight into its pooled buffer: `filled` bytes of it so far. */
   #payload: { readonly req: Request; readonly buffer: Buffer; filled: number } | null = null;
-  /** Whether the read in progress goes into #payload (else into the shared scratch buffer). */
-  #readingPayload = false;
   /** In waiting-memory: the READ or WRITE waiting for its bytes of the budget. */
   #waitingRequest: Request | null = null;
   #allocate: (length: number) => Buffer;
@@ -257,14 +255,13 @@ export class Connection implements BudgetHolder {
   /** Where the next read in place goes: the rest of a large WRITE's payload, or the shared scratch. */
   readonly #nextReadBuffer = (): Buffer => {
     const payload = this.#payload;
-    this.#readingPayload = payload !== null;
     return payload === null ? sharedReadBuffer() : payload.buffer.subarray(payload.filled);
   };
 
   /** A read in place: bytes of the payload being read, or bytes in the shared scratch, used or copied now. */
   readonly #onReadInPlace = (nread: number, buffer: Buffer): boolean => {
     const payload = this.#payload;
-    if (this.#readingPayload && payload !== null) {
+    if (buffer !== sharedReadBuffer() && payload !== null) {
       payload.filled += nread;
       this.#process(); // the write-payload step serves it once it is whole
       return true;
@@ -283,8 +280,7 @@ export class Connection implements BudgetHolder {
     const socket = this.#socket;
     if (this.#negotiation.tls) return;
     socket.off('data', this.#onData);
-    for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null)
-      this.#queue.push(chunk);
+    for (const chunk of readBuffered(socket)) this.#queue.push(chunk);
     this.#inPlace = readInPlace(socket, this.#nextReadBuffer, this.#onReadInPlace);
     if (!this.#inPlace) socket.on('data', this.#onData);
   }
@@ -732,8 +728,7 @@ export class Connection implements BudgetHolder {
     const socket = this.#socket;
     this.#unlisten(socket);
     socket.pause();
-    const after: Buffer[] = [this.#queue.take(this.#queue.length)];
-    for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) after.push(chunk);
+    const after: Buffer[] = [this.#queue.take(this.#queue.length), ...readBuffered(socket)];
     const replay: Replay = {
       handshake: Buffer.concat(log.slice(0, -2)),
       pending: Buffer.concat([...log.slice(-2), ...after]),
@@ -833,4 +828,11 @@ export class Connection implements BudgetHolder {
         this.#resolveClosed();
       });
   }
+}
+
+/** What a paused socket has read and buffered, but not yet given out as 'data'. */
+function readBuffered(socket: Socket): Buffer[] {
+  const chunks: Buffer[] = [];
+  for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) chunks.push(chunk);
+  return chunks;
 }
