@@ -53,11 +53,13 @@ deps-bench:
 
 # nbd-cow beside nbd-server, qemu-nbd and nbdkit (bench/README.md). A benchmark, never a test:
 # it prints a table and writes bench/results/latest.json. `make bench BENCH_QUICK=1` is short.
+# Then the commit comparison below (about 4 minutes; BENCH_COMMIT=0 leaves it out).
 bench: build deps-bench
 	bench/run.sh
+	@if [ "$${BENCH_COMMIT:-1}" != 0 ]; then node dist/bench/commit.js; fi
 
 # `nbd-cow overlay commit` against `qemu-img convert` on a 1 GiB image (bench/commit.ts): prints
-# a table, writes bench/results/commit-latest.json. BASE_MB, COMMIT_RUNS (3) change it.
+# a table, writes bench/results/commit-latest.json. BASE_MB, COMMIT_RUNS (5) change it.
 bench-commit: build
 	@$(MAKE) --no-print-directory deps-test DEB_TEST_PACKAGES="qemu-utils"
 	npx tsc -p tsconfig.bench.json

@@ -1,69 +1,31 @@
 #!/usr/bin/env node
-// The nbd-cow command line: parse flags into ServerOptions, start the server or the scripted
-// `run` mode, translate signals and errors into exit codes. No serving logic lives here.
+// The nbd-cow command line: every command and its flags, parsed and checked; translate errors
+// into exit codes. What serve and run do is bin/serve-command.ts; the overlay commands call
+// lib/block/. No serving logic lives here.
 
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { mkdir, stat } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { type BaseImage, openBase } from '../lib/block/base-image.js';
-import { commitOverlay } from '../lib/block/overlay-commit.js';
-import { inspectOverlay, overlayExtents, overlayInfo } from '../lib/block/overlay-inspect.js';
-import { createOverlay, discardOverlay, freezeOverlay } from '../lib/block/overlay-lifecycle.js';
-import { formatCommitSummary, formatInfo, formatMap, infoJson, mapJson } from '../lib/block/overlay-report.js';
-import { overlayStats } from '../lib/block/overlay-stats.js';
-import { formatStats, STATS_DEFINITIONS, skipWarning, statsJson } from '../lib/block/overlay-stats-report.js';
-import { loadConfigFile } from '../lib/config/config-file.js';
-import { reloadFromFile } from '../lib/config/reload.js';
-import type { ServerConfig } from '../lib/config/server-config.js';
-import { defaultOverlayDir } from '../lib/defaults.js';
-import { writePatternImage } from '../lib/demo-image.js';
+// Static imports are the light modules every command needs to define its flags (constants and
+// parsers). What a command runs is imported when it runs: loading the server, for one, takes
+// about 0.2 s, which `overlay commit` or `sessions` would pay for nothing.
+import type { BaseImage } from '../lib/block/base-image.js';
+import { validateBlockSize } from '../lib/block/overlay-layout.js';
+import { STATS_DEFINITIONS } from '../lib/block/overlay-stats-report.js';
+import { DEFAULT_BLOCK_SIZE, DEFAULT_BUFFER_MEMORY, DEFAULT_MAX_CONNECTIONS, DEFAULT_PORT } from '../lib/defaults.js';
 import { parseHostPort as parseHostPortValue } from '../lib/host-port.js';
-import {
-  checkOverlay,
-  DEFAULT_BLOCK_SIZE,
-  DEFAULT_BUFFER_MEMORY,
-  DEFAULT_MAX_CONNECTIONS,
-  DEFAULT_PORT,
-  MAX_PAYLOAD,
-  NAMED_OVERLAY_OWNERS,
-  type NamedOverlayOwner,
-  OVERLAY_POLICIES,
-  type OverlayPolicy,
-  type RunningServer,
-  type ServerOptions,
-  serverConfigFromOptions,
-  startConfiguredServer,
-  TLS_MODES,
-  type TlsMode,
-  validateBlockSize,
-} from '../lib/index.js';
-import { createLogger, LOG_FORMATS, type LogFormat, type Logger, levelFromEnv } from '../lib/log.js';
-import { progressBar } from '../lib/progress-bar.js';
-import { openBaseImage } from '../lib/remote/open-base-image.js';
-import {
-  DEFAULT_REMOTE_RETRIES,
-  DEFAULT_REMOTE_TIMEOUT_MS,
-  MIN_CACHE_SIZE,
-  type RemoteOptions,
-} from '../lib/remote/remote-options.js';
+import { LOG_FORMATS } from '../lib/log.js';
+import { MAX_PAYLOAD } from '../lib/protocol/constants.js';
+import { DEFAULT_REMOTE_RETRIES, DEFAULT_REMOTE_TIMEOUT_MS, MIN_CACHE_SIZE } from '../lib/remote/remote-options.js';
 import { isRemoteBase, shownUrl } from '../lib/remote/remote-url.js';
-import type { S3Options } from '../lib/remote/s3-location.js';
-import { runWithServer } from '../lib/run-command.js';
 import { AccessList } from '../lib/server/access-list.js';
-import type { ConnectionLimits } from '../lib/server/connection-limits.js';
-import type { ListenAddress } from '../lib/server/listener.js';
-import { logEvents } from '../lib/server/log-events.js';
-import { notifyReady } from '../lib/server/readiness.js';
+import { NAMED_OVERLAY_OWNERS, OVERLAY_POLICIES } from '../lib/server/exports.js';
 import { DEFAULT_STATUS_URL, fetchSessions, formatSessionTable, parseSessions, sessionsUrl } from '../lib/server/session-list.js';
-import { inheritedListenAddresses } from '../lib/server/socket-activation.js';
-import { formatUri } from '../lib/server/uri.js';
-import { parseWorkerAddresses, serveAsWorker } from '../lib/server/worker-process.js';
-import { startWorkers, WORKER_ENV } from '../lib/server/workers.js';
+import { TLS_MODES } from '../lib/server/tls-credentials.js';
 import { parseByteSize } from '../lib/size.js';
-
-const DEMO_SIZE = 64 * 1024 * 1024;
+import { fail } from './fail.js';
+import type { CliOptions } from './serve-command.js';
 
 /**
  * The version in the package's own package.json, read at run time two levels above the compiled
@@ -72,50 +34,6 @@ const DEMO_SIZE = 64 * 1024 * 1024;
 function packageVersion(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
   return pkg.version;
-}
-
-interface CliOptions {
-  bind: string;
-  port: number;
-  socket?: string;
-  exportName?: string;
-  description?: string;
-  overlayDir?: string;
-  blockSize: number;
-  readOnly?: boolean;
-  verbose?: boolean;
-  quiet?: boolean;
-  logFormat: LogFormat;
-  maxInFlight?: number;
-  overlays: OverlayPolicy;
-  allow?: string[];
-  maxConnections?: number;
-  socketMode?: number;
-  socketGroup?: string;
-  user?: string;
-  group?: string;
-  maxOverlaySize?: number;
-  maxOverlayDirSize?: number;
-  elideBaseMatches?: boolean;
-  layer?: string[];
-  tls: TlsMode;
-  tlsCertificates?: string;
-  tlsPsk?: string;
-  tlsVerifyPeer?: boolean;
-  namedOverlaysOwner: NamedOverlayOwner;
-  handshakeTimeout?: number;
-  bufferMemory?: number;
-  metrics?: { host: string; port: number };
-  config?: string;
-  workers?: number;
-  cacheDir?: string;
-  cacheSize?: number;
-  prefetch?: boolean;
-  remoteTimeout?: number;
-  remoteRetries?: number;
-  s3Endpoint?: string;
-  s3Region?: string;
-  s3Profile?: string;
 }
 
 /** --layer for the overlay commands: the stack the overlay sits on, as serve takes it. */
@@ -347,82 +265,6 @@ function addServeOptions(cmd: Command): Command {
     );
 }
 
-/**
- * The server's logger: level from -v / -q, else NBD_COW_LOG, else the configuration file's, else
- * info; format from --log-format when given, else the file's, else text.
- */
-function cliLogger(opts: CliOptions, config?: ServerConfig, formatFromCli = true): Logger {
-  const level = opts.verbose === true ? 'debug' : opts.quiet === true ? 'error' : levelFromEnv(config?.logLevel ?? 'info');
-  const format = formatFromCli ? opts.logFormat : (config?.logFormat ?? opts.logFormat);
-  // A worker of --workers N tags its text lines with its pid (pino's JSON carries the pid anyway).
-  const tag = process.env[WORKER_ENV] === undefined ? {} : { tag: `worker ${process.pid}` };
-  return createLogger(level, undefined, { format, ...tag });
-}
-
-function toServerOptions(base: string, opts: CliOptions): Omit<ServerOptions, 'listen'> & { listen: ServerOptions['listen'] } {
-  const logger = cliLogger(opts);
-  return {
-    base,
-    listen: opts.socket !== undefined ? { kind: 'unix', path: opts.socket } : { kind: 'tcp', host: opts.bind, port: opts.port },
-    blockSize: opts.blockSize,
-    readOnly: opts.readOnly === true,
-    overlays: opts.overlays,
-    logger,
-    // Connections, refusals and (with -v) every request, in the log (log-events.ts).
-    events: [logEvents(logger)],
-    ...(opts.exportName !== undefined ? { exportName: opts.exportName } : {}),
-    ...(opts.description !== undefined ? { description: opts.description } : {}),
-    ...(opts.overlayDir !== undefined ? { overlayDir: opts.overlayDir } : {}),
-    limits: {
-      ...(opts.maxInFlight !== undefined ? { maxInFlight: opts.maxInFlight } : {}),
-      ...(opts.handshakeTimeout !== undefined ? { handshakeTimeoutMs: opts.handshakeTimeout } : {}),
-    },
-    namedOverlayOwner: opts.namedOverlaysOwner,
-    ...(opts.bufferMemory !== undefined ? { bufferMemory: opts.bufferMemory } : {}),
-    ...(opts.maxOverlaySize !== undefined ? { maxOverlaySize: opts.maxOverlaySize } : {}),
-    ...(opts.maxOverlayDirSize !== undefined ? { maxOverlayDirSize: opts.maxOverlayDirSize } : {}),
-    ...(opts.elideBaseMatches === true ? { elideBaseMatches: true } : {}),
-    ...(opts.layer !== undefined ? { layers: opts.layer } : {}),
-    ...remoteOptions(opts),
-    ...(opts.allow !== undefined ? { allow: opts.allow } : {}),
-    ...(opts.maxConnections !== undefined ? { maxConnections: opts.maxConnections } : {}),
-    ...(opts.metrics !== undefined ? { metrics: opts.metrics } : {}),
-    ...(opts.socketMode !== undefined ? { socketMode: opts.socketMode } : {}),
-    ...(opts.socketGroup !== undefined ? { socketGroup: opts.socketGroup } : {}),
-    ...(opts.user !== undefined ? { user: opts.user } : {}),
-    ...(opts.group !== undefined ? { group: opts.group } : {}),
-    tls: {
-      mode: opts.tls,
-      ...(opts.tlsCertificates !== undefined ? { certificates: opts.tlsCertificates } : {}),
-      ...(opts.tlsPsk !== undefined ? { pskFile: opts.tlsPsk } : {}),
-      ...(opts.tlsVerifyPeer === true ? { verifyPeer: true } : {}),
-    },
-  };
-}
-
-/** The --s3-* flags, as RemoteOptions.s3 when any is given. */
-function s3Options(opts: CliOptions): { s3?: S3Options } {
-  const s3: S3Options = {
-    ...(opts.s3Endpoint !== undefined ? { endpoint: opts.s3Endpoint } : {}),
-    ...(opts.s3Region !== undefined ? { region: opts.s3Region } : {}),
-    ...(opts.s3Profile !== undefined ? { profile: opts.s3Profile } : {}),
-  };
-  return Object.keys(s3).length === 0 ? {} : { s3 };
-}
-
-/** The remote-base flags, as ServerOptions.remote when any is given. */
-function remoteOptions(opts: CliOptions): { remote?: RemoteOptions } {
-  const remote: RemoteOptions = {
-    ...(opts.cacheDir !== undefined ? { cacheDir: resolve(opts.cacheDir) } : {}),
-    ...(opts.cacheSize !== undefined ? { cacheSize: opts.cacheSize } : {}),
-    ...(opts.prefetch === true ? { prefetch: true } : {}),
-    ...(opts.remoteTimeout !== undefined ? { timeoutMs: opts.remoteTimeout } : {}),
-    ...(opts.remoteRetries !== undefined ? { retries: opts.remoteRetries } : {}),
-    ...s3Options(opts),
-  };
-  return Object.keys(remote).length === 0 ? {} : { remote };
-}
-
 /** Who may connect and who the server runs as (serve only: `run` keeps its socket private). */
 function addAccessOptions(cmd: Command): Command {
   return cmd
@@ -445,190 +287,6 @@ function addAccessOptions(cmd: Command): Command {
     .option('--socket-group <group>', 'group (name or gid) of the unix socket file')
     .option('--user <user>', 'once listening, run as this user (name or uid; needs root)')
     .option('--group <group>', "once listening, run as this group (name or gid; default: the user's primary group)");
-}
-
-/** The demo image served when no base is given: made once, deterministic. */
-async function demoImage(): Promise<string> {
-  const dir = join(tmpdir(), 'nbd-cow-demo');
-  const path = join(dir, 'demo.img');
-  await mkdir(dir, { recursive: true });
-  const existing = await stat(path).catch(() => null);
-  if (existing?.size !== DEMO_SIZE) {
-    process.stderr.write(`nbd-cow: no base given; writing a ${DEMO_SIZE >> 20} MiB demo image to ${path}\n`);
-    await writePatternImage(path, DEMO_SIZE);
-  }
-  return path;
-}
-
-/** The serve options that --config replaces, by commander's attribute name. */
-const CONFIG_ONLY_OK = new Set(['config', 'verbose', 'quiet', 'logFormat', 'maxInFlight', 'workers']);
-/** The serve options that say where to listen: systemd's sockets replace them. */
-const LISTEN_OPTIONS = new Set(['bind', 'port', 'socket', 'socketMode', 'socketGroup']);
-
-/** The flag a commander attribute name comes from (`port` → `--port`). */
-function flagOf(cmd: Command, name: string): string {
-  return cmd.options.find((o) => o.attributeName() === name)?.long ?? name;
-}
-
-/** Throw for the first option given on the command line that `allowed` does not take. */
-function refuseCliOptions(cmd: Command, opts: CliOptions, refused: (name: string) => boolean, why: string): void {
-  for (const name of Object.keys(opts)) {
-    if (cmd.getOptionValueSource(name) === 'cli' && refused(name)) throw new Error(`${flagOf(cmd, name)} ${why}`);
-  }
-}
-
-/** What `serve` runs: the file's configuration with --config, else the flags' one export. */
-async function serveConfiguration(
-  cmd: Command,
-  base: string | undefined,
-  opts: CliOptions,
-): Promise<{ config: ServerConfig; log: Logger }> {
-  if (opts.config === undefined) {
-    const options = toServerOptions(base ?? (await demoImage()), opts);
-    return { config: serverConfigFromOptions(options), log: options.logger ?? cliLogger(opts) };
-  }
-  if (base !== undefined) throw new Error("a base image cannot be given with --config: the file names each export's base");
-  refuseCliOptions(
-    cmd,
-    opts,
-    (name) => !CONFIG_ONLY_OK.has(name),
-    'cannot be used with --config: set it in the file (doc/config.md)',
-  );
-  const config = await loadConfigFile(opts.config);
-  return { config, log: cliLogger(opts, config, cmd.getOptionValueSource('logFormat') === 'cli') };
-}
-
-async function serve(cmd: Command, base: string | undefined, opts: CliOptions): Promise<void> {
-  // Read (and cleared from the environment) first, before anything can spawn a child.
-  const inherited = inheritedListenAddresses();
-  if (inherited !== null) {
-    refuseCliOptions(
-      cmd,
-      opts,
-      (name) => LISTEN_OPTIONS.has(name),
-      'cannot be used under socket activation: systemd gives the sockets',
-    );
-  }
-  const { config: configured, log } = await serveConfiguration(cmd, base, opts);
-  let config = configured;
-  if (inherited !== null) {
-    if (opts.config !== undefined)
-      log.info(`socket activation: serving the ${inherited.length} socket(s) systemd passed, not the file's listen:`);
-    config = { ...config, listen: inherited.map((address) => ({ address })) };
-  }
-  const workerAddresses = process.env[WORKER_ENV];
-  if (workerAddresses !== undefined) return serveWorker(config, log, opts, parseWorkerAddresses(workerAddresses));
-  if ((opts.workers ?? 1) > 1) return servePrimary(config, log, opts);
-  const server = await startConfiguredServer(config, { log, events: [logEvents(log)], ...runtimeLimits(opts) });
-  printUris(config, server);
-  if (opts.config !== undefined) {
-    for (const exp of config.exports)
-      log.info(`export "${exp.name}": ${shownUrl(exp.base)}${exp.readOnly ? ' (read-only)' : ''}`);
-    reloadOnSighup(server, opts.config, log);
-  }
-  tellSystemdReady(`serving ${server.uri}`, log);
-  stopOnSignals(() => server.stop());
-}
-
-/** One URI a listener (the first export's), then the metrics URL, on stdout. */
-function printUris(
-  config: ServerConfig,
-  server: { uri: string; addresses: readonly ListenAddress[]; metricsUri: string | null },
-): void {
-  const first = config.exports[0];
-  for (const [i, address] of server.addresses.entries()) {
-    process.stdout.write(`${i === 0 ? server.uri : formatUri(address, first?.name ?? '', server.uri.startsWith('nbds'))}\n`);
-  }
-  if (server.metricsUri !== null) process.stdout.write(`${server.metricsUri}\n`);
-}
-
-/** SIGHUP: reload the configuration file into `server`, one reload after the other. */
-function reloadOnSighup(server: RunningServer, path: string, log: Logger): void {
-  let reloading = Promise.resolve(true);
-  process.on('SIGHUP', () => {
-    log.info(`SIGHUP: reloading ${path}`);
-    reloading = reloading.then(() => reloadFromFile(server, path, log));
-  });
-}
-
-function tellSystemdReady(status: string, log: Logger): void {
-  notifyReady({ status }).catch((err: unknown) => {
-    log.warn(`could not tell systemd the server is ready: ${err instanceof Error ? err.message : String(err)}`);
-  });
-}
-
-/** The limits the flags give (beside a configuration too), for startConfiguredServer's runtime. */
-function runtimeLimits(opts: CliOptions): { limits?: Partial<ConnectionLimits> } {
-  if (opts.maxInFlight === undefined && opts.handshakeTimeout === undefined) return {};
-  return {
-    limits: {
-      ...(opts.maxInFlight !== undefined ? { maxInFlight: opts.maxInFlight } : {}),
-      ...(opts.handshakeTimeout !== undefined ? { handshakeTimeoutMs: opts.handshakeTimeout } : {}),
-    },
-  };
-}
-
-/** SIGINT/SIGTERM: `stop`, then exit 0 (1 if it fails); a second signal exits at once. */
-function stopOnSignals(stop: () => Promise<void>): void {
-  let signals = 0;
-  const onSignal = (): void => {
-    if (++signals > 1) process.exit(1);
-    stop().then(
-      () => process.exit(0),
-      (err: unknown) => fail(err),
-    );
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-}
-
-/** The primary of --workers N: bind, start the workers, hand them connections (lib/server/workers.ts). */
-async function servePrimary(config: ServerConfig, log: Logger, opts: CliOptions): Promise<void> {
-  if (config.metrics !== undefined && config.user !== undefined) {
-    // The primary serves the metrics and keeps root (it starts every worker, replacements too).
-    throw new Error(
-      '--metrics with --user is not available with --workers above 1 yet: the primary, which would serve it, stays root (doc/workers.md)',
-    );
-  }
-  const workers = await startWorkers(config, {
-    workers: opts.workers ?? 1,
-    log,
-    script: process.argv[1] as string,
-    args: process.argv.slice(2),
-    overlayDirs: config.exports.filter((e) => !e.readOnly).map((e) => e.overlayDir ?? defaultOverlayDir()),
-  });
-  printUris(config, workers);
-  log.info(`serving with ${workers.pids.length} worker processes: ${workers.pids.join(', ')}`);
-  if (opts.config !== undefined) {
-    process.on('SIGHUP', () => {
-      log.info('SIGHUP: each worker reloads the configuration file');
-      workers.reload();
-    });
-  }
-  tellSystemdReady(`serving ${workers.uri} with ${workers.pids.length} workers`, log);
-  stopOnSignals(() => workers.stop());
-}
-
-/** One worker of --workers N: serve what the primary hands over (lib/server/worker-process.ts). */
-async function serveWorker(config: ServerConfig, log: Logger, opts: CliOptions, adopted: ListenAddress[]): Promise<void> {
-  const server = await serveAsWorker(config, { log, events: [logEvents(log)], ...runtimeLimits(opts) }, adopted);
-  if (opts.config !== undefined) reloadOnSighup(server, opts.config, log);
-  stopOnSignals(() => server.stop());
-}
-
-async function run(base: string, command: string[], opts: CliOptions): Promise<void> {
-  const [program, ...args] = command;
-  if (program === undefined) throw new Error('run needs a command after --');
-  const options = toServerOptions(base, opts);
-  const explicitListen = opts.socket !== undefined || opts.port !== DEFAULT_PORT;
-  const { listen, ...rest } = options;
-  process.exitCode = await runWithServer(explicitListen ? options : rest, program, args);
-}
-
-function fail(err: unknown): never {
-  const message = err instanceof Error ? err.message : String(err);
-  process.stderr.write(`nbd-cow: ${message}\n`);
-  process.exit(1);
 }
 
 const program = new Command('nbd-cow')
@@ -658,7 +316,9 @@ addAccessOptions(
         'the connections of a named overlay move to (over TLS: are relayed to) the worker that has it open; --metrics counts every process',
     ).argParser(parseWorkers),
   )
-  .action((base: string | undefined, opts: CliOptions, cmd: Command) => serve(cmd, base, opts).catch(fail));
+  .action((base: string | undefined, opts: CliOptions, cmd: Command) =>
+    import('./serve-command.js').then((command) => command.serve(cmd, base, opts)).catch(fail),
+  );
 
 addServeOptions(
   program
@@ -666,7 +326,9 @@ addServeOptions(
     .description('serve BASE on a private socket, run COMMAND with $NBD_URI ({uri} in its arguments), then stop')
     .argument('<base>', 'base image (raw)')
     .argument('<command...>', 'command and arguments, after --'),
-).action((base: string, command: string[], opts: CliOptions) => run(base, command, opts).catch(fail));
+).action((base: string, command: string[], opts: CliOptions) =>
+  import('./serve-command.js').then((serveCommand) => serveCommand.run(base, command, opts)).catch(fail),
+);
 
 /**
  * How the overlay commands open --base: a file, or a URL read through a cache of their own,
@@ -674,11 +336,23 @@ addServeOptions(
  * of it once).
  */
 async function toolBase(path: string): Promise<BaseImage> {
-  if (!isRemoteBase(path)) return openBase(path);
+  if (!isRemoteBase(path)) return (await import('../lib/block/base-image.js')).openBase(path);
   const cacheDir = mkdtempSync(join(tmpdir(), 'nbd-cow-tool-cache-'));
   process.once('exit', () => rmSync(cacheDir, { recursive: true, force: true }));
   const warn = (message: string): void => void process.stderr.write(`nbd-cow: warning: ${message}\n`);
+  const { openBaseImage } = await import('../lib/remote/open-base-image.js');
   return openBaseImage(path, { cacheDir }, { warn, info: () => undefined });
+}
+
+/** The flags of `overlay commit`, as commander gives them (--no-X: X is true unless given). */
+interface CommitFlags {
+  base: string;
+  layer?: string[];
+  output: string;
+  force?: boolean;
+  quiet?: boolean;
+  verify: boolean;
+  flush: boolean;
 }
 
 const overlay = program.command('overlay').description('inspect, check and commit overlay files');
@@ -693,15 +367,13 @@ overlay
   .requiredOption('--base <base>', 'the base image the overlay belongs to')
   .addOption(layerOption())
   .option('--repair', 'make an overlay left by a crash consistent and clean (refuses corruption)')
-  .action((file: string, opts: { base: string; layer?: string[]; repair?: boolean }) =>
-    checkOverlay(file, { base: opts.base, layers: opts.layer ?? [], repair: opts.repair === true, openBase: toolBase }).then(
-      (r) => {
-        for (const line of r.lines) process.stdout.write(`${line}\n`);
-        process.exitCode = r.exitCode;
-      },
-      fail,
-    ),
-  );
+  .action(async (file: string, opts: { base: string; layer?: string[]; repair?: boolean }) => {
+    const { checkOverlay } = await import('../lib/block/overlay-check.js');
+    const layers = opts.layer ?? [];
+    const r = await checkOverlay(file, { base: opts.base, layers, repair: opts.repair === true, openBase: toolBase }).catch(fail);
+    for (const line of r.lines) process.stdout.write(`${line}\n`);
+    process.exitCode = r.exitCode;
+  });
 
 overlay
   .command('info')
@@ -711,12 +383,14 @@ overlay
   )
   .argument('<file>', 'overlay file (e.g. OVERLAY_DIR/named-golden@alice.cow)')
   .option('--json', 'print one JSON object (README, "Overlay tools")')
-  .action((file: string, opts: { json?: boolean }) =>
-    inspectOverlay(file).then((inspected) => {
-      const info = overlayInfo(inspected);
-      process.stdout.write(opts.json === true ? infoJson(info) : formatInfo(info));
-    }, fail),
-  );
+  .action(async (file: string, opts: { json?: boolean }) => {
+    const [{ inspectOverlay, overlayInfo }, { formatInfo, infoJson }] = await Promise.all([
+      import('../lib/block/overlay-inspect.js'),
+      import('../lib/block/overlay-report.js'),
+    ]);
+    const info = overlayInfo(await inspectOverlay(file).catch(fail));
+    process.stdout.write(opts.json === true ? infoJson(info) : formatInfo(info));
+  });
 
 overlay
   .command('map')
@@ -726,12 +400,14 @@ overlay
   )
   .argument('<file>', 'overlay file')
   .option('--json', 'print the extents as `qemu-img map --output=json` does (depth 0 = the overlay, 1 = the base)')
-  .action((file: string, opts: { json?: boolean }) =>
-    inspectOverlay(file).then((inspected) => {
-      const extents = overlayExtents(inspected);
-      process.stdout.write(opts.json === true ? mapJson(extents) : formatMap(extents));
-    }, fail),
-  );
+  .action(async (file: string, opts: { json?: boolean }) => {
+    const [{ inspectOverlay, overlayExtents }, { formatMap, mapJson }] = await Promise.all([
+      import('../lib/block/overlay-inspect.js'),
+      import('../lib/block/overlay-report.js'),
+    ]);
+    const extents = overlayExtents(await inspectOverlay(file).catch(fail));
+    process.stdout.write(opts.json === true ? mapJson(extents) : formatMap(extents));
+  });
 
 overlay
   .command('stats')
@@ -744,18 +420,21 @@ overlay
   .option('--base <base>', "only overlays of this base image; also count data blocks equal to the base's at their offset")
   .option('--json', 'print one JSON object (README, "Overlay tools")')
   .addHelpText('after', STATS_DEFINITIONS)
-  .action((dir: string, opts: { base?: string; json?: boolean }) =>
-    overlayStats(dir, opts.base === undefined ? {} : { base: opts.base, openBase: toolBase }).then((stats) => {
-      for (const s of stats.skipped) process.stderr.write(skipWarning(s.reason));
-      process.stdout.write(opts.json === true ? statsJson(stats) : formatStats(stats));
-    }, fail),
-  );
+  .action(async (dir: string, opts: { base?: string; json?: boolean }) => {
+    const [{ overlayStats }, { formatStats, skipWarning, statsJson }] = await Promise.all([
+      import('../lib/block/overlay-stats.js'),
+      import('../lib/block/overlay-stats-report.js'),
+    ]);
+    const stats = await overlayStats(dir, opts.base === undefined ? {} : { base: opts.base, openBase: toolBase }).catch(fail);
+    for (const s of stats.skipped) process.stderr.write(skipWarning(s.reason));
+    process.stdout.write(opts.json === true ? statsJson(stats) : formatStats(stats));
+  });
 
 overlay
   .command('commit')
   .description(
     'write BASE with the overlay on top as a new raw image NEW (sparse where it reads as zeros), read it back to ' +
-      'verify it and flush it. BASE and FILE are only read. Written as NEW.tmp and renamed when complete. Refuses ' +
+      'verify it and flush it (unless --no-verify, --no-flush). BASE and FILE are only read. Written as NEW.tmp and renamed when complete. Refuses ' +
       'an overlay made for another base, one in use by a server or not closed cleanly, and an existing NEW ' +
       '(--force lets them through). Exit 0 done, 1 refused or failed (one line on stderr)',
   )
@@ -769,7 +448,22 @@ overlay
       'replace an existing NEW and remove a leftover NEW.tmp',
   )
   .option('-q, --quiet', 'no progress bar and no summary line (the bar is drawn only when stderr is a terminal)')
-  .action(async (file: string, opts: { base: string; layer?: string[]; output: string; force?: boolean; quiet?: boolean }) => {
+  .option(
+    '--no-verify',
+    'do not read NEW back to compare it with base + overlay (a 1 GiB commit took 2.1 s with the read-back, 1.5 s ' +
+      'without: README, "Overlay tools")',
+  )
+  .option(
+    '--no-flush',
+    'do not fdatasync NEW and its directory: as a plain `qemu-img convert` leaves its output, a power loss soon after ' +
+      'may take the new image (with --no-verify: 1.0 s instead of 1.5 s for 1 GiB)',
+  )
+  .action(async (file: string, opts: CommitFlags) => {
+    const [{ commitOverlay }, { formatCommitSummary }, { progressBar }] = await Promise.all([
+      import('../lib/block/overlay-commit.js'),
+      import('../lib/block/overlay-report.js'),
+      import('../lib/progress-bar.js'),
+    ]);
     const bar = progressBar({ stream: process.stderr, quiet: opts.quiet === true });
     // A signal stops the copy between windows and removes NEW.tmp; a second one exits at once.
     const interrupt = new AbortController();
@@ -782,6 +476,8 @@ overlay
         layers: opts.layer ?? [],
         output: opts.output,
         force: opts.force === true,
+        verify: opts.verify,
+        flush: opts.flush,
         onProgress: ({ phase, done, total }) => bar.update(phase, done, total),
         signal: interrupt.signal,
       });
@@ -805,13 +501,12 @@ overlay
   .requiredOption('--base <base>', 'the base image it is for')
   .addOption(layerOption())
   .option('--block-size <n>', 'block size, power of two from 512 to 1M', parseBlockSize, DEFAULT_BLOCK_SIZE)
-  .action((file: string, opts: { base: string; layer?: string[]; blockSize: number }) =>
-    createOverlay(file, { base: opts.base, layers: opts.layer ?? [], blockSize: opts.blockSize, openBase: toolBase }).then(
-      () =>
-        void process.stdout.write(`${file}: created, empty, for ${[shownUrl(opts.base), ...(opts.layer ?? [])].join(' + ')}\n`),
-      fail,
-    ),
-  );
+  .action(async (file: string, opts: { base: string; layer?: string[]; blockSize: number }) => {
+    const { createOverlay } = await import('../lib/block/overlay-lifecycle.js');
+    const layers = opts.layer ?? [];
+    await createOverlay(file, { base: opts.base, layers, blockSize: opts.blockSize, openBase: toolBase }).catch(fail);
+    process.stdout.write(`${file}: created, empty, for ${[shownUrl(opts.base), ...layers].join(' + ')}\n`);
+  });
 
 overlay
   .command('discard')
@@ -821,9 +516,11 @@ overlay
   )
   .argument('<file>', 'overlay file')
   .option('--force', 'delete a frozen overlay too')
-  .action((file: string, opts: { force?: boolean }) =>
-    discardOverlay(file, { force: opts.force === true }).then(() => void process.stdout.write(`${file}: discarded\n`), fail),
-  );
+  .action(async (file: string, opts: { force?: boolean }) => {
+    const { discardOverlay } = await import('../lib/block/overlay-lifecycle.js');
+    await discardOverlay(file, { force: opts.force === true }).catch(fail);
+    process.stdout.write(`${file}: discarded\n`);
+  });
 
 overlay
   .command('freeze')
@@ -833,16 +530,14 @@ overlay
       'server opens it for writing again. Refuses one in use or not closed cleanly',
   )
   .argument('<file>', 'overlay file')
-  .action((file: string) =>
-    freezeOverlay(file).then(
-      (r) =>
-        void process.stdout.write(
-          `${file}: ${r.already ? 'already frozen' : 'frozen'}; overlays made on it record base size ${r.identity.size}, ` +
-            `fingerprint ${r.identity.fingerprint}\n`,
-        ),
-      fail,
-    ),
-  );
+  .action(async (file: string) => {
+    const { freezeOverlay } = await import('../lib/block/overlay-lifecycle.js');
+    const r = await freezeOverlay(file).catch(fail);
+    process.stdout.write(
+      `${file}: ${r.already ? 'already frozen' : 'frozen'}; overlays made on it record base size ${r.identity.size}, ` +
+        `fingerprint ${r.identity.fingerprint}\n`,
+    );
+  });
 
 program
   .command('sessions')

@@ -13,6 +13,7 @@ import { dirname } from 'node:path';
 import { codedError } from './coded-error.js';
 import { removeFile, syncDirectory } from './control-file.js';
 import { DataFile } from './data-file.js';
+import { DirectIoFile } from './direct-io-file.js';
 import { O_CREAT_EXCL_RDWR } from './syscalls.js';
 
 /** Mode of the new image before the umask, as open(2) by cp or qemu-img gives it. */
@@ -46,14 +47,17 @@ export class CommitOutput {
   /** The name written to until publish(). */
   readonly tmpPath: string;
   readonly file: DataFile;
+  /** The same file for the copy: direct I/O where the file system has it (direct-io-file.ts). */
+  readonly target: DirectIoFile;
   /** Whether publish() replaces a file that was at `path` (--force). */
   readonly replaces: boolean;
   #open = true;
 
-  private constructor(path: string, tmpPath: string, file: DataFile, replaces: boolean) {
+  private constructor(path: string, tmpPath: string, file: DataFile, target: DirectIoFile, replaces: boolean) {
     this.path = path;
     this.tmpPath = tmpPath;
     this.file = file;
+    this.target = target;
     this.replaces = replaces;
   }
 
@@ -77,18 +81,24 @@ export class CommitOutput {
     }
     if (options.force) await removeFile(tmpPath);
     const file = await DataFile.open(tmpPath, O_CREAT_EXCL_RDWR, NEW_IMAGE_MODE);
-    return new CommitOutput(path, tmpPath, file, replaces);
+    try {
+      return new CommitOutput(path, tmpPath, file, await DirectIoFile.open(file), replaces);
+    } catch (err) {
+      await file.close();
+      await removeFile(tmpPath);
+      throw err;
+    }
   }
 
   /**
-   * Give NEW.tmp the name NEW, then fsync the directory so the name is durable. The caller has
-   * made the data durable first (file.sync()), so the name never points at a file whose data a
-   * power loss could still take.
+   * Give NEW.tmp the name NEW, then (`durable`, the default) fsync the directory so the name is
+   * durable. A durable caller has made the data durable first (file.sync()), so the name never
+   * points at a file whose data a power loss could still take.
    */
-  async publish(): Promise<void> {
+  async publish({ durable = true }: { durable?: boolean } = {}): Promise<void> {
     await this.#close();
     await renameFile(this.tmpPath, this.path);
-    await syncDirectory(dirname(this.path));
+    if (durable) await syncDirectory(dirname(this.path));
   }
 
   /** Close and remove NEW.tmp (a failed or interrupted commit). Never throws. */
@@ -100,6 +110,7 @@ export class CommitOutput {
   async #close(): Promise<void> {
     if (!this.#open) return;
     this.#open = false;
+    await this.target.close();
     await this.file.close();
   }
 }

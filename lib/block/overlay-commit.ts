@@ -2,6 +2,9 @@
 // (the base with the overlay on top) as a new raw image. BASE and FILE are opened read-only and
 // never changed; NEW is written as NEW.tmp and renamed once complete, verified and durable
 // (commit-output.ts), so an interrupted commit never leaves a half image under the name NEW.
+// `verify: false` and `flush: false` leave out the read-back and the fdatasyncs: then the image
+// is only as safe as a plain `qemu-img convert` leaves it (a power loss soon after may take its
+// data, under either name).
 //
 // Refused, in one line, before anything is written: an overlay made for another base (size and
 // fingerprint, as every open checks), and unless --force an overlay a live server holds (its map
@@ -13,7 +16,7 @@
 
 import type { BaseImage } from './base-image.js';
 import { codedError } from './coded-error.js';
-import { Composer, copyVerified } from './commit-copy.js';
+import { Composer, copyImage } from './commit-copy.js';
 import { CommitOutput } from './commit-output.js';
 import { openImageStack } from './layer-stack.js';
 import { type InspectedOverlay, openOverlayReadOnly } from './overlay-inspect.js';
@@ -39,6 +42,10 @@ export interface CommitOptions {
   readonly onProgress?: (progress: CommitProgress) => void;
   /** Stops the commit between windows; NEW.tmp is removed and an ECANCELED-coded error thrown. */
   readonly signal?: AbortSignal;
+  /** Read NEW back and compare it with base + overlay (default: true). */
+  readonly verify?: boolean;
+  /** fdatasync NEW and its directory (default: true). */
+  readonly flush?: boolean;
 }
 
 export interface CommitResult {
@@ -50,6 +57,9 @@ export interface CommitResult {
   readonly allocatedBytes: number;
   /** What --force let through, in words ("overlay in use by process 12"); empty without it. */
   readonly overridden: readonly string[];
+  /** Whether NEW was read back and compared, and flushed to disk. */
+  readonly verified: boolean;
+  readonly flushed: boolean;
 }
 
 /** The overlay's state that only --force lets through, in words, or undefined. */
@@ -83,6 +93,8 @@ function checkBelongs(o: InspectedOverlay, base: { size: number; fingerprint: st
 /** Commit the overlay at `path` onto its base as a new raw image (see the top of this file). */
 export async function commitOverlay(path: string, options: CommitOptions): Promise<CommitResult> {
   const force = options.force ?? false;
+  const verify = options.verify ?? true;
+  const flush = options.flush ?? true;
   const layers = options.layers ?? [];
   const base = await openImageStack(options.base, layers, options.openBase);
   try {
@@ -99,18 +111,28 @@ export async function commitOverlay(path: string, options: CommitOptions): Promi
       const out = await CommitOutput.create(options.output, { force, inputs });
       try {
         const size = base.size;
-        const written = await copyVerified(new Composer(base, file, inspected), out.file, {
+        const written = await copyImage(new Composer(base, file, inspected), out.target, {
           size,
           signal: options.signal,
+          verify,
+          flush,
           progress: (phase, done) => options.onProgress?.({ phase, done, total: size }),
         });
         options.signal?.throwIfAborted(); // an abort during the last windows or the flush
         const allocatedBytes = (await out.file.stat()).blocks * 512;
-        await out.publish();
+        await out.publish({ durable: flush });
         const overridden = [overlayState, out.replaces ? `replaced ${options.output}` : undefined].filter(
           (s): s is string => s !== undefined,
         );
-        return { output: options.output, size, writtenBytes: written, allocatedBytes, overridden };
+        return {
+          output: options.output,
+          size,
+          writtenBytes: written,
+          allocatedBytes,
+          overridden,
+          verified: verify,
+          flushed: flush,
+        };
       } catch (err) {
         await out.discard();
         if (options.signal?.aborted === true) {

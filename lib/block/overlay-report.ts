@@ -130,6 +130,6 @@ export function formatCommitSummary(r: CommitResult): string {
   const holes = r.size - r.writtenBytes;
   return (
     `${r.output}: ${sizeLine(r.size)}, ${humanSize(r.writtenBytes)} written, ${humanSize(holes)} left as holes ` +
-    `(disk size ${humanSize(r.allocatedBytes)}); verified\n`
+    `(disk size ${humanSize(r.allocatedBytes)}); ${r.verified ? 'verified' : 'not verified'}, ${r.flushed ? 'flushed' : 'not flushed'}\n`
   );
 }

@@ -36,10 +36,8 @@ import type { SessionJson } from './session-list.js';
 import { StatusServer } from './status-server.js';
 import { NO_TLS } from './tls-credentials.js';
 import { formatUri } from './uri.js';
+import { WORKER_ENV } from './worker-env.js';
 import { WorkersStatus } from './workers-status.js';
-
-/** The environment variable that makes a started nbd-cow a worker: the listeners' addresses, as JSON. */
-export const WORKER_ENV = 'NBD_COW_WORKER';
 
 /** Messages between the primary and a worker (a socket goes with 'connection' and 'handover'). */
 export type ToWorker =

@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
-import { type CopyTarget, copyVerified, firstDifference, nonZeroRuns, WINDOW, ZERO_GRAIN } from '../../lib/block/commit-copy.js';
+import { type CopyTarget, copyImage, firstDifference, nonZeroRuns, WINDOW, ZERO_GRAIN } from '../../lib/block/commit-copy.js';
 import { DataFile } from '../../lib/block/data-file.js';
 import { O_CREAT_EXCL_RDWR } from '../../lib/block/syscalls.js';
 import { patternBytes } from './helpers.js';
@@ -77,7 +77,7 @@ t.test('copies the image, holes where zero, flushed, verified, with progress per
     },
   };
   const seen: Array<[string, number]> = [];
-  const written = await copyVerified(source, counted, { size, progress: (phase, done) => seen.push([phase, done]) });
+  const written = await copyImage(source, counted, { size, progress: (phase, done) => seen.push([phase, done]) });
   await out.close();
   t.equal(written, size - 2 * G);
   t.ok(readFileSync(out.path).equals(source.bytes));
@@ -95,19 +95,68 @@ t.test('copies the image, holes where zero, flushed, verified, with progress per
   }
 });
 
-t.test('a write that does not land fails the verification, naming the offset', async (t) => {
-  const dir = t.testdir();
-  const size = WINDOW + 5000;
-  const out = await target(dir);
-  t.teardown(() => out.close());
-  const lossy: CopyTarget = {
+t.test('verify: false and flush: false leave out the read-back and the fdatasync', async (t) => {
+  for (const [verify, flush] of [
+    [false, false],
+    [false, true],
+    [true, false],
+  ] as const) {
+    const dir = t.testdir();
+    const size = 2 * WINDOW + 1234;
+    const source = patternSource(size);
+    const out = await target(dir);
+    let reads = 0;
+    let syncs = 0;
+    const counted: CopyTarget = {
+      path: out.path,
+      truncate: (n) => out.truncate(n),
+      write: (b, p) => out.write(b, p),
+      read: (b, p) => {
+        reads++;
+        return out.read(b, p);
+      },
+      sync: () => {
+        syncs++;
+        return out.sync();
+      },
+    };
+    const phases: string[] = [];
+    await copyImage(source, counted, { size, verify, flush, progress: (phase) => phases.push(phase) });
+    await out.close();
+    t.ok(readFileSync(out.path).equals(source.bytes), `verify ${verify}, flush ${flush}: the image is whole`);
+    t.equal(reads > 0, verify, `verify ${verify}: read back or not`);
+    t.equal(phases.includes('verify'), verify, `verify ${verify}: a verify phase or none`);
+    t.equal(syncs, flush ? 1 : 0, `flush ${flush}: synced or not`);
+  }
+});
+
+/** `out`, but a write past the first window never lands. */
+function dropsWritesPastFirstWindow(out: DataFile): CopyTarget {
+  return {
     path: out.path,
     truncate: (n) => out.truncate(n),
     write: (b, p) => (p >= WINDOW ? Promise.resolve() : out.write(b, p)),
     read: (b, p) => out.read(b, p),
     sync: () => out.sync(),
   };
-  await t.rejects(copyVerified(patternSource(size), lossy, { size }), {
+}
+
+t.test('without verify, a write that does not land goes unseen (what the read-back is for)', async (t) => {
+  const dir = t.testdir();
+  const size = WINDOW + 5000;
+  const out = await target(dir);
+  t.teardown(() => out.close());
+  const lossy = dropsWritesPastFirstWindow(out);
+  await t.resolves(copyImage(patternSource(size), lossy, { size, verify: false }));
+});
+
+t.test('a write that does not land fails the verification, naming the offset', async (t) => {
+  const dir = t.testdir();
+  const size = WINDOW + 5000;
+  const out = await target(dir);
+  t.teardown(() => out.close());
+  const lossy = dropsWritesPastFirstWindow(out);
+  await t.rejects(copyImage(patternSource(size), lossy, { size }), {
     code: 'EIO',
     message: `verification failed: ${out.path} differs from base + overlay at offset ${WINDOW}`,
   });
@@ -125,7 +174,7 @@ t.test('a failed flush fails the copy', async (t) => {
     read: (b, p) => out.read(b, p),
     sync: () => Promise.reject(Object.assign(new Error('EIO: sync'), { code: 'EIO' })),
   };
-  await t.rejects(copyVerified(patternSource(size), failing, { size }), { code: 'EIO', message: 'EIO: sync' });
+  await t.rejects(copyImage(patternSource(size), failing, { size }), { code: 'EIO', message: 'EIO: sync' });
 });
 
 t.test('an abort stops between windows; a failing source stops the others', async (t) => {
@@ -135,7 +184,7 @@ t.test('an abort stops between windows; a failing source stops the others', asyn
   t.teardown(() => out.close());
   const controller = new AbortController();
   controller.abort(new Error('stop'));
-  await t.rejects(copyVerified(patternSource(size), out, { size, signal: controller.signal }), /stop/);
+  await t.rejects(copyImage(patternSource(size), out, { size, signal: controller.signal }), /stop/);
   let composed = 0;
   const broken = {
     compose: async () => {
@@ -143,6 +192,6 @@ t.test('an abort stops between windows; a failing source stops the others', asyn
       throw new Error('read error');
     },
   };
-  await t.rejects(copyVerified(broken, out, { size }), /read error/);
+  await t.rejects(copyImage(broken, out, { size }), /read error/);
   t.ok(composed <= 4, `no window taken after the first failure (${composed})`);
 });

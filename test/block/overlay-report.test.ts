@@ -147,7 +147,21 @@ t.test('commit summary', async (t) => {
       writtenBytes: 966367641,
       allocatedBytes: 966369280,
       overridden: [],
+      verified: true,
+      flushed: true,
     }),
-    'new.img: 1 GiB (1073741824 bytes), 922 MiB written, 102 MiB left as holes (disk size 922 MiB); verified\n',
+    'new.img: 1 GiB (1073741824 bytes), 922 MiB written, 102 MiB left as holes (disk size 922 MiB); verified, flushed\n',
+  );
+  t.match(
+    formatCommitSummary({
+      output: 'n',
+      size: 4096,
+      writtenBytes: 0,
+      allocatedBytes: 0,
+      overridden: [],
+      verified: false,
+      flushed: false,
+    }),
+    /; not verified, not flushed\n$/,
   );
 });

@@ -14,7 +14,7 @@ import { describeRun, ROOT, type RunOptions, type RunResult, run } from '../help
 import { startServe } from '../helpers/server-process.js';
 
 /** What may be packed: the compiled library and its types, the CLI, and the files npm always adds. */
-const SHIPPED = /^(dist\/lib\/.+\.(js|d\.ts)|dist\/bin\/nbd-cow\.js|package\.json|README\.md|LICENSE)$/;
+const SHIPPED = /^(dist\/lib\/.+\.(js|d\.ts)|dist\/bin\/[a-z-]+\.js|package\.json|README\.md|LICENSE)$/;
 // Measured on 2026-12-01: 81 files, 75.6 kB packed, 251.3 kB unpacked; 114 files, 113 kB and
 // 367 kB with the security work the same day; 186 files, 189 kB and 608 kB with the overlay
 // tools; 224 files, 256 kB and 834 kB with workers and remote bases (2026-12-02). The bounds

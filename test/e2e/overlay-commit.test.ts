@@ -68,7 +68,7 @@ if (requireClients(t, ['qemu-io', 'nbdcopy'])) {
     t.equal(r.stderr, '', 'no progress bar when stderr is not a terminal');
     t.match(
       r.stdout,
-      /^.*new\.img: 16 MiB \(16777216 bytes\), [\d.]+ MiB written, [\d.]+ MiB left as holes \(disk size [\d.]+ MiB\); verified\n$/,
+      /^.*new\.img: 16 MiB \(16777216 bytes\), [\d.]+ MiB written, [\d.]+ MiB left as holes \(disk size [\d.]+ MiB\); verified, flushed\n$/,
     );
     t.ok(readFileSync(output).equals(readFileSync(live)), 'byte for byte what nbdcopy read from the live export');
     // Zeros: the base's zero band (2 MiB of 16), the zeroed 2 MiB and 1 MiB, the trimmed 64 KiB.
@@ -87,6 +87,14 @@ if (requireClients(t, ['qemu-io', 'nbdcopy'])) {
     t.equal(again.stdout, '', '--quiet: no summary');
     t.match(again.stderr, /^nbd-cow: warning: --force: replaced .*new\.img\n$/);
     t.ok(readFileSync(output).equals(readFileSync(live)));
+
+    // Without the read-back and the flushes: the same image, and the summary says what was left out.
+    const unchecked = join(dir, 'unchecked.img');
+    const fast = await runCli(['overlay', 'commit', file, '--base', base, '-o', unchecked, '--no-verify', '--no-flush']);
+    t.equal(fast.code, 0, describeRun(fast));
+    t.match(fast.stdout, /unchecked\.img: 16 MiB .*; not verified, not flushed\n$/);
+    t.ok(readFileSync(unchecked).equals(readFileSync(live)), '--no-verify --no-flush: the same bytes');
+    t.equal(statSync(unchecked).blocks, statSync(output).blocks, 'and as sparse');
 
     const other = await makeRandomBase(dir, SIZE, 'other.img');
     expectRefusal(
