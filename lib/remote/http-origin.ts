@@ -18,6 +18,11 @@
 //   - any other answer (200 for a range, another range, another ETag, 404, 412, …) fails at once;
 //   - at most ORIGIN_CONNECTIONS requests run at once; the others wait, and their timeout only
 //     starts when they are sent;
+//   - a fetch that must wait joins a waiting one it continues or precedes (up to
+//     MAX_MERGED_BYTES together): one request brings both, and each caller gets its own bytes.
+//     Many reads of one stream in flight (nbdcopy's 64, a kernel's read-ahead) then go to the
+//     origin in large requests instead of as many small ones queued behind each other. A fetch
+//     sent at once (a connection free) is never held back to wait for company;
 //   - a body is read into the caller's buffer and never past it: a longer one fails the request.
 // Redirects are not followed: the answer names the status and asks for the final URL.
 
@@ -97,6 +102,9 @@ export function preconditionHeaders(identity: OriginIdentity): Record<string, st
   return {};
 }
 
+/** Most bytes of waiting fetches one request brings together. */
+export const MAX_MERGED_BYTES = 4 * 1024 * 1024;
+
 /** Counts requests in flight and makes the ones past `limit` wait, first come first served. */
 class RequestSlots {
   readonly #limit: number;
@@ -107,11 +115,15 @@ class RequestSlots {
     this.#limit = limit;
   }
 
+  /** Take a slot if one is free now. */
+  tryTake(): boolean {
+    if (this.#busy >= this.#limit) return false;
+    this.#busy++;
+    return true;
+  }
+
   async take(): Promise<void> {
-    if (this.#busy < this.#limit) {
-      this.#busy++;
-      return;
-    }
+    if (this.tryTake()) return;
     await new Promise<void>((resolve) => this.#waiting.push(resolve));
   }
 
@@ -120,6 +132,21 @@ class RequestSlots {
     if (next !== undefined) next();
     else this.#busy--;
   }
+}
+
+/** One caller's range within a batch. */
+interface BatchMember {
+  readonly offset: number;
+  readonly length: number;
+  readonly resolve: (body: Buffer) => void;
+  readonly reject: (err: unknown) => void;
+}
+
+/** Adjacent fetches sent as one request: [offset, offset + length). */
+interface Batch {
+  offset: number;
+  length: number;
+  readonly members: BatchMember[];
 }
 
 interface Answer {
@@ -138,6 +165,9 @@ export class HttpOrigin {
   readonly #options: OriginOptions;
   readonly #client: RangeClient;
   readonly #slots = new RequestSlots(ORIGIN_CONNECTIONS);
+  /** Batches waiting for their first connection, by where they start and where they end. */
+  readonly #waitingByStart = new Map<number, Batch>();
+  readonly #waitingByEnd = new Map<number, Batch>();
   #closed = false;
 
   private constructor(
@@ -186,15 +216,81 @@ export class HttpOrigin {
   }
 
   /**
-   * The image's `length` bytes at `offset`. The buffer is only allocated once the request may be
-   * sent, so fetches waiting their turn hold no memory.
+   * The image's `length` bytes at `offset`: sent at once when a connection is free, else joined
+   * to a waiting fetch it continues or precedes, or queued. The buffer is only allocated once the
+   * request may be sent, so fetches waiting their turn hold no memory.
    */
-  async fetch(offset: number, length: number): Promise<Buffer> {
-    if (length === 0) return Buffer.alloc(0);
-    const last = offset + length - 1;
-    const headers = { Range: `bytes=${offset}-${last}`, ...preconditionHeaders(this.identity) };
-    const answer = await this.#withRetries(`bytes ${offset}-${last}`, () => this.#send(headers, length, { first: offset, last }));
-    return answer.body;
+  fetch(offset: number, length: number): Promise<Buffer> {
+    if (length === 0) return Promise.resolve(Buffer.alloc(0));
+    return new Promise<Buffer>((resolve, reject) => {
+      const member: BatchMember = { offset, length, resolve, reject };
+      if (this.#slots.tryTake()) {
+        void this.#run({ offset, length, members: [member] }, true);
+        return;
+      }
+      if (this.#join(member)) return;
+      const batch: Batch = { offset, length, members: [member] };
+      this.#waitingByStart.set(offset, batch);
+      this.#waitingByEnd.set(offset + length, batch);
+      void this.#run(batch, false);
+    });
+  }
+
+  /** Add `member` to a waiting batch it continues or precedes, if one has room. */
+  #join(member: BatchMember): boolean {
+    const end = member.offset + member.length;
+    const before = this.#waitingByEnd.get(member.offset);
+    if (before !== undefined && before.length + member.length <= MAX_MERGED_BYTES) {
+      this.#waitingByEnd.delete(member.offset);
+      before.length += member.length;
+      before.members.push(member);
+      this.#waitingByEnd.set(end, before);
+      return true;
+    }
+    const after = this.#waitingByStart.get(end);
+    if (after !== undefined && after.length + member.length <= MAX_MERGED_BYTES) {
+      this.#waitingByStart.delete(end);
+      after.offset = member.offset;
+      after.length += member.length;
+      after.members.unshift(member);
+      this.#waitingByStart.set(member.offset, after);
+      return true;
+    }
+    return false;
+  }
+
+  /** Send `batch` (once it has a connection: `holding` says it has one already) and hand each member its bytes. */
+  async #run(batch: Batch, holding: boolean): Promise<void> {
+    let body: Buffer;
+    // The slot taken for the first try, until that try has it (a retry waits for one again).
+    let slotHeld = holding;
+    try {
+      if (!holding) {
+        await this.#slots.take();
+        slotHeld = true;
+        // Sent now as it is: no longer open to others.
+        this.#waitingByStart.delete(batch.offset);
+        this.#waitingByEnd.delete(batch.offset + batch.length);
+      }
+      const { offset, length } = batch;
+      const last = offset + length - 1;
+      const headers = { Range: `bytes=${offset}-${last}`, ...preconditionHeaders(this.identity) };
+      const answer = await this.#withRetries(`bytes ${offset}-${last}`, () => {
+        const holds = slotHeld;
+        slotHeld = false;
+        return this.#send(headers, length, { first: offset, last }, holds);
+      });
+      body = answer.body;
+    } catch (err) {
+      for (const member of batch.members) member.reject(err);
+      return;
+    } finally {
+      if (slotHeld) this.#slots.give(); // no try was made (closed meanwhile)
+    }
+    for (const member of batch.members) {
+      const from = member.offset - batch.offset;
+      member.resolve(batch.members.length === 1 ? body : body.subarray(from, from + member.length));
+    }
   }
 
   /** Close the idle connections; requests in flight fail. */
@@ -237,13 +333,17 @@ export class HttpOrigin {
     }
   }
 
-  /** One request once a connection is free: the answer's status and headers checked, its body read into a new buffer of `length` bytes. */
+  /**
+   * One request once a connection is free (`holding`: the caller has taken its slot): the
+   * answer's status and headers checked, its body read into a new buffer of `length` bytes.
+   */
   async #send(
     headers: Record<string, string>,
     length: number,
     expect: { first: number; last: number } | undefined,
+    holding = false,
   ): Promise<Answer> {
-    await this.#slots.take();
+    if (!holding) await this.#slots.take();
     try {
       return await this.#request(headers, Buffer.allocUnsafe(length), expect);
     } finally {

@@ -123,6 +123,63 @@ if (requireNginx(t)) {
     t.equal(origin.counters.failures, 3);
   });
 
+  t.test('fetches waiting for a connection join adjacent waiting ones: one request, each caller its bytes', async (t) => {
+    const root = t.testdir();
+    const image = randomBytes(SIZE);
+    writeFileSync(join(root, 'golden.raw'), image);
+    const nginx = await startNginx(t, { root });
+    // Every answer held back a moment, so the later fetches find every connection busy.
+    const proxy = await startFaultProxy(t, nginx.origin);
+    const origin = await HttpOrigin.probe(new URL(proxy.url('/golden.raw')), options());
+    t.teardown(() => origin.close());
+    proxy.setFault({ kind: 'delay', ms: 200 });
+    const piece = 16 * 1024;
+    const before = origin.counters.requests;
+    // ORIGIN_CONNECTIONS (8) go out at once, one piece each, far apart; then 24 pieces in
+    // three runs of 8 adjacent ones, each run asked in a shuffled order, and one piece alone.
+    const apart = Array.from({ length: 8 }, (_, i) => 40 * piece + i * 2 * piece);
+    const runs = [0, 10, 20].map((first) => [3, 0, 7, 1, 6, 2, 5, 4].map((i) => (first + i) * piece));
+    const alone = 60 * piece;
+    const asked = [...apart, ...runs.flat(), alone];
+    const bodies = await Promise.all(asked.map((offset) => origin.fetch(offset, piece)));
+    asked.forEach((offset, i) => {
+      t.ok(bodies[i]?.equals(image.subarray(offset, offset + piece)), `the bytes at ${offset}`);
+    });
+    // A run joins only while its pieces are adjacent to the waiting batch's ends: the shuffled
+    // order splits some runs, so fewer than 32 requests, and at least 8 + 3 + 1.
+    const requests = origin.counters.requests - before;
+    t.ok(requests < asked.length, `${requests} requests for ${asked.length} fetches`);
+    t.ok(requests >= 12, `${requests} requests: no more joined than adjacent`);
+    t.equal(origin.counters.bytes, 1 + asked.length * piece, 'each byte asked once');
+    proxy.setFault({ kind: 'none' });
+  });
+
+  t.test('a joined request that fails fails every fetch in it, and only those', async (t) => {
+    const root = t.testdir();
+    const image = randomBytes(SIZE);
+    writeFileSync(join(root, 'golden.raw'), image);
+    const nginx = await startNginx(t, { root });
+    const proxy = await startFaultProxy(t, nginx.origin);
+    const origin = await HttpOrigin.probe(new URL(proxy.url('/golden.raw')), options({ retries: 0 }));
+    t.teardown(() => origin.close());
+    const piece = 4096;
+    // Eight requests hold every connection (delayed), then two adjacent fetches wait and join;
+    // the joined request (the ninth) is answered 404.
+    proxy.faultNext(8, { kind: 'delay', ms: 200 });
+    proxy.faultNext(1, { kind: 'status', status: 404 });
+    const busy = Array.from({ length: 8 }, (_, i) => origin.fetch(100 * piece + i * 2 * piece, piece));
+    const joined = [origin.fetch(0, piece), origin.fetch(piece, piece)];
+    const results = await Promise.allSettled([...busy, ...joined]);
+    t.same(
+      results.slice(0, 8).map((r) => r.status),
+      Array(8).fill('fulfilled'),
+      'the fetches sent at once are served',
+    );
+    for (const r of results.slice(8))
+      t.match(r, { status: 'rejected', reason: { code: 'ENOENT', message: /bytes 0-8191: the server answered 404/ } });
+    t.same(await origin.fetch(0, piece), image.subarray(0, piece), 'the next fetch of those bytes works');
+  });
+
   t.test('a redirect is not followed', async (t) => {
     const root = t.testdir({ sub: {} });
     const nginx = await startNginx(t, { root });
