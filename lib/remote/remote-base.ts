@@ -288,11 +288,17 @@ export class RemoteBase extends ReadOnlyImage {
         for (let i = 0; i < count; i++) {
           await this.#cache.store(first + i, buf.subarray(i * bs, Math.min((i + 1) * bs, buf.length)));
         }
+        return buf;
       })
       .catch(() => undefined)
-      .finally(() => {
+      .then((buf) => {
         for (let i = 0; i < count; i++) this.#inFlight.delete(first + i);
         this.#kept.delete(kept);
+        // The buffer goes back to the origin's pool once nothing can read it: every read that
+        // found these blocks in flight copied them in a promise callback (a microtask, run
+        // before setImmediate's), the cache's writes of them are done, and from now on a read
+        // finds them in the cache.
+        if (buf !== undefined) setImmediate(() => this.#origin.release(buf));
       });
     this.#kept.add(kept);
     return { blocks, kept };

@@ -27,6 +27,7 @@
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type { BlockDevice } from '../block/device.js';
+import { type BufferPool, POOL_MIN_BYTES } from '../buffer-pool.js';
 import type { Logger } from '../log.js';
 import {
   MAX_PAYLOAD,
@@ -49,7 +50,6 @@ import {
   type OptionHeader,
 } from '../protocol/handshake.js';
 import { decodeRequest, REQUEST_SIZE, type Request } from '../protocol/transmission.js';
-import { type BufferPool, POOL_MIN_BYTES } from './buffer-pool.js';
 import { ByteQueue } from './byte-queue.js';
 import type { ConnectionLimits } from './connection-limits.js';
 import type { ExportRegistry } from './exports.js';

@@ -4,9 +4,9 @@
 
 import { lstat, unlink } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
+import { BufferPool } from '../buffer-pool.js';
 import type { Logger } from '../log.js';
 import { Admission, type AdmissionPolicy, describePeer } from './admission.js';
-import { BufferPool } from './buffer-pool.js';
 import { Connection } from './connection.js';
 import type { ConnectionLimits } from './connection-limits.js';
 import type { ExportRegistry } from './exports.js';

@@ -4,7 +4,7 @@
 // the socket has written them.
 
 import type { Socket } from 'node:net';
-import { type BufferPool, POOL_MIN_BYTES } from './buffer-pool.js';
+import { type BufferPool, POOL_MIN_BYTES } from '../buffer-pool.js';
 
 export class ReplyBatcher {
   readonly #socket: Socket;

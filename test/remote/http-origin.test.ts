@@ -154,6 +154,42 @@ if (requireNginx(t)) {
     proxy.setFault({ kind: 'none' });
   });
 
+  t.test('bodies come from a pool: given back by release(), a joined one once every caller has', async (t) => {
+    const root = t.testdir();
+    const image = randomBytes(SIZE);
+    writeFileSync(join(root, 'golden.raw'), image);
+    const nginx = await startNginx(t, { root });
+    const proxy = await startFaultProxy(t, nginx.origin);
+    const origin = await HttpOrigin.probe(new URL(proxy.url('/golden.raw')), options());
+    t.teardown(() => origin.close());
+    const piece = 64 * 1024;
+
+    const a = await origin.fetch(0, piece);
+    origin.release(a);
+    origin.release(a); // a second release is ignored
+    const b = await origin.fetch(piece, piece);
+    const c = await origin.fetch(2 * piece, piece);
+    t.equal(b.buffer, a.buffer, 'a released buffer is used again');
+    t.not(c.buffer, a.buffer, 'and only once');
+    t.ok(b.equals(image.subarray(piece, 2 * piece)) && c.equals(image.subarray(2 * piece, 3 * piece)), 'with the new bytes');
+    origin.release(Buffer.alloc(piece)); // not one of its buffers: ignored
+
+    // Two adjacent fetches joined behind eight busy connections share one 128 KiB body.
+    proxy.faultNext(8, { kind: 'delay', ms: 200 });
+    const busy = Array.from({ length: 8 }, (_, i) => origin.fetch(8 * piece + i * 8192, 4096));
+    const [m1, m2] = await Promise.all([origin.fetch(0, piece), origin.fetch(piece, piece), ...busy]);
+    t.equal(m1?.buffer, m2?.buffer, 'joined: one body');
+    const shared = m1?.buffer;
+    origin.release(m1 as Buffer);
+    const d = await origin.fetch(0, 2 * piece);
+    t.not(d.buffer, shared, 'not given back while one caller still holds its part');
+    t.ok(m2?.equals(image.subarray(piece, 2 * piece)), 'and that part is intact');
+    origin.release(m2 as Buffer);
+    const e = await origin.fetch(2 * piece, 2 * piece);
+    t.equal(e.buffer, shared, 'given back once both have');
+    t.ok(e.equals(image.subarray(2 * piece, 4 * piece)));
+  });
+
   t.test('a joined request that fails fails every fetch in it, and only those', async (t) => {
     const root = t.testdir();
     const image = randomBytes(SIZE);

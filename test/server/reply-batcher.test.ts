@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net';
 import t from 'tap';
-import { BufferPool, POOL_MIN_BYTES } from '../../lib/server/buffer-pool.js';
+import { BufferPool, POOL_MIN_BYTES } from '../../lib/buffer-pool.js';
 import { ReplyBatcher } from '../../lib/server/reply-batcher.js';
 
 /** A socket that records cork/uncork/write calls and completes writes when told to. */

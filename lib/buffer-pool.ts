@@ -1,4 +1,5 @@
-// Reusable buffers for large READ replies. A fresh 1 MiB Buffer costs
+// Reusable large buffers: READ replies and WRITE payloads (lib/server/), fetched ranges of a
+// remote base (lib/remote/http-origin.ts). A fresh 1 MiB Buffer costs
 // page faults on first touch and garbage-collector work when it dies; a sequential 1 MiB
 // workload allocates one per request. The pool keeps freed buffers in power-of-two size
 // classes, up to a byte budget, and hands out exact-length views of them.

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { BufferPool, POOL_MIN_BYTES } from '../../lib/server/buffer-pool.js';
+import { BufferPool, POOL_MIN_BYTES } from '../lib/buffer-pool.js';
 
 t.test('small requests are plain allocations, never pooled', async (t) => {
   const pool = new BufferPool();
