@@ -3,7 +3,7 @@
 import { randomBytes } from 'node:crypto';
 import { utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { HttpOrigin, type OriginOptions, parseContentRange, preconditionHeaders } from '../../lib/remote/http-origin.js';
 import { startFaultProxy } from '../helpers/fault-proxy.js';
 import { requireNginx, settledAccessLog, startNginx } from '../helpers/nginx.js';
@@ -29,6 +29,18 @@ t.test('Content-Range and preconditions', async (t) => {
   );
   t.same(preconditionHeaders({ size: 1 }), {});
 });
+
+/** A random image served by nginx, behind the fault proxy, and an origin opened on it. */
+async function originBehindProxy(t: Test, more: Partial<OriginOptions> = {}) {
+  const root = t.testdir();
+  const image = randomBytes(SIZE);
+  writeFileSync(join(root, 'golden.raw'), image);
+  const nginx = await startNginx(t, { root });
+  const proxy = await startFaultProxy(t, nginx.origin);
+  const origin = await HttpOrigin.probe(new URL(proxy.url('/golden.raw')), options(more));
+  t.teardown(() => origin.close());
+  return { image, proxy, origin };
+}
 
 if (requireNginx(t)) {
   t.test('probe and fetch against nginx', async (t) => {
@@ -124,14 +136,8 @@ if (requireNginx(t)) {
   });
 
   t.test('fetches waiting for a connection join adjacent waiting ones: one request, each caller its bytes', async (t) => {
-    const root = t.testdir();
-    const image = randomBytes(SIZE);
-    writeFileSync(join(root, 'golden.raw'), image);
-    const nginx = await startNginx(t, { root });
+    const { image, proxy, origin } = await originBehindProxy(t);
     // Every answer held back a moment, so the later fetches find every connection busy.
-    const proxy = await startFaultProxy(t, nginx.origin);
-    const origin = await HttpOrigin.probe(new URL(proxy.url('/golden.raw')), options());
-    t.teardown(() => origin.close());
     proxy.setFault({ kind: 'delay', ms: 200 });
     const piece = 16 * 1024;
     const before = origin.counters.requests;
@@ -155,13 +161,7 @@ if (requireNginx(t)) {
   });
 
   t.test('bodies come from a pool: given back by release(), a joined one once every caller has', async (t) => {
-    const root = t.testdir();
-    const image = randomBytes(SIZE);
-    writeFileSync(join(root, 'golden.raw'), image);
-    const nginx = await startNginx(t, { root });
-    const proxy = await startFaultProxy(t, nginx.origin);
-    const origin = await HttpOrigin.probe(new URL(proxy.url('/golden.raw')), options());
-    t.teardown(() => origin.close());
+    const { image, proxy, origin } = await originBehindProxy(t);
     const piece = 64 * 1024;
 
     const a = await origin.fetch(0, piece);
@@ -191,13 +191,7 @@ if (requireNginx(t)) {
   });
 
   t.test('a joined request that fails fails every fetch in it, and only those', async (t) => {
-    const root = t.testdir();
-    const image = randomBytes(SIZE);
-    writeFileSync(join(root, 'golden.raw'), image);
-    const nginx = await startNginx(t, { root });
-    const proxy = await startFaultProxy(t, nginx.origin);
-    const origin = await HttpOrigin.probe(new URL(proxy.url('/golden.raw')), options({ retries: 0 }));
-    t.teardown(() => origin.close());
+    const { image, proxy, origin } = await originBehindProxy(t, { retries: 0 });
     const piece = 4096;
     // Eight requests hold every connection (delayed), then two adjacent fetches wait and join;
     // the joined request (the ninth) is answered 404.
