@@ -297,7 +297,7 @@ export class RemoteBase extends ReadOnlyImage {
         // The buffer goes back to the origin's pool once nothing can read it: every read that
         // found these blocks in flight copied them in a promise callback (a microtask, run
         // before setImmediate's), the cache's writes of them are done, and from now on a read
-        // finds them in the cache.
+        // finds them in the cache (or, not kept, fetches them again into another buffer).
         if (buf !== undefined) setImmediate(() => this.#origin.release(buf));
       });
     this.#kept.add(kept);
