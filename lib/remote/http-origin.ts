@@ -278,9 +278,10 @@ export class HttpOrigin {
       if (!holding) {
         await this.#slots.take();
         slotHeld = true;
-        // Sent now as it is: no longer open to others.
-        this.#waitingByStart.delete(batch.offset);
-        this.#waitingByEnd.delete(batch.offset + batch.length);
+        // Sent now as it is: no longer open to others (an entry another batch with the same
+        // start or end took over stays).
+        if (this.#waitingByStart.get(batch.offset) === batch) this.#waitingByStart.delete(batch.offset);
+        if (this.#waitingByEnd.get(batch.offset + batch.length) === batch) this.#waitingByEnd.delete(batch.offset + batch.length);
       }
       const { offset, length } = batch;
       const last = offset + length - 1;

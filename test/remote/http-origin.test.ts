@@ -160,6 +160,24 @@ if (requireNginx(t)) {
     proxy.setFault({ kind: 'none' });
   });
 
+  t.test('waiting fetches with the same start or end: each served its bytes', async (t) => {
+    const { image, proxy, origin } = await originBehindProxy(t);
+    proxy.faultNext(8, { kind: 'delay', ms: 200 });
+    const busy = Array.from({ length: 8 }, (_, i) => origin.fetch(512 * 1024 + i * 8192, 4096));
+    // While every connection is busy: two batches start at 0, two end at 64 KiB, and later
+    // fetches join whichever the maps name.
+    const asked: Array<[number, number]> = [
+      [0, 4096],
+      [0, 8192],
+      [8192, 4096],
+      [4096, 61440],
+      [32768, 32768],
+      [65536, 4096],
+    ];
+    const bodies = await Promise.all([...asked.map(([at, n]) => origin.fetch(at, n)), ...busy]);
+    for (const [i, [at, n]] of asked.entries()) t.ok(bodies[i]?.equals(image.subarray(at, at + n)), `bytes ${at}+${n}`);
+  });
+
   t.test('bodies come from a pool: given back by release(), a joined one once every caller has', async (t) => {
     const { image, proxy, origin } = await originBehindProxy(t);
     const piece = 64 * 1024;
