@@ -370,7 +370,7 @@ overlay
   .action(async (file: string, opts: { base: string; layer?: string[]; repair?: boolean }) => {
     const { checkOverlay } = await import('../lib/block/overlay-check.js');
     const layers = opts.layer ?? [];
-    const r = await checkOverlay(file, { base: opts.base, layers, repair: opts.repair === true, openBase: toolBase }).catch(fail);
+    const r = await checkOverlay(file, { base: opts.base, layers, repair: opts.repair === true, openBase: toolBase });
     for (const line of r.lines) process.stdout.write(`${line}\n`);
     process.exitCode = r.exitCode;
   });
@@ -388,7 +388,7 @@ overlay
       import('../lib/block/overlay-inspect.js'),
       import('../lib/block/overlay-report.js'),
     ]);
-    const info = overlayInfo(await inspectOverlay(file).catch(fail));
+    const info = overlayInfo(await inspectOverlay(file));
     process.stdout.write(opts.json === true ? infoJson(info) : formatInfo(info));
   });
 
@@ -405,7 +405,7 @@ overlay
       import('../lib/block/overlay-inspect.js'),
       import('../lib/block/overlay-report.js'),
     ]);
-    const extents = overlayExtents(await inspectOverlay(file).catch(fail));
+    const extents = overlayExtents(await inspectOverlay(file));
     process.stdout.write(opts.json === true ? mapJson(extents) : formatMap(extents));
   });
 
@@ -425,7 +425,7 @@ overlay
       import('../lib/block/overlay-stats.js'),
       import('../lib/block/overlay-stats-report.js'),
     ]);
-    const stats = await overlayStats(dir, opts.base === undefined ? {} : { base: opts.base, openBase: toolBase }).catch(fail);
+    const stats = await overlayStats(dir, opts.base === undefined ? {} : { base: opts.base, openBase: toolBase });
     for (const s of stats.skipped) process.stderr.write(skipWarning(s.reason));
     process.stdout.write(opts.json === true ? statsJson(stats) : formatStats(stats));
   });
@@ -504,7 +504,7 @@ overlay
   .action(async (file: string, opts: { base: string; layer?: string[]; blockSize: number }) => {
     const { createOverlay } = await import('../lib/block/overlay-lifecycle.js');
     const layers = opts.layer ?? [];
-    await createOverlay(file, { base: opts.base, layers, blockSize: opts.blockSize, openBase: toolBase }).catch(fail);
+    await createOverlay(file, { base: opts.base, layers, blockSize: opts.blockSize, openBase: toolBase });
     process.stdout.write(`${file}: created, empty, for ${[shownUrl(opts.base), ...layers].join(' + ')}\n`);
   });
 
@@ -518,7 +518,7 @@ overlay
   .option('--force', 'delete a frozen overlay too')
   .action(async (file: string, opts: { force?: boolean }) => {
     const { discardOverlay } = await import('../lib/block/overlay-lifecycle.js');
-    await discardOverlay(file, { force: opts.force === true }).catch(fail);
+    await discardOverlay(file, { force: opts.force === true });
     process.stdout.write(`${file}: discarded\n`);
   });
 
@@ -532,7 +532,7 @@ overlay
   .argument('<file>', 'overlay file')
   .action(async (file: string) => {
     const { freezeOverlay } = await import('../lib/block/overlay-lifecycle.js');
-    const r = await freezeOverlay(file).catch(fail);
+    const r = await freezeOverlay(file);
     process.stdout.write(
       `${file}: ${r.already ? 'already frozen' : 'frozen'}; overlays made on it record base size ${r.identity.size}, ` +
         `fingerprint ${r.identity.fingerprint}\n`,

@@ -131,11 +131,9 @@ async function forEachWindow(
   // Every buffer starts at a page boundary, so that a direct-I/O target takes the windows as they are.
   const slot = Math.ceil(Math.min(WINDOW, size) / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
   const memory = pageAlignedBuffer(2 * workers * slot);
-  let taken = 0;
-  const worker = async (): Promise<void> => {
-    const composed = memory.subarray(taken, taken + slot);
-    const readBack = memory.subarray(taken + slot, taken + 2 * slot);
-    taken += 2 * slot;
+  const worker = async (index: number): Promise<void> => {
+    const composed = memory.subarray(2 * index * slot, (2 * index + 1) * slot);
+    const readBack = memory.subarray((2 * index + 1) * slot, (2 * index + 2) * slot);
     while (!failed && next < count) {
       const start = next++ * WINDOW;
       const length = Math.min(WINDOW, size - start);
@@ -148,7 +146,7 @@ async function forEachWindow(
       }
     }
   };
-  const results = await Promise.allSettled(Array.from({ length: workers }, worker));
+  const results = await Promise.allSettled(Array.from({ length: workers }, (_, index) => worker(index)));
   const rejected = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (rejected !== undefined) throw rejected.reason;
 }

@@ -30,13 +30,14 @@ function isEinval(err: unknown): boolean {
 
 export class DirectIoFile {
   readonly #buffered: DataFile;
-  #direct: Fd | undefined;
-  /** A descriptor given up after a refusal, closed with the file (a transfer may still be on it). */
-  #retired: Fd | undefined;
+  /** The O_DIRECT descriptor (none where the file system refused it), open until close(). */
+  #directFd: Fd | undefined;
+  /** Set by the first EINVAL of a direct transfer: everything goes buffered from then on. */
+  #refused = false;
 
-  private constructor(buffered: DataFile, direct: Fd | undefined) {
+  private constructor(buffered: DataFile, directFd: Fd | undefined) {
     this.#buffered = buffered;
-    this.#direct = direct;
+    this.#directFd = directFd;
   }
 
   /** Open `file`'s path again with O_DIRECT; a file system that refuses it (EINVAL) leaves the file buffered. */
@@ -55,7 +56,7 @@ export class DirectIoFile {
 
   /** Whether transfers still go direct (false: the file system has none, or refused one). */
   get direct(): boolean {
-    return this.#direct !== undefined;
+    return this.#directFd !== undefined && !this.#refused;
   }
 
   write(buf: Buffer, position: number): Promise<void> {
@@ -87,10 +88,9 @@ export class DirectIoFile {
 
   /** Close the direct descriptor; the DataFile stays open for its owner to close. */
   async close(): Promise<void> {
-    const fds = [this.#direct, this.#retired].filter((fd): fd is Fd => fd !== undefined);
-    this.#direct = undefined;
-    this.#retired = undefined;
-    await Promise.all(fds.map(closeFile));
+    const fd = this.#directFd;
+    this.#directFd = undefined;
+    if (fd !== undefined) await closeFile(fd);
   }
 
   async #transfer(
@@ -99,17 +99,16 @@ export class DirectIoFile {
     direct: (fd: Fd) => Promise<void>,
     buffered: () => Promise<void>,
   ): Promise<void> {
-    const fd = this.#direct;
-    if (fd === undefined || position % DIRECT_ALIGNMENT !== 0 || buf.length % DIRECT_ALIGNMENT !== 0) return buffered();
+    const fd = this.#directFd;
+    if (fd === undefined || this.#refused || position % DIRECT_ALIGNMENT !== 0 || buf.length % DIRECT_ALIGNMENT !== 0) {
+      return buffered();
+    }
     try {
       await direct(fd);
     } catch (err) {
       if (!isEinval(err)) throw err;
       // Memory, offset or length this file system or device does not take direct: buffered from now on.
-      if (this.#direct === fd) {
-        this.#direct = undefined;
-        this.#retired = fd;
-      }
+      this.#refused = true;
       await buffered();
     }
   }

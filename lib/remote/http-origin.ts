@@ -372,7 +372,7 @@ export class HttpOrigin {
     try {
       // A failed try's buffer is left to the garbage collector: its connection was given up,
       // but nothing here proves no write into it is still on the way.
-      return await this.#request(headers, length > 1 ? this.#pool.acquire(length) : Buffer.allocUnsafe(length), expect);
+      return await this.#request(headers, this.#pool.acquire(length), expect);
     } finally {
       this.#slots.give();
     }

@@ -60,28 +60,38 @@ async function target(dir: string): Promise<DataFile> {
   return DataFile.open(join(dir, 'out.img'), O_CREAT_EXCL_RDWR, 0o644);
 }
 
+/** `out`, counting its reads and syncs. */
+function counting(out: DataFile): CopyTarget & { reads: number; syncs: number } {
+  const counted = {
+    reads: 0,
+    syncs: 0,
+    path: out.path,
+    truncate: (n: number) => out.truncate(n),
+    write: (b: Buffer, p: number) => out.write(b, p),
+    read: (b: Buffer, p: number) => {
+      counted.reads++;
+      return out.read(b, p);
+    },
+    sync: () => {
+      counted.syncs++;
+      return out.sync();
+    },
+  };
+  return counted;
+}
+
 t.test('copies the image, holes where zero, flushed, verified, with progress per phase', async (t) => {
   const dir = t.testdir();
   const size = 2 * WINDOW + 1234;
   const source = patternSource(size);
   const out = await target(dir);
-  let syncs = 0;
-  const counted: CopyTarget = {
-    path: out.path,
-    truncate: (n) => out.truncate(n),
-    write: (b, p) => out.write(b, p),
-    read: (b, p) => out.read(b, p),
-    sync: () => {
-      syncs++;
-      return out.sync();
-    },
-  };
+  const counted = counting(out);
   const seen: Array<[string, number]> = [];
   const written = await copyImage(source, counted, { size, progress: (phase, done) => seen.push([phase, done]) });
   await out.close();
   t.equal(written, size - 2 * G);
   t.ok(readFileSync(out.path).equals(source.bytes));
-  t.equal(syncs, 1, 'flushed once');
+  t.equal(counted.syncs, 1, 'flushed once');
   // Cumulative bytes, one report per window: copy first, then verify.
   const phases = seen.map(([phase]) => phase);
   t.same(phases, ['copy', 'copy', 'copy', 'verify', 'verify', 'verify']);
@@ -105,28 +115,14 @@ t.test('verify: false and flush: false leave out the read-back and the fdatasync
     const size = 2 * WINDOW + 1234;
     const source = patternSource(size);
     const out = await target(dir);
-    let reads = 0;
-    let syncs = 0;
-    const counted: CopyTarget = {
-      path: out.path,
-      truncate: (n) => out.truncate(n),
-      write: (b, p) => out.write(b, p),
-      read: (b, p) => {
-        reads++;
-        return out.read(b, p);
-      },
-      sync: () => {
-        syncs++;
-        return out.sync();
-      },
-    };
+    const counted = counting(out);
     const phases: string[] = [];
     await copyImage(source, counted, { size, verify, flush, progress: (phase) => phases.push(phase) });
     await out.close();
     t.ok(readFileSync(out.path).equals(source.bytes), `verify ${verify}, flush ${flush}: the image is whole`);
-    t.equal(reads > 0, verify, `verify ${verify}: read back or not`);
+    t.equal(counted.reads > 0, verify, `verify ${verify}: read back or not`);
     t.equal(phases.includes('verify'), verify, `verify ${verify}: a verify phase or none`);
-    t.equal(syncs, flush ? 1 : 0, `flush ${flush}: synced or not`);
+    t.equal(counted.syncs, flush ? 1 : 0, `flush ${flush}: synced or not`);
   }
 });
 
