@@ -62,7 +62,7 @@ t.test('stored blocks read back, in part too, and survive a reopen', async (t) =
 
   const again = await BlockCache.open(options(dir, warnings));
   t.equal(again.cachedBlocks, 2);
-  t.same(await readBlock(again, 3), blockData(3), 'checked against its hash and served');
+  t.same(await readBlock(again, 3), blockData(3), 'checked against its checksum and served');
   t.same(await readBlock(again, 10, 1000), blockData(10));
   await again.close();
   t.same(warnings, []);
@@ -119,14 +119,14 @@ t.test('after a crash, a damaged block is dropped and reported, never served', a
   t.equal(served.length, 2, 'two blocks pass their check');
   for (const [i, r] of results.entries()) if (r !== undefined) t.same(r, blockData(i), `block ${i} is its own bytes`);
   t.equal(again.cachedBlocks, 2, 'the damaged one is forgotten');
-  t.match(warnings, [/does not match its hash/]);
+  t.match(warnings, [/does not match its checksum/]);
   await again.close();
   const last = await BlockCache.open(options(dir, []));
   t.equal(last.cachedBlocks, 2, 'and stays forgotten after a restart');
   await last.close();
 });
 
-t.test('a slot whose entry names the block it held before is caught by the hash', async (t) => {
+t.test('a slot whose entry names the block it held before is caught by the checksum', async (t) => {
   const dir = t.testdir();
   const warnings: string[] = [];
   const cache = await BlockCache.open(options(dir, warnings));
@@ -160,6 +160,31 @@ t.test('a map made for another image version, block size or capacity is discarde
   t.equal(smaller.slots, 4);
   t.equal(smaller.cachedBlocks, 0);
   await smaller.close();
+});
+
+t.test('a map of version 1 (sha256 entries) is discarded, with a word', async (t) => {
+  const dir = t.testdir();
+  const cache = await BlockCache.open(options(dir, []));
+  await cache.store(2, blockData(2));
+  await cache.close();
+  // Version 1's header, as an older nbd-cow wrote it, over this map.
+  const path = join(dir, 'img-0123.map');
+  const header = readFileSync(path).subarray(0, MAP_HEADER_BYTES).toString('utf8').replace(/\0+$/, '');
+  const v1 = Buffer.alloc(MAP_HEADER_BYTES);
+  v1.write(header.replace('nbd-cow block cache v2', 'nbd-cow block cache v1'), 'utf8');
+  const fd = openSync(path, 'r+');
+  writeSync(fd, v1, 0, MAP_HEADER_BYTES, 0);
+  closeSync(fd);
+  const warnings: string[] = [];
+  const again = await BlockCache.open(options(dir, warnings));
+  t.equal(again.cachedBlocks, 0, 'nothing of it is trusted');
+  t.equal(statSync(join(dir, 'img-0123.data')).size, 0, 'its data is gone');
+  t.match(warnings, [/made by another version of nbd-cow; starting empty/]);
+  await again.store(2, blockData(2));
+  await again.close();
+  const reopened = await BlockCache.open(options(dir, []));
+  t.same(await readBlock(reopened, 2), blockData(2), 'the new map works across a restart');
+  await reopened.close();
 });
 
 t.test('a map that is not one (damaged header, bad entries) starts empty without a word', async (t) => {
