@@ -92,6 +92,20 @@ function decodeHeader(buf: Buffer): MapHeader | 'other version' | undefined {
   }
 }
 
+/** Blocks `block`… held in slots `slot`…, `count` of each, consecutive. */
+interface Run {
+  readonly block: number;
+  readonly slot: number;
+  count: number;
+}
+
+/** A map entry at `at`: the block + 1 (0: empty), its last use, its bytes' CRC-32. */
+function encodeEntry(buf: Buffer, at: number, block: number, lastUse: number, checksum: number): void {
+  buf.writeBigUInt64BE(BigInt(block + 1), at);
+  buf.writeDoubleBE(lastUse, at + 8);
+  buf.writeUInt32BE(checksum, at + CHECKSUM_AT);
+}
+
 function sameHeader(a: MapHeader, b: MapHeader): boolean {
   return a.size === b.size && a.fingerprint === b.fingerprint && a.blockSize === b.blockSize && a.slots === b.slots;
 }
@@ -227,20 +241,48 @@ export class BlockCache {
   }
 
   /**
-   * Keep `data` (the whole block, shorter only for the image's last) as `block`, evicting the
-   * least recently used block not being read when no slot is free. A failure to write (a full
-   * disk) is warned about once and leaves the block uncached: the cache only ever saves fetches.
+   * Keep `data` as blocks `first`, `first + 1`, … (whole blocks; the image's last one shorter),
+   * evicting the least recently used blocks not being read when no slot is free; blocks already
+   * held are left as they are. Blocks that land in consecutive slots share one map write. A failure to write (a full disk) is warned about once
+   * and leaves those blocks uncached: the cache only ever saves fetches.
    */
-  async store(block: number, data: Buffer): Promise<void> {
-    if (this.#closed || this.#slotOf.has(block)) return;
-    const slot = this.#takeSlot();
-    if (slot === undefined) return;
-    const checksum = crc32(data);
+  async store(first: number, data: Buffer): Promise<void> {
+    const bs = this.blockSize;
+    const count = Math.ceil(data.length / bs);
+    const runs: Run[] = [];
+    for (let i = 0; i < count && !this.#closed; i++) {
+      const block = first + i;
+      if (this.#slotOf.has(block)) continue;
+      const slot = this.#takeSlot();
+      if (slot === undefined) break;
+      const run = runs.at(-1);
+      if (run !== undefined && run.block + run.count === block && run.slot + run.count === slot) run.count++;
+      else runs.push({ block, slot, count: 1 });
+    }
+    await Promise.all(
+      runs.map((run) => {
+        const from = (run.block - first) * bs;
+        return this.#storeRun(run, data.subarray(from, Math.min(from + run.count * bs, data.length)));
+      }),
+    );
+  }
+
+  async #storeRun(run: Run, bytes: Buffer): Promise<void> {
+    const bs = this.blockSize;
+    const checksums = new Uint32Array(run.count);
+    const entries = Buffer.alloc(run.count * ENTRY_BYTES);
+    for (let i = 0; i < run.count; i++) {
+      checksums[i] = crc32(bytes.subarray(i * bs, Math.min((i + 1) * bs, bytes.length)));
+      encodeEntry(entries, i * ENTRY_BYTES, run.block + i, this.#clock, checksums[i] as number);
+    }
     try {
-      await this.#data.write(data, slot * this.blockSize);
-      await this.#writeEntry(slot, block, this.#clock, checksum);
+      // Block by block: a block's write stays small enough to run inline (data-file.ts).
+      for (let i = 0; i < run.count; i++) {
+        await this.#data.write(bytes.subarray(i * bs, Math.min((i + 1) * bs, bytes.length)), (run.slot + i) * bs);
+      }
+      await this.#map.write(entries, MAP_HEADER_BYTES + run.slot * ENTRY_BYTES);
     } catch (err) {
-      this.#free.push(slot);
+      for (let i = 0; i < run.count; i++) this.#free.push(run.slot + i);
       if (!this.#storeFailed) {
         this.#storeFailed = true;
         this.#warn(
@@ -249,14 +291,18 @@ export class BlockCache {
       }
       return;
     }
-    if (this.#closed || this.#slotOf.has(block)) {
-      this.#free.push(slot);
-      return;
+    for (let i = 0; i < run.count; i++) {
+      const block = run.block + i;
+      const slot = run.slot + i;
+      if (this.#closed || this.#slotOf.has(block)) {
+        this.#free.push(slot);
+        continue;
+      }
+      this.#checksums[slot] = checksums[i] as number;
+      this.#blockOf[slot] = block;
+      this.#verified[slot] = 1;
+      this.#touch(block, slot);
     }
-    this.#checksums[slot] = checksum;
-    this.#blockOf[slot] = block;
-    this.#verified[slot] = 1;
-    this.#touch(block, slot);
   }
 
   /** Write every entry (last-use times included) and flush both files, then let the lock go. */
@@ -378,16 +424,13 @@ export class BlockCache {
 
   #encodeEntry(buf: Buffer, at: number, slot: number): void {
     const block = this.#blockOf[slot] as number;
-    buf.writeBigUInt64BE(BigInt(block + 1), at);
-    buf.writeDoubleBE(block === EMPTY ? 0 : (this.#lastUse[slot] as number), at + 8);
-    buf.writeUInt32BE(this.#checksums[slot] as number, at + CHECKSUM_AT);
+    const lastUse = block === EMPTY ? 0 : (this.#lastUse[slot] as number);
+    encodeEntry(buf, at, block, lastUse, this.#checksums[slot] as number);
   }
 
   #writeEntry(slot: number, block: number, lastUse: number, checksum: number): Promise<void> {
     const entry = Buffer.alloc(ENTRY_BYTES);
-    entry.writeBigUInt64BE(BigInt(block + 1), 0);
-    entry.writeDoubleBE(lastUse, 8);
-    entry.writeUInt32BE(checksum, CHECKSUM_AT);
+    encodeEntry(entry, 0, block, lastUse, checksum);
     return this.#map.write(entry, MAP_HEADER_BYTES + slot * ENTRY_BYTES);
   }
 }

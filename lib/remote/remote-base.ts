@@ -285,9 +285,7 @@ export class RemoteBase extends ReadOnlyImage {
     // Kept in the cache, then no longer in flight: a read in between finds it one way or the other.
     const kept = whole
       .then(async (buf) => {
-        for (let i = 0; i < count; i++) {
-          await this.#cache.store(first + i, buf.subarray(i * bs, Math.min((i + 1) * bs, buf.length)));
-        }
+        await this.#cache.store(first, buf);
         return buf;
       })
       .catch(() => undefined)

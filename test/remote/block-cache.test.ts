@@ -252,6 +252,42 @@ t.test('a span of blocks in consecutive checked slots is read at once; anything 
   await again.close();
 });
 
+t.test('a store of several blocks: blocks already held are left, the rest kept, one map write per run', async (t) => {
+  const dir = t.testdir();
+  const cache = await BlockCache.open(options(dir, []));
+  await cache.store(5, blockData(5));
+  const run = Buffer.concat([3, 4, 5, 6, 7, 8, 9, 10].map((b) => (b === 5 ? Buffer.alloc(BS, 0xee) : blockData(b))));
+  await cache.store(3, run);
+  for (const b of [3, 4, 5, 6, 7, 8, 9, 10]) {
+    t.same(await readBlock(cache, b, b === 10 ? 1000 : BS), blockData(b), `block ${b}`);
+  }
+  t.equal(cache.cachedBlocks, 8);
+  const dest = Buffer.alloc(2 * BS);
+  t.ok(cache.readSpan(6, 2, 0, dest), 'blocks stored together sit in consecutive slots');
+  await cache.close();
+  // After a crash, every block of the run is checked against its own entry.
+  markDirty(dir);
+  const warnings: string[] = [];
+  const again = await BlockCache.open(options(dir, warnings));
+  for (const b of [3, 4, 6, 9]) t.same(await readBlock(again, b), blockData(b), `block ${b} passes its check`);
+  t.same(warnings, []);
+  await again.close();
+});
+
+t.test('a store of several blocks past the capacity keeps what fits, evicting the oldest', async (t) => {
+  const dir = t.testdir();
+  const cache = await BlockCache.open(options(dir, [], { capacity: 3 * BS }));
+  await cache.store(0, blockData(0));
+  await cache.store(4, Buffer.concat([4, 5, 6, 7].map((b) => blockData(b))));
+  t.same(
+    [0, 4, 5, 6, 7].map((b) => cache.has(b)),
+    [false, true, true, true, false],
+    'three slots: block 0 evicted for 6, and nothing for 7 while 4-6 are being written',
+  );
+  for (const b of [4, 5, 6]) t.same(await readBlock(cache, b), blockData(b));
+  await cache.close();
+});
+
 t.test('the map says dirty on disk while a process has it open, clean once it closed', async (t) => {
   const dir = t.testdir();
   const header = (): string => readFileSync(join(dir, 'img-0123.map')).subarray(0, MAP_HEADER_BYTES).toString('utf8');
