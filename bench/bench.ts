@@ -27,6 +27,7 @@ import {
 } from './lib/proc.js';
 import { computeRatios, MEMORY, OURS, renderMarkdown } from './lib/report.js';
 import type { Results, ScalePhase, ServerRecord, WorkloadEntry } from './lib/results.js';
+import { medianRound } from './lib/rounds.js';
 import { runScalePhase } from './lib/scale.js';
 import {
   type RunningServer,
@@ -428,7 +429,7 @@ function recordVersions(): void {
 async function main(): Promise<void> {
   log(
     `settings: BASE_MB=${settings.base_mb} RUNTIME=${settings.runtime} RAMP=${settings.ramp} SESSION_SECONDS=${settings.session_seconds} ` +
-      `SCALE_CONNECTIONS=${settings.scale_connections} SERVERS="${settings.anchors.join(' ')}" WORKLOADS="${settings.workloads.join(' ')}"`,
+      `SCALE_CONNECTIONS=${settings.scale_connections} ROUNDS=${settings.rounds} SERVERS="${settings.anchors.join(' ')}" WORKLOADS="${settings.workloads.join(' ')}"`,
   );
   if (runWorkloads.some((w) => !w.startsWith('sessions') && !w.startsWith('noisy-neighbour'))) {
     if (spawnSync('fio', ['--enghelp=nbd'], { stdio: 'ignore' }).status !== 0)
@@ -469,12 +470,20 @@ async function main(): Promise<void> {
     runnable.push(rec);
   }
   for (const w of runWorkloads) {
-    for (const rec of runnable) {
-      const { entry, srv } = await benchWorkload(rec.name, w);
-      rec.workloads[w] = entry;
-      if (rec.command === null && srv?.cmd) rec.command = showCommand(srv);
+    const rounds = new Map<ServerRecord, WorkloadEntry[]>(runnable.map((rec) => [rec, []]));
+    for (let round = 1; round <= settings.rounds; round++) {
+      if (settings.rounds > 1) log(`${w}: round ${round} of ${settings.rounds}`);
+      for (const rec of runnable) {
+        const { entry, srv } = await benchWorkload(rec.name, w);
+        rounds.get(rec)?.push(entry);
+        if (rec.command === null && srv?.cmd) rec.command = showCommand(srv);
+      }
+      if (!checkBase(w)) {
+        for (const rec of runnable) rec.workloads[w] = medianRound(w, rounds.get(rec) ?? []);
+        return finish(2);
+      }
     }
-    if (!checkBase(w)) return finish(2);
+    for (const rec of runnable) rec.workloads[w] = medianRound(w, rounds.get(rec) ?? []);
   }
 
   if (scaleWorkload) {

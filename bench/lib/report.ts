@@ -15,7 +15,7 @@ interface Headline {
 }
 
 /** Headline metric of a workload (name without @transport). */
-function headline(workload: string): Headline | null {
+export function headline(workload: string): Headline | null {
   const base = workload.split('@')[0];
   switch (base) {
     case 'seq-read':
@@ -158,7 +158,7 @@ export function renderMarkdown(results: Results): string {
   );
   p(
     `- settings: BASE_MB=${settings.base_mb} RUNTIME=${settings.runtime} RAMP=${settings.ramp} SESSION_SECONDS=${settings.session_seconds} ` +
-      `SCALE_CONNECTIONS=${settings.scale_connections}${settings.quick ? ' (BENCH_QUICK=1)' : ''}${settings.ours_args.length ? ` OURS_ARGS="${settings.ours_args.join(' ')}"` : ''}`,
+      `SCALE_CONNECTIONS=${settings.scale_connections}${settings.rounds > 1 ? ` ROUNDS=${settings.rounds}` : ''}${settings.quick ? ' (BENCH_QUICK=1)' : ''}${settings.ours_args.length ? ` OURS_ARGS="${settings.ours_args.join(' ')}"` : ''}`,
   );
   p(
     `- versions: ${Object.entries(results.versions)
@@ -211,6 +211,19 @@ export function renderMarkdown(results: Results): string {
     );
     p();
 
+    if (settings.rounds > 1) {
+      p(`### Rounds: each cell above is the median of ${settings.rounds} runs, the servers in turn`);
+      p();
+      p('The lowest and highest of each cell\'s runs (its headline number; "n of N" when some runs failed).');
+      p();
+      p(`| ${header.join(' | ')} |`);
+      p(`|${header.map(() => '---').join('|')}|`);
+      for (const s of results.servers) {
+        p(`| ${s.name} | ${columns.map(({ w }) => roundsCell(s.workloads[w], settings.rounds)).join(' | ')} |`);
+      }
+      p();
+    }
+
     p('### Server CPU seconds per workload (with reaped children)');
     p();
     const h2 = ['server', ...columns.map(({ w }) => w)];
@@ -262,6 +275,13 @@ export function renderMarkdown(results: Results): string {
   for (const s of results.servers) p(`- **${s.name}**: \`${s.command ?? '(not started)'}\` — ${s.notes}`);
   p();
   return out.join('\n');
+}
+
+function roundsCell(r: WorkloadEntry | undefined, rounds: number): string {
+  const values = r?.round_values;
+  if (values === undefined || values.length === 0) return '–';
+  const range = `${fmt(Math.min(...values))}–${fmt(Math.max(...values))}`;
+  return values.length < rounds ? `${range} (${values.length} of ${rounds})` : range;
 }
 
 const cpuCell = (r: WorkloadEntry | undefined): string => (r?.status === 'ok' ? fmt(r.server_cpu_s) : '–');

@@ -19,6 +19,8 @@ export interface WorkloadEntry extends Partial<FioResult>, Partial<SessionsResul
   server_cpu_pct?: number;
   /** noisy-neighbour's numbers (bench/noisy_neighbour.py). */
   noisy?: NoisyResult;
+  /** ROUNDS > 1: the headline metric of every ok round, in the order they ran (the cell is their median). */
+  round_values?: number[];
 }
 
 export interface ServerRecord {

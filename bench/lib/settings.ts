@@ -28,6 +28,8 @@ export interface Settings {
   readonly ours_args: readonly string[];
   readonly ours_variants: readonly (readonly string[])[];
   readonly ready_timeout_s: number;
+  /** Runs of each workload per server, in turn; each cell is the median run (rounds.ts). */
+  readonly rounds: number;
   /** The JSON path; left out of the report. */
   readonly results: string;
   readonly keep_tmp: boolean;
@@ -87,6 +89,7 @@ export function readSettings(env: NodeJS.ProcessEnv, defaultResults: string): Se
       .map((v) => words(v.trim()))
       .filter((v) => v.length > 0),
     ready_timeout_s: intSetting('READY_TIMEOUT', 20),
+    rounds: Math.max(1, intSetting('ROUNDS', 1)),
     results: resolve(env['RESULTS'] ?? defaultResults),
     keep_tmp: env['KEEP_TMP'] === '1',
     prime_memory: env['PRIME_MEMORY'] !== '0',
