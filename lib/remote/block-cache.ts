@@ -243,8 +243,9 @@ export class BlockCache {
   /**
    * Keep `data` as blocks `first`, `first + 1`, … (whole blocks; the image's last one shorter),
    * evicting the least recently used blocks not being read when no slot is free; blocks already
-   * held are left as they are. Blocks that land in consecutive slots share one map write. A failure to write (a full disk) is warned about once
-   * and leaves those blocks uncached: the cache only ever saves fetches.
+   * held are left as they are. Blocks that land in consecutive slots share one map write. A
+   * failure to write (a full disk) is warned about once and leaves those blocks uncached: the
+   * cache only ever saves fetches.
    */
   async store(first: number, data: Buffer): Promise<void> {
     const bs = this.blockSize;
