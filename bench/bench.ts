@@ -38,6 +38,7 @@ import {
   type Transport,
 } from './lib/servers.js';
 import { defaultResultsPath, readSettings, splitWorkload } from './lib/settings.js';
+import { establishedTo } from './lib/tcp-peers.js';
 import { errorText, FIO_WORKLOADS, FioError, fioWrites, round, runFio, runSessions } from './lib/workloads.js';
 
 // This file runs as dist/bench/bench.js: the checkout is two levels up.
@@ -230,12 +231,12 @@ let baseFd: number | null = null;
 /** The python3 with python3-libnbd for noisy-neighbour; looked up once, if that workload runs. */
 const noisyPython = runWorkloads.some((w) => w.startsWith('noisy-neighbour')) ? findPython(process.env) : null;
 
-/** Established connections to the server now, by `ss` (TCP: its port; unix: its socket path). */
+/** Established connections to the server now (TCP: to its port, from /proc; unix: to its socket path, by `ss`). */
 function connectionCounter(srv: RunningServer): () => number | null {
   const { port, socket } = srv.endpoint;
-  const args = socket
-    ? ['-Hxn', 'state', 'established', 'src', socket]
-    : ['-Htn', 'state', 'established', `( sport = :${port} )`];
+  if (port !== null) return () => establishedTo(port);
+  if (!socket) return () => null;
+  const args = ['-Hxn', 'state', 'established', 'src', socket];
   return () => {
     const r = spawnSync('ss', args, { encoding: 'utf8', timeout: 5000 });
     return r.status === 0 ? r.stdout.split('\n').filter((l) => l.trim()).length : null;

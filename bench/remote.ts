@@ -22,6 +22,7 @@ import { makeBase, primeMemory, sha256, warmBase } from './lib/base-image.js';
 import { die, envNumber, log } from './lib/log.js';
 import { type Nginx, nginxBinary, type OriginTraffic, originTraffic, startNginx } from './lib/nginx.js';
 import { alive, exitOnSignalsAndErrors, registerPid, sleep, startTime, stopPid, tail, treeCpuSeconds } from './lib/proc.js';
+import { establishedTo } from './lib/tcp-peers.js';
 import { errorText, FIO_WORKLOADS, FioError, type FioResult, fioWrites, round, runFio } from './lib/workloads.js';
 
 // This file runs as dist/bench/remote.js: the checkout is two levels up.
@@ -267,10 +268,6 @@ function removeRun(srv: Running): void {
 }
 
 /** Established connections to 127.0.0.1:port now (ss), or null. */
-function connectionsTo(port: number): number | null {
-  const r = spawnSync('ss', ['-Htn', 'state', 'established', `( sport = :${port} )`], { encoding: 'utf8', timeout: 5000 });
-  return r.status === 0 ? r.stdout.split('\n').filter((l) => l.trim()).length : null;
-}
 
 /** Sum of every sample of `name` in a Prometheus text page (all its label sets), or null if absent. */
 function metricValue(page: string, name: string): number | null {
@@ -303,7 +300,7 @@ function nbdcopy(srv: Running): Promise<CopyResult> {
     clients.add(child);
     let seen: number | null = null;
     const sampler = setInterval(() => {
-      const n = connectionsTo(srv.port);
+      const n = establishedTo(srv.port);
       if (n !== null) seen = Math.max(seen ?? 0, n);
     }, 100);
     child.once('error', (err) => {
@@ -339,7 +336,7 @@ async function fio(workload: string, srv: Running): Promise<FioEntry> {
       outFile: join(srv.run, 'fio.json'),
       logFd,
       clients,
-      countConnections: () => connectionsTo(srv.port),
+      countConnections: () => establishedTo(srv.port),
     });
     return { status: 'ok', fio: r };
   } catch (err) {
@@ -511,7 +508,7 @@ function toolVersion(cmd: string, args: readonly string[]): string | null {
 }
 
 async function main(): Promise<number> {
-  for (const tool of ['fio', 'nbdcopy', 'sha256sum', 'ss']) {
+  for (const tool of ['fio', 'nbdcopy', 'sha256sum']) {
     if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0) die(`${tool} not found (make bench-remote installs it)`);
   }
   if (nginxBinary() === null) die('nginx not found (make bench-remote installs it)');

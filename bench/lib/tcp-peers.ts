@@ -57,3 +57,29 @@ export function heldSockets(pid: number, localPort: number): HeldSockets | null 
   }
   return { sockets: inodes.size, peerPorts };
 }
+
+/** TCP state 01 in /proc/net/tcp: ESTABLISHED. */
+const ESTABLISHED = '01';
+
+/**
+ * Established TCP connections to `localPort` on this host (/proc/net/tcp and tcp6), or null if
+ * neither table can be read. Read in this process: sampling it 10 times a second costs next to
+ * nothing, where running `ss` as often took a tenth to a third of a core from the servers measured.
+ */
+export function establishedTo(localPort: number): number | null {
+  let count: number | null = null;
+  for (const table of ['tcp', 'tcp6']) {
+    let text: string;
+    try {
+      text = readFileSync(`/proc/net/${table}`, 'utf8');
+    } catch {
+      continue;
+    }
+    count ??= 0;
+    for (const line of text.split('\n').slice(1)) {
+      const cols = line.trim().split(/\s+/);
+      if (cols[3] === ESTABLISHED && portOf(cols[1]) === localPort) count++;
+    }
+  }
+  return count;
+}
