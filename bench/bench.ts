@@ -472,19 +472,18 @@ async function main(): Promise<void> {
   }
   for (const w of runWorkloads) {
     const rounds = new Map<ServerRecord, WorkloadEntry[]>(runnable.map((rec) => [rec, []]));
-    for (let round = 1; round <= settings.rounds; round++) {
+    let baseUnchanged = true;
+    for (let round = 1; round <= settings.rounds && baseUnchanged; round++) {
       if (settings.rounds > 1) log(`${w}: round ${round} of ${settings.rounds}`);
       for (const rec of runnable) {
         const { entry, srv } = await benchWorkload(rec.name, w);
         rounds.get(rec)?.push(entry);
         if (rec.command === null && srv?.cmd) rec.command = showCommand(srv);
       }
-      if (!checkBase(w)) {
-        for (const rec of runnable) rec.workloads[w] = medianRound(w, rounds.get(rec) ?? []);
-        return finish(2);
-      }
+      baseUnchanged = checkBase(w);
     }
     for (const rec of runnable) rec.workloads[w] = medianRound(w, rounds.get(rec) ?? []);
+    if (!baseUnchanged) return finish(2);
   }
 
   if (scaleWorkload) {

@@ -34,26 +34,36 @@ function socketInodes(pid: number): Set<string> | null {
 /** The port of an address column of /proc/net/tcp ("0100007F:1F90"; tcp6 has 32 hex digits). */
 const portOf = (column: string | undefined): number => Number.parseInt(column?.split(':')[1] ?? '', 16);
 
+/**
+ * The rows of `dir`/tcp and `dir`/tcp6, each split into its columns (sl, local_address,
+ * rem_address, st, tx_queue:rx_queue, tr:tm->when, retrnsmt, uid, timeout, inode, …); null if
+ * neither table can be read.
+ */
+function tcpRows(dir: string): string[][] | null {
+  let rows: string[][] | null = null;
+  for (const table of ['tcp', 'tcp6']) {
+    let text: string;
+    try {
+      text = readFileSync(`${dir}/${table}`, 'utf8');
+    } catch {
+      continue;
+    }
+    rows ??= [];
+    for (const line of text.split('\n').slice(1)) if (line.trim() !== '') rows.push(line.trim().split(/\s+/));
+  }
+  return rows;
+}
+
 /** What `pid` holds now, or null if it is gone. */
 export function heldSockets(pid: number, localPort: number): HeldSockets | null {
   const inodes = socketInodes(pid);
   if (inodes === null) return null;
   const peerPorts = new Set<number>();
-  for (const table of ['tcp', 'tcp6']) {
-    let text: string;
-    try {
-      text = readFileSync(`/proc/${pid}/net/${table}`, 'utf8');
-    } catch {
-      continue;
-    }
-    // Columns: sl, local_address, rem_address, st, tx_queue:rx_queue, tr:tm->when, retrnsmt, uid, timeout, inode.
-    for (const line of text.split('\n').slice(1)) {
-      const cols = line.trim().split(/\s+/);
-      const inode = cols[9];
-      if (inode === undefined || !inodes.has(inode) || portOf(cols[1]) !== localPort) continue;
-      const peer = portOf(cols[2]);
-      if (peer > 0) peerPorts.add(peer);
-    }
+  for (const cols of tcpRows(`/proc/${pid}/net`) ?? []) {
+    const inode = cols[9];
+    if (inode === undefined || !inodes.has(inode) || portOf(cols[1]) !== localPort) continue;
+    const peer = portOf(cols[2]);
+    if (peer > 0) peerPorts.add(peer);
   }
   return { sockets: inodes.size, peerPorts };
 }
@@ -67,19 +77,6 @@ const ESTABLISHED = '01';
  * nothing, where running `ss` as often took a tenth to a third of a core from the servers measured.
  */
 export function establishedTo(localPort: number): number | null {
-  let count: number | null = null;
-  for (const table of ['tcp', 'tcp6']) {
-    let text: string;
-    try {
-      text = readFileSync(`/proc/net/${table}`, 'utf8');
-    } catch {
-      continue;
-    }
-    count ??= 0;
-    for (const line of text.split('\n').slice(1)) {
-      const cols = line.trim().split(/\s+/);
-      if (cols[3] === ESTABLISHED && portOf(cols[1]) === localPort) count++;
-    }
-  }
-  return count;
+  const rows = tcpRows('/proc/net');
+  return rows === null ? null : rows.filter((cols) => cols[3] === ESTABLISHED && portOf(cols[1]) === localPort).length;
 }

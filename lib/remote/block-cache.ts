@@ -37,8 +37,8 @@ import type { InlineIoGuard } from '../block/inline-io-guard.js';
 import { acquireOverlayLock, type OverlayLock } from '../block/overlay-lock.js';
 import { O_CREAT_EXCL_RDWR, O_RDWR } from '../block/syscalls.js';
 
-const MAGIC = 'nbd-cow block cache v2\n';
 const MAGIC_STEM = 'nbd-cow block cache v';
+const MAGIC = `${MAGIC_STEM}2\n`;
 export const MAP_HEADER_BYTES = 4096;
 export const ENTRY_BYTES = 24;
 const CHECKSUM_AT = 16;
@@ -270,17 +270,13 @@ export class BlockCache {
 
   async #storeRun(run: Run, bytes: Buffer): Promise<void> {
     const bs = this.blockSize;
-    const checksums = new Uint32Array(run.count);
+    const blocks = Array.from({ length: run.count }, (_, i) => bytes.subarray(i * bs, (i + 1) * bs));
+    const checksums = blocks.map((block) => crc32(block));
     const entries = Buffer.alloc(run.count * ENTRY_BYTES);
-    for (let i = 0; i < run.count; i++) {
-      checksums[i] = crc32(bytes.subarray(i * bs, Math.min((i + 1) * bs, bytes.length)));
-      encodeEntry(entries, i * ENTRY_BYTES, run.block + i, this.#clock, checksums[i] as number);
-    }
+    for (const [i, checksum] of checksums.entries()) encodeEntry(entries, i * ENTRY_BYTES, run.block + i, this.#clock, checksum);
     try {
       // Block by block: a block's write stays small enough to run inline (data-file.ts).
-      for (let i = 0; i < run.count; i++) {
-        await this.#data.write(bytes.subarray(i * bs, Math.min((i + 1) * bs, bytes.length)), (run.slot + i) * bs);
-      }
+      for (const [i, block] of blocks.entries()) await this.#data.write(block, (run.slot + i) * bs);
       await this.#map.write(entries, MAP_HEADER_BYTES + run.slot * ENTRY_BYTES);
     } catch (err) {
       for (let i = 0; i < run.count; i++) this.#free.push(run.slot + i);

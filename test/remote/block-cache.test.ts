@@ -25,16 +25,20 @@ function blockData(block: number, size = IMAGE): Buffer {
   return Buffer.alloc(length, block + 1);
 }
 
+/** Rewrite the text of the map's header with `edit`. */
+function editHeader(dir: string, edit: (text: string) => string): void {
+  const path = join(dir, 'img-0123.map');
+  const text = readFileSync(path).subarray(0, MAP_HEADER_BYTES).toString('utf8').replace(/\0+$/, '');
+  const header = Buffer.alloc(MAP_HEADER_BYTES);
+  header.write(edit(text), 'utf8');
+  const fd = openSync(path, 'r+');
+  writeSync(fd, header, 0, MAP_HEADER_BYTES, 0);
+  closeSync(fd);
+}
+
 /** Mark the map as a crashed process leaves it: not closed cleanly. */
 function markDirty(dir: string): void {
-  const path = join(dir, 'img-0123.map');
-  const header = readFileSync(path).subarray(0, MAP_HEADER_BYTES);
-  const text = header.toString('utf8').replace(/\0+$/, '');
-  const dirty = Buffer.alloc(MAP_HEADER_BYTES);
-  dirty.write(text.replace('"clean":true', '"clean":false'), 'utf8');
-  const fd = openSync(path, 'r+');
-  writeSync(fd, dirty, 0, MAP_HEADER_BYTES, 0);
-  closeSync(fd);
+  editHeader(dir, (text) => text.replace('"clean":true', '"clean":false'));
 }
 
 async function readBlock(cache: BlockCache, block: number, length = BS): Promise<Buffer | undefined> {
@@ -168,13 +172,7 @@ t.test('a map of version 1 (sha256 entries) is discarded, with a word', async (t
   await cache.store(2, blockData(2));
   await cache.close();
   // Version 1's header, as an older nbd-cow wrote it, over this map.
-  const path = join(dir, 'img-0123.map');
-  const header = readFileSync(path).subarray(0, MAP_HEADER_BYTES).toString('utf8').replace(/\0+$/, '');
-  const v1 = Buffer.alloc(MAP_HEADER_BYTES);
-  v1.write(header.replace('nbd-cow block cache v2', 'nbd-cow block cache v1'), 'utf8');
-  const fd = openSync(path, 'r+');
-  writeSync(fd, v1, 0, MAP_HEADER_BYTES, 0);
-  closeSync(fd);
+  editHeader(dir, (text) => text.replace('nbd-cow block cache v2', 'nbd-cow block cache v1'));
   const warnings: string[] = [];
   const again = await BlockCache.open(options(dir, warnings));
   t.equal(again.cachedBlocks, 0, 'nothing of it is trusted');
