@@ -15,7 +15,7 @@ import { validateConnectionLimit } from './server/admission.js';
 import { ConfiguredExports, type ReloadSummary } from './server/configured-exports.js';
 import { type ConnectionLimits, DEFAULT_LIMITS } from './server/connection-limits.js';
 import type { Replay } from './server/hand-over.js';
-import { type ListenAddress, ListenerGroup, NbdListener } from './server/listener.js';
+import { type ListenAddress, ListenerGroup, NbdListener, type SharedAccept } from './server/listener.js';
 import { MemoryBudget } from './server/memory-budget.js';
 import { ServerMetrics } from './server/metrics.js';
 import { dropPrivileges, privilegeTarget } from './server/privileges.js';
@@ -30,10 +30,13 @@ export interface ServerRuntime {
   readonly events?: readonly ServerEvents[];
   readonly limits?: Partial<ConnectionLimits>;
   /**
-   * A worker (workers.ts): the addresses its primary listens on, one per configured listener.
-   * The listeners are made but do not listen; adopt() serves the sockets the primary passes.
+   * A worker (workers.ts): the addresses its primary bound, one per configured listener. The
+   * listeners are made but do not bind: listenShared() accepts on the primary's sockets, and
+   * adopt() serves the sockets other workers pass on.
    */
   readonly adopted?: readonly ListenAddress[];
+  /** A worker's: its siblings' connection counts, and how to place a connection in a less busy one. */
+  readonly siblings?: WorkerSiblings;
   /** A worker's: whether a pid is a sibling worker (hand-over.ts). */
   readonly siblingWorker?: (pid: number) => boolean;
   /** A worker's: move a connection accepted on listener `listener` to worker `owner`, which holds its named overlay. */
@@ -68,8 +71,10 @@ export interface RunningServer {
   reload(config: ServerConfig): Promise<ReloadSummary>;
   /** Stop accepting, finish in-flight requests, delete ephemeral overlays, close (keep) named ones, release the bases. */
   stop(): Promise<void>;
-  /** A worker's: serve `socket`, which its primary accepted on listener `index` (and another worker began, with `replay`). */
+  /** A worker's: serve `socket`, which another worker accepted on listener `index` (and began, with `replay`). */
   adopt(index: number, socket: Socket, replay?: Replay): void;
+  /** A worker's: accept on `handle`, the socket its primary bound for listener `index` (shared-socket.ts). */
+  listenShared(index: number, handle: object): Promise<void>;
 }
 
 export async function startConfiguredServer(config: ServerConfig, runtime: ServerRuntime): Promise<RunningServer> {
@@ -112,6 +117,7 @@ export async function startConfiguredServer(config: ServerConfig, runtime: Serve
     // One connection cap and one numbering for every listener.
     const group = new ListenerGroup({ allow, maxConnections }, log, events);
     const handOver = runtime.handOver;
+    const siblings = runtime.siblings;
     for (const [i, listen] of config.listen.entries()) {
       const listener = new NbdListener({
         registry: exports.table,
@@ -122,6 +128,7 @@ export async function startConfiguredServer(config: ServerConfig, runtime: Serve
         group,
         ...(permissions[i] !== undefined ? { socketPermissions: permissions[i] } : {}),
         events,
+        ...(siblings !== undefined ? { shared: sharedAccept(siblings, i) } : {}),
         ...(handOver !== undefined
           ? { handOver: (socket: Socket, replay: Replay, owner: number) => handOver(i, socket, replay, owner) }
           : {}),
@@ -182,11 +189,35 @@ export async function startConfiguredServer(config: ServerConfig, runtime: Serve
         }
         listener.adopt(socket, address, replay);
       },
+      listenShared: async (index, handle) => {
+        const listener = listeners[index];
+        const address = addresses[index];
+        if (runtime.adopted === undefined || listener === undefined || address === undefined) {
+          throw new Error(`no listener ${index} to listen on`);
+        }
+        await listener.listenShared(handle, address);
+      },
     };
   } catch (err) {
     await stopAll();
     throw err;
   }
+}
+
+/** What a worker knows of its siblings (worker-process.ts). */
+export interface WorkerSiblings {
+  othersOpen(): number;
+  fewestElsewhere(): number;
+  /** Send `socket`, accepted on listener `listener` and unread, to a less busy worker. */
+  place(listener: number, socket: Socket): void;
+}
+
+function sharedAccept(siblings: WorkerSiblings, listener: number): SharedAccept {
+  return {
+    othersOpen: () => siblings.othersOpen(),
+    fewestElsewhere: () => siblings.fewestElsewhere(),
+    place: (socket) => siblings.place(listener, socket),
+  };
 }
 
 function handshakeLimit(config: ServerConfig): Partial<ConnectionLimits> {

@@ -13,6 +13,8 @@
 // relayed stream as the connection. That costs a process hop per request, for those connections
 // only.
 
+import type { Socket } from 'node:net';
+
 /** What the owner needs to go on with a handed-over connection. */
 export interface Replay {
   /** Client flags and every option before the GO, replayed with replies muted. */
@@ -171,4 +173,19 @@ export function decodeRelayHeader(bytes: Buffer): { replay: Replay; used: number
   if (bytes.length < 4 + length) return null;
   const message = JSON.parse(bytes.subarray(4, 4 + length).toString('utf8')) as unknown;
   return { replay: decodeReplay(message), used: 4 + length };
+}
+
+/**
+ * Stop `socket`'s handle reading before the socket is sent to another process: Node drops what a
+ * sent handle reads until the other side has it, and a process that receives a socket starts
+ * reading it at once. (A client waits for a reply before it sends more: a GO's, or the greeting
+ * the receiving worker sends; this is for the bytes that come meanwhile.) Node's own fields, as
+ * net.Socket sets them when it stops a handle itself.
+ */
+export function stopReading(socket: Socket): void {
+  const handle = (socket as unknown as { _handle?: { reading?: boolean; readStop?: () => number } })._handle;
+  if (handle?.reading === true && handle.readStop !== undefined) {
+    handle.reading = false;
+    handle.readStop();
+  }
 }

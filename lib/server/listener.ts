@@ -21,7 +21,7 @@ import type { TlsSettings } from './tls-credentials.js';
 const SHUTDOWN_GRACE_MS = 2000;
 
 /** sun_path holds 108 bytes including the terminating NUL; Node would silently cut longer paths. */
-const MAX_UNIX_PATH_BYTES = 107;
+export const MAX_UNIX_PATH_BYTES = 107;
 
 export type ListenAddress =
   | { readonly kind: 'tcp'; readonly host: string; readonly port: number }
@@ -66,14 +66,20 @@ export interface NbdListenerOptions {
   readonly socketPermissions?: SocketPermissions;
   /** Where connections report what happens (logs, metrics); absent: nowhere. */
   readonly events?: ServerEvents;
-  /**
-   * A primary's listener (workers.ts): accept paused (no byte read), admit, then hand the socket
-   * to `forward` instead of serving it; `done` is called once the connection has closed wherever
-   * it went, so the connection cap counts it until then.
-   */
-  readonly forward?: (socket: Socket, done: () => void) => void;
+  /** A worker's listener (workers.ts): it accepts on the socket its primary shares with every worker. */
+  readonly shared?: SharedAccept;
   /** A worker's listener: how a connection moves to the worker holding its named overlay (hand-over.ts). */
   readonly handOver?: (socket: Socket, replay: Replay, owner: number) => void;
+}
+
+/** What a worker's listener knows of its siblings, and how it passes a connection to a less busy one. */
+export interface SharedAccept {
+  /** Connections open in the other workers, as last reported: the connection cap counts them too. */
+  othersOpen(): number;
+  /** The fewest connections open in one other worker (Infinity when there is none). */
+  fewestElsewhere(): number;
+  /** Send `socket` (unread) through the primary to a worker with fewer connections. */
+  place(socket: Socket): void;
 }
 
 export class NbdListener {
@@ -91,7 +97,8 @@ export class NbdListener {
   constructor(options: NbdListenerOptions) {
     this.#options = options;
     this.#group = options.group ?? new ListenerGroup(options.admission ?? {}, options.log, options.events ?? NO_EVENTS);
-    const pauseOnConnect = options.forward !== undefined;
+    // A worker's socket stays unread until it is known to be served here (it may be placed elsewhere).
+    const pauseOnConnect = options.shared !== undefined;
     this.#server = createServer({ noDelay: true, allowHalfOpen: true, pauseOnConnect }, (socket) => this.#accept(socket));
   }
 
@@ -167,8 +174,25 @@ export class NbdListener {
   }
 
   /**
-   * Serve `socket`, accepted by another process's listener at `address` (a worker's listener
-   * never listens: the primary passes it what it accepted, see workers.ts).
+   * Accept on `handle`, the socket its primary bound at `address` and shares with every worker
+   * (shared-socket.ts). The primary keeps the socket file and removes it.
+   */
+  listenShared(handle: object, address: ListenAddress): Promise<void> {
+    this.#address = address;
+    return new Promise((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException): void => reject(describeListenError(err, address));
+      this.#server.once('error', onError);
+      this.#server.listen(handle, () => {
+        this.#server.off('error', onError);
+        this.#server.on('error', (err) => this.#options.log.error(`listener: ${err.message}`));
+        resolve();
+      });
+    });
+  }
+
+  /**
+   * Serve `socket`, accepted by another worker on the listener at `address` and admitted there:
+   * placed here by the primary, handed over for a named overlay (hand-over.ts) or relayed with TLS.
    */
   adopt(socket: Socket, address: ListenAddress, replay?: Replay): void {
     this.#address ??= address;
@@ -177,7 +201,7 @@ export class NbdListener {
     socket.setNoDelay(true);
     // A socket a connection let go of (hand-over.ts) is paused: the new connection reads it.
     socket.resume();
-    this.#accept(socket, replay);
+    this.#serve(socket, replay);
   }
 
   /** Stop accepting, let every connection finish its in-flight requests, close everything. */
@@ -187,13 +211,14 @@ export class NbdListener {
   }
 
   async #stop(): Promise<void> {
-    // A primary's (forward) connections live on in the workers, which stop them: close() stops
-    // listening at once, and its callback would wait for sockets handed to workers (a dead
-    // worker's, or one handed on to a sibling, are never reported closed).
-    const forwarding = this.#options.forward !== undefined;
+    // close() stops accepting at once. Its callback waits for every socket the server accepted,
+    // and Node tracks one a worker passed to its primary (placed, or handed over for a named
+    // overlay) until the primary reports it closed, which it never does once it has passed it
+    // on: a worker's listener does not wait for it (its own connections are awaited below).
+    const passesSockets = this.#options.shared !== undefined;
     const closedListener = new Promise<void>((resolve) => {
       this.#server.close(() => resolve());
-      if (forwarding) resolve();
+      if (passesSockets) resolve();
     });
     const connections = [...this.#connections];
     await Promise.all(connections.map((conn) => conn.shutdown()));
@@ -211,20 +236,28 @@ export class NbdListener {
     if (this.#ownsSocketFile && this.#address?.kind === 'unix') await unlink(this.#address.path).catch(() => undefined);
   }
 
-  #accept(socket: Socket, replay?: Replay): void {
+  #accept(socket: Socket): void {
     if (this.#stopping !== null) {
       socket.destroy();
       return;
     }
-    if (!this.#group.admission.admit(socket, this.#group.open, this.#address?.kind === 'tcp')) return;
-    const forward = this.#options.forward;
-    if (forward !== undefined) {
-      this.#group.open++;
-      let counted = true;
-      forward(socket, () => {
-        if (counted) this.#group.open--;
-        counted = false;
-      });
+    const shared = this.#options.shared;
+    const open = this.#group.open + (shared?.othersOpen() ?? 0);
+    if (!this.#group.admission.admit(socket, open, this.#address?.kind === 'tcp')) return;
+    if (shared !== undefined) {
+      // Busier than a sibling: the primary places it there (once; a placed socket is adopted).
+      if (this.#group.open > shared.fewestElsewhere()) {
+        shared.place(socket);
+        return;
+      }
+      socket.resume();
+    }
+    this.#serve(socket);
+  }
+
+  #serve(socket: Socket, replay?: Replay): void {
+    if (this.#stopping !== null) {
+      socket.destroy();
       return;
     }
     const id = this.#group.nextId();
@@ -253,7 +286,7 @@ export class NbdListener {
   }
 }
 
-function describeListenError(err: NodeJS.ErrnoException, address: ListenAddress): Error {
+export function describeListenError(err: NodeJS.ErrnoException, address: ListenAddress): Error {
   const where =
     address.kind === 'tcp'
       ? `${address.host}:${address.port}`
@@ -274,7 +307,7 @@ function describeListenError(err: NodeJS.ErrnoException, address: ListenAddress)
 }
 
 /** Whether something accepts connections on the unix socket at `path`. */
-function isSocketAlive(path: string): Promise<boolean> {
+export function isSocketAlive(path: string): Promise<boolean> {
   return new Promise((resolve) => {
     const probe = connect({ path });
     probe.once('connect', () => {

@@ -1,35 +1,33 @@
 // One worker of `serve --workers N` (workers.ts, doc/workers.md): the whole server for the
-// connections its primary hands it. Its listeners never listen (start-server.ts, `adopted`): each
-// socket arrives over the IPC channel, unread, with the number of the listener that accepted it,
-// or from a sibling worker with the handshake to replay (hand-over.ts). The worker tells the
-// primary when it is ready and each time a connection closes (the primary counts connections
-// against the cap across all workers), and answers its requests for metrics and sessions. A GO for a named overlay that a sibling holds sends the
-// connection there, through the primary (Node's IPC runs between parent and child only).
+// connections it accepts. Its listeners do not bind (start-server.ts, `adopted`): each accepts on
+// the socket the primary bound and sent over the IPC channel (shared-socket.ts), so a connection
+// reaches the worker that accepts it with no hop through the primary. The worker reports its
+// connection count (coalesced), and learns its siblings': the connection cap counts them all, and
+// a worker busier than a sibling passes a new connection, unread, through the primary to the
+// least busy one. A GO for a named overlay that a sibling holds sends the connection there too,
+// with the handshake to replay (hand-over.ts). It answers the primary's requests for metrics and
+// sessions.
 
 import type { Socket } from 'node:net';
 import type { ServerConfig } from '../config/server-config.js';
 import type { Logger } from '../log.js';
 import { type RunningServer, type ServerRuntime, startConfiguredServer } from '../start-server.js';
-import { decodeReplay, encodeReplay, isHandedOver } from './hand-over.js';
+import { decodeReplay, encodeReplay, stopReading } from './hand-over.js';
 import type { ListenAddress } from './listener.js';
 import { NO_EVENTS, type ServerEvents } from './server-events.js';
 import { toSessionJson } from './session-list.js';
 import { relayTo, startRelayServer } from './worker-relay.js';
 import type { FromWorker, ToWorker } from './workers.js';
 
+/** How long a worker waits before it reports a changed connection count: one report for a burst. */
+const COUNT_REPORT_MS = 5;
+
 function tell(message: FromWorker, socket?: Socket): void {
   if (socket === undefined) {
     process.send?.(message);
     return;
   }
-  // Stop the handle reading before it goes: Node drops what a sent handle reads until the other
-  // side has it. (A client waits for its GO reply, so nothing should come; this is for one that
-  // does not.) Node's own fields, as net.Socket sets them when it stops a handle itself.
-  const handle = (socket as unknown as { _handle?: { reading?: boolean; readStop?: () => number } })._handle;
-  if (handle?.reading === true && handle.readStop !== undefined) {
-    handle.reading = false;
-    handle.readStop();
-  }
+  stopReading(socket);
   process.send?.(message, socket, { keepOpen: false });
 }
 
@@ -48,21 +46,42 @@ export async function serveAsWorker(
 ): Promise<RunningServer> {
   /** Sibling workers by pid: their relay sockets (worker-relay.ts). */
   let siblings = new Map<number, string>();
+  /** Connections open in each sibling, as the primary last told. */
+  let loads = new Map<number, number>();
   const { log } = runtime;
-  const closed: ServerEvents = {
-    ...NO_EVENTS,
-    connectionClosed: (_session, reason) => {
-      // A connection that moved to another worker is not closed: the primary counts it there now.
-      if (!isHandedOver(reason)) tell({ type: 'closed' });
-    },
+  let server: RunningServer | null = null;
+  let reportTimer: NodeJS.Timeout | null = null;
+  let reported = 0;
+  const reportCount = (): void => {
+    reportTimer ??= setTimeout(() => {
+      reportTimer = null;
+      const open = server?.connectionCount ?? 0;
+      if (open === reported) return;
+      reported = open;
+      tell({ type: 'count', open });
+    }, COUNT_REPORT_MS);
   };
+  const counted: ServerEvents = { ...NO_EVENTS, connectionOpened: reportCount, connectionClosed: reportCount };
   // The primary's listeners, whatever this process's flags say (systemd's sockets went to the
   // primary). Metrics are kept here and served by the primary, which asks for them ('status').
   const served: ServerConfig = { ...config, listen: adopted.map((address) => ({ address })) };
-  const server = await startConfiguredServer(served, {
+  const started = await startConfiguredServer(served, {
     ...runtime,
-    events: [...(runtime.events ?? []), closed],
+    events: [...(runtime.events ?? []), counted],
     adopted,
+    siblings: {
+      othersOpen: () => {
+        let open = 0;
+        for (const [pid, n] of loads) if (pid !== process.pid) open += n;
+        return open;
+      },
+      fewestElsewhere: () => {
+        let fewest = Number.POSITIVE_INFINITY;
+        for (const [pid, n] of loads) if (pid !== process.pid && siblings.has(pid)) fewest = Math.min(fewest, n);
+        return fewest;
+      },
+      place: (listener, socket) => tell({ type: 'place', listener }, socket),
+    },
     siblingWorker: (pid) => siblings.has(pid),
     handOver: (listener, socket, replay, owner) => {
       if (replay.tls === undefined) {
@@ -74,24 +93,25 @@ export async function serveAsWorker(
       const failed = (why: string): void => {
         log.warn(`a TLS connection could not be relayed to worker ${owner}: ${why}`);
         socket.destroy();
-        tell({ type: 'closed' });
       };
       if (path === undefined) failed('it is not a worker any more');
-      else relayTo(path, socket, replay, { connected: () => tell({ type: 'relayed', to: owner }), failed });
+      else relayTo(path, socket, replay, { failed });
     },
   });
+  server = started;
   // Relayed TLS connections from siblings, served as connections of the first listener.
   const relay = await startRelayServer((socket, replay) => {
     try {
-      server.adopt(0, socket, replay);
+      started.adopt(0, socket, replay);
     } catch (err) {
       socket.destroy();
       log.error(`worker: ${(err as Error).message}`);
     }
   }, log);
-  const stopServer = server.stop;
+  const stopServer = started.stop;
   // The server first: it ends the relayed connections too, which the relay socket's close waits for.
-  server.stop = async () => {
+  started.stop = async () => {
+    if (reportTimer !== null) clearTimeout(reportTimer);
     await stopServer();
     await relay.close();
   };
@@ -100,10 +120,27 @@ export async function serveAsWorker(
       siblings = new Map(message.workers.filter((w) => w.pid !== process.pid).map((w) => [w.pid, w.relay]));
       return;
     }
+    if (message?.type === 'loads') {
+      loads = new Map(message.workers.map((w) => [w.pid, w.open]));
+      return;
+    }
+    if (message?.type === 'listen' && socket !== undefined) {
+      // The primary's bound socket (shared-socket.ts): a handle, not a net.Socket.
+      started.listenShared(message.listener, socket).then(
+        () => tell({ type: 'listening', listener: message.listener }),
+        (err: unknown) => {
+          // A port taken between the primary's bind and this listen(): the primary says why it stops.
+          tell({ type: 'failed', message: (err as Error).message });
+          process.exitCode = 1;
+          started.stop().finally(() => process.exit(1));
+        },
+      );
+      return;
+    }
     if (message?.type === 'status') {
       const now = Date.now();
-      const sessions = server.sessions().map((record) => ({ ...toSessionJson(record, now), worker: process.pid }));
-      server.metricsJson().then(
+      const sessions = started.sessions().map((record) => ({ ...toSessionJson(record, now), worker: process.pid }));
+      started.metricsJson().then(
         (metrics) => tell({ type: 'status', id: message.id, metrics, sessions }),
         (err: unknown) => log.warn(`worker: metrics failed: ${String(err)}`),
       );
@@ -111,22 +148,21 @@ export async function serveAsWorker(
     }
     if (message?.type !== 'connection' || socket === undefined) return;
     try {
-      server.adopt(message.listener, socket, message.replay === undefined ? undefined : decodeReplay(message.replay));
+      started.adopt(message.listener, socket, message.replay === undefined ? undefined : decodeReplay(message.replay));
     } catch (err) {
       socket.destroy();
       log.error(`worker: ${(err as Error).message}`);
-      tell({ type: 'closed' });
     }
   });
   // The primary is gone (killed): no connection can come any more, and nobody would replace
   // this worker or count its connections. Drain and exit, as on SIGTERM: no orphan holds locks.
   process.once('disconnect', () => {
     log.warn('worker: the primary process is gone: stopping');
-    server.stop().then(
+    started.stop().then(
       () => process.exit(0),
       () => process.exit(1),
     );
   });
   tell({ type: 'ready', relay: relay.path });
-  return server;
+  return started;
 }

@@ -78,13 +78,13 @@ function readHeader(socket: Socket, serve: (socket: Socket, replay: Replay) => v
 
 /**
  * Relay `client` (a TLS connection, paused, its parsed bytes in `replay`) to the relay socket at
- * `path`: `connected` once the owner has it, `failed` (and `client` destroyed) if it cannot be reached.
+ * `path`; `failed` (and `client` destroyed) if it cannot be reached.
  */
 export function relayTo(
   path: string,
   client: Socket,
   replay: Replay,
-  events: { connected(): void; failed(why: string): void },
+  events: { failed(why: string): void },
 ): void {
   const owner = connect({ path, allowHalfOpen: true });
   let up = false;
@@ -99,7 +99,6 @@ export function relayTo(
     client.pipe(owner);
     owner.pipe(client);
     client.resume();
-    events.connected();
   });
   owner.on('error', (err) => {
     end();

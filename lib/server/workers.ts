@@ -1,10 +1,12 @@
-// `serve --workers N` (doc/workers.md): the primary process. It binds every listener, admits
-// connections (allow list and connection cap, counted over all workers) and hands each accepted
-// socket, paused and unread, to the worker process with fewest open connections, which runs the
-// whole server (handshake, TLS, exports, overlays) for it.
+// `serve --workers N` (doc/workers.md): the primary process. It binds every listener and shares
+// each socket with every worker (shared-socket.ts), which accepts its own connections and runs
+// the whole server for them (admission, handshake, TLS, exports, overlays): no connection passes
+// through the primary on its way in. Workers report their connection counts; the primary tells
+// each worker everyone's (the cap counts them all) and places the connections a busier worker
+// passes on in the least busy one.
 //
 // Workers are this same program started again with NBD_COW_WORKER set: they read the same flags
-// or configuration file, and serve what the primary sends (start-server.ts, adopted listeners).
+// or configuration file, and accept on the sockets the primary shares (start-server.ts, adopted listeners).
 // A worker that exits unasked loses its own connections only: the primary logs it, removes the
 // throwaway overlays it left (their names carry its pid) and starts another. Stopping sends each
 // worker SIGTERM (it drains as one process does) and waits for them; reload sends SIGHUP.
@@ -22,26 +24,26 @@ import { sweepEphemeralOverlays } from '../block/cow-device.js';
 import type { ServerConfig } from '../config/server-config.js';
 import { DEFAULT_MAX_CONNECTIONS } from '../defaults.js';
 import type { Logger } from '../log.js';
-import { AccessList } from './access-list.js';
 import { listenerPermissions } from './access-options.js';
 import { validateConnectionLimit } from './admission.js';
-import { DEFAULT_LIMITS } from './connection-limits.js';
-import { ExportTable } from './export-table.js';
-import type { ReplayMessage } from './hand-over.js';
-import { type ListenAddress, ListenerGroup, NbdListener } from './listener.js';
-import { MemoryBudget } from './memory-budget.js';
+import { type ReplayMessage, stopReading } from './hand-over.js';
+import type { ListenAddress } from './listener.js';
 import { ServerMetrics } from './metrics.js';
-import { NO_EVENTS } from './server-events.js';
 import type { SessionJson } from './session-list.js';
+import { bindSharedSocket, type SharedSocket } from './shared-socket.js';
 import { StatusServer } from './status-server.js';
-import { NO_TLS } from './tls-credentials.js';
 import { formatUri } from './uri.js';
 import { WORKER_ENV } from './worker-env.js';
 import { WorkersStatus } from './workers-status.js';
 
-/** Messages between the primary and a worker (a socket goes with 'connection' and 'handover'). */
+/** Messages between the primary and a worker (a socket goes with 'connection', 'place' and 'handover', a bound socket with 'listen'). */
 export type ToWorker =
+  /** Accept on this bound socket, listener number `listener` (shared-socket.ts). */
+  | { readonly type: 'listen'; readonly listener: number }
+  /** Serve this socket: another worker accepted it (and began it, with `replay`). */
   | { readonly type: 'connection'; readonly listener: number; readonly replay?: ReplayMessage }
+  /** Connections open in each worker, as they last reported (coalesced). */
+  | { readonly type: 'loads'; readonly workers: readonly { readonly pid: number; readonly open: number }[] }
   /** Send your metrics (prom-client JSON) and sessions, for the primary's --metrics endpoint. */
   | { readonly type: 'status'; readonly id: number }
   /**
@@ -52,15 +54,20 @@ export type ToWorker =
 export type FromWorker =
   /** Started; `relay` is its socket for relayed TLS connections. */
   | { readonly type: 'ready'; readonly relay: string }
-  | { readonly type: 'closed' }
+  /** It accepts on listener `listener` now. */
+  | { readonly type: 'listening'; readonly listener: number }
+  /** It cannot serve (it exits): why. */
+  | { readonly type: 'failed'; readonly message: string }
+  /** Its connections open now (sent a little after a change: one report for a burst). */
+  | { readonly type: 'count'; readonly open: number }
+  /** Serve this unread socket in a less busy worker. */
+  | { readonly type: 'place'; readonly listener: number }
   | {
       readonly type: 'status';
       readonly id: number;
       readonly metrics: readonly object[];
       readonly sessions: readonly SessionJson[];
     }
-  /** A TLS connection is relayed to worker `to` from now on: the cap counts it there (its close comes from there). */
-  | { readonly type: 'relayed'; readonly to: number }
   /** Move this socket to worker `to`, which holds the named overlay its GO names (hand-over.ts). */
   | { readonly type: 'handover'; readonly listener: number; readonly to: number; readonly replay: ReplayMessage };
 
@@ -104,74 +111,77 @@ interface Worker {
   child: ChildProcess;
   /** Its socket for relayed TLS connections, once it is ready. */
   relay: string | null;
-  /** Connections handed to it and not closed yet: their `done` callbacks, oldest first. */
-  readonly open: Array<() => void>;
+  /** Its connections open, as it last reported, plus those placed in it since. */
+  open: number;
+  /** Listening on every socket: it may be sent connections. */
+  ready: boolean;
   exited: Promise<void>;
 }
 
-/** Bind the listeners, start the workers, and hand them connections until stop(). */
+/** How long the primary waits before it tells the workers changed counts: one message for a burst. */
+const LOADS_BROADCAST_MS = 5;
+
+/** Bind the listeners, start the workers, and let them accept until stop(). */
 export async function startWorkers(config: ServerConfig, options: WorkersOptions): Promise<RunningWorkers> {
   const { log } = options;
-  const maxConnections = config.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
-  validateConnectionLimit(maxConnections);
-  const allow = config.allow === undefined ? undefined : new AccessList(config.allow);
+  // Checked here too, so that a bad value stops the primary before any worker starts.
+  validateConnectionLimit(config.maxConnections ?? DEFAULT_MAX_CONNECTIONS);
   const permissions = await Promise.all(config.listen.map((l) => listenerPermissions(l)));
-  // The primary's own metrics (admission refusals; its process) go into the merged /metrics.
+  // The primary's own metrics (its process) go into the merged /metrics.
   const metrics = config.metrics === undefined ? null : new ServerMetrics();
-  const group = new ListenerGroup({ allow, maxConnections }, log, metrics ?? NO_EVENTS);
   const workers: Worker[] = [];
   let stopping = false;
   let nextTurn = 0;
 
-  // The worker with fewest open connections; ties in turn.
-  const pick = (): Worker => {
-    const live = workers.filter((w) => w.child.connected);
-    const pool = live.length > 0 ? live : workers;
-    nextTurn = (nextTurn + 1) % pool.length;
-    let best = pool[nextTurn] as Worker;
-    for (const w of pool) if (w.open.length < best.open.length) best = w;
+  // The ready worker with fewest open connections; ties in turn.
+  const pick = (): Worker | undefined => {
+    const live = workers.filter((w) => w.ready && w.child.connected);
+    if (live.length === 0) return undefined;
+    nextTurn = (nextTurn + 1) % live.length;
+    let best = live[nextTurn] as Worker;
+    for (const w of live) if (w.open < best.open) best = w;
     return best;
   };
 
-  const listeners = config.listen.map(
-    (_, i) =>
-      new NbdListener({
-        // The primary never serves a connection: it forwards them all (no exports, buffers or TLS here).
-        registry: new ExportTable([]),
-        log,
-        limits: DEFAULT_LIMITS,
-        budget: new MemoryBudget({ limit: 0, stallMs: DEFAULT_LIMITS.replyStallMs }),
-        tls: NO_TLS,
-        group,
-        ...(permissions[i] !== undefined ? { socketPermissions: permissions[i] } : {}),
-        forward: (socket, done) => sendConnection(pick(), { type: 'connection', listener: i }, socket, done),
-      }),
-  );
-  // Give `worker` the connection on `socket`, counted (`done`) as its own; one it cannot take is dropped.
-  const sendConnection = (worker: Worker, message: ToWorker, socket: Socket, done: () => void): void => {
-    worker.open.push(done);
-    const drop = (): void => {
+  // Give `worker` the connection on `socket`, accepted elsewhere; one it cannot take is dropped.
+  const sendConnection = (worker: Worker | undefined, message: ToWorker, socket: Socket): void => {
+    if (worker === undefined || stopping) {
       socket.destroy();
-      const at = worker.open.indexOf(done);
-      if (at >= 0) worker.open.splice(at, 1);
-      done();
-    };
+      return;
+    }
+    worker.open++;
     try {
       worker.child.send(message, socket, { keepOpen: false }, (err) => {
-        if (err) drop();
+        if (err) socket.destroy();
       });
     } catch {
-      drop();
+      socket.destroy();
     }
   };
 
-  const addresses: ListenAddress[] = [];
+  const sockets: SharedSocket[] = [];
   try {
-    for (const [i, listen] of config.listen.entries()) addresses.push(await (listeners[i] as NbdListener).listen(listen.address));
+    for (const [i, listen] of config.listen.entries()) sockets.push(await bindSharedSocket(listen.address, permissions[i]));
   } catch (err) {
-    await Promise.all(listeners.map((l) => l.stop()));
+    await Promise.all(sockets.map((socket) => socket.close()));
     throw err;
   }
+  const addresses = sockets.map((socket) => socket.address);
+
+  // Every worker learns every worker's count, a little after a change.
+  let loadsTimer: NodeJS.Timeout | null = null;
+  const broadcastLoads = (): void => {
+    loadsTimer ??= setTimeout(() => {
+      loadsTimer = null;
+      const message: ToWorker = {
+        type: 'loads',
+        workers: workers.flatMap((w) =>
+          w.child.pid === undefined || !w.child.connected ? [] : [{ pid: w.child.pid, open: w.open }],
+        ),
+      };
+      for (const w of workers) if (w.child.connected) w.child.send(message, undefined, {}, () => undefined);
+    }, LOADS_BROADCAST_MS);
+  };
 
   // Pauses before replacing a worker that keeps dying at start (a broken file, a full disk), by slot.
   const pauses: number[] = [];
@@ -182,11 +192,12 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
       execArgv: [...process.execArgv, ...WORKER_V8_FLAGS],
       stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
     });
-    const worker: Worker = { child, relay: null, open: [], exited: Promise.resolve() };
+    const worker: Worker = { child, relay: null, open: 0, ready: false, exited: Promise.resolve() };
     worker.exited = new Promise<void>((resolve) => {
       child.once('exit', (code, signal) => {
-        const lost = worker.open.splice(0);
-        for (const done of lost) done();
+        const lost = worker.open;
+        worker.open = 0;
+        broadcastLoads();
         for (const dir of options.overlayDirs) void sweepEphemeralOverlays(dir).catch(() => undefined);
         // Its relay socket's private directory (worker-relay.ts), left behind by a worker that was killed.
         if (worker.relay !== null) void rm(dirname(worker.relay), { recursive: true, force: true }).catch(() => undefined);
@@ -196,7 +207,7 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
         const pause = quick ? Math.min((pauses[slot] ?? RESPAWN_PAUSE_MS / 2) * 2, RESPAWN_PAUSE_MAX_MS) : 0;
         pauses[slot] = pause;
         log.warn(
-          `worker ${child.pid} exited (${signal ?? `code ${code}`}): its ${lost.length} connection(s) were dropped; ` +
+          `worker ${child.pid} exited (${signal ?? `code ${code}`}): its ${lost} connection(s) were dropped; ` +
             `starting another${pause > 0 ? ` in ${pause / 1000} s` : ''}`,
         );
         setTimeout(() => {
@@ -206,48 +217,54 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
       });
     });
     child.on('message', (msg: FromWorker, socket?: Socket) => {
-      if (msg.type === 'closed') worker.open.shift()?.();
-      else if (msg.type === 'status') status?.answer(msg);
-      else if (msg.type === 'handover' && socket !== undefined) moveConnection(worker, msg, socket);
-      else if (msg.type === 'relayed') countElsewhere(worker, msg.to);
+      // A socket passed on: Node started reading it here; the client's next bytes are the receiver's.
+      if (socket !== undefined) stopReading(socket);
+      if (msg.type === 'count') {
+        worker.open = msg.open;
+        broadcastLoads();
+      } else if (msg.type === 'place' && socket !== undefined) {
+        sendConnection(pick(), { type: 'connection', listener: msg.listener }, socket);
+        broadcastLoads();
+      } else if (msg.type === 'status') status?.answer(msg);
+      else if (msg.type === 'handover' && socket !== undefined) moveConnection(msg, socket);
     });
     workers[slot] = worker;
     return new Promise<void>((resolve, reject) => {
+      let listening = 0;
+      let failure: string | null = null;
       const onMessage = (msg: FromWorker): void => {
-        if (msg.type !== 'ready') return;
+        if (msg.type === 'failed') failure = msg.message;
+        if (msg.type === 'ready') {
+          worker.relay = msg.relay;
+          // Its listeners accept from now on, on the sockets every worker shares.
+          for (const [i, socket] of sockets.entries()) {
+            child.send({ type: 'listen', listener: i } satisfies ToWorker, socket.handle as never, {}, () => undefined);
+          }
+        }
+        if (msg.type !== 'listening' || ++listening < sockets.length) return;
         child.off('message', onMessage);
-        worker.relay = msg.relay;
+        worker.ready = true;
         announceSiblings();
+        broadcastLoads();
         if (replacing !== undefined) log.info(`worker ${child.pid} started, replacing ${replacing}`);
         resolve();
       };
       child.on('message', onMessage);
-      void worker.exited.then(() => reject(new Error(`worker ${child.pid} exited before it was ready`)));
+      void worker.exited.then(() => reject(new Error(failure ?? `worker ${child.pid} exited before it was ready`)));
     });
   };
 
-  // A connection moves from `from` to the worker holding its named overlay; the cap counts it there now.
-  const moveConnection = (from: Worker, msg: Extract<FromWorker, { type: 'handover' }>, socket: Socket): void => {
-    const done = from.open.shift() ?? (() => undefined);
+  // A connection moves to the worker holding its named overlay.
+  const moveConnection = (msg: Extract<FromWorker, { type: 'handover' }>, socket: Socket): void => {
     const to = workers.find((w) => w.child.pid === msg.to && w.child.connected);
     if (to === undefined || stopping) {
       log.warn(
         `a connection could not move to worker ${msg.to}, which holds its named overlay: ${stopping ? 'stopping' : 'it is gone'}`,
       );
       socket.destroy();
-      done();
       return;
     }
-    sendConnection(to, { type: 'connection', listener: msg.listener, replay: msg.replay }, socket, done);
-  };
-
-  // A TLS connection relayed from `from` to worker `to`: its close will come from `to`.
-  const countElsewhere = (from: Worker, to: number): void => {
-    const done = from.open.shift();
-    const owner = workers.find((w) => w.child.pid === to);
-    if (done === undefined) return;
-    if (owner === undefined) done();
-    else owner.open.push(done);
+    sendConnection(to, { type: 'connection', listener: msg.listener, replay: msg.replay }, socket);
   };
 
   // Every worker learns every ready worker's pid and relay socket (again whenever one is replaced).
@@ -264,7 +281,9 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
 
   const stop = async (): Promise<void> => {
     stopping = true;
-    await Promise.all([statusServer?.close(), ...listeners.map((l) => l.stop())]);
+    if (loadsTimer !== null) clearTimeout(loadsTimer);
+    // The workers' copies of each socket keep it open until they have stopped accepting.
+    await Promise.all([statusServer?.close(), ...sockets.map((socket) => socket.close())]);
     await Promise.all(
       workers.map(async (w) => {
         w.child.kill('SIGTERM');

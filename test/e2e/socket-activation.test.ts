@@ -23,34 +23,39 @@ if (requireClients(t, ['nbdinfo', SOCKET_ACTIVATE, 'systemd-notify', 'python3'])
   // Fails until bin/nbd-cow.ts serves the inherited sockets (inheritedListenAddresses() from
   // lib/server/socket-activation.ts, issue 11): before that the CLI ignores LISTEN_FDS, listens
   // on 127.0.0.1:10809, and nbdinfo waits in systemd's backlog until CLIENT_TIMEOUT_MS.
-  t.test('serve on the TCP and unix sockets systemd passes', async (t) => {
-    const dir = shortDir(t);
-    const socket = join(dir, 'nbd.sock');
-    const base = await makePatternBase(dir, SIZE);
-    const guard = await guardBase(t, base);
-    const server = await socketActivate(t, {
-      tcp: true,
-      unixPaths: [socket],
-      command: CLI,
-      args: ['serve', base, '--overlay-dir', join(dir, 'overlays')],
-    });
+  for (const workers of [[], ['--workers', '2']]) {
+    t.test(
+      `serve on the TCP and unix sockets systemd passes${workers.length > 0 ? ' (two workers share them)' : ''}`,
+      async (t) => {
+        const dir = shortDir(t);
+        const socket = join(dir, 'nbd.sock');
+        const base = await makePatternBase(dir, SIZE);
+        const guard = await guardBase(t, base);
+        const server = await socketActivate(t, {
+          tcp: true,
+          unixPaths: [socket],
+          command: CLI,
+          args: ['serve', base, '--overlay-dir', join(dir, 'overlays'), ...workers],
+        });
 
-    // The first connection starts the server; it waits in the backlog meanwhile.
-    const tcp = await run('nbdinfo', ['--json', `nbd://127.0.0.1:${server.port}`], { timeoutMs: CLIENT_TIMEOUT_MS });
-    t.equal(tcp.code, 0, `nbdinfo over TCP: ${describeRun(tcp)}; server: ${server.stderr()}`);
-    if (tcp.code === 0) t.match(JSON.parse(tcp.stdout), { exports: [{ 'export-size': SIZE }] });
-    const unix = await run('nbdinfo', ['--json', `nbd+unix:///?socket=${socket}`], { timeoutMs: CLIENT_TIMEOUT_MS });
-    t.equal(unix.code, 0, `nbdinfo over the unix socket: ${describeRun(unix)}`);
-    if (unix.code === 0) t.match(JSON.parse(unix.stdout), { exports: [{ 'export-size': SIZE }] });
+        // The first connection starts the server; it waits in the backlog meanwhile.
+        const tcp = await run('nbdinfo', ['--json', `nbd://127.0.0.1:${server.port}`], { timeoutMs: CLIENT_TIMEOUT_MS });
+        t.equal(tcp.code, 0, `nbdinfo over TCP: ${describeRun(tcp)}; server: ${server.stderr()}`);
+        if (tcp.code === 0) t.match(JSON.parse(tcp.stdout), { exports: [{ 'export-size': SIZE }] });
+        const unix = await run('nbdinfo', ['--json', `nbd+unix:///?socket=${socket}`], { timeoutMs: CLIENT_TIMEOUT_MS });
+        t.equal(unix.code, 0, `nbdinfo over the unix socket: ${describeRun(unix)}`);
+        if (unix.code === 0) t.match(JSON.parse(unix.stdout), { exports: [{ 'export-size': SIZE }] });
 
-    // The URIs printed name the sockets' real addresses.
-    t.match(server.stdout(), `nbd://127.0.0.1:${server.port}/base`);
-    t.match(server.stdout(), `nbd+unix:///base?socket=${encodeURIComponent(socket)}`);
+        // The URIs printed name the sockets' real addresses.
+        t.match(server.stdout(), `nbd://127.0.0.1:${server.port}/base`);
+        t.match(server.stdout(), `nbd+unix:///base?socket=${encodeURIComponent(socket)}`);
 
-    t.strictSame(await server.stop(), { code: 0, signal: null }, `exits 0 at SIGTERM; stderr: ${server.stderr()}`);
-    t.ok(existsSync(socket), "the unix socket file is systemd's: not removed");
-    await guard.check();
-  });
+        t.strictSame(await server.stop(), { code: 0, signal: null }, `exits 0 at SIGTERM; stderr: ${server.stderr()}`);
+        t.ok(existsSync(socket), "the unix socket file is systemd's: not removed");
+        await guard.check();
+      },
+    );
+  }
 
   // Fails until bin/nbd-cow.ts calls notifyReady() (lib/server/readiness.ts) once it serves.
   t.test('READY=1 to NOTIFY_SOCKET once serving (Type=notify)', async (t) => {

@@ -289,6 +289,35 @@ if (requireClients(t, ['nbdinfo'])) {
   });
 }
 
+if (requireClients(t, ['nbdinfo'], true)) {
+  t.test('--max-connections counts the connections of every worker', async (t) => {
+    const dir = t.testdir();
+    const base = await makePatternBase(dir, SIZE);
+    const server = await startServe(t, base, ['--overlay-dir', join(dir, 'ov'), '--workers', '2', '--max-connections', '2']);
+    const py = pySession(t);
+    await py.ok({ op: 'connect', h: 'a', uri: server.uri });
+    await py.ok({ op: 'connect', h: 'b', uri: server.uri });
+    const workersServing = (): number =>
+      new Set([...server.stderr().matchAll(/nbd-cow\[worker (\d+)\]: conn \d+ \([^)]*\): export/g)].map((m) => m[1])).size;
+    t.ok(await eventually(() => workersServing() === 2), 'the two connections are in two workers');
+    // Each worker learns the other's count within milliseconds (coalesced reports).
+    const refused = async (): Promise<boolean> => (await run('nbdinfo', ['--size', server.uri])).code !== 0;
+    t.notMatch(server.stderr(), /too many connections/, 'nothing refused yet');
+    t.ok(await refused(), 'a third connection is refused, whichever worker accepts it');
+    t.match(server.stderr(), /too many connections \(limit 2\)/, 'and the refusal is logged');
+    await py.ok({ op: 'close', h: 'a' });
+    let served = false;
+    for (let i = 0; i < 50 && !served; i++) {
+      served = !(await refused());
+      if (!served) await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    t.ok(served, 'once one has closed, a new connection is served');
+    await py.ok({ op: 'close', h: 'b' });
+    await py.end();
+    t.equal((await server.stop()).code, 0);
+  });
+}
+
 if (requireClients(t, [], true)) {
   t.test('the primary killed: its workers stop too, leaving no overlay and no orphan', async (t) => {
     const { overlays, server } = await startUnixWorkers(t);

@@ -1,0 +1,127 @@
+// The listening sockets of `serve --workers N` (workers.ts): the primary binds each one and holds
+// it without ever accepting on it; every worker listens on the same socket (sent over the IPC
+// channel) and accepts its connections itself, as nginx's workers and node:cluster's "shared
+// handle" workers do. No connection then passes through the primary.
+//
+// Node's public API cannot bind a socket without polling it, so this uses the function
+// node:cluster binds its shared sockets with (`net._createServerHandle`, in every Node since 0.x,
+// and checked for at start): it returns the libuv handle, bound, not yet listening. Until the
+// first worker's listen(), a client is refused (the primary prints its URI only after every
+// worker listens). From then on the socket stays listening as long as the primary holds it, so
+// clients wait in the backlog while no worker is there (a worker being replaced). libuv binds a
+// TCP socket with SO_REUSEADDR and reports a port in use only at listen() (getsockname() returns
+// the error meanwhile), so a port taken by a listening server is refused here and one taken in
+// the moment between this bind and the first listen() by that worker (workers.ts).
+
+import { lookup } from 'node:dns/promises';
+import { lstat, unlink } from 'node:fs/promises';
+import * as net from 'node:net';
+import { getSystemErrorName } from 'node:util';
+import { unixSocketPath } from './inherited-socket.js';
+import { describeListenError, isSocketAlive, type ListenAddress, MAX_UNIX_PATH_BYTES } from './listener.js';
+import { applySocketPermissions, bindOwnerOnly, type SocketPermissions } from './socket-permissions.js';
+
+/** A libuv TCP or pipe handle, as node:net makes them; sent to workers as it is. */
+export interface ServerHandle {
+  readonly fd: number;
+  getsockname?(out: { address?: string; port?: number }): number;
+  close(): void;
+}
+
+type CreateServerHandle = (
+  address: string | null,
+  port: number | null,
+  addressType: number | null,
+  fd?: number,
+) => ServerHandle | number;
+
+function createServerHandle(): CreateServerHandle {
+  const create = (net as unknown as { _createServerHandle?: CreateServerHandle })._createServerHandle;
+  if (typeof create !== 'function') {
+    throw new Error(`--workers above 1 needs net._createServerHandle, which this Node.js (${process.version}) lacks`);
+  }
+  return create;
+}
+
+export interface SharedSocket {
+  readonly handle: ServerHandle;
+  /** Where it listens (the real port when 0 was asked for; an inherited socket's real address). */
+  readonly address: ListenAddress;
+  /** Close the primary's hold on it (and remove a unix socket file it made). */
+  close(): Promise<void>;
+}
+
+/** Bind `address` for the workers to listen on, checked as a listener checks it (listener.ts). */
+export async function bindSharedSocket(address: ListenAddress, permissions?: SocketPermissions): Promise<SharedSocket> {
+  const create = createServerHandle();
+  const fail = (code: number): never => {
+    throw describeListenError(Object.assign(new Error(getSystemErrorName(code)), { code: getSystemErrorName(code) }), address);
+  };
+  if (address.kind === 'inherited') {
+    const handle = create(null, null, null, address.fd);
+    if (typeof handle === 'number') return fail(handle);
+    const bound = tcpAddress(handle);
+    const path = bound === null ? unixSocketPath(address.fd) : null;
+    const resolved: ListenAddress = bound ?? (path === null ? address : { kind: 'unix', path });
+    return { handle, address: resolved, close: async () => handle.close() };
+  }
+  if (address.kind === 'tcp') {
+    const host = net.isIP(address.host) !== 0 ? address.host : (await lookup(address.host)).address;
+    const handle = create(host, address.port, net.isIP(host));
+    if (typeof handle === 'number') return fail(handle);
+    const out: { port?: number } = {};
+    const deferred = handle.getsockname?.(out) ?? 0;
+    if (deferred !== 0) {
+      handle.close();
+      return fail(deferred);
+    }
+    return {
+      handle,
+      address: { kind: 'tcp', host: address.host, port: out.port ?? address.port },
+      close: async () => handle.close(),
+    };
+  }
+  if (Buffer.byteLength(address.path) > MAX_UNIX_PATH_BYTES) {
+    throw Object.assign(new Error(`cannot listen on ${address.path}: socket path too long (over ${MAX_UNIX_PATH_BYTES} bytes)`), {
+      code: 'ENAMETOOLONG',
+    });
+  }
+  const bindPath = (): ServerHandle | number => {
+    let made: ServerHandle | number = -1;
+    const umaskMode = bindOwnerOnly(() => {
+      made = create(address.path, -1, -1);
+    });
+    const handle = made as ServerHandle | number;
+    if (typeof handle !== 'number') {
+      try {
+        // Owner-only until the mode and group are set (bindOwnerOnly), as a listener does.
+        applySocketPermissions(address.path, permissions?.mode ?? umaskMode, permissions?.gid);
+      } catch (err) {
+        handle.close(); // libuv removes the file of a pipe it bound
+        throw err;
+      }
+    }
+    return handle;
+  };
+  let handle = bindPath();
+  if (typeof handle === 'number' && getSystemErrorName(handle) === 'EADDRINUSE') {
+    // A unix socket file left by a server that died: nobody answers on it, so replace it.
+    const stats = await lstat(address.path).catch(() => null);
+    if (stats?.isSocket() === true && !(await isSocketAlive(address.path))) {
+      await unlink(address.path).catch(() => undefined);
+      handle = bindPath();
+    }
+  }
+  if (typeof handle === 'number') return fail(handle);
+  const bound = handle;
+  // Closing it removes the socket file (libuv does, for a pipe it bound); a worker's copy does not.
+  return { handle: bound, address, close: async () => bound.close() };
+}
+
+/** A TCP handle's bound address, or null for a unix socket. */
+function tcpAddress(handle: ServerHandle): { kind: 'tcp'; host: string; port: number } | null {
+  if (handle.getsockname === undefined) return null;
+  const out: { address?: string; port?: number } = {};
+  if (handle.getsockname(out) !== 0 || out.port === undefined) return null;
+  return { kind: 'tcp', host: out.address ?? '', port: out.port };
+}
