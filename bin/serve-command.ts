@@ -291,12 +291,6 @@ function stopOnSignals(stop: () => Promise<void>): void {
 
 /** The primary of --workers N: bind, start the workers, hand them connections (lib/server/workers.ts). */
 async function servePrimary(config: ServerConfig, log: Logger, opts: CliOptions): Promise<void> {
-  if (config.metrics !== undefined && config.user !== undefined) {
-    // The primary serves the metrics and keeps root (it starts every worker, replacements too).
-    throw new Error(
-      '--metrics with --user is not available with --workers above 1 yet: the primary, which would serve it, stays root (doc/workers.md)',
-    );
-  }
   const workers = await startWorkers(config, {
     workers: opts.workers ?? 1,
     log,

@@ -53,6 +53,8 @@ export function localStatus(metrics: ServerMetrics, sessions: () => readonly Ses
 export interface StatusServerOptions {
   readonly host: string;
   readonly port: number;
+  /** A socket bound elsewhere to host:port, to listen on instead (a worker's: shared-socket.ts). */
+  readonly handle?: object;
   readonly source: StatusSource;
   readonly limits?: Partial<StatusLimits>;
 }
@@ -81,7 +83,7 @@ export class StatusServer {
     this.#http.setTimeout(limits.requestTimeoutMs);
   }
 
-  /** Listen on host:port (0: any free port); an address in use is an Error naming it. */
+  /** Listen on host:port (0: any free port), or on `handle`; an address in use is an Error naming it. */
   static async start(options: StatusServerOptions): Promise<StatusServer> {
     const server = new StatusServer(options);
     await new Promise<void>((resolve, reject) => {
@@ -89,10 +91,12 @@ export class StatusServer {
         reject(Object.assign(new Error(`metrics endpoint ${options.host}:${options.port}: ${err.message}`), { code: err.code }));
       };
       server.#http.once('error', onError);
-      server.#http.listen({ host: options.host, port: options.port }, () => {
+      const listening = (): void => {
         server.#http.off('error', onError);
         resolve();
-      });
+      };
+      if (options.handle !== undefined) server.#http.listen(options.handle, listening);
+      else server.#http.listen({ host: options.host, port: options.port }, listening);
     });
     return server;
   }

@@ -16,6 +16,8 @@ import { decodeReplay, encodeReplay, stopReading } from './hand-over.js';
 import type { ListenAddress } from './listener.js';
 import { NO_EVENTS, type ServerEvents } from './server-events.js';
 import { toSessionJson } from './session-list.js';
+import { StatusRelay } from './status-relay.js';
+import { StatusServer } from './status-server.js';
 import { relayTo, startRelayServer } from './worker-relay.js';
 import type { FromWorker, ToWorker } from './workers.js';
 
@@ -108,11 +110,18 @@ export async function serveAsWorker(
       log.error(`worker: ${(err as Error).message}`);
     }
   }, log);
+  // --metrics (status-relay.ts): served here, on the primary's socket, with every process's numbers.
+  const statusRelay = new StatusRelay((request) => tell(request));
+  let statusServer: StatusServer | null = null;
+  const serveStatus = async (handle: object): Promise<void> => {
+    if (config.metrics === undefined) throw new Error('no metrics endpoint is configured');
+    statusServer = await StatusServer.start({ ...config.metrics, handle, source: statusRelay.source() });
+  };
   const stopServer = started.stop;
   // The server first: it ends the relayed connections too, which the relay socket's close waits for.
   started.stop = async () => {
     if (reportTimer !== null) clearTimeout(reportTimer);
-    await stopServer();
+    await Promise.all([stopServer(), statusServer?.close()]);
     await relay.close();
   };
   process.on('message', (message: ToWorker, socket?: Socket) => {
@@ -124,9 +133,15 @@ export async function serveAsWorker(
       loads = new Map(message.workers.map((w) => [w.pid, w.open]));
       return;
     }
+    if (message?.type === 'scraped') {
+      statusRelay.answer(message);
+      return;
+    }
     if (message?.type === 'listen' && socket !== undefined) {
       // The primary's bound socket (shared-socket.ts): a handle, not a net.Socket.
-      started.listenShared(message.listener, socket).then(
+      const { listener } = message;
+      const listening = listener === 'status' ? serveStatus(socket) : started.listenShared(listener, socket);
+      listening.then(
         () => tell({ type: 'listening', listener: message.listener }),
         (err: unknown) => {
           // A port taken between the primary's bind and this listen(): the primary says why it stops.

@@ -80,12 +80,7 @@ function readHeader(socket: Socket, serve: (socket: Socket, replay: Replay) => v
  * Relay `client` (a TLS connection, paused, its parsed bytes in `replay`) to the relay socket at
  * `path`; `failed` (and `client` destroyed) if it cannot be reached.
  */
-export function relayTo(
-  path: string,
-  client: Socket,
-  replay: Replay,
-  events: { failed(why: string): void },
-): void {
+export function relayTo(path: string, client: Socket, replay: Replay, events: { failed(why: string): void }): void {
   const owner = connect({ path, allowHalfOpen: true });
   let up = false;
   const end = (): void => {

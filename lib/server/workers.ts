@@ -31,15 +31,17 @@ import type { ListenAddress } from './listener.js';
 import { ServerMetrics } from './metrics.js';
 import type { SessionJson } from './session-list.js';
 import { bindSharedSocket, type SharedSocket } from './shared-socket.js';
-import { StatusServer } from './status-server.js';
+import { answerScrape, type ScrapeReply, type ScrapeRequest } from './status-relay.js';
 import { formatUri } from './uri.js';
 import { WORKER_ENV } from './worker-env.js';
 import { WorkersStatus } from './workers-status.js';
 
 /** Messages between the primary and a worker (a socket goes with 'connection', 'place' and 'handover', a bound socket with 'listen'). */
 export type ToWorker =
-  /** Accept on this bound socket, listener number `listener` (shared-socket.ts). */
-  | { readonly type: 'listen'; readonly listener: number }
+  /** Accept on this bound socket, listener number `listener` (shared-socket.ts), or 'status': serve --metrics there (status-relay.ts). */
+  | { readonly type: 'listen'; readonly listener: number | 'status' }
+  /** The answer to a worker's 'scrape'. */
+  | ScrapeReply
   /** Serve this socket: another worker accepted it (and began it, with `replay`). */
   | { readonly type: 'connection'; readonly listener: number; readonly replay?: ReplayMessage }
   /** Connections open in each worker, as they last reported (coalesced). */
@@ -54,8 +56,10 @@ export type ToWorker =
 export type FromWorker =
   /** Started; `relay` is its socket for relayed TLS connections. */
   | { readonly type: 'ready'; readonly relay: string }
-  /** It accepts on listener `listener` now. */
-  | { readonly type: 'listening'; readonly listener: number }
+  /** It accepts on listener `listener` (or serves --metrics) now. */
+  | { readonly type: 'listening'; readonly listener: number | 'status' }
+  /** Its --metrics endpoint asks for every process's numbers. */
+  | ScrapeRequest
   /** It cannot serve (it exits): why. */
   | { readonly type: 'failed'; readonly message: string }
   /** Its connections open now (sent a little after a change: one report for a burst). */
@@ -167,6 +171,22 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
     throw err;
   }
   const addresses = sockets.map((socket) => socket.address);
+  // --metrics: every worker serves it on this socket (status-relay.ts), with the numbers of all.
+  let statusSocket: SharedSocket | null = null;
+  if (config.metrics !== undefined) {
+    try {
+      statusSocket = await bindSharedSocket({ kind: 'tcp', ...config.metrics });
+    } catch (err) {
+      await Promise.all(sockets.map((socket) => socket.close()));
+      throw Object.assign(new Error(`metrics endpoint: ${(err as Error).message}`), {
+        code: (err as NodeJS.ErrnoException).code,
+      });
+    }
+  }
+  const shared: Array<[number | 'status', SharedSocket]> = [
+    ...sockets.entries(),
+    ...(statusSocket === null ? [] : [['status', statusSocket] as [number | 'status', SharedSocket]]),
+  ];
 
   // Every worker learns every worker's count, a little after a change.
   let loadsTimer: NodeJS.Timeout | null = null;
@@ -226,7 +246,11 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
         sendConnection(pick(), { type: 'connection', listener: msg.listener }, socket);
         broadcastLoads();
       } else if (msg.type === 'status') status?.answer(msg);
-      else if (msg.type === 'handover' && socket !== undefined) moveConnection(msg, socket);
+      else if (msg.type === 'scrape' && status !== null) {
+        void answerScrape(msg, status.source()).then((reply) => {
+          if (child.connected) child.send(reply, undefined, {}, () => undefined);
+        });
+      } else if (msg.type === 'handover' && socket !== undefined) moveConnection(msg, socket);
     });
     workers[slot] = worker;
     return new Promise<void>((resolve, reject) => {
@@ -237,11 +261,11 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
         if (msg.type === 'ready') {
           worker.relay = msg.relay;
           // Its listeners accept from now on, on the sockets every worker shares.
-          for (const [i, socket] of sockets.entries()) {
-            child.send({ type: 'listen', listener: i } satisfies ToWorker, socket.handle as never, {}, () => undefined);
+          for (const [listener, socket] of shared) {
+            child.send({ type: 'listen', listener } satisfies ToWorker, socket.handle as never, {}, () => undefined);
           }
         }
-        if (msg.type !== 'listening' || ++listening < sockets.length) return;
+        if (msg.type !== 'listening' || ++listening < shared.length) return;
         child.off('message', onMessage);
         worker.ready = true;
         announceSiblings();
@@ -277,13 +301,12 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
   };
 
   const status = metrics === null ? null : new WorkersStatus(metrics, () => workers.map((w) => w.child));
-  let statusServer: StatusServer | null = null;
 
   const stop = async (): Promise<void> => {
     stopping = true;
     if (loadsTimer !== null) clearTimeout(loadsTimer);
     // The workers' copies of each socket keep it open until they have stopped accepting.
-    await Promise.all([statusServer?.close(), ...sockets.map((socket) => socket.close())]);
+    await Promise.all(shared.map(([, socket]) => socket.close()));
     await Promise.all(
       workers.map(async (w) => {
         w.child.kill('SIGTERM');
@@ -296,9 +319,6 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
 
   try {
     await Promise.all(Array.from({ length: options.workers }, (_, slot) => spawnWorker(slot)));
-    if (config.metrics !== undefined && status !== null) {
-      statusServer = await StatusServer.start({ ...config.metrics, source: status.source() });
-    }
   } catch (err) {
     await stop();
     throw err;
@@ -308,7 +328,7 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
   return {
     uri: formatUri(addresses[0] as ListenAddress, first?.name ?? '', tlsRequired),
     addresses,
-    metricsUri: statusServer === null ? null : `${statusServer.url}/metrics`,
+    metricsUri: statusSocket === null ? null : metricsUrl(statusSocket.address),
     get pids() {
       return workers.map((w) => w.child.pid ?? 0);
     },
@@ -317,4 +337,11 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
     },
     stop,
   };
+}
+
+/** The metrics URL of the status socket as bound (the real port when 0 was asked). */
+function metricsUrl(address: ListenAddress): string {
+  if (address.kind !== 'tcp') throw new Error('the metrics endpoint is a TCP socket');
+  const host = address.host.includes(':') ? `[${address.host}]` : address.host;
+  return `http://${host}:${address.port}/metrics`;
 }

@@ -21,8 +21,13 @@ export interface MetricsServe {
 }
 
 /** `nbd-cow serve BASE -p 0 --metrics 127.0.0.1:0 ARGS…`, once both URLs are printed. */
-export function startMetricsServe(t: Test, base: string, args: readonly string[] = []): Promise<MetricsServe> {
-  return startPrinting(t, ['serve', base, '-p', '0', '--metrics', '127.0.0.1:0', ...args]);
+export function startMetricsServe(
+  t: Test,
+  base: string,
+  args: readonly string[] = [],
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<MetricsServe> {
+  return startPrinting(t, ['serve', base, '-p', '0', '--metrics', '127.0.0.1:0', ...args], env);
 }
 
 /** `nbd-cow serve --config FILE` for a file with one listener and `metrics:`, once both URLs are printed. */
@@ -30,9 +35,10 @@ export function startMetricsServeConfig(t: Test, configFile: string): Promise<Me
   return startPrinting(t, ['serve', '--config', configFile]);
 }
 
-async function startPrinting(t: Test, argv: readonly string[]): Promise<MetricsServe> {
+async function startPrinting(t: Test, argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<MetricsServe> {
   const child = spawn(CLI, argv, {
     cwd: ROOT,
+    env,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';
