@@ -13,8 +13,9 @@
 //
 // A named overlay is open in one worker at a time (its lock file names the holder): a GO for it in
 // another worker moves that connection to the holder through the primary (hand-over.ts), so every
-// connection to EXPORT@NAME shares one device. --metrics is served here for every process
-// (workers-status.ts). A TLS connection stays in its worker, which relays it (worker-relay.ts).
+// connection to EXPORT@NAME shares one device. --metrics is served by the workers on a socket
+// bound here, with the numbers of every process merged here (status-relay.ts, workers-status.ts).
+// A TLS connection stays in its worker, which relays it (worker-relay.ts).
 
 import { type ChildProcess, fork } from 'node:child_process';
 import { rm } from 'node:fs/promises';
