@@ -65,7 +65,8 @@ export async function serveAsWorker(
   };
   const counted: ServerEvents = { ...NO_EVENTS, connectionOpened: reportCount, connectionClosed: reportCount };
   // The primary's listeners, whatever this process's flags say (systemd's sockets went to the
-  // primary). Metrics are kept here and served by the primary, which asks for them ('status').
+  // primary). Metrics are kept here; the primary merges every process's ('status') for the
+  // endpoint the workers serve (status-relay.ts).
   const served: ServerConfig = { ...config, listen: adopted.map((address) => ({ address })) };
   const started = await startConfiguredServer(served, {
     ...runtime,
