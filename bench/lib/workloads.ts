@@ -220,9 +220,30 @@ export function runFio(workload: string, uri: string, options: FioOptions): Prom
         reject(new FioError(`fio exited with ${code ?? signal}, job error ${result.fio_error}`, result));
         return;
       }
+      const implausible = implausibleLatency(result);
+      if (implausible !== null) {
+        reject(new FioError(implausible, result));
+        return;
+      }
       resolve(result);
     });
   });
+}
+
+/**
+ * Why fio's latencies cannot be a measurement, or null when they can: a mean longer than the
+ * whole measured run, or above the largest latency. (One QD1 round of a `ROUNDS=3` run on
+ * 2026-12-03 reported a mean of 74,088,286,916 µs in a 10 s run; the cell's median hid it, the
+ * Rounds table did not.) Such a run counts as failed.
+ */
+export function implausibleLatency(result: Pick<FioResult, 'lat_mean_us' | 'lat_max_us' | 'measured_s'>): string | null {
+  const { lat_mean_us: mean, lat_max_us: max, measured_s: measured } = result;
+  if (mean === null) return null;
+  if (measured !== null && measured > 0 && mean > measured * 1e6) {
+    return `fio reported a mean latency of ${mean} µs in a run of ${measured} s: not a measurement`;
+  }
+  if (max !== null && mean > max) return `fio reported a mean latency of ${mean} µs above its largest, ${max} µs`;
+  return null;
 }
 
 export function percentile(sorted: readonly number[], pct: number): number | null {
