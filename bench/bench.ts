@@ -375,23 +375,23 @@ function checkBase(after: string): boolean {
   return true;
 }
 
-// ------------------------------------------------------------------ scale run (nbd-cow only)
+// ------------------------------------------------------------------ scale run (nbd-cow and its variants)
 
-function scalePhase(mode: 'write' | 'read', transport: Transport): Promise<ScalePhase> {
-  const def = serverDef(OURS);
+function scalePhase(mode: 'write' | 'read', transport: Transport, name = OURS): Promise<ScalePhase> {
+  const def = serverDef(name);
   return runScalePhase(mode, {
     settings,
     exportName: def.exportName,
     baseFd,
     messages: results.messages,
     start: async () => {
-      log(`${OURS}: scale ${mode}: ${settings.scale_connections} connections`);
-      const srv = await startServer(OURS, transport);
+      log(`${name}: scale ${mode}: ${settings.scale_connections} connections`);
+      const srv = await startServer(name, transport);
       if ('error' in srv) {
         startFailures++;
         return srv;
       }
-      const rec = results.servers.find((s) => s.name === OURS);
+      const rec = results.servers.find((s) => s.name === name);
       if (rec && rec.command === null) rec.command = showCommand(srv);
       return srv;
     },
@@ -497,6 +497,16 @@ async function main(): Promise<void> {
       readers: await scalePhase('read', transport),
     };
     if (!checkBase(`${OURS} scale`)) return finish(2);
+    const variants = [];
+    for (const name of variantNames) {
+      variants.push({
+        server: name,
+        writers: await scalePhase('write', transport, name),
+        readers: await scalePhase('read', transport, name),
+      });
+      if (!checkBase(`${name} scale`)) return finish(2);
+    }
+    if (variants.length > 0) results.scale = { ...results.scale, variants };
   }
   return finish(startFailures > 0 ? 1 : 0);
 }

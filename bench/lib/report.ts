@@ -334,15 +334,25 @@ function renderNoisy(results: Results, p: (s?: string) => void): void {
 function renderScale(results: Results, p: (s?: string) => void): void {
   const sc = results.scale;
   if (!sc) return;
-  p(`### Scale: ${sc.connections} concurrent connections to one nbd-cow process (${sc.transport})`);
+  const variants = sc.variants ?? [];
+  p(
+    `### Scale: ${sc.connections} concurrent connections to ${variants.length > 0 ? 'nbd-cow and each variant' : 'one nbd-cow process'} (${sc.transport})`,
+  );
   p();
   p(
     '| phase | open | errors / bad data | opened in s | written | RSS idle before | max RSS | RSS / conn | overlay dir du | overlay files | du after close | one session while idle | CPU s |',
   );
   p('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  const writersLabel = `writers (${sc.write_kib[0]}–${sc.write_kib[1]} KiB each, then idle)`;
+  const readersLabel = 'readers (4 KiB read each, then idle)';
+  const named = (server: string, label: string): string => (variants.length > 0 ? `${server}: ${label}` : label);
   const phases: [string, ScalePhase][] = [
-    [`writers (${sc.write_kib[0]}–${sc.write_kib[1]} KiB each, then idle)`, sc.writers],
-    ['readers (4 KiB read each, then idle)', sc.readers],
+    [named(OURS, writersLabel), sc.writers],
+    [named(OURS, readersLabel), sc.readers],
+    ...variants.flatMap((v): [string, ScalePhase][] => [
+      [named(v.server, writersLabel), v.writers],
+      [named(v.server, readersLabel), v.readers],
+    ]),
   ];
   for (const [label, r] of phases) {
     if (r.status !== 'ok' || !('mode' in r)) {
@@ -359,7 +369,7 @@ function renderScale(results: Results, p: (s?: string) => void): void {
   p(
     'max RSS = the largest VmRSS sampled every 100 ms from the first connection until all were closed; RSS / conn = (max RSS − RSS before) ÷ open connections. ' +
       'overlay dir du = `du -s -B1` of the overlay dir (minus the directory itself) while every connection is open; ' +
-      'the read-only phase should leave it at 0.',
+      'the read-only phase should leave it at 0. RSS and CPU are summed over the server process and its children (a variant with --workers: the primary and its workers).',
   );
   const writers = sc.writers;
   if (writers.status === 'ok' && 'mode' in writers && writers.open_fd_overlay) {

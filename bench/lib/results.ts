@@ -90,6 +90,8 @@ export interface ScaleResults {
   readonly idle_seconds: number;
   readonly writers: ScalePhase;
   readonly readers: ScalePhase;
+  /** The same phases for each OURS_VARIANTS server (e.g. `--workers 2`: RSS over all its processes). */
+  readonly variants?: readonly { readonly server: string; readonly writers: ScalePhase; readonly readers: ScalePhase }[];
 }
 
 export interface BaseInfo {
