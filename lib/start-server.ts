@@ -35,8 +35,8 @@ export interface ServerRuntime {
    * adopt() serves the sockets other workers pass on.
    */
   readonly adopted?: readonly ListenAddress[];
-  /** A worker's: its siblings' connection counts, and how to place a connection in a less busy one. */
-  readonly siblings?: WorkerSiblings;
+  /** A worker's, per listener: its siblings' connection counts, and how to place a connection in a less busy one. */
+  readonly sharedAccept?: (listener: number) => SharedAccept;
   /** A worker's: whether a pid is a sibling worker (hand-over.ts). */
   readonly siblingWorker?: (pid: number) => boolean;
   /** A worker's: move a connection accepted on listener `listener` to worker `owner`, which holds its named overlay. */
@@ -117,7 +117,6 @@ export async function startConfiguredServer(config: ServerConfig, runtime: Serve
     // One connection cap and one numbering for every listener.
     const group = new ListenerGroup({ allow, maxConnections }, log, events);
     const handOver = runtime.handOver;
-    const siblings = runtime.siblings;
     for (const [i, listen] of config.listen.entries()) {
       const listener = new NbdListener({
         registry: exports.table,
@@ -128,7 +127,7 @@ export async function startConfiguredServer(config: ServerConfig, runtime: Serve
         group,
         ...(permissions[i] !== undefined ? { socketPermissions: permissions[i] } : {}),
         events,
-        ...(siblings !== undefined ? { shared: sharedAccept(siblings, i) } : {}),
+        ...(runtime.sharedAccept !== undefined ? { shared: runtime.sharedAccept(i) } : {}),
         ...(handOver !== undefined
           ? { handOver: (socket: Socket, replay: Replay, owner: number) => handOver(i, socket, replay, owner) }
           : {}),
@@ -148,6 +147,12 @@ export async function startConfiguredServer(config: ServerConfig, runtime: Serve
     if (config.metrics !== undefined && metrics !== null && runtime.adopted === undefined) {
       status = await StatusServer.start({ ...config.metrics, source: localStatus(metrics, sessions) });
     }
+    // A worker's listener `index`, with the address its primary bound; undefined if there is none.
+    const workerListener = (index: number): { listener: NbdListener; address: ListenAddress } | undefined => {
+      const listener = listeners[index];
+      const address = addresses[index];
+      return runtime.adopted === undefined || listener === undefined || address === undefined ? undefined : { listener, address };
+    };
     const first = config.exports[0] as ExportConfig;
     const firstAddress = addresses[0] as ListenAddress;
     let current = config;
@@ -181,43 +186,23 @@ export async function startConfiguredServer(config: ServerConfig, runtime: Serve
         return stopping;
       },
       adopt: (index, socket, replay) => {
-        const listener = listeners[index];
-        const address = addresses[index];
-        if (runtime.adopted === undefined || listener === undefined || address === undefined) {
+        const target = workerListener(index);
+        if (target === undefined) {
           socket.destroy();
           throw new Error(`no listener ${index} to adopt a connection on`);
         }
-        listener.adopt(socket, address, replay);
+        target.listener.adopt(socket, target.address, replay);
       },
       listenShared: async (index, handle) => {
-        const listener = listeners[index];
-        const address = addresses[index];
-        if (runtime.adopted === undefined || listener === undefined || address === undefined) {
-          throw new Error(`no listener ${index} to listen on`);
-        }
-        await listener.listenShared(handle, address);
+        const target = workerListener(index);
+        if (target === undefined) throw new Error(`no listener ${index} to listen on`);
+        await target.listener.listenShared(handle, target.address);
       },
     };
   } catch (err) {
     await stopAll();
     throw err;
   }
-}
-
-/** What a worker knows of its siblings (worker-process.ts). */
-export interface WorkerSiblings {
-  othersOpen(): number;
-  fewestElsewhere(): number;
-  /** Send `socket`, accepted on listener `listener` and unread, to a less busy worker. */
-  place(listener: number, socket: Socket): void;
-}
-
-function sharedAccept(siblings: WorkerSiblings, listener: number): SharedAccept {
-  return {
-    othersOpen: () => siblings.othersOpen(),
-    fewestElsewhere: () => siblings.fewestElsewhere(),
-    place: (socket) => siblings.place(listener, socket),
-  };
 }
 
 function handshakeLimit(config: ServerConfig): Partial<ConnectionLimits> {

@@ -60,24 +60,25 @@ export async function bindSharedSocket(address: ListenAddress, permissions?: Soc
   if (address.kind === 'inherited') {
     const handle = create(null, null, null, address.fd);
     if (typeof handle === 'number') return fail(handle);
-    const bound = tcpAddress(handle);
-    const path = bound === null ? unixSocketPath(address.fd) : null;
-    const resolved: ListenAddress = bound ?? (path === null ? address : { kind: 'unix', path });
+    const name = socketName(handle);
+    const tcp: ListenAddress | null =
+      name.err === 0 && name.port !== undefined ? { kind: 'tcp', host: name.address ?? '', port: name.port } : null;
+    const path = tcp === null ? unixSocketPath(address.fd) : null;
+    const resolved: ListenAddress = tcp ?? (path === null ? address : { kind: 'unix', path });
     return { handle, address: resolved, close: async () => handle.close() };
   }
   if (address.kind === 'tcp') {
     const host = net.isIP(address.host) !== 0 ? address.host : (await lookup(address.host)).address;
     const handle = create(host, address.port, net.isIP(host));
     if (typeof handle === 'number') return fail(handle);
-    const out: { port?: number } = {};
-    const deferred = handle.getsockname?.(out) ?? 0;
-    if (deferred !== 0) {
+    const name = socketName(handle);
+    if (name.err !== 0) {
       handle.close();
-      return fail(deferred);
+      return fail(name.err); // a port in use, reported by libuv only now (see the top)
     }
     return {
       handle,
-      address: { kind: 'tcp', host: address.host, port: out.port ?? address.port },
+      address: { kind: 'tcp', host: address.host, port: name.port ?? address.port },
       close: async () => handle.close(),
     };
   }
@@ -118,10 +119,9 @@ export async function bindSharedSocket(address: ListenAddress, permissions?: Soc
   return { handle: bound, address, close: async () => bound.close() };
 }
 
-/** A TCP handle's bound address, or null for a unix socket. */
-function tcpAddress(handle: ServerHandle): { kind: 'tcp'; host: string; port: number } | null {
-  if (handle.getsockname === undefined) return null;
+/** getsockname() of a TCP handle: its error (a bind's deferred one) or its address; a unix socket's has no port. */
+function socketName(handle: ServerHandle): { err: number; address?: string; port?: number } {
   const out: { address?: string; port?: number } = {};
-  if (handle.getsockname(out) !== 0 || out.port === undefined) return null;
-  return { kind: 'tcp', host: out.address ?? '', port: out.port };
+  const err = handle.getsockname?.(out) ?? 0;
+  return { err, ...out };
 }

@@ -4,6 +4,7 @@
 // numbers cover every process: a worker asks the primary for them (workers-status.ts merges the
 // primary's and every worker's), and serves the answer.
 
+import { PendingReplies } from './pending-replies.js';
 import type { SessionJson } from './session-list.js';
 import type { StatusSource } from './status-server.js';
 
@@ -27,17 +28,17 @@ const REPLY_TIMEOUT_MS = 5000;
 export class StatusRelay {
   readonly #ask: (request: ScrapeRequest) => void;
   readonly #timeoutMs: number;
-  readonly #pending = new Map<number, (reply: ScrapeReply | null) => void>();
-  #nextId = 1;
+  readonly #replies: PendingReplies<ScrapeReply>;
 
   constructor(ask: (request: ScrapeRequest) => void, timeoutMs = REPLY_TIMEOUT_MS) {
     this.#ask = ask;
     this.#timeoutMs = timeoutMs;
+    this.#replies = new PendingReplies(timeoutMs);
   }
 
   /** The primary's 'scraped' message (a late or unknown one is dropped). */
   answer(reply: ScrapeReply): void {
-    this.#pending.get(reply.id)?.(reply);
+    this.#replies.answer(reply.id, reply);
   }
 
   source(): StatusSource {
@@ -55,20 +56,11 @@ export class StatusRelay {
     };
   }
 
-  #request(what: ScrapeRequest['what']): Promise<ScrapeReply> {
-    const id = this.#nextId++;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => settle(null), this.#timeoutMs);
-      const settle = (reply: ScrapeReply | null): void => {
-        clearTimeout(timer);
-        this.#pending.delete(id);
-        if (reply === null) reject(new Error(`the primary did not answer within ${this.#timeoutMs} ms`));
-        else if ('error' in reply) reject(new Error(reply.error));
-        else resolve(reply);
-      };
-      this.#pending.set(id, settle);
-      this.#ask({ type: 'scrape', id, what });
-    });
+  async #request(what: ScrapeRequest['what']): Promise<ScrapeReply> {
+    const reply = await this.#replies.ask((id) => this.#ask({ type: 'scrape', id, what }));
+    if (reply === null) throw new Error(`the primary did not answer within ${this.#timeoutMs} ms`);
+    if ('error' in reply) throw new Error(reply.error);
+    return reply;
   }
 }
 

@@ -48,16 +48,16 @@ export async function serveAsWorker(
 ): Promise<RunningServer> {
   /** Sibling workers by pid: their relay sockets (worker-relay.ts). */
   let siblings = new Map<number, string>();
-  /** Connections open in each sibling, as the primary last told. */
+  /** Connections open in each sibling (not this worker), as the primary last told. */
   let loads = new Map<number, number>();
   const { log } = runtime;
-  let server: RunningServer | null = null;
   let reportTimer: NodeJS.Timeout | null = null;
   let reported = 0;
   const reportCount = (): void => {
     reportTimer ??= setTimeout(() => {
       reportTimer = null;
-      const open = server?.connectionCount ?? 0;
+      // Connections come only once the server below has started and listens: it is set by then.
+      const open = started.connectionCount;
       if (open === reported) return;
       reported = open;
       tell({ type: 'count', open });
@@ -72,19 +72,19 @@ export async function serveAsWorker(
     ...runtime,
     events: [...(runtime.events ?? []), counted],
     adopted,
-    siblings: {
+    sharedAccept: (listener) => ({
       othersOpen: () => {
         let open = 0;
-        for (const [pid, n] of loads) if (pid !== process.pid) open += n;
+        for (const n of loads.values()) open += n;
         return open;
       },
       fewestElsewhere: () => {
         let fewest = Number.POSITIVE_INFINITY;
-        for (const [pid, n] of loads) if (pid !== process.pid && siblings.has(pid)) fewest = Math.min(fewest, n);
+        for (const [pid, n] of loads) if (siblings.has(pid)) fewest = Math.min(fewest, n);
         return fewest;
       },
-      place: (listener, socket) => tell({ type: 'place', listener }, socket),
-    },
+      place: (socket) => tell({ type: 'place', listener }, socket),
+    }),
     siblingWorker: (pid) => siblings.has(pid),
     handOver: (listener, socket, replay, owner) => {
       if (replay.tls === undefined) {
@@ -101,7 +101,6 @@ export async function serveAsWorker(
       else relayTo(path, socket, replay, { failed });
     },
   });
-  server = started;
   // Relayed TLS connections from siblings, served as connections of the first listener.
   const relay = await startRelayServer((socket, replay) => {
     try {
@@ -131,7 +130,7 @@ export async function serveAsWorker(
       return;
     }
     if (message?.type === 'loads') {
-      loads = new Map(message.workers.map((w) => [w.pid, w.open]));
+      loads = new Map(message.workers.filter((w) => w.pid !== process.pid).map((w) => [w.pid, w.open]));
       return;
     }
     if (message?.type === 'scraped') {
@@ -147,7 +146,6 @@ export async function serveAsWorker(
         (err: unknown) => {
           // A port taken between the primary's bind and this listen(): the primary says why it stops.
           tell({ type: 'failed', message: (err as Error).message });
-          process.exitCode = 1;
           started.stop().finally(() => process.exit(1));
         },
       );

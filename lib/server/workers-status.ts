@@ -8,6 +8,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { AggregatorRegistry } from 'prom-client';
 import type { ServerMetrics } from './metrics.js';
+import { PendingReplies } from './pending-replies.js';
 import type { SessionJson } from './session-list.js';
 import type { StatusSource } from './status-server.js';
 
@@ -24,21 +25,17 @@ const ANSWER_TIMEOUT_MS = 2000;
 export class WorkersStatus {
   readonly #primary: ServerMetrics;
   readonly #workers: () => readonly ChildProcess[];
-  readonly #timeoutMs: number;
-  readonly #pending = new Map<number, (reply: WorkerStatusReply) => void>();
-  #nextId = 1;
+  readonly #replies: PendingReplies<WorkerStatusReply>;
 
   constructor(primary: ServerMetrics, workers: () => readonly ChildProcess[], timeoutMs = ANSWER_TIMEOUT_MS) {
     this.#primary = primary;
     this.#workers = workers;
-    this.#timeoutMs = timeoutMs;
+    this.#replies = new PendingReplies(timeoutMs);
   }
 
   /** A worker's 'status' message: the answer to one of our questions (a late or unknown one is dropped). */
   answer(reply: WorkerStatusReply): void {
-    const done = this.#pending.get(reply.id);
-    this.#pending.delete(reply.id);
-    done?.(reply);
+    this.#replies.answer(reply.id, reply);
   }
 
   /** /metrics and /sessions over the primary and every worker that answers. */
@@ -60,18 +57,10 @@ export class WorkersStatus {
 
   #ask(child: ChildProcess): Promise<WorkerStatusReply | null> {
     if (!child.connected) return Promise.resolve(null);
-    const id = this.#nextId++;
-    return new Promise((resolve) => {
-      const give = (reply: WorkerStatusReply | null): void => {
-        clearTimeout(timer);
-        this.#pending.delete(id);
-        resolve(reply);
-      };
-      const timer = setTimeout(() => give(null), this.#timeoutMs);
-      this.#pending.set(id, give);
+    return this.#replies.ask((id, failed) =>
       child.send({ type: 'status', id }, undefined, {}, (err) => {
-        if (err) give(null);
-      });
-    });
+        if (err) failed();
+      }),
+    );
   }
 }
