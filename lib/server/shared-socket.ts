@@ -8,13 +8,20 @@
 // and checked for at start): it returns the libuv handle, bound, not yet listening. Until the
 // first worker's listen(), a client is refused (the primary prints its URI only after every
 // worker listens). From then on the socket stays listening as long as the primary holds it, so
-// clients wait in the backlog while no worker is there (a worker being replaced). libuv binds a
+// clients wait in the backlog while no worker is there (a worker being replaced).
+//
+// A unix socket is bound under a staging name beside its path (`PATH.PID.new`) and linked to
+// its path only once the workers listen (publish()). Bound at its path, it would refuse
+// connections for the second or so a worker takes to start, and a second server started then
+// would take it for a dead server's file, replace it, and leave this one serving nobody. A path
+// with no room for the staging name in sun_path is bound as it is, with that window. close()
+// removes the path only while it is still this socket's file. libuv binds a
 // TCP socket with SO_REUSEADDR and reports a port in use only at listen() (getsockname() returns
 // the error meanwhile), so a port taken by a listening server is refused here and one taken in
 // the moment between this bind and the first listen() by that worker (workers.ts).
 
 import { lookup } from 'node:dns/promises';
-import { lstat, unlink } from 'node:fs/promises';
+import { link, lstat, unlink } from 'node:fs/promises';
 import * as net from 'node:net';
 import { getSystemErrorName } from 'node:util';
 import { unixSocketPath } from './inherited-socket.js';
@@ -47,6 +54,12 @@ export interface SharedSocket {
   readonly handle: ServerHandle;
   /** Where it listens (the real port when 0 was asked for; an inherited socket's real address). */
   readonly address: ListenAddress;
+  /**
+   * Make it reachable at its address: a unix socket, bound under a staging name, gets its path
+   * (see the top). Called once a worker listens on it; EADDRINUSE if another server took the
+   * path meanwhile. Nothing to do for a TCP or inherited socket.
+   */
+  publish(): Promise<void>;
   /** Close the primary's hold on it (and remove a unix socket file it made). */
   close(): Promise<void>;
 }
@@ -65,7 +78,7 @@ export async function bindSharedSocket(address: ListenAddress, permissions?: Soc
       name.err === 0 && name.port !== undefined ? { kind: 'tcp', host: name.address ?? '', port: name.port } : null;
     const path = tcp === null ? unixSocketPath(address.fd) : null;
     const resolved: ListenAddress = tcp ?? (path === null ? address : { kind: 'unix', path });
-    return { handle, address: resolved, close: async () => handle.close() };
+    return { handle, address: resolved, publish: async () => undefined, close: async () => handle.close() };
   }
   if (address.kind === 'tcp') {
     const host = net.isIP(address.host) !== 0 ? address.host : (await lookup(address.host)).address;
@@ -79,6 +92,7 @@ export async function bindSharedSocket(address: ListenAddress, permissions?: Soc
     return {
       handle,
       address: { kind: 'tcp', host: address.host, port: name.port ?? address.port },
+      publish: async () => undefined,
       close: async () => handle.close(),
     };
   }
@@ -87,16 +101,16 @@ export async function bindSharedSocket(address: ListenAddress, permissions?: Soc
       code: 'ENAMETOOLONG',
     });
   }
-  const bindPath = (): ServerHandle | number => {
+  const bindPath = (path: string): ServerHandle | number => {
     let made: ServerHandle | number = -1;
     const umaskMode = bindOwnerOnly(() => {
-      made = create(address.path, -1, -1);
+      made = create(path, -1, -1);
     });
     const handle = made as ServerHandle | number;
     if (typeof handle !== 'number') {
       try {
         // Owner-only until the mode and group are set (bindOwnerOnly), as a listener does.
-        applySocketPermissions(address.path, permissions?.mode ?? umaskMode, permissions?.gid);
+        applySocketPermissions(path, permissions?.mode ?? umaskMode, permissions?.gid);
       } catch (err) {
         handle.close(); // libuv removes the file of a pipe it bound
         throw err;
@@ -104,19 +118,58 @@ export async function bindSharedSocket(address: ListenAddress, permissions?: Soc
     }
     return handle;
   };
-  let handle = bindPath();
-  if (typeof handle === 'number' && getSystemErrorName(handle) === 'EADDRINUSE') {
-    // A unix socket file left by a server that died: nobody answers on it, so replace it.
-    const stats = await lstat(address.path).catch(() => null);
-    if (stats?.isSocket() === true && !(await isSocketAlive(address.path))) {
-      await unlink(address.path).catch(() => undefined);
-      handle = bindPath();
+  const inUse = (): never => {
+    throw describeListenError(Object.assign(new Error('EADDRINUSE'), { code: 'EADDRINUSE' }), address);
+  };
+  const path = address.path;
+  const staging = `${path}.${process.pid}.new`;
+  if (Buffer.byteLength(staging) > MAX_UNIX_PATH_BYTES) {
+    // No room for the staging name: bound at its path at once (the window in the top comment).
+    let handle = bindPath(path);
+    if (typeof handle === 'number' && getSystemErrorName(handle) === 'EADDRINUSE' && (await removeIfStale(path))) {
+      handle = bindPath(path);
     }
+    if (typeof handle === 'number') return fail(handle);
+    const bound = handle;
+    // Closing it removes the socket file (libuv does, for a pipe it bound); a worker's copy does not.
+    return { handle: bound, address, publish: async () => undefined, close: async () => bound.close() };
   }
+  // A live server's socket is refused now; a dead one's file is replaced at publish().
+  if ((await lstat(path).catch(() => null)) !== null && (await isSocketAlive(path))) return inUse();
+  await unlink(staging).catch(() => undefined); // left by a process that had this pid
+  const handle = bindPath(staging);
   if (typeof handle === 'number') return fail(handle);
   const bound = handle;
-  // Closing it removes the socket file (libuv does, for a pipe it bound); a worker's copy does not.
-  return { handle: bound, address, close: async () => bound.close() };
+  /** The inode published at `path`, which close() removes only if it is still there. */
+  let published: number | null = null;
+  return {
+    handle: bound,
+    address,
+    publish: async () => {
+      try {
+        await link(staging, path);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || !(await removeIfStale(path))) return inUse();
+        await link(staging, path).catch(() => inUse());
+      }
+      published = (await lstat(path)).ino;
+      await unlink(staging).catch(() => undefined);
+    },
+    close: async () => {
+      bound.close(); // libuv removes the staging name, gone since publish()
+      if (published === null) return;
+      const stats = await lstat(path).catch(() => null);
+      if (stats?.ino === published) await unlink(path).catch(() => undefined);
+    },
+  };
+}
+
+/** Remove the unix socket file at `path` if nobody answers on it (a server that died): whether it did. */
+async function removeIfStale(path: string): Promise<boolean> {
+  const stats = await lstat(path).catch(() => null);
+  if (stats?.isSocket() !== true || (await isSocketAlive(path))) return false;
+  await unlink(path).catch(() => undefined);
+  return true;
 }
 
 /** getsockname() of a TCP handle: its error (a bind's deferred one) or its address; a unix socket's has no port. */

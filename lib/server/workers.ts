@@ -138,9 +138,11 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
   let stopping = false;
   let nextTurn = 0;
 
-  // The ready worker with fewest open connections; ties in turn.
-  const pick = (): Worker | undefined => {
-    const live = workers.filter((w) => w.ready && w.child.connected);
+  // The ready worker with fewest open connections (other than `not`, if another is ready); ties in turn.
+  const pick = (not?: Worker): Worker | undefined => {
+    const ready = workers.filter((w) => w.ready && w.child.connected);
+    const others = ready.filter((w) => w !== not);
+    const live = others.length > 0 ? others : ready;
     if (live.length === 0) return undefined;
     nextTurn = (nextTurn + 1) % live.length;
     let best = live[nextTurn] as Worker;
@@ -244,7 +246,9 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
         worker.open = msg.open;
         broadcastLoads();
       } else if (msg.type === 'place' && socket !== undefined) {
-        sendConnection(pick(), { type: 'connection', listener: msg.listener }, socket);
+        // Never back to the worker that placed it: it did because a sibling has fewer, which the
+        // counts here may not show yet (each is reported a few ms after a change).
+        sendConnection(pick(worker), { type: 'connection', listener: msg.listener }, socket);
         broadcastLoads();
       } else if (msg.type === 'status') status?.answer(msg);
       else if (msg.type === 'scrape' && status !== null) {
@@ -320,6 +324,8 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
 
   try {
     await Promise.all(Array.from({ length: options.workers }, (_, slot) => spawnWorker(slot)));
+    // Reachable from now on (a unix socket gets its path: shared-socket.ts).
+    for (const [, socket] of shared) await socket.publish();
   } catch (err) {
     await stop();
     throw err;

@@ -1,11 +1,12 @@
 // bindSharedSocket with real sockets: a TCP or unix socket is bound but not listening (connections
-// are refused) until a net.Server listens on the handle, as a worker does; a busy port or a live
-// unix socket is refused with a readable error, a stale socket file is replaced, and a unix path
-// too long for sun_path is refused before any bind. The workers here are net.Servers in this
+// are refused) until a net.Server listens on the handle, as a worker does; a unix socket appears at
+// its path only at publish(); a busy port or a live unix socket is refused with a readable error,
+// a stale socket file is replaced, and a unix path too long for sun_path is refused before any
+// bind. The workers here are net.Servers in this
 // process: how each kind of handle is closed then is explained at closeBoth().
 
 import { spawnSync } from 'node:child_process';
-import { existsSync, lstatSync } from 'node:fs';
+import { existsSync, lstatSync, unlinkSync } from 'node:fs';
 import { connect, createServer, type NetConnectOpts, type Server } from 'node:net';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
@@ -173,18 +174,23 @@ t.test('TCP: a port in use is refused with a readable error', async (t) => {
   });
 });
 
-t.test('unix: the socket file gets its mode, a worker serves it, close() removes it', async (t) => {
+t.test('unix: bound under a staging name, at its path with its mode from publish(), removed at close', async (t) => {
   const path = join(shortDir(t), 'nbd.sock');
+  const staging = `${path}.${process.pid}.new`;
   const shared = await bind(t, { kind: 'unix', path }, { mode: 0o600 });
   t.strictSame(shared.address, { kind: 'unix', path });
-  const stats = lstatSync(path);
-  t.ok(stats.isSocket(), 'a socket file');
-  t.equal((stats.mode & 0o777).toString(8), '600');
-  t.equal(await tryConnect({ path }), 'ECONNREFUSED', 'bound but not listening: refused');
+  t.notOk(existsSync(path), 'nothing at the path before publish()');
+  t.equal(await tryConnect({ path }), 'ENOENT', 'so a client finds no socket, not a refusing one');
+  t.ok(lstatSync(staging).isSocket(), 'bound under the staging name');
 
   const worker = await listenAsWorker(shared);
   const close = closeOnce(worker, shared);
   t.teardown(close);
+  await shared.publish();
+  const stats = lstatSync(path);
+  t.ok(stats.isSocket(), 'a socket file at the path');
+  t.equal((stats.mode & 0o777).toString(8), '600');
+  t.notOk(existsSync(staging), 'the staging name is gone');
   t.equal(await roundTrip({ path }, 'over unix'), 'over unix', 'echoed by the worker');
   t.equal(worker.accepted, 1, "the worker's connection handler ran");
 
@@ -206,12 +212,64 @@ t.test('unix: a stale socket file, nobody listening on it, is replaced', async (
   t.equal(await tryConnect({ path }), 'ECONNREFUSED', 'nobody answers on it');
 
   const shared = await bind(t, { kind: 'unix', path });
-  t.ok(lstatSync(path).isSocket(), 'a socket file again');
   const worker = await listenAsWorker(shared);
   const close = closeOnce(worker, shared);
   t.teardown(close);
+  await shared.publish();
+  t.ok(lstatSync(path).isSocket(), 'a socket file again');
   t.equal(await roundTrip({ path }, 'replaced'), 'replaced', 'served on the replaced path');
   await close();
+});
+
+t.test('unix: a server started before another publishes takes the path; the other is refused', async (t) => {
+  const path = join(shortDir(t), 'nbd.sock');
+  const first = await bind(t, { kind: 'unix', path });
+  const firstWorker = await listenAsWorker(first);
+  const closeFirst = closeOnce(firstWorker, first);
+  t.teardown(closeFirst);
+  // The first's workers are still starting: its path is free, so the second binds and publishes.
+  const second = await bind(t, { kind: 'unix', path });
+  const secondWorker = await listenAsWorker(second);
+  const closeSecond = closeOnce(secondWorker, second);
+  t.teardown(closeSecond);
+  await second.publish();
+  await t.rejects(first.publish(), { message: `cannot listen on ${path}: address already in use`, code: 'EADDRINUSE' });
+  t.equal(await roundTrip({ path }, 'second'), 'second');
+  t.equal(secondWorker.accepted, 1, "the path is the second server's");
+  await closeFirst();
+  t.ok(lstatSync(path).isSocket(), "the first's close leaves the second's file");
+  t.equal(await roundTrip({ path }, 'still'), 'still');
+  await closeSecond();
+  t.notOk(existsSync(path));
+});
+
+t.test('unix: close() leaves a file that replaced its own at the path', async (t) => {
+  const path = join(shortDir(t), 'nbd.sock');
+  const shared = await bind(t, { kind: 'unix', path });
+  const worker = await listenAsWorker(shared);
+  const close = closeOnce(worker, shared);
+  t.teardown(close);
+  await shared.publish();
+  unlinkSync(path); // removed by hand, and another server started on the path
+  await liveUnixServer(t, path);
+  await close();
+  t.equal(await tryConnect({ path }), 'connected', "the other server's file is still there");
+});
+
+t.test('unix: a path with no room for the staging name is bound at once, as it is', async (t) => {
+  const dir = shortDir(t);
+  const path = join(dir, 'x'.repeat(104 - dir.length));
+  t.ok(Buffer.byteLength(`${path}.${process.pid}.new`) > 107, 'the staging name would not fit sun_path');
+  const shared = await bind(t, { kind: 'unix', path });
+  t.ok(lstatSync(path).isSocket(), 'bound at its path');
+  t.equal(await tryConnect({ path }), 'ECONNREFUSED', 'refused until a worker listens');
+  const worker = await listenAsWorker(shared);
+  const close = closeOnce(worker, shared);
+  t.teardown(close);
+  await shared.publish();
+  t.equal(await roundTrip({ path }, 'long'), 'long');
+  await close();
+  t.notOk(existsSync(path), 'removed at close');
 });
 
 t.test('unix: a live socket is never replaced', async (t) => {
