@@ -6,7 +6,8 @@
 // no overlay behind. A named overlay is one device: connections that land on other workers move
 // to the one that has it open (hand-over.ts), and see each other's writes; when that worker is
 // killed, the next GO opens the overlay in a live one. Over TLS a connection cannot move: the
-// worker that holds its TLS session relays it to the owner.
+// worker that holds its TLS session relays it to the owner. Two servers started at once on one
+// unix socket: one serves it and the other stops, saying why.
 
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -291,6 +292,31 @@ if (requireClients(t, [], true)) {
       },
     );
   }
+}
+
+if (requireClients(t, ['nbdinfo'])) {
+  t.test('two servers started at once on one unix socket: one serves it, the other stops', async (t) => {
+    const dir = t.testdir();
+    const base = await makePatternBase(dir, SIZE);
+    const sockDir = mkdtempSync(join(tmpdir(), 'nbdcow-w-'));
+    t.teardown(() => rmSync(sockDir, { recursive: true, force: true }));
+    const sock = join(sockDir, 's');
+    // The workers' primary binds first and its workers take a second to listen; the single
+    // process binds and listens at once. Before the staging name (shared-socket.ts), the single
+    // process took the primary's not-yet-listening socket for a dead server's file and replaced
+    // it: both ran, and the primary's workers served nobody.
+    const started = await Promise.allSettled([
+      startServe(t, base, ['-k', sock, '--overlay-dir', join(dir, 'ov1'), '--workers', '2']),
+      startServe(t, base, ['-k', sock, '--overlay-dir', join(dir, 'ov2')]),
+    ]);
+    const serving = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    const refused = started.flatMap((r) => (r.status === 'rejected' ? [(r.reason as Error).message] : []));
+    t.equal(serving.length, 1, 'one server runs');
+    t.match(refused, [/cannot listen on .*: address already in use/], 'the other stops, saying why');
+    const info = await run('nbdinfo', ['--size', `nbd+unix:///?socket=${sock}`]);
+    t.equal(info.stdout.trim(), String(SIZE), describeRun(info));
+    t.match(serving[0]?.stderr() ?? '', /conn \d+ \(unix\): export/, 'the server running is the one that answered');
+  });
 }
 
 if (requireClients(t, ['nbdinfo'])) {
