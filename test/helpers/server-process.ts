@@ -50,6 +50,12 @@ async function startCliServer(t: Test, argv: readonly string[], cli: string): Pr
   child.stderr?.setEncoding('utf8').on('data', (s: string) => (stderr += s));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     child.on('exit', (code, signal) => resolve({ code, signal }));
+    // A CLI that could not be started (EACCES, ENOENT) never exits: fail now, not at the safety timeout.
+    child.once('error', (err) => {
+      if (child.pid !== undefined) return;
+      stderr += `cannot start ${cli}: ${err.message}`;
+      resolve({ code: null, signal: null });
+    });
   });
   const safety = setTimeout(() => child.kill('SIGKILL'), SERVER_TIMEOUT_MS);
   void exited.then(() => clearTimeout(safety));
