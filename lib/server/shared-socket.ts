@@ -134,8 +134,10 @@ export async function bindSharedSocket(address: ListenAddress, permissions?: Soc
     // Closing it removes the socket file (libuv does, for a pipe it bound); a worker's copy does not.
     return { handle: bound, address, publish: async () => undefined, close: async () => bound.close() };
   }
-  // A live server's socket is refused now; a dead one's file is replaced at publish().
-  if ((await lstat(path).catch(() => null)) !== null && (await isSocketAlive(path))) return inUse();
+  // A live server's socket, or a file that is no socket, is refused now; a dead server's socket
+  // file is replaced at publish().
+  const existing = await lstat(path).catch(() => null);
+  if (existing !== null && (!existing.isSocket() || (await isSocketAlive(path)))) return inUse();
   await unlink(staging).catch(() => undefined); // left by a process that had this pid
   const handle = bindPath(staging);
   if (typeof handle === 'number') return fail(handle);

@@ -6,7 +6,7 @@
 // process: how each kind of handle is closed then is explained at closeBoth().
 
 import { spawnSync } from 'node:child_process';
-import { existsSync, lstatSync, unlinkSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type NetConnectOpts, type Server } from 'node:net';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
@@ -280,6 +280,17 @@ t.test('unix: a live socket is never replaced', async (t) => {
     code: 'EADDRINUSE',
   });
   t.equal(await tryConnect({ path }), 'connected', 'the live server still answers on its file');
+});
+
+t.test('unix: a file that is not a socket is refused at once, and left alone', async (t) => {
+  const path = join(shortDir(t), 'plain');
+  writeFileSync(path, 'not a socket');
+  await t.rejects(bindSharedSocket({ kind: 'unix', path }), {
+    message: `cannot listen on ${path}: address already in use`,
+    code: 'EADDRINUSE',
+  });
+  t.equal(readFileSync(path, 'utf8'), 'not a socket');
+  t.notOk(existsSync(`${path}.${process.pid}.new`), 'nothing bound');
 });
 
 t.test('unix: a path over 107 bytes is refused before any bind', async (t) => {
