@@ -89,8 +89,6 @@ export class NbdListener {
   #buffers = new BufferPool();
   #options: NbdListenerOptions;
   #address: ListenAddress | null = null;
-  /** Whether stop() removes the unix socket file: not one systemd bound and owns. */
-  #ownsSocketFile = false;
   #stopping: Promise<void> | null = null;
   #group: ListenerGroup;
 
@@ -118,20 +116,13 @@ export class NbdListener {
   }
 
   async listen(address: ListenAddress): Promise<ListenAddress> {
-    if (address.kind === 'unix' && Buffer.byteLength(address.path) > MAX_UNIX_PATH_BYTES) {
-      throw Object.assign(
-        new Error(`cannot listen on ${address.path}: socket path too long (over ${MAX_UNIX_PATH_BYTES} bytes)`),
-        { code: 'ENAMETOOLONG' },
-      );
-    }
+    if (address.kind === 'unix') checkUnixPath(address.path);
     try {
       return await this.#listenOnce(address);
     } catch (err) {
       // A unix socket file left by a server that died: nobody answers on it, so replace it.
       if (address.kind !== 'unix' || (err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
-      const stats = await lstat(address.path).catch(() => null);
-      if (stats === null || !stats.isSocket() || (await isSocketAlive(address.path))) throw err;
-      await unlink(address.path).catch(() => undefined);
+      if (!(await removeIfStale(address.path))) throw err;
       return this.#listenOnce(address);
     }
   }
@@ -156,7 +147,6 @@ export class NbdListener {
           }
         }
         const bound = this.#server.address();
-        this.#ownsSocketFile = address.kind === 'unix';
         this.#address =
           address.kind === 'inherited'
             ? resolveInherited(address, bound)
@@ -233,7 +223,9 @@ export class NbdListener {
     for (const conn of connections) conn.destroy();
     await closedListener;
     this.#group.admission.flush();
-    if (this.#ownsSocketFile && this.#address?.kind === 'unix') await unlink(this.#address.path).catch(() => undefined);
+    // A unix socket file this listener bound was removed by libuv as close() closed the handle,
+    // at once (one systemd bound is not): removing its path again after the grace could delete a
+    // newer server's socket, bound there meanwhile.
   }
 
   #accept(socket: Socket): void {
@@ -304,6 +296,22 @@ export function describeListenError(err: NodeJS.ErrnoException, address: ListenA
             ? 'address not available on this machine'
             : err.message;
   return Object.assign(new Error(`cannot listen on ${where}: ${cause}`), { code: err.code });
+}
+
+/** Refuse (ENAMETOOLONG) a unix socket path longer than sun_path holds, which Node would silently cut. */
+export function checkUnixPath(path: string): void {
+  if (Buffer.byteLength(path) <= MAX_UNIX_PATH_BYTES) return;
+  throw Object.assign(new Error(`cannot listen on ${path}: socket path too long (over ${MAX_UNIX_PATH_BYTES} bytes)`), {
+    code: 'ENAMETOOLONG',
+  });
+}
+
+/** Remove the unix socket file at `path` if nobody answers on it (a server that died): whether it did. */
+export async function removeIfStale(path: string): Promise<boolean> {
+  const stats = await lstat(path).catch(() => null);
+  if (stats?.isSocket() !== true || (await isSocketAlive(path))) return false;
+  await unlink(path).catch(() => undefined);
+  return true;
 }
 
 /** Whether something accepts connections on the unix socket at `path`. */

@@ -25,7 +25,14 @@ import { link, lstat, unlink } from 'node:fs/promises';
 import * as net from 'node:net';
 import { getSystemErrorName } from 'node:util';
 import { unixSocketPath } from './inherited-socket.js';
-import { describeListenError, isSocketAlive, type ListenAddress, MAX_UNIX_PATH_BYTES } from './listener.js';
+import {
+  checkUnixPath,
+  describeListenError,
+  isSocketAlive,
+  type ListenAddress,
+  MAX_UNIX_PATH_BYTES,
+  removeIfStale,
+} from './listener.js';
 import { applySocketPermissions, bindOwnerOnly, type SocketPermissions } from './socket-permissions.js';
 
 /** A libuv TCP or pipe handle, as node:net makes them; sent to workers as it is. */
@@ -96,11 +103,7 @@ export async function bindSharedSocket(address: ListenAddress, permissions?: Soc
       close: async () => handle.close(),
     };
   }
-  if (Buffer.byteLength(address.path) > MAX_UNIX_PATH_BYTES) {
-    throw Object.assign(new Error(`cannot listen on ${address.path}: socket path too long (over ${MAX_UNIX_PATH_BYTES} bytes)`), {
-      code: 'ENAMETOOLONG',
-    });
-  }
+  checkUnixPath(address.path);
   const bindPath = (path: string): ServerHandle | number => {
     let made: ServerHandle | number = -1;
     const umaskMode = bindOwnerOnly(() => {
@@ -164,14 +167,6 @@ export async function bindSharedSocket(address: ListenAddress, permissions?: Soc
       if (stats?.ino === published) await unlink(path).catch(() => undefined);
     },
   };
-}
-
-/** Remove the unix socket file at `path` if nobody answers on it (a server that died): whether it did. */
-async function removeIfStale(path: string): Promise<boolean> {
-  const stats = await lstat(path).catch(() => null);
-  if (stats?.isSocket() !== true || (await isSocketAlive(path))) return false;
-  await unlink(path).catch(() => undefined);
-  return true;
 }
 
 /** getsockname() of a TCP handle: its error (a bind's deferred one) or its address; a unix socket's has no port. */
