@@ -15,15 +15,19 @@
 // connections for the second or so a worker takes to start, and a second server started then
 // would take it for a dead server's file, replace it, and leave this one serving nobody. A path
 // with no room for the staging name in sun_path is bound as it is, with that window. close()
-// removes the path only while it is still this socket's file. libuv binds a
+// removes the path only while it is still this socket's file. A primary killed while its workers
+// start (SIGKILL) leaves its staging name behind; the next server bound at that path removes
+// the staging sockets of processes that are gone. libuv binds a
 // TCP socket with SO_REUSEADDR and reports a port in use only at listen() (getsockname() returns
 // the error meanwhile), so a port taken by a listening server is refused here and one taken in
 // the moment between this bind and the first listen() by that worker (workers.ts).
 
 import { lookup } from 'node:dns/promises';
-import { link, lstat, unlink } from 'node:fs/promises';
+import { link, lstat, readdir, unlink } from 'node:fs/promises';
 import * as net from 'node:net';
+import { basename, dirname, join } from 'node:path';
 import { getSystemErrorName } from 'node:util';
+import { processExists } from '../block/process-alive.js';
 import { unixSocketPath } from './inherited-socket.js';
 import {
   checkUnixPath,
@@ -142,6 +146,7 @@ export async function bindSharedSocket(address: ListenAddress, permissions?: Soc
   const existing = await lstat(path).catch(() => null);
   if (existing !== null && (!existing.isSocket() || (await isSocketAlive(path)))) return inUse();
   await unlink(staging).catch(() => undefined); // left by a process that had this pid
+  await removeDeadStagingNames(path);
   const handle = bindPath(staging);
   if (typeof handle === 'number') return fail(handle);
   const bound = handle;
@@ -167,6 +172,32 @@ export async function bindSharedSocket(address: ListenAddress, permissions?: Soc
       if (stats?.ino === published) await unlink(path).catch(() => undefined);
     },
   };
+}
+
+/**
+ * Remove the staging sockets (`PATH.PID.new`) beside `path` whose process no longer runs: what
+ * a primary killed during its start leaves behind. Only sockets: any other file of that name is
+ * not one of ours. Those of a live process, this one's included, are left alone.
+ */
+export async function removeDeadStagingNames(path: string): Promise<number> {
+  const stem = `${basename(path)}.`;
+  const names = await readdir(dirname(path)).catch(() => [] as string[]);
+  let removed = 0;
+  for (const name of names) {
+    if (!name.startsWith(stem) || !name.endsWith('.new')) continue;
+    const digits = name.slice(stem.length, -'.new'.length);
+    if (!/^[1-9]\d{0,9}$/.test(digits)) continue;
+    const pid = Number(digits);
+    if (pid === process.pid || processExists(pid)) continue;
+    const staging = join(dirname(path), name);
+    const stats = await lstat(staging).catch(() => null);
+    if (stats?.isSocket() !== true) continue;
+    await unlink(staging).then(
+      () => removed++,
+      () => undefined, // removed by another server meanwhile, or not ours to remove
+    );
+  }
+  return removed;
 }
 
 /** getsockname() of a TCP handle: its error (a bind's deferred one) or its address; a unix socket's has no port. */

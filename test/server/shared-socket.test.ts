@@ -118,6 +118,23 @@ async function bind(t: Test, ...args: Parameters<typeof bindSharedSocket>): Prom
   return shared;
 }
 
+/** Bind a unix socket at `path` from a python3 that exits without unlinking it: a dead server's file. */
+function bindDeadSocket(t: Test, path: string): void {
+  const python = spawnSync(
+    '/usr/bin/python3',
+    ['-c', 'import socket, sys; socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).bind(sys.argv[1])', path],
+    { timeout: 10_000, encoding: 'utf8' },
+  );
+  t.equal(python.status, 0, `python3 bound the socket ${python.error?.message ?? python.stderr}`);
+}
+
+/** The pid of a process that has exited. */
+function deadPid(): number {
+  const pid = spawnSync('/bin/true').pid;
+  if (pid === undefined) throw new Error('/bin/true did not start');
+  return pid;
+}
+
 /** A net.Server listening on the unix socket `path`, closed at teardown. */
 async function liveUnixServer(t: Test, path: string): Promise<Server> {
   const server = createServer((socket) => socket.end());
@@ -202,12 +219,7 @@ t.test('unix: bound under a staging name, at its path with its mode from publish
 t.test('unix: a stale socket file, nobody listening on it, is replaced', async (t) => {
   const path = join(shortDir(t), 'nbd.sock');
   // Bound and never listened on, then exit without unlinking: the file of a server that is gone.
-  const python = spawnSync(
-    '/usr/bin/python3',
-    ['-c', 'import socket, sys; socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).bind(sys.argv[1])', path],
-    { timeout: 10_000, encoding: 'utf8' },
-  );
-  t.equal(python.status, 0, `python3 bound the socket ${python.error?.message ?? python.stderr}`);
+  bindDeadSocket(t, path);
   t.ok(lstatSync(path).isSocket(), 'the stale socket file is there');
   t.equal(await tryConnect({ path }), 'ECONNREFUSED', 'nobody answers on it');
 
@@ -218,6 +230,29 @@ t.test('unix: a stale socket file, nobody listening on it, is replaced', async (
   await shared.publish();
   t.ok(lstatSync(path).isSocket(), 'a socket file again');
   t.equal(await roundTrip({ path }, 'replaced'), 'replaced', 'served on the replaced path');
+  await close();
+});
+
+t.test('unix: staging names of dead primaries are removed', async (t) => {
+  const path = join(shortDir(t), 'nbd.sock');
+  // A primary killed while its workers started leaves its staging socket.
+  const dead = `${path}.${deadPid()}.new`;
+  bindDeadSocket(t, dead);
+  // pid 1 runs: a server that is starting. A plain file of that shape is not ours.
+  const live = `${path}.1.new`;
+  bindDeadSocket(t, live);
+  const plain = `${path}.${deadPid()}.new`;
+  writeFileSync(plain, 'not a socket');
+
+  const shared = await bind(t, { kind: 'unix', path });
+  t.notOk(existsSync(dead), "the dead primary's staging socket is gone");
+  t.ok(lstatSync(live).isSocket(), "a live process's staging socket is left");
+  t.equal(readFileSync(plain, 'utf8'), 'not a socket', 'a file that is no socket is left');
+  const worker = await listenAsWorker(shared);
+  const close = closeOnce(worker, shared);
+  t.teardown(close);
+  await shared.publish();
+  t.equal(await roundTrip({ path }, 'swept'), 'swept', 'served at its path');
   await close();
 });
 
