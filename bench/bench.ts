@@ -255,6 +255,7 @@ async function measure(def: ServerDef, srv: RunningServer, base: string, transpo
         target: srv.endpoint.target,
         exportName: def.exportName,
         seconds: settings.session_seconds,
+        rampSeconds: settings.ramp,
         baseFd: def.servesBase ? baseFd : null,
         expectSize: BASE_SIZE,
       });

@@ -271,6 +271,12 @@ export interface SessionsOptions {
   readonly target: ListenAddress;
   readonly exportName: string;
   readonly seconds: number;
+  /**
+   * Sessions run first for this long and not measured, as fio's ramp: a fresh nbd-cow reaches
+   * its steady rate only after about 2 s of sessions (its JIT compiler and young generation
+   * warming up). Their rate is reported apart (ramp_sessions_per_s). Default 0.
+   */
+  readonly rampSeconds?: number;
   /** The base, to compare every read with; null: not compared. */
   readonly baseFd: number | null;
   readonly expectSize: number;
@@ -279,6 +285,8 @@ export interface SessionsOptions {
 
 export interface SessionsResult {
   readonly sessions: number;
+  /** Sessions per second during the ramp (not measured); null without one. */
+  readonly ramp_sessions_per_s: number | null;
   readonly measured_s: number | null;
   readonly sessions_per_s: number | null;
   readonly lat_mean_us: number | null;
@@ -291,20 +299,29 @@ export interface SessionsResult {
 }
 
 /**
- * Throwaway sessions for `seconds`: connect, handshake, read 4 KiB at a random aligned
- * offset, NBD_CMD_DISC, wait for the close; one at a time. With `baseFd`, every read is
- * compared with the base.
+ * Throwaway sessions for `rampSeconds` (not measured), then for `seconds`: connect, handshake,
+ * read 4 KiB at a random aligned offset, NBD_CMD_DISC, wait for the close; one at a time. With
+ * `baseFd`, every read is compared with the base (the ramp's too; its errors and mismatches count).
  */
 export async function runSessions(options: SessionsOptions): Promise<SessionsResult> {
-  const { target, exportName, seconds, baseFd, expectSize, bytes = 4096 } = options;
-  const lat: number[] = [];
+  const { target, exportName, seconds, baseFd, expectSize, bytes = 4096, rampSeconds = 0 } = options;
+  let lat: number[] = [];
   let errors = 0;
   let mismatches = 0;
   let consecutive = 0;
   let lastError: string | null = null;
-  const start = performance.now();
-  const deadline = start + seconds * 1000;
+  const rampStart = performance.now();
+  const rampEnd = rampStart + rampSeconds * 1000;
+  let rampRate: number | null = null;
+  let start = rampEnd;
+  const deadline = rampEnd + seconds * 1000;
   while (performance.now() < deadline) {
+    if (rampRate === null && rampSeconds > 0 && performance.now() >= rampEnd) {
+      // The ramp is over: its sessions are not measured.
+      start = performance.now();
+      rampRate = round(lat.length / ((start - rampStart) / 1000));
+      lat = [];
+    }
     const t0 = performance.now();
     let data: Buffer;
     let offset: number;
@@ -327,10 +344,13 @@ export async function runSessions(options: SessionsOptions): Promise<SessionsRes
     lat.push((performance.now() - t0) * 1000);
     if (baseFd !== null && !data.equals(baseBytes(baseFd, offset, bytes))) mismatches++;
   }
+  // Stopped during the ramp (a server failing every session): all of it counts as measured.
+  if (rampRate === null) start = rampStart;
   const elapsed = (performance.now() - start) / 1000;
   lat.sort((a, b) => a - b);
   return {
     sessions: lat.length,
+    ramp_sessions_per_s: rampRate,
     measured_s: round(elapsed, 3),
     sessions_per_s: elapsed > 0 ? round(lat.length / elapsed) : 0,
     lat_mean_us: lat.length ? round(lat.reduce((a, b) => a + b, 0) / lat.length) : null,
