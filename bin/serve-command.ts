@@ -7,12 +7,10 @@ import { mkdir, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
-import { loadConfigFile } from '../lib/config/config-file.js';
-import { reloadFromFile } from '../lib/config/reload.js';
+import type { reloadFromFile } from '../lib/config/reload.js';
 import type { ServerConfig } from '../lib/config/server-config.js';
 import { DEFAULT_PORT, defaultOverlayDir } from '../lib/defaults.js';
 import { writePatternImage } from '../lib/demo-image.js';
-import { type RunningServer, type ServerOptions, serverConfigFromOptions, startConfiguredServer } from '../lib/index.js';
 import { createLogger, type LogFormat, type Logger, levelFromEnv } from '../lib/log.js';
 import type { RemoteOptions } from '../lib/remote/remote-options.js';
 import { shownUrl } from '../lib/remote/remote-url.js';
@@ -29,6 +27,8 @@ import { formatUri } from '../lib/server/uri.js';
 import { WORKER_ENV } from '../lib/server/worker-env.js';
 import { parseWorkerAddresses, serveAsWorker } from '../lib/server/worker-process.js';
 import { startWorkers } from '../lib/server/workers.js';
+import { type ServerOptions, serverConfigFromOptions } from '../lib/server-options.js';
+import { type RunningServer, startConfiguredServer } from '../lib/start-server.js';
 import { fail } from './fail.js';
 
 const DEMO_SIZE = 64 * 1024 * 1024;
@@ -201,6 +201,8 @@ async function serveConfiguration(
     (name) => !CONFIG_ONLY_OK.has(name),
     'cannot be used with --config: set it in the file (doc/config.md)',
   );
+  // Loaded only here: its YAML parser is about 45 ms and 8 MiB that a server without a file never needs.
+  const { loadConfigFile } = await import('../lib/config/config-file.js');
   const config = await loadConfigFile(opts.config);
   return { config, log: cliLogger(opts, config, cmd.getOptionValueSource('logFormat') === 'cli') };
 }
@@ -217,6 +219,9 @@ export async function serve(cmd: Command, base: string | undefined, opts: CliOpt
     );
   }
   const { config: configured, log } = await serveConfiguration(cmd, base, opts);
+  // With a file only (the module comes with the file's parser), and before anything starts,
+  // so the SIGHUP handler is in place as soon as the server is.
+  const reload = opts.config === undefined ? null : (await import('../lib/config/reload.js')).reloadFromFile;
   let config = configured;
   if (inherited !== null) {
     if (opts.config !== undefined)
@@ -224,14 +229,14 @@ export async function serve(cmd: Command, base: string | undefined, opts: CliOpt
     config = { ...config, listen: inherited.map((address) => ({ address })) };
   }
   const workerAddresses = process.env[WORKER_ENV];
-  if (workerAddresses !== undefined) return serveWorker(config, log, opts, parseWorkerAddresses(workerAddresses));
+  if (workerAddresses !== undefined) return serveWorker(config, log, reload, opts, parseWorkerAddresses(workerAddresses));
   if ((opts.workers ?? 1) > 1) return servePrimary(config, log, opts);
   const server = await startConfiguredServer(config, { log, events: [logEvents(log)], ...runtimeLimits(opts) });
   printUris(config, server);
-  if (opts.config !== undefined) {
+  if (opts.config !== undefined && reload !== null) {
     for (const exp of config.exports)
       log.info(`export "${exp.name}": ${shownUrl(exp.base)}${exp.readOnly ? ' (read-only)' : ''}`);
-    reloadOnSighup(server, opts.config, log);
+    reloadOnSighup(server, opts.config, log, reload);
   }
   tellSystemdReady(`serving ${server.uri}`, log);
   stopOnSignals(() => server.stop());
@@ -249,12 +254,15 @@ function printUris(
   if (server.metricsUri !== null) process.stdout.write(`${server.metricsUri}\n`);
 }
 
-/** SIGHUP: reload the configuration file into `server`, one reload after the other. */
-function reloadOnSighup(server: RunningServer, path: string, log: Logger): void {
+/** lib/config/reload.ts's reloadFromFile, loaded only with a configuration file. */
+type Reload = typeof reloadFromFile;
+
+/** SIGHUP: reload the configuration file into `server` with `reload`, one reload after the other. */
+function reloadOnSighup(server: RunningServer, path: string, log: Logger, reload: Reload): void {
   let reloading = Promise.resolve(true);
   process.on('SIGHUP', () => {
     log.info(`SIGHUP: reloading ${path}`);
-    reloading = reloading.then(() => reloadFromFile(server, path, log));
+    reloading = reloading.then(() => reload(server, path, log));
   });
 }
 
@@ -311,9 +319,15 @@ async function servePrimary(config: ServerConfig, log: Logger, opts: CliOptions)
 }
 
 /** One worker of --workers N: serve what the primary hands over (lib/server/worker-process.ts). */
-async function serveWorker(config: ServerConfig, log: Logger, opts: CliOptions, adopted: ListenAddress[]): Promise<void> {
+async function serveWorker(
+  config: ServerConfig,
+  log: Logger,
+  reload: Reload | null,
+  opts: CliOptions,
+  adopted: ListenAddress[],
+): Promise<void> {
   const server = await serveAsWorker(config, { log, events: [logEvents(log)], ...runtimeLimits(opts) }, adopted);
-  if (opts.config !== undefined) reloadOnSighup(server, opts.config, log);
+  if (opts.config !== undefined && reload !== null) reloadOnSighup(server, opts.config, log, reload);
   stopOnSignals(() => server.stop());
 }
 

@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type ServerOptions, startServer } from './index.js';
+import { type ServerOptions, startServer } from './server-options.js';
 
 export interface RunOptions extends Omit<ServerOptions, 'listen'> {
   readonly listen?: ServerOptions['listen'];

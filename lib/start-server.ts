@@ -17,7 +17,7 @@ import { type ConnectionLimits, DEFAULT_LIMITS } from './server/connection-limit
 import type { Replay } from './server/hand-over.js';
 import { type ListenAddress, ListenerGroup, NbdListener, type SharedAccept } from './server/listener.js';
 import { MemoryBudget } from './server/memory-budget.js';
-import { ServerMetrics } from './server/metrics.js';
+import { newServerMetrics } from './server/new-metrics.js';
 import { dropPrivileges, privilegeTarget } from './server/privileges.js';
 import { combineEvents, type ServerEvents, type SessionRecord } from './server/server-events.js';
 import { localStatus, StatusServer } from './server/status-server.js';
@@ -93,7 +93,7 @@ export async function startConfiguredServer(config: ServerConfig, runtime: Serve
     throw new Error(`buffer memory ${bufferMemory} is less than the largest request (${MAX_PAYLOAD} bytes)`);
   }
   const tls = await loadTlsSettings(config.tls);
-  const metrics = config.metrics === undefined ? null : new ServerMetrics();
+  const metrics = config.metrics === undefined ? null : await newServerMetrics();
   const events = combineEvents([...(runtime.events ?? []), ...(metrics === null ? [] : [metrics])]);
   const exports = await ConfiguredExports.open(config.exports, {
     log,

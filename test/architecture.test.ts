@@ -220,3 +220,37 @@ for (const rule of RULES) {
     }
   });
 }
+
+/**
+ * The modules loading `entries` (paths from the root) loads with them: their static imports and
+ * `export … from`, followed through our own files, but not `import type` or `export type`
+ * (erased) nor `import()` (loaded when it runs). Our files as paths, packages by name.
+ */
+function loadedWith(entries: readonly string[]): Set<string> {
+  const seen = new Set<string>();
+  const pending = [...entries];
+  for (let file = pending.pop(); file !== undefined; file = pending.pop()) {
+    if (seen.has(file)) continue;
+    seen.add(file);
+    const source = ts.createSourceFile(file, readFileSync(join(ROOT, file), 'utf8'), ts.ScriptTarget.ES2022, true);
+    for (const statement of source.statements) {
+      const specifier =
+        (ts.isImportDeclaration(statement) && statement.importClause?.isTypeOnly !== true) ||
+        (ts.isExportDeclaration(statement) && !statement.isTypeOnly)
+          ? statement.moduleSpecifier
+          : undefined;
+      if (specifier === undefined || !ts.isStringLiteral(specifier) || specifier.text.startsWith('node:')) continue;
+      if (specifier.text.startsWith('.')) pending.push(resolvedFromRoot(file, specifier.text));
+      else seen.add(specifier.text.split('/')[0] as string);
+    }
+  }
+  return seen;
+}
+
+t.test('a server without --config or --metrics loads neither the YAML parser nor the Prometheus client', async (t) => {
+  const serve = loadedWith(['bin/nbd-cow.ts', 'bin/serve-command.ts']);
+  t.ok(serve.has('pino') && serve.has('lib/start-server.ts'), 'the walk follows our imports to the packages they load');
+  for (const lazy of ['yaml', 'prom-client', 'cli-progress']) t.notOk(serve.has(lazy), `${lazy} is loaded only when used`);
+  t.ok(loadedWith(['lib/config/config-file.ts']).has('yaml'), 'the configuration file does load it');
+  t.ok(loadedWith(['lib/server/metrics.ts']).has('prom-client'), 'the metrics do load it');
+});

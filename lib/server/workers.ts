@@ -29,13 +29,12 @@ import { listenerPermissions } from './access-options.js';
 import { validateConnectionLimit } from './admission.js';
 import { type ReplayMessage, stopReading } from './hand-over.js';
 import type { ListenAddress } from './listener.js';
-import { ServerMetrics } from './metrics.js';
+import { newServerMetrics } from './new-metrics.js';
 import type { SessionJson } from './session-list.js';
 import { bindSharedSocket, type SharedSocket } from './shared-socket.js';
 import { answerScrape, type ScrapeReply, type ScrapeRequest } from './status-relay.js';
 import { formatUri } from './uri.js';
 import { WORKER_ENV } from './worker-env.js';
-import { WorkersStatus } from './workers-status.js';
 
 /** Messages between the primary and a worker (a socket goes with 'connection', 'place' and 'handover', a bound socket with 'listen'). */
 export type ToWorker =
@@ -133,7 +132,7 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
   validateConnectionLimit(config.maxConnections ?? DEFAULT_MAX_CONNECTIONS);
   const permissions = await Promise.all(config.listen.map((l) => listenerPermissions(l)));
   // The primary's own metrics (its process) go into the merged /metrics.
-  const metrics = config.metrics === undefined ? null : new ServerMetrics();
+  const metrics = config.metrics === undefined ? null : await newServerMetrics();
   const workers: Worker[] = [];
   let stopping = false;
   let nextTurn = 0;
@@ -305,7 +304,8 @@ export async function startWorkers(config: ServerConfig, options: WorkersOptions
     for (const w of workers) if (w.child.connected) w.child.send(message, undefined, {}, () => undefined);
   };
 
-  const status = metrics === null ? null : new WorkersStatus(metrics, () => workers.map((w) => w.child));
+  const status =
+    metrics === null ? null : new (await import('./workers-status.js')).WorkersStatus(metrics, () => workers.map((w) => w.child));
 
   const stop = async (): Promise<void> => {
     stopping = true;
