@@ -11,7 +11,7 @@ import { requireAll } from '../helpers/ci.js';
 import { missing, pythonWithNbd } from '../helpers/clients.js';
 import { describeRun, run } from '../helpers/processes.js';
 import { pySession } from '../helpers/py-session.js';
-import { CLI, runCli, startServe } from '../helpers/server-process.js';
+import { CLI, matchStderr, runCli, startServe } from '../helpers/server-process.js';
 
 const SIZE = 8 * 1024 * 1024;
 const NOBODY = 65534;
@@ -41,7 +41,7 @@ if (requireAll(t, absent, 'run the tests as root; make deps-test installs the cl
     const server = await startServe(t, base, ['--user', 'nobody', '--group', 'nogroup', '--overlay-dir', overlays]);
 
     t.strictSame(idsOf(server.pid), { uid: '65534\t65534\t65534\t65534', gid: '65534\t65534\t65534\t65534', groups: '' });
-    t.match(server.stderr(), /running as user nobody, group nogroup/);
+    await matchStderr(t, server, /running as user nobody, group nogroup/);
     for (const path of [join(dir, 'made-by-server'), overlays]) {
       t.strictSame([statSync(path).uid, statSync(path).gid], [NOBODY, NOBODY], `${path} is nobody's`);
     }

@@ -13,7 +13,7 @@ import { requireClients } from '../helpers/clients.js';
 import { type AccessLogEntry, type Nginx, requireNginx, settledAccessLog, startNginx } from '../helpers/nginx.js';
 import { describeRun, run } from '../helpers/processes.js';
 import { pySession } from '../helpers/py-session.js';
-import { type ServerProcess, startServe } from '../helpers/server-process.js';
+import { matchStderr, type ServerProcess, startServe } from '../helpers/server-process.js';
 import { libnbdPskUri, tlsFixtures } from '../helpers/tls-fixtures.js';
 
 const MiB = 1024 * 1024;
@@ -83,7 +83,7 @@ if (requireNginx(t) && requireClients(t, ['qemu-io'], true)) {
       ),
     ];
     t.same(servedBy(), [String(holder)], 'both connections are served by the worker holding the cache');
-    t.match(server.stderr(), /handed over to worker \d+, which holds the remote base's block cache/, 'one of them moved');
+    await matchStderr(t, server, /handed over to worker \d+, which holds the remote base's block cache/, 'one of them moved');
     const log = await settledAccessLog(nginx);
     t.equal(fetchedBytes(log), SIZE, 'nginx sent each byte of the image once, for both clients');
     t.equal(log.filter((e) => e.range === PROBE).length, 2, 'each worker asked for the size and version once');
@@ -130,7 +130,11 @@ if (requireNginx(t) && requireClients(t, ['openssl'], true)) {
     for (const h of ['a', 'b']) {
       t.ok((await py.pread(h, 2 * MiB, MiB)).equals(image.subarray(2 * MiB, 3 * MiB)), `${h} reads the image`);
     }
-    t.match(server.stderr(), /relayed to worker \d+, which holds the remote base's block cache \(the TLS session stays here\)/);
+    await matchStderr(
+      t,
+      server,
+      /relayed to worker \d+, which holds the remote base's block cache \(the TLS session stays here\)/,
+    );
     const log = await settledAccessLog(nginx);
     t.ok(fetchedBytes(log) <= 2 * MiB, `the MiB both read was fetched once, with its read-ahead (${fetchedBytes(log)} bytes)`);
     await py.end();

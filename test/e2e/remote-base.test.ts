@@ -19,7 +19,7 @@ import { listDir } from '../helpers/files.js';
 import { type AccessLogEntry, type Nginx, requireNginx, startNginx } from '../helpers/nginx.js';
 import { describeRun, ROOT, type RunResult, run } from '../helpers/processes.js';
 import { pySession } from '../helpers/py-session.js';
-import { runCli, type ServerProcess, startServe, startServeConfig } from '../helpers/server-process.js';
+import { matchStderr, runCli, type ServerProcess, startServe, startServeConfig } from '../helpers/server-process.js';
 import { waitFor } from '../helpers/wait.js';
 
 const MiB = 1024 * 1024;
@@ -332,7 +332,7 @@ if (requireNginx(t) && requireClients(t, ['qemu-io', 'qemu-img', 'nbdinfo', 'nbd
     t.notOk(stale.ok, `a read of an uncached block fails once the image changed (${stale.error})`);
     t.match(String(stale.errno), /^(5|EIO)$/, `with EIO (${stale.error})`);
     t.same(await py.pread('old', MiB, 4096), site.image.subarray(MiB, MiB + 4096), 'cached blocks: the version opened');
-    t.match(server.stderr(), /the image on the server changed since it was opened/, 'the server says why');
+    await matchStderr(t, server, /the image on the server changed since it was opened/, 'the server says why');
     await py.ok({ op: 'close', h: 'old' });
     t.equal((await server.stop()).code, 0);
     const overlay = join(site.overlays, 'named-golden@alice.cow');
@@ -415,7 +415,7 @@ if (requireNginx(t) && requireClients(t, ['qemu-io', 'qemu-img', 'nbdinfo', 'nbd
       t.match(`${r.stdout}${r.stderr}`, /read failed: Input\/output error/, 'with an I/O error');
       t.ok(took < 15_000, `within a bounded time (${took} ms)`);
       t.ok(took >= 2000, `after both tries timed out (${took} ms)`);
-      t.match(server.stderr(), /no complete answer within 1 s; trying again/);
+      await matchStderr(t, server, /no complete answer within 1 s; trying again/);
       const next = await qemuIo(server.uri, 'read 14M 64k');
       t.equal(next.code, 0, `the next read succeeds (${describeRun(next)})`);
       t.same(await py.pread('p', 14 * MiB, 64 * 1024), site.image.subarray(14 * MiB, 14 * MiB + 64 * 1024));

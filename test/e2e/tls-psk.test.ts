@@ -9,7 +9,7 @@ import { makePatternBase } from '../helpers/bases.js';
 import { requireClients } from '../helpers/clients.js';
 import { listDir } from '../helpers/files.js';
 import { describeRun, run } from '../helpers/processes.js';
-import { startServe } from '../helpers/server-process.js';
+import { matchStderr, startServe } from '../helpers/server-process.js';
 import { libnbdPskUri as libnbdUri, qemuPskArgs as qemuArgs, tlsFixtures } from '../helpers/tls-fixtures.js';
 
 const SIZE = 8 * 1024 * 1024;
@@ -49,7 +49,7 @@ if (requireClients(t, ['nbdinfo', 'qemu-img', 'qemu-io', 'openssl'])) {
     t.not(wrong.code, 0, `a wrong key is refused: ${describeRun(wrong)}`);
     const again = await run('nbdinfo', ['--size', libnbdUri(server.uri, tls.pskAlice)]);
     t.equal(again.code, 0, 'and costs only that connection');
-    t.match(server.stderr(), /TLS handshake failed/, 'the failed handshake is logged');
+    await matchStderr(t, server, /TLS handshake failed/, 'the failed handshake is logged');
     t.equal((await server.stop()).code, 0);
   });
 

@@ -7,7 +7,7 @@ import t from 'tap';
 import { makePatternBase } from '../helpers/bases.js';
 import { requireClients } from '../helpers/clients.js';
 import { describeRun, run } from '../helpers/processes.js';
-import { startServe } from '../helpers/server-process.js';
+import { matchStderr, startServe } from '../helpers/server-process.js';
 import { type ClientCertificates, tlsFixtures } from '../helpers/tls-fixtures.js';
 
 const SIZE = 8 * 1024 * 1024;
@@ -91,7 +91,7 @@ if (requireClients(t, ['nbdinfo', 'qemu-img', 'qemu-io', 'openssl'])) {
     t.not(stranger.code, 0, `another CA's certificate is refused: ${describeRun(stranger)}`);
     const after = await run('nbdinfo', ['--size', libnbdUri(server.uri, tls.bob)]);
     t.equal(after.code, 0, `the server goes on serving: ${describeRun(after)}`);
-    t.match(server.stderr(), /TLS .*identity alice/, 'the log names the identity alice proved');
+    await matchStderr(t, server, /TLS .*identity alice/, 'the log names the identity alice proved');
     t.equal((await server.stop()).code, 0);
   });
 

@@ -19,7 +19,7 @@ import { requireClients } from '../helpers/clients.js';
 import { scrapeUntil, startMetricsServe } from '../helpers/metrics-serve.js';
 import { describeRun, run } from '../helpers/processes.js';
 import { pySession } from '../helpers/py-session.js';
-import { runCli, type ServerProcess, startServe } from '../helpers/server-process.js';
+import { matchStderr, runCli, type ServerProcess, startServe } from '../helpers/server-process.js';
 import { libnbdPskUri, qemuPskArgs, type TlsFixtures, tlsFixtures } from '../helpers/tls-fixtures.js';
 
 const SIZE = 4 * 1024 * 1024;
@@ -190,7 +190,7 @@ if (requireClients(t, ['qemu-io'], true)) {
       ),
     ];
     t.equal(owners().length, 1, `every connection to base@vm is served by one worker (${owners().join(', ')})`);
-    t.match(server.stderr(), /handed over to worker \d+, which has the named overlay open/, 'a connection moved');
+    await matchStderr(t, server, /handed over to worker \d+, which has the named overlay open/, 'a connection moved');
     t.notMatch(server.stderr(), /refused base@vm/, 'no refusal is logged for a move');
 
     // The owner dies: the connections it served are gone, and the next GO opens the overlay in a live worker.
@@ -229,7 +229,7 @@ if (requireClients(t, ['nbdinfo', 'openssl'], true)) {
       { 'base:allocation': true, 'qemu:allocation-depth': false },
       'the relayed connection has its meta context',
     );
-    t.match(server.stderr(), /relayed to worker \d+, which has the named overlay open \(the TLS session stays here\)/);
+    await matchStderr(t, server, /relayed to worker \d+, which has the named overlay open \(the TLS session stays here\)/);
     await py.ok({ op: 'close', h: 'b' });
     await py.ok({ op: 'close', h: 'a' });
     await py.end();
@@ -351,7 +351,7 @@ if (requireClients(t, ['nbdinfo'], true)) {
     const refused = async (): Promise<boolean> => (await run('nbdinfo', ['--size', server.uri])).code !== 0;
     t.notMatch(server.stderr(), /too many connections/, 'nothing refused yet');
     t.ok(await refused(), 'a third connection is refused, whichever worker accepts it');
-    t.match(server.stderr(), /too many connections \(limit 2\)/, 'and the refusal is logged');
+    await matchStderr(t, server, /too many connections \(limit 2\)/, 'and the refusal is logged');
     await py.ok({ op: 'close', h: 'a' });
     let served = false;
     for (let i = 0; i < 50 && !served; i++) {

@@ -7,6 +7,7 @@ import { createInterface } from 'node:readline';
 import type { Test } from 'tap';
 import { type BaseGuard, guardBase, makePatternBase } from './bases.js';
 import { pidOf, ROOT, type RunOptions, type RunResult, run, stopperOf } from './processes.js';
+import { waitFor } from './wait.js';
 
 /**
  * The CLI under test: the built dist/bin/nbd-cow.js, started through its `#!/usr/bin/env node`
@@ -27,6 +28,22 @@ export interface ServerProcess {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** Send `signal` (SIGTERM by default) to the server's pid and wait for it to exit. */
   stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/**
+ * t.match the server's stderr against `pattern` once the pattern shows up there (or after `ms`):
+ * a line the server logs while it answers a client can reach this process after the client has
+ * its answer, since stderr is a pipe of its own.
+ */
+export async function matchStderr(
+  t: Test,
+  server: Pick<ServerProcess, 'stderr'>,
+  pattern: RegExp,
+  message = `the server's stderr matches ${pattern}`,
+  ms = 5000,
+): Promise<void> {
+  await waitFor(() => pattern.test(server.stderr()), `${pattern} on the server's stderr`, ms).catch(() => undefined);
+  t.match(server.stderr(), pattern, message);
 }
 
 /**
