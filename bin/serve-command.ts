@@ -221,7 +221,8 @@ export async function serve(cmd: Command, base: string | undefined, opts: CliOpt
   const { config: configured, log } = await serveConfiguration(cmd, base, opts);
   // With a file only (the module comes with the file's parser), and before anything starts,
   // so the SIGHUP handler is in place as soon as the server is.
-  const reload = opts.config === undefined ? null : (await import('../lib/config/reload.js')).reloadFromFile;
+  const reload: Reload | null =
+    opts.config === undefined ? null : { path: opts.config, reload: (await import('../lib/config/reload.js')).reloadFromFile };
   let config = configured;
   if (inherited !== null) {
     if (opts.config !== undefined)
@@ -233,10 +234,10 @@ export async function serve(cmd: Command, base: string | undefined, opts: CliOpt
   if ((opts.workers ?? 1) > 1) return servePrimary(config, log, opts);
   const server = await startConfiguredServer(config, { log, events: [logEvents(log)], ...runtimeLimits(opts) });
   printUris(config, server);
-  if (opts.config !== undefined && reload !== null) {
+  if (reload !== null) {
     for (const exp of config.exports)
       log.info(`export "${exp.name}": ${shownUrl(exp.base)}${exp.readOnly ? ' (read-only)' : ''}`);
-    reloadOnSighup(server, opts.config, log, reload);
+    reloadOnSighup(server, reload, log);
   }
   tellSystemdReady(`serving ${server.uri}`, log);
   stopOnSignals(() => server.stop());
@@ -254,11 +255,14 @@ function printUris(
   if (server.metricsUri !== null) process.stdout.write(`${server.metricsUri}\n`);
 }
 
-/** lib/config/reload.ts's reloadFromFile, loaded only with a configuration file. */
-type Reload = typeof reloadFromFile;
+/** The configuration file, and lib/config/reload.ts's reloadFromFile (loaded only with a file). */
+interface Reload {
+  readonly path: string;
+  readonly reload: typeof reloadFromFile;
+}
 
-/** SIGHUP: reload the configuration file into `server` with `reload`, one reload after the other. */
-function reloadOnSighup(server: RunningServer, path: string, log: Logger, reload: Reload): void {
+/** SIGHUP: reload the configuration file into `server`, one reload after the other. */
+function reloadOnSighup(server: RunningServer, { path, reload }: Reload, log: Logger): void {
   let reloading = Promise.resolve(true);
   process.on('SIGHUP', () => {
     log.info(`SIGHUP: reloading ${path}`);
@@ -327,7 +331,7 @@ async function serveWorker(
   adopted: ListenAddress[],
 ): Promise<void> {
   const server = await serveAsWorker(config, { log, events: [logEvents(log)], ...runtimeLimits(opts) }, adopted);
-  if (opts.config !== undefined && reload !== null) reloadOnSighup(server, opts.config, log, reload);
+  if (reload !== null) reloadOnSighup(server, reload, log);
   stopOnSignals(() => server.stop());
 }
 

@@ -298,30 +298,22 @@ export interface SessionsResult {
   readonly last_error: string | null;
 }
 
-/**
- * Throwaway sessions for `rampSeconds` (not measured), then for `seconds`: connect, handshake,
- * read 4 KiB at a random aligned offset, NBD_CMD_DISC, wait for the close; one at a time. With
- * `baseFd`, every read is compared with the base (the ramp's too; its errors and mismatches count).
- */
-export async function runSessions(options: SessionsOptions): Promise<SessionsResult> {
-  const { target, exportName, seconds, baseFd, expectSize, bytes = 4096, rampSeconds = 0 } = options;
-  let lat: number[] = [];
-  let errors = 0;
-  let mismatches = 0;
-  let consecutive = 0;
-  let lastError: string | null = null;
-  const rampStart = performance.now();
-  const rampEnd = rampStart + rampSeconds * 1000;
-  let rampRate: number | null = null;
-  let start = rampEnd;
-  const deadline = rampEnd + seconds * 1000;
-  while (performance.now() < deadline) {
-    if (rampRate === null && rampSeconds > 0 && performance.now() >= rampEnd) {
-      // The ramp is over: its sessions are not measured.
-      start = performance.now();
-      rampRate = round(lat.length / ((start - rampStart) / 1000));
-      lat = [];
-    }
+/** What one phase of runSessions saw; `failing` counts the failed sessions in a row at its end. */
+interface SessionsPhase {
+  readonly lat: number[];
+  errors: number;
+  mismatches: number;
+  failing: number;
+  lastError: string | null;
+  readonly elapsedS: number;
+}
+
+/** Sessions one after the other until `deadline` (performance.now()), or until 50 fail in a row. */
+async function sessionsUntil(options: SessionsOptions, deadline: number, failing: number): Promise<SessionsPhase> {
+  const { target, exportName, baseFd, expectSize, bytes = 4096 } = options;
+  const start = performance.now();
+  const phase = { lat: [] as number[], errors: 0, mismatches: 0, failing, lastError: null as string | null };
+  while (performance.now() < deadline && phase.failing < 50) {
     const t0 = performance.now();
     let data: Buffer;
     let offset: number;
@@ -335,31 +327,46 @@ export async function runSessions(options: SessionsOptions): Promise<SessionsRes
       data = await c.pread(bytes, offset);
       await c.disconnect();
     } catch (err) {
-      errors++;
-      lastError = errorText(err);
-      if (++consecutive >= 50) break;
+      phase.errors++;
+      phase.lastError = errorText(err);
+      phase.failing++;
       continue;
     }
-    consecutive = 0;
-    lat.push((performance.now() - t0) * 1000);
-    if (baseFd !== null && !data.equals(baseBytes(baseFd, offset, bytes))) mismatches++;
+    phase.failing = 0;
+    phase.lat.push((performance.now() - t0) * 1000);
+    if (baseFd !== null && !data.equals(baseBytes(baseFd, offset, bytes))) phase.mismatches++;
   }
-  // Stopped during the ramp (a server failing every session): all of it counts as measured.
-  if (rampRate === null) start = rampStart;
-  const elapsed = (performance.now() - start) / 1000;
+  return { ...phase, elapsedS: (performance.now() - start) / 1000 };
+}
+
+/**
+ * Throwaway sessions for `rampSeconds` (not measured), then for `seconds`: connect, handshake,
+ * read 4 KiB at a random aligned offset, NBD_CMD_DISC, wait for the close; one at a time. With
+ * `baseFd`, every read is compared with the base (the ramp's too; its errors and mismatches count).
+ */
+export async function runSessions(options: SessionsOptions): Promise<SessionsResult> {
+  const { seconds, baseFd, rampSeconds = 0 } = options;
+  const ramp = rampSeconds > 0 ? await sessionsUntil(options, performance.now() + rampSeconds * 1000, 0) : null;
+  // A ramp that stopped at 50 failures in a row (a server failing every session) counts as measured.
+  const measured =
+    ramp !== null && ramp.failing >= 50
+      ? ramp
+      : await sessionsUntil(options, performance.now() + seconds * 1000, ramp?.failing ?? 0);
+  const warmup = ramp !== measured ? ramp : null;
+  const { lat, elapsedS: elapsed } = measured;
   lat.sort((a, b) => a - b);
   return {
     sessions: lat.length,
-    ramp_sessions_per_s: rampRate,
+    ramp_sessions_per_s: warmup === null ? null : round(warmup.lat.length / warmup.elapsedS),
     measured_s: round(elapsed, 3),
     sessions_per_s: elapsed > 0 ? round(lat.length / elapsed) : 0,
     lat_mean_us: lat.length ? round(lat.reduce((a, b) => a + b, 0) / lat.length) : null,
     lat_p50_us: round(percentile(lat, 50)),
     lat_p99_us: round(percentile(lat, 99)),
-    errors,
-    mismatches,
+    errors: measured.errors + (warmup?.errors ?? 0),
+    mismatches: measured.mismatches + (warmup?.mismatches ?? 0),
     verified: baseFd !== null,
-    last_error: lastError,
+    last_error: measured.lastError ?? warmup?.lastError ?? null,
   };
 }
 

@@ -179,11 +179,9 @@ export async function bindSharedSocket(address: ListenAddress, permissions?: Soc
  * a primary killed during its start leaves behind. Only sockets: any other file of that name is
  * not one of ours. Those of a live process, this one's included, are left alone.
  */
-export async function removeDeadStagingNames(path: string): Promise<number> {
+export async function removeDeadStagingNames(path: string): Promise<void> {
   const stem = `${basename(path)}.`;
-  const names = await readdir(dirname(path)).catch(() => [] as string[]);
-  let removed = 0;
-  for (const name of names) {
+  for (const name of await readdir(dirname(path)).catch(() => [] as string[])) {
     if (!name.startsWith(stem) || !name.endsWith('.new')) continue;
     const digits = name.slice(stem.length, -'.new'.length);
     if (!/^[1-9]\d{0,9}$/.test(digits)) continue;
@@ -191,13 +189,9 @@ export async function removeDeadStagingNames(path: string): Promise<number> {
     if (pid === process.pid || processExists(pid)) continue;
     const staging = join(dirname(path), name);
     const stats = await lstat(staging).catch(() => null);
-    if (stats?.isSocket() !== true) continue;
-    await unlink(staging).then(
-      () => removed++,
-      () => undefined, // removed by another server meanwhile, or not ours to remove
-    );
+    // Gone meanwhile (another server removed it), or not ours to remove: left as it is.
+    if (stats?.isSocket() === true) await unlink(staging).catch(() => undefined);
   }
-  return removed;
 }
 
 /** getsockname() of a TCP handle: its error (a bind's deferred one) or its address; a unix socket's has no port. */

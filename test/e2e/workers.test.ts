@@ -315,7 +315,12 @@ if (requireClients(t, ['nbdinfo'])) {
     t.match(refused, [/cannot listen on .*: address already in use/], 'the other stops, saying why');
     const info = await run('nbdinfo', ['--size', `nbd+unix:///?socket=${sock}`]);
     t.equal(info.stdout.trim(), String(SIZE), describeRun(info));
-    t.match(serving[0]?.stderr() ?? '', /conn \d+ \(unix\): export/, 'the server running is the one that answered');
+    await matchStderr(
+      t,
+      serving[0] ?? { stderr: () => '' },
+      /conn \d+ \(unix\): export/,
+      'the server running is the one that answered',
+    );
   });
 }
 

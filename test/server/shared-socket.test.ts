@@ -109,6 +109,14 @@ function closeOnce(worker: Worker, shared: SharedSocket): () => Promise<{ fileAf
   };
 }
 
+/** A worker listening on `shared` (listenAsWorker), and its closeOnce(), also run at teardown. */
+async function workerOn(t: Test, shared: SharedSocket): Promise<{ worker: Worker; close: ReturnType<typeof closeOnce> }> {
+  const worker = await listenAsWorker(shared);
+  const close = closeOnce(worker, shared);
+  t.teardown(close);
+  return { worker, close };
+}
+
 /** Bind, closed at teardown unless closeOnce() took over closing it. */
 async function bind(t: Test, ...args: Parameters<typeof bindSharedSocket>): Promise<SharedSocket> {
   const shared = await bindSharedSocket(...args);
@@ -163,9 +171,7 @@ t.test('TCP: bound, refused until a worker listens on the handle, then served', 
   const target = { host: '127.0.0.1', port: address.port };
   t.equal(await tryConnect(target), 'ECONNREFUSED', 'bound but not listening: refused');
 
-  const worker = await listenAsWorker(shared);
-  const close = closeOnce(worker, shared);
-  t.teardown(close);
+  const { worker, close } = await workerOn(t, shared);
   t.equal((worker.server as unknown as { _handle: unknown })._handle, shared.handle, 'the server adopts the handle itself');
   t.equal(await roundTrip(target, 'hello, worker'), 'hello, worker', 'echoed by the worker');
   t.equal(worker.accepted, 1, "the worker's connection handler ran");
@@ -200,9 +206,7 @@ t.test('unix: bound under a staging name, at its path with its mode from publish
   t.equal(await tryConnect({ path }), 'ENOENT', 'so a client finds no socket, not a refusing one');
   t.ok(lstatSync(staging).isSocket(), 'bound under the staging name');
 
-  const worker = await listenAsWorker(shared);
-  const close = closeOnce(worker, shared);
-  t.teardown(close);
+  const { worker, close } = await workerOn(t, shared);
   await shared.publish();
   const stats = lstatSync(path);
   t.ok(stats.isSocket(), 'a socket file at the path');
@@ -224,9 +228,7 @@ t.test('unix: a stale socket file, nobody listening on it, is replaced', async (
   t.equal(await tryConnect({ path }), 'ECONNREFUSED', 'nobody answers on it');
 
   const shared = await bind(t, { kind: 'unix', path });
-  const worker = await listenAsWorker(shared);
-  const close = closeOnce(worker, shared);
-  t.teardown(close);
+  const { close } = await workerOn(t, shared);
   await shared.publish();
   t.ok(lstatSync(path).isSocket(), 'a socket file again');
   t.equal(await roundTrip({ path }, 'replaced'), 'replaced', 'served on the replaced path');
@@ -248,9 +250,7 @@ t.test('unix: staging names of dead primaries are removed', async (t) => {
   t.notOk(existsSync(dead), "the dead primary's staging socket is gone");
   t.ok(lstatSync(live).isSocket(), "a live process's staging socket is left");
   t.equal(readFileSync(plain, 'utf8'), 'not a socket', 'a file that is no socket is left');
-  const worker = await listenAsWorker(shared);
-  const close = closeOnce(worker, shared);
-  t.teardown(close);
+  const { close } = await workerOn(t, shared);
   await shared.publish();
   t.equal(await roundTrip({ path }, 'swept'), 'swept', 'served at its path');
   await close();
@@ -259,14 +259,10 @@ t.test('unix: staging names of dead primaries are removed', async (t) => {
 t.test('unix: a server started before another publishes takes the path; the other is refused', async (t) => {
   const path = join(shortDir(t), 'nbd.sock');
   const first = await bind(t, { kind: 'unix', path });
-  const firstWorker = await listenAsWorker(first);
-  const closeFirst = closeOnce(firstWorker, first);
-  t.teardown(closeFirst);
+  const { close: closeFirst } = await workerOn(t, first);
   // The first's workers are still starting: its path is free, so the second binds and publishes.
   const second = await bind(t, { kind: 'unix', path });
-  const secondWorker = await listenAsWorker(second);
-  const closeSecond = closeOnce(secondWorker, second);
-  t.teardown(closeSecond);
+  const { worker: secondWorker, close: closeSecond } = await workerOn(t, second);
   await second.publish();
   await t.rejects(first.publish(), { message: `cannot listen on ${path}: address already in use`, code: 'EADDRINUSE' });
   t.equal(await roundTrip({ path }, 'second'), 'second');
@@ -281,9 +277,7 @@ t.test('unix: a server started before another publishes takes the path; the othe
 t.test('unix: close() leaves a file that replaced its own at the path', async (t) => {
   const path = join(shortDir(t), 'nbd.sock');
   const shared = await bind(t, { kind: 'unix', path });
-  const worker = await listenAsWorker(shared);
-  const close = closeOnce(worker, shared);
-  t.teardown(close);
+  const { close } = await workerOn(t, shared);
   await shared.publish();
   unlinkSync(path); // removed by hand, and another server started on the path
   await liveUnixServer(t, path);
@@ -298,9 +292,7 @@ t.test('unix: a path with no room for the staging name is bound at once, as it i
   const shared = await bind(t, { kind: 'unix', path });
   t.ok(lstatSync(path).isSocket(), 'bound at its path');
   t.equal(await tryConnect({ path }), 'ECONNREFUSED', 'refused until a worker listens');
-  const worker = await listenAsWorker(shared);
-  const close = closeOnce(worker, shared);
-  t.teardown(close);
+  const { close } = await workerOn(t, shared);
   await shared.publish();
   t.equal(await roundTrip({ path }, 'long'), 'long');
   await close();
