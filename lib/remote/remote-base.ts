@@ -128,7 +128,7 @@ export class RemoteBase extends ReadOnlyImage {
     const bs = this.#blockSize;
     const first = Math.floor(offset / bs);
     const last = Math.floor((end - 1) / bs);
-    // Warm: every block held, checked and in consecutive slots: one file read, as from a base file.
+    // Warm: every block held, in consecutive slots: one file read, as from a base file.
     const span = this.#cache.readSpan(first, last - first + 1, offset - first * bs, dest, guard);
     if (span !== undefined) {
       this.#hits += last - first + 1;
@@ -143,16 +143,10 @@ export class RemoteBase extends ReadOnlyImage {
       const to = Math.min(end, (block + 1) * bs);
       const piece = dest.subarray(from - offset, to - offset);
       const inner = from - block * bs;
-      if (this.#cache.has(block)) {
+      const held = this.#cache.read(block, inner, piece, guard);
+      if (held !== undefined) {
         this.#hits++;
-        pieces.push(
-          this.#cache.read(block, inner, piece, guard).then(async (held) => {
-            if (held) return;
-            // Dropped by its check: fetched again like a miss.
-            const data = await (this.#blocks([block])[0] as Promise<Buffer>);
-            data.copy(piece, 0, inner, inner + piece.length);
-          }),
-        );
+        pieces.push(held);
       } else missing.push(block);
     }
     if (missing.length > 0) {
