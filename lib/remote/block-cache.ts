@@ -171,6 +171,8 @@ export class BlockCache {
   #unrecordedBytes = 0;
   #checkpointTimer: NodeJS.Timeout | undefined;
   #checkpointing: Promise<void> | undefined;
+  /** A checkpoint was asked for while one ran. */
+  #checkpointAgain = false;
   #reclaiming: Promise<void> | undefined;
   #clock = 0;
   #closed = false;
@@ -320,25 +322,27 @@ export class BlockCache {
     }
     if (this.#closed) return;
     this.#unrecordedBytes += bytes.length;
-    if (this.#unrecordedBytes >= this.#checkpointBytes) void this.#checkpoint();
-    else this.#checkpointTimer ??= setTimeout(() => void this.#checkpoint(), CHECKPOINT_MS).unref();
+    if (this.#unrecordedBytes >= this.#checkpointBytes) this.#checkpoint();
+    else this.#checkpointTimer ??= setTimeout(() => this.#checkpoint(), CHECKPOINT_MS).unref();
   }
 
   /**
    * Write the entries of the blocks kept so far, once their data is on disk. One checkpoint at a
-   * time; one asked for while another runs follows it.
+   * time: asked for while one runs (by any number of stores), one more follows it.
    */
-  #checkpoint(): Promise<void> {
-    const running = this.#checkpointing;
-    if (running !== undefined) return running.then(() => this.#checkpoint());
+  #checkpoint(): void {
+    if (this.#checkpointing !== undefined) {
+      this.#checkpointAgain = true;
+      return;
+    }
     clearTimeout(this.#checkpointTimer);
     this.#checkpointTimer = undefined;
     // After close, whose own flush and full map write cover every block held.
-    if (this.#unrecorded.size === 0 || this.#closed) return Promise.resolve();
+    if (this.#unrecorded.size === 0 || this.#closed) return;
     const written = [...this.#unrecorded.values()];
     this.#unrecorded.clear();
     this.#unrecordedBytes = 0;
-    const checkpoint = (async () => {
+    this.#checkpointing = (async () => {
       try {
         await this.#data.sync();
         // Blocks evicted (or their slots written again) since are left out: their data may not
@@ -359,9 +363,11 @@ export class BlockCache {
       }
     })().finally(() => {
       this.#checkpointing = undefined;
+      if (this.#checkpointAgain) {
+        this.#checkpointAgain = false;
+        this.#checkpoint();
+      }
     });
-    this.#checkpointing = checkpoint;
-    return checkpoint;
   }
 
   /**
