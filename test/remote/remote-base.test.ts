@@ -160,7 +160,13 @@ if (requireNginx(t)) {
       t.same(await read(base, offset, length), image.subarray(offset, offset + length), `MiB ${offset >> 20}`);
     }
     await base.settled();
-    t.equal(base.stats.cachedBlocks, MIN_CACHE_SIZE / BS, 'full, not past it');
+    // An eviction frees an eighth of the slots at once (one flush of the map for them all).
+    const slots = MIN_CACHE_SIZE / BS;
+    const held = base.stats.cachedBlocks;
+    t.ok(
+      held <= slots && held >= slots - slots / 8,
+      `full less at most one eviction's eighth, never past it (${held} of ${slots})`,
+    );
     const fetched = base.stats.bytesFetched;
     t.same(await read(base, 0, BS), image.subarray(0, BS), 'the first block, evicted since, fetched again');
     t.ok(base.stats.bytesFetched > fetched);
