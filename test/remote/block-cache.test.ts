@@ -165,6 +165,27 @@ t.test('a crash: the blocks kept by the last checkpoint are served, the ones kep
   t.same(warnings, [], 'nothing to say about a crash: no entry names data that is not on disk');
 });
 
+t.test('once no block was kept for 2 s, a checkpoint puts the kept blocks in the map', async (t) => {
+  const root = t.testdir();
+  const dir = join(root, 'live');
+  const cache = await BlockCache.open(options(dir, []));
+  await cache.store(4, blockData(4));
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  await cache.store(6, blockData(6)); // kept within the 2 s: the checkpoint waits again
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  const busy = copyAsCrashed(dir, join(root, 'killed-while-busy'));
+  await new Promise((resolve) => setTimeout(resolve, 2000));
+  const quiet = copyAsCrashed(dir, join(root, 'killed-once-quiet'));
+  await cache.close();
+  const before = await BlockCache.open(options(busy, []));
+  t.equal(before.cachedBlocks, 0, 'blocks kept less than 2 s apart: no checkpoint yet');
+  await before.close();
+  const after = await BlockCache.open(options(quiet, []));
+  t.same([after.has(4), after.has(6)], [true, true], '2 s after the last one: both in the map');
+  t.same(await readBlock(after, 6), blockData(6));
+  await after.close();
+});
+
 t.test('an entry that fails its CRC (torn by a crash) is not taken, and is zeroed on disk', async (t) => {
   const dir = t.testdir();
   const cache = await BlockCache.open(options(dir, []));
